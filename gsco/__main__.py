@@ -1,0 +1,5 @@
+"""``python -m gsco``."""
+
+from gsco.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""The root ``gsco`` command and the error seam."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from gsco import __version__
+from gsco.cli import _audit, _planned, _site
+from protocol.errors import GscoError
+
+app = typer.Typer(
+    name="gsco",
+    help="GSCo Network: hospitals' specialist models plus a medical generalist, "
+    "combined to diagnose images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(_site.app, name="site")
+app.add_typer(_planned.registry, name="registry")
+app.add_typer(_planned.hub, name="hub")
+app.add_typer(_planned.generalist, name="generalist")
+app.command("simulate")(_planned.simulate)
+app.add_typer(_audit.app, name="audit")
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole system on this machine: 3 sites, registry, hub, generalist."""
+    typer.echo("The end-to-end demo is not built yet (issue #7). What works today:")
+    typer.echo("  gsco site init --site-id ID     create a site identity and signing key")
+    typer.echo(
+        "  gsco site sign DIR              sign a bundle directory (model-signing, ECDSA P-256)"
+    )
+    typer.echo("  gsco audit bundle DIR --key SITE=PUB   verify a bundle and list its files")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gsco {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """GSCo Network command line."""
+
+
+def main() -> None:
+    """Entry point of the ``gsco`` console script: any GSCo error is one line and exit 1."""
+    try:
+        app()
+    except GscoError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(1)

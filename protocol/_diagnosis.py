@@ -1,0 +1,147 @@
+"""The diagnosis API's request and response documents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, field_validator
+
+from protocol._base import Identifier, Label, Sha256Hex, StrictModel, UnitFloat
+
+__all__ = [
+    "DiagnoseRequest",
+    "DiagnoseResponse",
+    "GeneralistUse",
+    "ImagePayload",
+    "MediaType",
+    "Mode",
+    "RetrievedCase",
+    "SpecialistPrediction",
+    "SpecialistProvenance",
+    "StageTimings",
+]
+
+#: Upper bound on a base64 image inside a JSON request; the hub applies its own lower limit.
+MAX_INLINE_IMAGE_CHARS = 64 * 1024 * 1024
+
+
+class Mode(StrEnum):
+    """How the hub arbitrates between specialists and the generalist."""
+
+    GSCO = "gsco"  # MoED + RAD evidence, generalist decides (the default)
+    MOED = "moed"  # specialists' labels as evidence, generalist decides
+    RAD = "rad"  # retrieved similar cases as evidence, generalist decides
+    GENERALIST = "generalist"  # generalist alone
+    VOTING = "voting"  # majority over specialists' labels (the paper's baseline)
+    ENSEMBLE = "ensemble"  # mean of calibrated probabilities; the fallback
+
+
+class MediaType(StrEnum):
+    """Image encodings the hub accepts."""
+
+    PNG = "image/png"
+    JPEG = "image/jpeg"
+    DICOM = "application/dicom"
+    NPY = "application/x-npy"
+
+
+class ImagePayload(StrictModel):
+    """An image inline in a JSON request, base64-encoded."""
+
+    media_type: MediaType
+    data_base64: Annotated[str, StringConstraints(min_length=4, max_length=MAX_INLINE_IMAGE_CHARS)]
+
+    @field_validator("data_base64")
+    @classmethod
+    def _is_base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("data_base64 is not valid base64") from exc
+        return value
+
+    def decode(self) -> bytes:
+        """The image bytes."""
+        return base64.b64decode(self.data_base64, validate=True)
+
+
+class DiagnoseRequest(StrictModel):
+    """``POST /v1/diagnose`` as JSON."""
+
+    schema_version: Literal[1] = 1
+    task_id: Identifier
+    image: ImagePayload
+    mode: Mode = Mode.GSCO
+    top_k: Annotated[int, Field(ge=1, le=50)] = 5
+    fhir: bool = False
+
+
+class SpecialistProvenance(StrictModel):
+    """Which signed bundle a piece of evidence came from."""
+
+    bundle_digest: Sha256Hex
+    site_id: Identifier
+    backbone: Identifier
+    version: Annotated[int, Field(ge=1)]
+
+
+class SpecialistPrediction(StrictModel):
+    """MoED evidence: one specialist's calibrated answer."""
+
+    specialist: SpecialistProvenance
+    label: Label
+    probability: UnitFloat
+    probabilities: dict[Label, UnitFloat]
+
+
+class RetrievedCase(StrictModel):
+    """RAD evidence: one similar case from a specialist's published index."""
+
+    label: Label
+    similarity: Annotated[float, Field(ge=-1.0, le=1.0)]
+    site_id: Identifier
+    bundle_digest: Sha256Hex
+
+
+class GeneralistUse(StrictModel):
+    """What the generalist was asked and how."""
+
+    model: Annotated[str, StringConstraints(max_length=200)]
+    saw_image: bool
+    prompt: str
+    raw_answer: str
+    latency_ms: Annotated[float, Field(ge=0.0)]
+
+
+class StageTimings(StrictModel):
+    """Milliseconds spent per stage of one request (absent stages did not run)."""
+
+    decode_ms: Annotated[float, Field(ge=0.0)] | None = None
+    specialists_ms: Annotated[float, Field(ge=0.0)] | None = None
+    retrieval_ms: Annotated[float, Field(ge=0.0)] | None = None
+    generalist_ms: Annotated[float, Field(ge=0.0)] | None = None
+    total_ms: Annotated[float, Field(ge=0.0)]
+
+
+class DiagnoseResponse(StrictModel):
+    """The hub's answer, with every piece of evidence and its provenance."""
+
+    schema_version: Literal[1] = 1
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    task_id: Identifier
+    label: Label
+    scores: dict[Label, UnitFloat] | None = None
+    mode_requested: Mode
+    mode_used: Mode
+    degraded: bool = False
+    generalist_saw_image: bool = False
+    moed: tuple[SpecialistPrediction, ...] = ()
+    rad: tuple[RetrievedCase, ...] = ()
+    specialists: tuple[SpecialistProvenance, ...] = ()
+    registry_snapshot_version: Annotated[int, Field(ge=0)] | None = None
+    generalist: GeneralistUse | None = None
+    timings: StageTimings
+    warnings: tuple[str, ...] = ()

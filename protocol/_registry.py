@@ -1,0 +1,38 @@
+"""Domain models of the registry service (their protobuf twins live in ``proto/``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AwareDatetime, Field, StringConstraints
+
+from protocol._base import Identifier, Sha256Hex, StrictModel
+
+__all__ = ["BundleRef", "SiteKey"]
+
+#: Upper bound on an encoded P-256 public key (PEM is about 180 bytes).
+MAX_PUBLIC_KEY_PEM = 4096
+
+
+class SiteKey(StrictModel):
+    """A site's enrolled signing key. ``key_id`` is the sha256 of the PEM bytes."""
+
+    site_id: Identifier
+    key_id: Sha256Hex
+    public_key_pem: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PUBLIC_KEY_PEM)]
+    enrolled_at: AwareDatetime
+    revoked: bool = False
+
+
+class BundleRef(StrictModel):
+    """One published bundle as the registry lists it."""
+
+    task_id: Identifier
+    site_id: Identifier
+    backbone: Identifier
+    version: Annotated[int, Field(ge=1)]
+    bundle_digest: Sha256Hex
+    key_id: Sha256Hex
+    published_at: AwareDatetime
+    size_bytes: Annotated[int, Field(ge=0)]
+    revoked: bool = False

@@ -1,0 +1,44 @@
+"""Errors of the wire protocol, and the root of every GSCo error.
+
+Every package's error tree hangs from :class:`GscoError`, so a command-line
+front end can report any of them as one clear line::
+
+    GscoError
+    └── ProtocolError              (this package)
+        ├── SchemaError            a document does not match its schema
+        └── EncodingError          bytes that are not the canonical encoding
+
+Other roots (``signing.SigningError``, ...) subclass :class:`GscoError` too.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EncodingError", "GscoError", "ProtocolError", "SchemaError"]
+
+
+class GscoError(Exception):
+    """Root of every error that GSCo Network raises on purpose."""
+
+
+class ProtocolError(GscoError):
+    """A wire document or message is not acceptable."""
+
+
+class SchemaError(ProtocolError):
+    """A document does not validate against its schema.
+
+    Attributes:
+        schema: the name of the model the document was checked against.
+        problems: one short line per validation problem, ``location: message``.
+    """
+
+    def __init__(self, schema: str, problems: list[str]) -> None:
+        self.schema = schema
+        self.problems = problems
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"invalid {schema}: {shown}{more}")
+
+
+class EncodingError(ProtocolError):
+    """Bytes that should hold a document are not decodable (not UTF-8 JSON, say)."""

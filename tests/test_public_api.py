@@ -1,0 +1,48 @@
+"""Each package's ``__init__`` is its contract: ``__all__`` lists exactly what is public."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+PACKAGES = [
+    "gsco",
+    "gsco.cli",
+    "protocol",
+    "signing",
+    "site_agent",
+    "hub",
+    "generalist",
+    "registry",
+    "simulations",
+]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_matches_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = set(module.__all__)
+    assert len(exported) == len(module.__all__), "duplicates in __all__"
+    missing = [item for item in exported if not hasattr(module, item)]
+    assert not missing, f"{name}.__all__ names what does not exist: {missing}"
+    public = {
+        item
+        for item, value in vars(module).items()
+        if not item.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and item != "annotations"
+    }
+    assert public <= exported, f"{name} exposes names missing from __all__: {public - exported}"
+
+
+@pytest.mark.parametrize("name", ["protocol.errors", "signing.errors", "site_agent.errors"])
+def test_error_trees_hang_from_gsco_error(name: str) -> None:
+    from protocol.errors import GscoError
+
+    module = importlib.import_module(name)
+    for item in module.__all__:
+        error = getattr(module, item)
+        assert item.endswith("Error")
+        assert issubclass(error, GscoError), item
