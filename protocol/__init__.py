@@ -4,6 +4,14 @@ Everything that crosses a process or trust boundary is one of these models:
 strict (unknown fields are errors), versioned (``schema_version``) and immutable.
 """
 
+from protocol._artifacts import (
+    INDEX_KEYS,
+    ArtifactError,
+    OnnxSummary,
+    check_index,
+    check_onnx,
+    load_index,
+)
 from protocol._base import Identifier, Label, Sha256Hex, StrictModel
 from protocol._canonical import canonical_digest, canonical_json
 from protocol._card import (
@@ -28,11 +36,14 @@ from protocol._diagnosis import (
     SpecialistProvenance,
     StageTimings,
 )
+from protocol._preprocess import preprocess
 from protocol._registry import BundleRef, SiteKey
 from protocol._task import TaskSpec, TaskType
 from protocol.errors import EncodingError, GscoError, ProtocolError, SchemaError
 
 __all__ = [
+    "INDEX_KEYS",
+    "ArtifactError",
     "BundleRef",
     "DataSummary",
     "DiagnoseRequest",
@@ -49,6 +60,7 @@ __all__ = [
     "Label",
     "MediaType",
     "Mode",
+    "OnnxSummary",
     "Preprocessing",
     "ProtocolError",
     "ResizePolicy",
@@ -65,4 +77,8 @@ __all__ = [
     "TaskType",
     "canonical_digest",
     "canonical_json",
+    "check_index",
+    "check_onnx",
+    "load_index",
+    "preprocess",
 ]

@@ -6,7 +6,8 @@ front end can report any of them as one clear line::
     GscoError
     └── ProtocolError              (this package)
         ├── SchemaError            a document does not match its schema
-        └── EncodingError          bytes that are not the canonical encoding
+        ├── EncodingError          bytes that are not the canonical encoding
+        └── ArtifactError          model.onnx or index.npz breaks its contract (protocol._artifacts)
 
 Other roots (``signing.SigningError``, ...) subclass :class:`GscoError` too.
 """

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-protocol/_pb}
 mkdir -p "$out"
-python -m grpc_tools.protoc -I protocol/proto \
+"${PYTHON:-python}" -m grpc_tools.protoc -I protocol/proto \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
   protocol/proto/registry.proto
 # grpc_tools writes a top-level import; make it a package import.

@@ -5,6 +5,7 @@ Layout::
     HOME/site.json        site id, key id, creation time (SiteConfig)
     HOME/keys/site.key    ECDSA P-256 private key, mode 0600 (never leaves the site)
     HOME/keys/site.pub    the public key the consortium enrols
+    HOME/egress.jsonl     the egress ledger: every bundle that left the site
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import AwareDatetime
 
 from protocol import GscoError, Identifier, Sha256Hex, StrictModel, canonical_json
 from signing import PublicKey, generate_site_key, load_public_key
+from site_agent._ledger import EgressLedger
 from site_agent.errors import SiteHomeError
 
 __all__ = ["SiteConfig", "SiteHome", "default_site_home", "init_site", "open_site"]
@@ -51,6 +53,11 @@ class SiteHome:
     def public_key_path(self) -> Path:
         """Path of the site's public key."""
         return self.root / "keys" / "site.pub"
+
+    @property
+    def ledger(self) -> EgressLedger:
+        """The site's egress ledger."""
+        return EgressLedger(self.root / "egress.jsonl")
 
     def public_key(self) -> PublicKey:
         """The site's public key."""

@@ -2,15 +2,44 @@
 
 ::
 
-SiteError
-├── SiteHomeError        the site's home folder is missing, malformed or already set up
+    SiteError
+    ├── SiteHomeError          the site's home folder is missing, malformed or already set up
+    ├── DataError              local data cannot be used
+    │   ├── DataNotFoundError      no such file, and it cannot be downloaded here
+    │   ├── DataFormatError        wrong npz keys, shapes, labels; unreadable manifest
+    │   ├── EmptyClassError        a class of the task has no training images
+    │   └── ImageDecodeError       a corrupt or unsupported image (PNG, JPEG, DICOM)
+    ├── UnknownTaskError       no such task in the catalog or task file
+    ├── UnknownBackboneError   no such backbone in the zoo
+    ├── TrainingError          training could not run (no usable data, diverged)
+    ├── ExportError            ONNX export failed its checks
+    │   └── ParityError            onnxruntime disagrees with PyTorch beyond tolerance
+    ├── PrivacyIndexError      the retrieval index cannot satisfy its privacy settings
+    ├── BundleExistsError      the output folder exists and is not empty
+    └── LedgerError            the egress ledger is unreadable or its hash chain is broken
 """
 
 from __future__ import annotations
 
 from protocol.errors import GscoError
 
-__all__ = ["SiteError", "SiteHomeError"]
+__all__ = [
+    "BundleExistsError",
+    "DataError",
+    "DataFormatError",
+    "DataNotFoundError",
+    "EmptyClassError",
+    "ExportError",
+    "ImageDecodeError",
+    "LedgerError",
+    "ParityError",
+    "PrivacyIndexError",
+    "SiteError",
+    "SiteHomeError",
+    "TrainingError",
+    "UnknownBackboneError",
+    "UnknownTaskError",
+]
 
 
 class SiteError(GscoError):
@@ -19,3 +48,55 @@ class SiteError(GscoError):
 
 class SiteHomeError(SiteError):
     """The site's home folder is missing, malformed, or already initialised."""
+
+
+class DataError(SiteError):
+    """Local data cannot be used."""
+
+
+class DataNotFoundError(DataError):
+    """The data is not where it was looked for and cannot be downloaded."""
+
+
+class DataFormatError(DataError):
+    """The data is there but not in the expected form."""
+
+
+class EmptyClassError(DataError):
+    """A class of the task has no training images."""
+
+
+class ImageDecodeError(DataError):
+    """An image file is corrupt or in an unsupported encoding."""
+
+
+class UnknownTaskError(SiteError):
+    """The task id is neither in the catalog nor in the given task file."""
+
+
+class UnknownBackboneError(SiteError):
+    """The backbone name is not in the zoo."""
+
+
+class TrainingError(SiteError):
+    """Training could not run to a usable model."""
+
+
+class ExportError(SiteError):
+    """The ONNX export failed its checks."""
+
+
+class ParityError(ExportError):
+    """onnxruntime and PyTorch disagree beyond the tolerance on real images."""
+
+
+class PrivacyIndexError(SiteError):
+    """The retrieval index cannot be built with the requested privacy settings."""
+
+
+class BundleExistsError(SiteError):
+    """The output folder exists and is not empty (nothing is overwritten)."""
+
+
+class LedgerError(SiteError):
+    """The egress ledger cannot be read, or its hash chain is broken."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -45,10 +46,150 @@ def sign(
     typer.echo(f"bundle digest: {manifest.digest}")
 
 
+class IndexModeOption(StrEnum):
+    """--index-mode values."""
+
+    prototype = "prototype"
+    raw = "raw"
+    none = "none"
+
+
+class WeightsOption(StrEnum):
+    """--weights values."""
+
+    default = "default"
+    scratch = "scratch"
+    hub = "hub"
+
+
 @app.command()
-def train() -> None:
-    """Train a specialist on local data and write a bundle."""
-    not_built("site train", 3)
+def train(
+    task: Annotated[str, typer.Option(help="Task id from the catalog (or --task-file).")],
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (must not exist).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="MedMNIST .npz, CSV manifest (path,label[,split]) or folder of class folders "
+            "[default: the task's MedMNIST file in $GSCO_DATA_DIR or ~/.medmnist]."
+        ),
+    ] = None,
+    task_file: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file declaring your own task.")
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone from the zoo.")] = "tf_efficientnet_lite0",
+    weights: Annotated[
+        WeightsOption,
+        typer.Option(
+            help="default: weights shipped in a package where there are some; hub: download."
+        ),
+    ] = WeightsOption.default,
+    input_size: Annotated[
+        int | None, typer.Option(help="Model input size in pixels [default: the backbone's].")
+    ] = None,
+    image_size: Annotated[
+        int, typer.Option(help="Size images from folders/CSV/DICOM are stored at.")
+    ] = 64,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=2)] = 64,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience (epochs).")] = 5,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock budget for training, in minutes.")
+    ] = None,
+    max_train_images: Annotated[
+        int | None, typer.Option(help="Train on a random subset of this size (tiny runs).")
+    ] = None,
+    max_eval_images: Annotated[
+        int | None, typer.Option(help="Validate and test on random subsets of this size.")
+    ] = None,
+    seed: int = 0,
+    index_mode: Annotated[
+        IndexModeOption,
+        typer.Option(help="prototype (default, private) | raw (per-image rows: opt-in) | none."),
+    ] = IndexModeOption.prototype,
+    index_k: Annotated[int, typer.Option(min=1, help="Minimum images per prototype.")] = 10,
+    index_noise: Annotated[
+        float, typer.Option(min=0.0, help="Gaussian noise std added to prototypes.")
+    ] = 0.0,
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Bundle version [default: last published + 1].")
+    ] = None,
+    license_id: Annotated[
+        str, typer.Option("--license", help="SPDX id of the model's license.")
+    ] = ("LicenseRef-Consortium-Agreement"),
+    site_id: Annotated[str | None, typer.Option(help="Site id [default: the site home's].")] = None,
+    sign_bundle_too: Annotated[
+        bool, typer.Option("--sign/--no-sign", help="Sign the bundle with the site key.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Train a specialist on local data and write a bundle folder.
+
+    The bundle holds model.onnx, card.json, index.npz and metrics.json.
+    """
+    from gsco.cli._progress import TrainingProgress
+    from protocol import IndexMode
+    from site_agent.data import default_catalog, load_local_data, load_task_file
+    from site_agent.errors import SiteHomeError
+    from site_agent.index import IndexSettings
+    from site_agent.pipeline import ensure_new_output, write_bundle
+    from site_agent.train import TrainConfig, WeightsPolicy, default_zoo
+
+    root = home or default_site_home()
+    site = open_site(root) if (root / "site.json").is_file() else None
+    site_id = site_id or (site.config.site_id if site else None)
+    if site_id is None:
+        raise SiteHomeError(
+            "no site identity: run 'gsco site init --site-id ID' first, or pass --site-id"
+        )
+    if sign_bundle_too and site is None:
+        raise SiteHomeError(f"--sign needs a site home with a key ({root}): run 'gsco site init'")
+    ensure_new_output(out)
+    catalog = default_catalog()
+    if task_file is not None:
+        catalog = catalog.with_task(load_task_file(task_file))
+    entry = catalog.get(task)
+    default_zoo().get(backbone)  # an unknown backbone fails before the data is read
+    dataset = load_local_data(data, entry, image_size=image_size, seed=seed)
+    dataset = dataset.subsample(max_train_images, max_eval_images, seed)
+    if version is None:
+        version = (site.ledger.last_version(entry.task.task_id, backbone) if site else 0) + 1
+    config = TrainConfig(
+        backbone=backbone,
+        weights=WeightsPolicy(weights.value),
+        input_size=input_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        patience=patience,
+        max_minutes=max_minutes,
+        seed=seed,
+    )
+    typer.echo(
+        f"training {backbone} for {entry.task.task_id} on {len(dataset.train)} images "
+        f"({len(dataset.val)} val, {len(dataset.test)} test), site {site_id}, version {version}"
+    )
+    with TrainingProgress() as progress:
+        result = write_bundle(
+            dataset,
+            out,
+            site_id=site_id,
+            version=version,
+            license_id=license_id,
+            config=config,
+            index=IndexSettings(IndexMode(index_mode.value), index_k, index_noise, seed),
+            observer=progress,
+        )
+    test = result.card.metrics
+    auc = f"{test.macro_auc:.3f}" if test.macro_auc is not None else "n/a"
+    typer.echo(
+        f"test ACC {test.accuracy:.3f}  AUC {auc}  F1 {test.macro_f1:.3f}  "
+        f"ECE {test.ece:.3f}  (temperature {result.card.calibration_temperature:.2f})"
+    )
+    typer.echo(f"bundle written to {result.path}")
+    if sign_bundle_too and site is not None:
+        manifest = sign_bundle(result.path, site.private_key)
+        typer.echo(f"signed as site {site.config.site_id}; bundle digest {manifest.digest}")
 
 
 @app.command()

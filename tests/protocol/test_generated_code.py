@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gen-proto.sh"), str(tmp_path)], check=True, cwd=ROOT
+        ["bash", str(ROOT / "scripts" / "gen-proto.sh"), str(tmp_path)],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
     )
     committed = ROOT / "protocol" / "_pb"
     for generated in sorted(tmp_path.iterdir()):

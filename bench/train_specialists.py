@@ -1,0 +1,119 @@
+"""Full-size specialist training on MedMNIST: the site agent's accuracy targets.
+
+Runs ``gsco site train`` once per (task, backbone) as a separate process (so
+each run's peak memory is its own), reads each bundle's metrics.json and writes
+bench/results/train_specialists.json with time, peak memory and pass/fail
+against the MedMNIST v2 ResNet-18 (28 px) reference figures.
+
+    python bench/train_specialists.py                      # all four runs
+    python bench/train_specialists.py --only pneumonia-cxr:resnet18
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# (task, backbone, weights, targets: minimum test ACC / macro-AUC)
+RUNS = [
+    ("pneumonia-cxr", "tf_efficientnet_lite0", "default", {"accuracy": 0.85, "macro_auc": 0.94}),
+    ("pneumonia-cxr", "resnet18", "scratch", {"accuracy": 0.85, "macro_auc": 0.94}),
+    ("breast-us", "tf_efficientnet_lite0", "default", {"macro_auc": 0.87}),
+    ("breast-us", "resnet18", "scratch", {"macro_auc": 0.87}),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", help="TASK:BACKBONE (repeatable)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--max-minutes", type=float, default=25.0, help="per run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    gsco = shutil.which("gsco") or str(Path(sys.executable).parent / "gsco")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task, backbone, weights, targets in RUNS:
+            if args.only and f"{task}:{backbone}" not in args.only:
+                continue
+            out = Path(tmp) / f"{task}-{backbone}"
+            command = [
+                gsco,
+                "site",
+                "train",
+                "--task",
+                task,
+                "--backbone",
+                backbone,
+                "--weights",
+                weights,
+                "--out",
+                str(out),
+                "--site-id",
+                "bench",
+                "--epochs",
+                str(args.epochs),
+                "--max-minutes",
+                str(args.max_minutes),
+                "--license",
+                "CC-BY-4.0",
+            ]
+            print("$", " ".join(command[1:]), flush=True)
+            started = time.monotonic()
+            done = subprocess.run(command, check=False)
+            wall = time.monotonic() - started
+            if done.returncode != 0:
+                results.append({"task": task, "backbone": backbone, "error": done.returncode})
+                continue
+            metrics = json.loads((out / "metrics.json").read_text())
+            test = metrics["test"]
+            results.append(
+                {
+                    "task": task,
+                    "backbone": backbone,
+                    "weights": weights,
+                    "test": {k: test[k] for k in ("n", "accuracy", "macro_auc", "macro_f1", "ece")},
+                    "targets": targets,
+                    "passed": all((test[k] or 0) >= v for k, v in targets.items()),
+                    "wall_seconds": round(wall, 1),
+                    "train_seconds": metrics["training"]["seconds"],
+                    "epochs_run": metrics["training"]["epochs_run"],
+                    "best_epoch": metrics["training"]["best_epoch"],
+                    "stop_reason": metrics["training"]["stop_reason"],
+                    "peak_rss_mb": metrics["resources"]["peak_rss_mb"],
+                    "temperature": metrics["calibration"]["temperature"],
+                    "onnx_max_abs_diff": max(
+                        metrics["export"]["max_abs_diff_logits"],
+                        metrics["export"]["max_abs_diff_embedding"],
+                    ),
+                    "index_entries": metrics["index"]["entries_per_class"],
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    report = {
+        "benchmark": "train_specialists",
+        "time": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "epochs": args.epochs,
+        "max_minutes": args.max_minutes,
+        "runs": results,
+    }
+    path = args.out / "train_specialists.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0 if all(r.get("passed") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

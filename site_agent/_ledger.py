@@ -1,0 +1,119 @@
+"""The egress ledger: an append-only, hash-chained record of every bundle that left the site.
+
+One JSON document per line in ``HOME/egress.jsonl``. Each record names the
+sha256 of the previous line, so editing, deleting or reordering any line but
+the last breaks the chain. The last line is anchored from outside: the auditor
+cross-checks every record against what the registry holds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field
+
+from protocol import GscoError, Identifier, Sha256Hex, StrictModel, canonical_json
+from site_agent.errors import LedgerError
+
+__all__ = ["GENESIS", "EgressLedger", "EgressRecord"]
+
+GENESIS = "0" * 64
+
+
+class EgressRecord(StrictModel):
+    """One bundle that left the site."""
+
+    schema_version: Literal[1] = 1
+    seq: Annotated[int, Field(ge=0)]
+    time: AwareDatetime
+    action: Literal["publish"]
+    destination: Annotated[str, Field(max_length=500)]
+    bundle_digest: Sha256Hex
+    task_id: Identifier
+    site_id: Identifier
+    backbone: Identifier
+    version: Annotated[int, Field(ge=1)]
+    files: dict[str, Sha256Hex]
+    prev_hash: Sha256Hex
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+class EgressLedger:
+    """``HOME/egress.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[EgressRecord]:
+        """All records, after verifying every line and the hash chain.
+
+        Raises:
+            LedgerError: a line does not parse, or the chain is broken (names the line).
+        """
+        if not self.path.exists():
+            return []
+        records, previous = [], GENESIS
+        for number, line in enumerate(self.path.read_bytes().splitlines(keepends=True), start=1):
+            try:
+                record = EgressRecord.parse(line)
+            except GscoError as exc:
+                raise LedgerError(f"{self.path.name} line {number}: {exc}") from exc
+            if record.prev_hash != previous or record.seq != number - 1:
+                where = f"lines {number - 1} and {number}" if number > 1 else "line 1"
+                raise LedgerError(
+                    f"{self.path.name}: the hash chain breaks at {where} "
+                    "(a line was edited, removed or reordered)"
+                )
+            previous = _line_hash(line)
+            records.append(record)
+        return records
+
+    def append(
+        self,
+        *,
+        destination: str,
+        bundle_digest: str,
+        task_id: str,
+        site_id: str,
+        backbone: str,
+        version: int,
+        files: dict[str, str],
+    ) -> EgressRecord:
+        """Appends one record (under an exclusive lock, fsynced)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            records = self.records()
+            lines = self.path.read_bytes().splitlines(keepends=True)
+            record = EgressRecord(
+                seq=len(records),
+                time=datetime.now(UTC),
+                action="publish",
+                destination=destination,
+                bundle_digest=bundle_digest,
+                task_id=task_id,
+                site_id=site_id,
+                backbone=backbone,
+                version=version,
+                files=files,
+                prev_hash=_line_hash(lines[-1]) if lines else GENESIS,
+            )
+            handle.write(canonical_json(record) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return record
+
+    def last_version(self, task_id: str, backbone: str) -> int:
+        """The highest version that left the site for this task and backbone (0 if none)."""
+        return max(
+            (r.version for r in self.records() if r.task_id == task_id and r.backbone == backbone),
+            default=0,
+        )

@@ -1,0 +1,45 @@
+"""Training specialists: the backbone zoo, the training loop, calibration and metrics."""
+
+from site_agent.train._loop import (
+    EpochReport,
+    TrainConfig,
+    TrainedSpecialist,
+    TrainingObserver,
+    load_checkpoint,
+    train_specialist,
+)
+from site_agent.train._metrics import (
+    Evaluation,
+    evaluate,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
+from site_agent.train._zoo import (
+    BackboneSpec,
+    BackboneZoo,
+    SpecialistNet,
+    WeightsPolicy,
+    build_specialist,
+    default_zoo,
+)
+
+__all__ = [
+    "BackboneSpec",
+    "BackboneZoo",
+    "EpochReport",
+    "Evaluation",
+    "SpecialistNet",
+    "TrainConfig",
+    "TrainedSpecialist",
+    "TrainingObserver",
+    "WeightsPolicy",
+    "build_specialist",
+    "default_zoo",
+    "evaluate",
+    "expected_calibration_error",
+    "fit_temperature",
+    "load_checkpoint",
+    "softmax",
+    "train_specialist",
+]

@@ -1,0 +1,268 @@
+"""Training a specialist: AdamW, cosine schedule, early stopping, time budget, calibration."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from numpy.typing import NDArray
+from safetensors.torch import load_model, save_model
+
+from protocol import Preprocessing, ResizePolicy, preprocess
+from site_agent.data import LocalDataset
+from site_agent.errors import TrainingError
+from site_agent.train._metrics import evaluate, fit_temperature, softmax
+from site_agent.train._zoo import BackboneZoo, SpecialistNet, WeightsPolicy, build_specialist
+
+__all__ = [
+    "EpochReport",
+    "TrainConfig",
+    "TrainedSpecialist",
+    "TrainingObserver",
+    "train_specialist",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Units are in the names; ``None`` means the backbone's default / no limit."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: WeightsPolicy = WeightsPolicy.DEFAULT
+    input_size: int | None = None  # pixels (square); default: the backbone's
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    patience: int = 5  # epochs without a better validation loss before stopping
+    max_minutes: float | None = None  # wall-clock budget for the training epochs
+    seed: int = 0
+    augment: bool = True  # random translations of up to 1/16 of the image
+    balance_classes: bool = True  # class-weighted loss (inverse frequency)
+    threads: int | None = None  # torch CPU threads; default: all cores
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch achieved."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_auc: float | None
+    seconds: float
+    improved: bool
+
+
+class TrainingObserver(Protocol):
+    """Receives progress (the CLI draws a progress bar from it)."""
+
+    def on_start(self, epochs: int, steps_per_epoch: int) -> None:
+        """Training begins."""
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        """One optimiser step finished."""
+
+    def on_epoch(self, report: EpochReport) -> None:
+        """One epoch finished and was validated."""
+
+
+class _Silent:
+    def on_start(self, epochs: int, steps_per_epoch: int) -> None:
+        pass
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        pass
+
+    def on_epoch(self, report: EpochReport) -> None:
+        pass
+
+
+@dataclass
+class TrainedSpecialist:
+    """A trained, calibrated specialist (best validation epoch) and how it got there."""
+
+    net: SpecialistNet
+    backbone: str
+    preprocessing: Preprocessing
+    temperature: float
+    history: list[EpochReport]
+    best_epoch: int
+    stop_reason: str
+    train_seconds: float
+    test_probs: NDArray[np.float64] = field(repr=False)
+
+    def embed(self, images: NDArray[np.uint8], batch_size: int = 256) -> NDArray[np.float32]:
+        """Embeddings of raw ``uint8 [N, H, W, C]`` images."""
+        _, embeddings = _predict(self.net, preprocess(images, self.preprocessing), batch_size)
+        return embeddings
+
+
+def _predict(
+    net: SpecialistNet, inputs: NDArray[np.float32], batch_size: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    net.eval()
+    logits, embeddings = [], []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            batch_logits, batch_embeddings = net(
+                torch.from_numpy(inputs[start : start + batch_size])
+            )
+            logits.append(batch_logits.numpy())
+            embeddings.append(batch_embeddings.numpy())
+    return np.concatenate(logits), np.concatenate(embeddings)
+
+
+def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random translation (the same for the whole batch), reflecting at the border."""
+    pad = max(1, batch.shape[-1] // 16)
+    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    return padded[..., dy : dy + batch.shape[-2], dx : dx + batch.shape[-1]]
+
+
+def train_specialist(
+    dataset: LocalDataset,
+    config: TrainConfig,
+    zoo: BackboneZoo,
+    *,
+    checkpoint_dir: Path | None = None,
+    observer: TrainingObserver | None = None,
+) -> TrainedSpecialist:
+    """Trains, early-stops on validation loss, restores the best epoch and calibrates it.
+
+    Raises:
+        UnknownBackboneError: the backbone is not in ``zoo``.
+        TrainingError: the model cannot be built or the loss diverged.
+    """
+    observer = observer or _Silent()
+    spec = zoo.get(config.backbone)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    size = config.input_size or spec.default_input_size
+    k = len(dataset.task.labels)
+    net, mean, std = build_specialist(spec, k, dataset.channels, size, config.weights)
+    channels = dataset.channels
+    if channels not in (1, 3):
+        raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
+    channels = dataset.channels
+    if channels not in (1, 3):
+        raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
+    preprocessing = Preprocessing(
+        input_size=(size, size),
+        channels=cast(Literal[1, 3], channels),
+        mean=mean,
+        std=std,
+        resize=ResizePolicy.RESIZE,
+    )
+    x_train = torch.from_numpy(preprocess(dataset.train.images, preprocessing))
+    y_train = torch.from_numpy(dataset.train.labels)
+    x_val = preprocess(dataset.val.images, preprocessing)
+    y_val = dataset.val.labels
+
+    counts = np.bincount(dataset.train.labels, minlength=k).astype(np.float64)
+    weights = len(y_train) / (k * np.maximum(counts, 1)) if config.balance_classes else np.ones(k)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    batch_size = min(config.batch_size, len(y_train))
+    steps = max(1, len(y_train) // batch_size)  # drop the last partial batch (BatchNorm)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
+
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
+    best_loss, best_epoch, stale = math.inf, 0, 0
+    history: list[EpochReport] = []
+    stop_reason = f"finished {config.epochs} epochs"
+    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
+    started = time.monotonic()
+    observer.on_start(config.epochs, steps)
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.monotonic()
+        net.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        total, seen = 0.0, 0
+        for step in range(steps):
+            rows = order[step * batch_size : (step + 1) * batch_size]
+            inputs = x_train[rows]
+            if config.augment:
+                inputs = _shift(inputs, generator)
+            logits, _ = net(inputs)
+            loss = loss_fn(logits, y_train[rows])
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss diverged at epoch {epoch} (try a lower learning rate)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_value = loss.item()
+            total += loss_value * len(rows)
+            seen += len(rows)
+            observer.on_step(epoch, step + 1, loss_value)
+            if time.monotonic() > deadline:
+                break
+        val_logits, _ = _predict(net, x_val, 256)
+        val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
+        val_eval = evaluate(softmax(val_logits), y_val, dataset.task.labels)
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
+            if checkpoint_dir is not None:
+                save_model(net, str(checkpoint_dir / "best.safetensors"))
+        else:
+            stale += 1
+        report = EpochReport(
+            epoch,
+            total / max(seen, 1),
+            val_loss,
+            val_eval.accuracy,
+            val_eval.macro_auc,
+            time.monotonic() - epoch_start,
+            improved,
+        )
+        history.append(report)
+        observer.on_epoch(report)
+        if checkpoint_dir is not None:
+            save_model(net, str(checkpoint_dir / "last.safetensors"))
+        if time.monotonic() > deadline:
+            stop_reason = f"time budget of {config.max_minutes} min reached after epoch {epoch}"
+            break
+        if stale >= config.patience:
+            stop_reason = f"early stop: no better validation loss for {config.patience} epochs"
+            break
+    train_seconds = time.monotonic() - started
+    net.load_state_dict(best_state)
+    net.eval()
+    val_logits, _ = _predict(net, x_val, 256)
+    temperature = fit_temperature(val_logits, y_val)
+    test_logits, _ = _predict(net, preprocess(dataset.test.images, preprocessing), 256)
+    return TrainedSpecialist(
+        net=net,
+        backbone=spec.name,
+        preprocessing=preprocessing,
+        temperature=temperature,
+        history=history,
+        best_epoch=best_epoch,
+        stop_reason=stop_reason,
+        train_seconds=train_seconds,
+        test_probs=softmax(test_logits, temperature),
+    )
+
+
+def load_checkpoint(net: SpecialistNet, path: Path) -> None:
+    """Loads a safetensors checkpoint written by :func:`train_specialist` (no pickle)."""
+    load_model(net, str(path))

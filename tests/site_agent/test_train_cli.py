@@ -1,0 +1,149 @@
+"""``gsco site train`` as a user runs it: one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.site_agent.conftest import medmnist_dir, write_npz, write_png
+from tests.test_cli import gsco
+
+
+def _train(*args: str, home: Path | None = None) -> tuple[int, str, str]:
+    result = gsco("site", "train", "--site-id", "st-marys", *args, home=home)
+    return result.returncode, result.stdout, result.stderr
+
+
+def _bad_npz(tmp_path: Path, *, labels: np.ndarray | None = None, keys: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        name = f"{split}_images" if keys else f"{split}_x"
+        arrays[name] = rng.integers(0, 255, (8, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(8).reshape(-1, 1) % 2 if labels is None else labels
+    return write_npz(tmp_path / "data.npz", **arrays)
+
+
+def _corrupt_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for i in range(4):
+        write_png(root / "normal" / f"{i}.png", i)
+        write_png(root / "pneumonia" / f"{i}.png", 10 + i)
+    (root / "pneumonia" / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda t: ["--task", "pneumonia-cxr", "--data", str(t / "missing.npz")], "no such file"),
+        (
+            lambda t: ["--task", "pneumonia-cxr", "--data", str(_bad_npz(t, keys=False))],
+            "missing keys",
+        ),
+        (
+            lambda t: [
+                "--task",
+                "pneumonia-cxr",
+                "--data",
+                str(_bad_npz(t, labels=np.zeros((8, 1), np.int64))),
+            ],
+            "no training images for class(es): pneumonia",
+        ),
+        (
+            lambda t: ["--task", "pneumonia-cxr", "--data", str(_corrupt_folder(t))],
+            "scan.png: not a readable image",
+        ),
+        (
+            lambda t: ["--task", "pneumonia-cxr", "--backbone", "resnet9000"],
+            "unknown backbone 'resnet9000'",
+        ),
+        (lambda t: ["--task", "covid-ct"], "unknown task 'covid-ct'"),
+    ],
+    ids=[
+        "missing-file",
+        "wrong-keys",
+        "empty-class",
+        "corrupt-image",
+        "unknown-backbone",
+        "unknown-task",
+    ],
+)
+def test_bad_inputs_end_in_one_clear_line(tmp_path: Path, make_args: object, message: str) -> None:
+    code, _, stderr = _train(*make_args(tmp_path), "--out", str(tmp_path / "out"))  # type: ignore[operator]
+    assert code == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert message in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_site_identity(tmp_path: Path) -> None:
+    result = gsco(
+        "site",
+        "train",
+        "--task",
+        "pneumonia-cxr",
+        "--out",
+        str(tmp_path / "o"),
+        home=tmp_path / "nohome",
+    )
+    assert result.returncode == 1
+    assert "no site identity" in result.stderr
+
+
+@pytest.mark.slow
+def test_tiny_train_sign_and_audit(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert gsco("site", "init", "--site-id", "st-marys", home=home).returncode == 0
+    out = tmp_path / "bundle"
+    result = gsco(
+        "site",
+        "train",
+        "--task",
+        "pneumonia-cxr",
+        "--data",
+        str(medmnist_dir() / "pneumoniamnist.npz"),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--max-train-images",
+        "64",
+        "--max-eval-images",
+        "32",
+        "--sign",
+        home=home,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test ACC" in result.stdout
+    assert "signed as site st-marys" in result.stdout
+    assert "epoch 2/2" in result.stderr  # progress, on stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {
+        "accuracy",
+        "macro_auc",
+        "macro_f1",
+        "per_class_recall",
+        "ece",
+        "confusion_matrix",
+    }
+    assert metrics["training"]["epochs_run"] == 2
+    assert (tmp_path / "bundle.checkpoints" / "best.safetensors").is_file()
+    card = json.loads((out / "card.json").read_text())
+    assert card["site_id"] == "st-marys"
+    assert card["version"] == 1
+    assert card["index"]["mode"] == "prototype"
+    assert card["index"]["min_group_size"] == 10
+    key = f"st-marys={home / 'keys' / 'site.pub'}"
+    audit = gsco("audit", "bundle", str(out), "--key", key, "--site", "st-marys")
+    assert audit.returncode == 0, audit.stderr
+
+    again = gsco("site", "train", "--task", "pneumonia-cxr", "--out", str(out), home=home)
+    assert again.returncode == 1
+    assert "exists and is not empty" in again.stderr
