@@ -1,3 +1,53 @@
-"""The consortium registry: gRPC service, blob storage, TUF metadata (not built yet)."""
+"""The consortium registry: verification on publish, blob storage, event log.
 
-__all__: list[str] = []
+Built: :func:`verify_publication` (the one pure check shared with the hub and
+the auditor), content-addressed storage with crash recovery, the hash-chained
+event log, the gRPC service and its client. TUF metadata follows (issue #4).
+"""
+
+from registry._client import RegistryClient
+from registry._core import Registry
+from registry._events import Event, verify_event_log
+from registry._server import ServerConfig, admin_token_for, start_server
+from registry._verify import (
+    BUNDLE_FILES,
+    REQUIRED_FILES,
+    AcceptedBundle,
+    Limits,
+    verify_publication,
+)
+from registry.errors import (
+    ConflictError,
+    EventLogError,
+    NotFoundError,
+    PermissionDeniedError,
+    RegistryError,
+    RegistryUnavailableError,
+    RejectCode,
+    RejectedError,
+    StoreError,
+)
+
+__all__ = [
+    "BUNDLE_FILES",
+    "REQUIRED_FILES",
+    "AcceptedBundle",
+    "ConflictError",
+    "Event",
+    "EventLogError",
+    "Limits",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Registry",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryUnavailableError",
+    "RejectCode",
+    "RejectedError",
+    "ServerConfig",
+    "StoreError",
+    "admin_token_for",
+    "start_server",
+    "verify_event_log",
+    "verify_publication",
+]

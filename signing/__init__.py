@@ -18,7 +18,7 @@ from signing._keys import (
     load_private_key,
     load_public_key,
 )
-from signing._verify import VerifiedManifest, bundle_digest, verify_manifest
+from signing._verify import VerifiedManifest, bundle_digest, signature_key_id, verify_manifest
 from signing.errors import (
     BadSignatureError,
     BundleError,
@@ -68,6 +68,7 @@ __all__ = [
     "load_public_key",
     "read_signature",
     "sign_bundle",
+    "signature_key_id",
     "verify_bundle_dir",
     "verify_manifest",
 ]

@@ -20,7 +20,7 @@ from signing.errors import (
     UnknownKeyError,
 )
 
-__all__ = ["VerifiedManifest", "bundle_digest", "verify_manifest"]
+__all__ = ["VerifiedManifest", "bundle_digest", "signature_key_id", "verify_manifest"]
 
 
 def bundle_digest(files: Mapping[str, str]) -> str:
@@ -44,6 +44,11 @@ class VerifiedManifest:
     def digest(self) -> str:
         """See :func:`bundle_digest`."""
         return bundle_digest(self.files)
+
+
+def signature_key_id(signature: bytes) -> str:
+    """The key id that ``model.sig`` names (unverified: for telling revoked from unknown keys)."""
+    return parse_signature_file(signature).key_hint
 
 
 def verify_manifest(

@@ -99,6 +99,7 @@ def write_bundle(
             trained.preprocessing,
             partial / "model.onnx",
             dataset.test.images[:PARITY_IMAGES],
+            trained.temperature,
         )
         built = build_index(
             trained.embed(dataset.train.images), dataset.train.labels, dataset.task.labels, index

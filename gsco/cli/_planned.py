@@ -6,33 +6,8 @@ import typer
 
 from gsco.cli._common import not_built
 
-registry = typer.Typer(help="The consortium registry of signed specialists.", no_args_is_help=True)
 hub = typer.Typer(help="The hub's diagnosis API.", no_args_is_help=True)
 generalist = typer.Typer(help="The generalist model server (vLLM).", no_args_is_help=True)
-
-
-@registry.command("serve")
-def registry_serve() -> None:
-    """Run the registry's gRPC service."""
-    not_built("registry serve", 4)
-
-
-@registry.command("enroll")
-def registry_enroll() -> None:
-    """Enrol a site's public key (admin)."""
-    not_built("registry enroll", 4)
-
-
-@registry.command("revoke")
-def registry_revoke() -> None:
-    """Revoke a bundle or a site key (admin)."""
-    not_built("registry revoke", 4)
-
-
-@registry.command("ls")
-def registry_ls() -> None:
-    """List published bundles."""
-    not_built("registry ls", 4)
 
 
 @hub.command("serve")

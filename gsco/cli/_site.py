@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from gsco.cli._common import not_built
 from signing import sign_bundle
 from site_agent import default_site_home, init_site, open_site
 
@@ -193,6 +192,40 @@ def train(
 
 
 @app.command()
-def publish() -> None:
-    """Publish a signed bundle to the registry."""
-    not_built("site publish", 4)
+def publish(
+    bundle: Annotated[Path, typer.Argument(help="Signed bundle directory.")],
+    registry: Annotated[
+        str, typer.Option(help="Registry address host:port.", envvar="GSCO_REGISTRY")
+    ] = "127.0.0.1:50051",
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="CA certificate to verify the registry's TLS.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Publish a signed bundle to the registry and record it in the egress ledger."""
+    from registry import RegistryClient
+    from signing import KeyRing, TrustedKey, verify_bundle_dir
+
+    site = open_site(home or default_site_home())
+    manifest = verify_bundle_dir(
+        bundle,
+        KeyRing([TrustedKey(site.config.site_id, site.public_key())]),
+        expected_site_id=site.config.site_id,
+    )
+    with RegistryClient(
+        registry, root_certificates=tls_ca.read_bytes() if tls_ca else None
+    ) as client:
+        ref = client.publish(bundle)
+    site.ledger.append(
+        destination=registry,
+        bundle_digest=ref.bundle_digest,
+        task_id=ref.task_id,
+        site_id=ref.site_id,
+        backbone=ref.backbone,
+        version=ref.version,
+        files=dict(manifest.files),
+    )
+    typer.echo(
+        f"published {ref.task_id}/{ref.backbone} v{ref.version} as {ref.bundle_digest} "
+        f"to {registry}; recorded in {site.ledger.path}"
+    )

@@ -42,6 +42,18 @@ class BundleRefMessage(_message.Message):
     revoked: bool
     def __init__(self, task_id: _Optional[str] = ..., site_id: _Optional[str] = ..., backbone: _Optional[str] = ..., version: _Optional[int] = ..., bundle_digest: _Optional[str] = ..., key_id: _Optional[str] = ..., published_at_unix_ms: _Optional[int] = ..., size_bytes: _Optional[int] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
+class ListSitesRequest(_message.Message):
+    __slots__ = ("include_revoked",)
+    INCLUDE_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    include_revoked: bool
+    def __init__(self, include_revoked: _Optional[bool] = ...) -> None: ...
+
+class ListSitesResponse(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[SiteKeyMessage]
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteKeyMessage, _Mapping]]] = ...) -> None: ...
+
 class EnrollSiteRequest(_message.Message):
     __slots__ = ("site_id", "public_key_pem")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class RegistryStub:
                 request_serializer=registry__pb2.EnrollSiteRequest.SerializeToString,
                 response_deserializer=registry__pb2.SiteKeyMessage.FromString,
                 _registered_method=True)
+        self.ListSites = channel.unary_unary(
+                '/gsco.registry.v1.Registry/ListSites',
+                request_serializer=registry__pb2.ListSitesRequest.SerializeToString,
+                response_deserializer=registry__pb2.ListSitesResponse.FromString,
+                _registered_method=True)
         self.Publish = channel.stream_unary(
                 '/gsco.registry.v1.Registry/Publish',
                 request_serializer=registry__pb2.PublishMessage.SerializeToString,
@@ -70,6 +75,12 @@ class RegistryServicer:
     """Missing associated documentation comment in .proto file."""
 
     def EnrollSite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSites(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +124,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.EnrollSite,
                     request_deserializer=registry__pb2.EnrollSiteRequest.FromString,
                     response_serializer=registry__pb2.SiteKeyMessage.SerializeToString,
+            ),
+            'ListSites': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSites,
+                    request_deserializer=registry__pb2.ListSitesRequest.FromString,
+                    response_serializer=registry__pb2.ListSitesResponse.SerializeToString,
             ),
             'Publish': grpc.stream_unary_rpc_method_handler(
                     servicer.Publish,
@@ -167,6 +183,33 @@ class Registry:
             '/gsco.registry.v1.Registry/EnrollSite',
             registry__pb2.EnrollSiteRequest.SerializeToString,
             registry__pb2.SiteKeyMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSites(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gsco.registry.v1.Registry/ListSites',
+            registry__pb2.ListSitesRequest.SerializeToString,
+            registry__pb2.ListSitesResponse.FromString,
             options,
             channel_credentials,
             insecure,

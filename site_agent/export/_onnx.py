@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from protocol import ArtifactError, OnnxSummary, Preprocessing, check_onnx, preprocess
 from site_agent.errors import ExportError, ParityError
+from site_agent.train._metrics import softmax
 from site_agent.train._zoo import SpecialistNet
 
 __all__ = ["OPSET", "PARITY_ATOL", "ExportReport", "export_onnx"]
@@ -38,6 +39,7 @@ class ExportReport:
     max_abs_diff_logits: float
     max_abs_diff_embedding: float
     providers: tuple[str, ...]
+    max_abs_diff_probabilities: float = 0.0  # calibrated softmax, what clinicians see
     float64_errors: dict[str, float] | None = None  # set when the float64 check ran
 
     def as_dict(self) -> dict[str, object]:
@@ -47,6 +49,7 @@ class ExportReport:
             "parity_images": self.parity_images,
             "max_abs_diff_logits": self.max_abs_diff_logits,
             "max_abs_diff_embedding": self.max_abs_diff_embedding,
+            "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
             "max_abs_diff_below_1e-4": max(self.max_abs_diff_logits, self.max_abs_diff_embedding)
             < PARITY_ATOL,
             "float64_reference": self.float64_errors,
@@ -79,6 +82,7 @@ def export_onnx(
     preprocessing: Preprocessing,
     path: Path,
     parity_images: NDArray[np.uint8],
+    temperature: float = 1.0,
 ) -> ExportReport:
     """Exports ``net`` to ``path`` and checks it.
 
@@ -140,6 +144,11 @@ def export_onnx(
         diff_logits,
         diff_embedding,
         tuple(session.get_providers()),
+        float(
+            np.abs(
+                softmax(onnx_logits, temperature) - softmax(torch_logits.numpy(), temperature)
+            ).max()
+        ),
         float64_errors,
     )
 

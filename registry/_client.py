@@ -1,0 +1,183 @@
+"""The registry client used by site agents, hubs, administrators and auditors."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from protocol import BundleRef, SiteKey
+from protocol._pb import registry_pb2 as pb
+from protocol._pb import registry_pb2_grpc as pb_grpc
+from protocol.serde import bundle_ref_from_pb, site_key_from_pb
+from registry._service import CHUNK_BYTES
+from registry.errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    RegistryError,
+    RegistryUnavailableError,
+    RejectCode,
+    RejectedError,
+)
+
+__all__ = ["RegistryClient"]
+
+_T = TypeVar("_T")
+
+
+def _translate(exc: grpc.RpcError) -> RegistryError:
+    code, details = exc.code(), exc.details() or ""
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        name, _, message = details.partition(": ")
+        if name in RejectCode.__members__:
+            return RejectedError(RejectCode(name), message)
+    kinds: dict[grpc.StatusCode, type[RegistryError]] = {
+        grpc.StatusCode.NOT_FOUND: NotFoundError,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+        grpc.StatusCode.ALREADY_EXISTS: ConflictError,
+        grpc.StatusCode.UNAVAILABLE: RegistryUnavailableError,
+        grpc.StatusCode.DEADLINE_EXCEEDED: RegistryUnavailableError,
+    }
+    return kinds.get(code, RegistryError)(f"registry: {details or code.name}")
+
+
+class RegistryClient:
+    """A connection to one registry (``host:port``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        admin_token: str | None = None,
+        root_certificates: bytes | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", CHUNK_BYTES * 2),
+            ("grpc.max_send_message_length", CHUNK_BYTES * 2),
+        ]
+        self._channel = (
+            grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
+            if root_certificates is not None
+            else grpc.insecure_channel(target, options)
+        )
+        self._stub = pb_grpc.RegistryStub(self._channel)  # type: ignore[no-untyped-call]
+        self._admin = [("authorization", f"Bearer {admin_token}")] if admin_token else []
+        self.target = target
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def _call(self, work: Callable[[], _T]) -> _T:
+        try:
+            return work()
+        except grpc.RpcError as exc:
+            raise _translate(exc) from exc
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Blocks until the registry answers (raises RegistryUnavailableError)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            raise RegistryUnavailableError(f"registry {self.target} did not answer") from exc
+
+    def enroll(self, site_id: str, public_key_pem: bytes) -> SiteKey:
+        """Enrols a site key (needs the admin token)."""
+        request = pb.EnrollSiteRequest(site_id=site_id, public_key_pem=public_key_pem.decode())
+        return site_key_from_pb(
+            self._call(
+                lambda: self._stub.EnrollSite(request, timeout=self.timeout_s, metadata=self._admin)
+            )
+        )
+
+    def sites(self, *, include_revoked: bool = False) -> list[SiteKey]:
+        """Enrolled keys."""
+        response = self._call(
+            lambda: self._stub.ListSites(
+                pb.ListSitesRequest(include_revoked=include_revoked), timeout=self.timeout_s
+            )
+        )
+        return [site_key_from_pb(s) for s in response.sites]
+
+    def publish(self, bundle_dir: Path) -> BundleRef:
+        """Streams a signed bundle directory to the registry."""
+        return self.publish_files(
+            {p.name: p.read_bytes() for p in sorted(bundle_dir.iterdir()) if p.is_file()}
+        )
+
+    def publish_files(self, files: dict[str, bytes]) -> BundleRef:
+        """Streams a bundle given as ``{name: bytes}``."""
+        response = self._call(lambda: self._stub.Publish(_messages(files), timeout=self.timeout_s))
+        return bundle_ref_from_pb(response.bundle)
+
+    def bundles(
+        self, *, task_id: str = "", site_id: str = "", include_revoked: bool = False
+    ) -> list[BundleRef]:
+        """Published bundles."""
+        request = pb.ListBundlesRequest(
+            task_id=task_id, site_id=site_id, include_revoked=include_revoked
+        )
+        response = self._call(lambda: self._stub.ListBundles(request, timeout=self.timeout_s))
+        return [bundle_ref_from_pb(b) for b in response.bundles]
+
+    def fetch(self, bundle_digest: str) -> dict[str, bytes]:
+        """A bundle's files as ``{name: bytes}`` (verify them with :func:`verify_publication`)."""
+
+        def work() -> dict[str, bytes]:
+            files: dict[str, bytearray] = {}
+            request = pb.FetchBundleRequest(bundle_digest=bundle_digest)
+            for chunk in self._stub.FetchBundle(request, timeout=self.timeout_s):
+                buffer = files.setdefault(chunk.name, bytearray())
+                if chunk.offset != len(buffer):
+                    raise RegistryError(f"registry sent {chunk.name} out of order")
+                buffer.extend(chunk.data)
+            return {name: bytes(data) for name, data in files.items()}
+
+        return self._call(work)
+
+    def revoke_bundle(self, bundle_digest: str, reason: str) -> int:
+        """Revokes a bundle (admin)."""
+        request = pb.RevokeRequest(bundle_digest=bundle_digest, reason=reason)
+        return int(
+            self._call(
+                lambda: self._stub.Revoke(request, timeout=self.timeout_s, metadata=self._admin)
+            ).revoked_count
+        )
+
+    def revoke_key(self, key_id: str, reason: str) -> int:
+        """Revokes a site key and every bundle it signed (admin)."""
+        request = pb.RevokeRequest(key_id=key_id, reason=reason)
+        return int(
+            self._call(
+                lambda: self._stub.Revoke(request, timeout=self.timeout_s, metadata=self._admin)
+            ).revoked_count
+        )
+
+
+def _messages(files: dict[str, bytes]) -> Iterator[Any]:
+    header = pb.PublishHeader(
+        files=[
+            pb.FileEntry(name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+            for name, data in sorted(files.items())
+        ]
+    )
+    yield pb.PublishMessage(header=header)
+    for name, data in sorted(files.items()):
+        for offset in range(0, len(data), CHUNK_BYTES):
+            yield pb.PublishMessage(
+                chunk=pb.FileChunk(
+                    name=name, offset=offset, data=data[offset : offset + CHUNK_BYTES]
+                )
+            )

@@ -1,0 +1,351 @@
+"""The registry's state: enrolled keys, published bundles, revocations and the event log.
+
+SQLite (WAL) holds the metadata, :class:`BlobStore` the files, :class:`EventLog`
+the history. A publication writes its blobs first, then appends its event and
+commits its rows in one transaction; :meth:`Registry.open` recovers from a crash
+at any point by removing temporary files, unreferenced blobs and unacknowledged
+event lines, so an interrupted publication leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from protocol import BundleRef, GscoError, SiteKey
+from registry._blobs import BlobStore
+from registry._events import GENESIS, EventLog, verify_event_log
+from registry._verify import AcceptedBundle, Limits, verify_publication
+from registry.errors import ConflictError, NotFoundError, RejectedError, StoreError
+from signing import KeyRing, PublicKey, TrustedKey
+
+__all__ = ["Registry"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    key_id TEXT PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    public_key_pem TEXT NOT NULL,
+    enrolled_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS bundles (
+    digest TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    files TEXT NOT NULL,
+    revoked_at TEXT,
+    UNIQUE (site_id, task_id, backbone, version)
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Registry:
+    """One registry storage folder. Thread-safe; one process at a time."""
+
+    def __init__(self, root: Path, limits: Limits | None = None) -> None:
+        self.root = root
+        self.limits = limits or Limits()
+        root.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(root)
+        self.events = EventLog(root / "events.jsonl")
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                root / "registry.sqlite3", isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the registry database in {root}: {exc}") from exc
+        self.recovered = self._recover()
+
+    # -- transactions and recovery ------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def event_head(self) -> tuple[int, str]:
+        """(count, hash of the last line) of the committed event log."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'event_head'").fetchone()
+        if row is None:
+            return 0, GENESIS
+        count, digest = json.loads(row[0])
+        return int(count), str(digest)
+
+    def _event(self, db: sqlite3.Connection, kind: str, **fields: object) -> None:
+        count, previous = self.event_head()
+        head = self.events.append(count, previous, kind, **fields)  # type: ignore[arg-type]
+        db.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('event_head', ?)", (json.dumps(head),)
+        )
+
+    def _recover(self) -> dict[str, int]:
+        """Undoes what an interrupted write left; refuses a tampered event log."""
+        with self._lock:
+            count, digest = self.event_head()
+            lines = self.events.lines()
+            verify_event_log(lines[:count], (count, digest))
+            dropped_events = self.events.truncate(count)
+            referenced = set()
+            for (files,) in self._db.execute("SELECT files FROM bundles"):
+                referenced.update(json.loads(files).values())
+            orphans = [d for d in self.blobs.digests() if d not in referenced]
+            for orphan in orphans:
+                self.blobs.delete(orphan)
+            return {
+                "temporary_files": self.blobs.clear_tmp(),
+                "unreferenced_blobs": len(orphans),
+                "unacknowledged_events": dropped_events,
+            }
+
+    def verify_events(self) -> int:
+        """Verifies the whole event log against the committed head; returns its length."""
+        events, _ = verify_event_log(self.events.lines(), self.event_head())
+        return len(events)
+
+    # -- sites --------------------------------------------------------------------
+
+    def enroll(self, site_id: str, public_key_pem: bytes) -> SiteKey:
+        """Enrols a site's public key (P-256).
+
+        Raises:
+            signing.KeyFileError: not a P-256 public key.
+            ConflictError: this key is enrolled already.
+        """
+        key = PublicKey.from_pem(public_key_pem)
+        site = SiteKey(
+            site_id=site_id,
+            key_id=key.key_id,
+            public_key_pem=key.pem.decode(),
+            enrolled_at=datetime.now(UTC),
+        )
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM sites WHERE key_id = ?", (key.key_id,)).fetchone():
+                raise ConflictError(f"key {key.key_id[:16]}… is enrolled already")
+            db.execute(
+                "INSERT INTO sites VALUES (?, ?, ?, ?, NULL)",
+                (site.key_id, site.site_id, site.public_key_pem, site.enrolled_at.isoformat()),
+            )
+            self._event(db, "enroll", site_id=site_id, key_id=key.key_id)
+        return site
+
+    def sites(self, *, include_revoked: bool = False) -> list[SiteKey]:
+        """Enrolled keys, oldest first."""
+        rows = self._db.execute(
+            "SELECT site_id, key_id, public_key_pem, enrolled_at, revoked_at FROM sites "
+            "ORDER BY enrolled_at"
+        ).fetchall()
+        return [
+            SiteKey(
+                site_id=r[0],
+                key_id=r[1],
+                public_key_pem=r[2],
+                enrolled_at=datetime.fromisoformat(r[3]),
+                revoked=r[4] is not None,
+            )
+            for r in rows
+            if include_revoked or r[4] is None
+        ]
+
+    def keyring(self) -> KeyRing:
+        """The enrolled, unrevoked keys."""
+        return KeyRing(
+            TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode()))
+            for s in self.sites()
+        )
+
+    def revoked_key_ids(self) -> frozenset[str]:
+        """Keys that were enrolled and then revoked."""
+        return frozenset(s.key_id for s in self.sites(include_revoked=True) if s.revoked)
+
+    # -- bundles ------------------------------------------------------------------
+
+    def last_version(self, site_id: str, task_id: str, backbone: str) -> int | None:
+        """The site's highest version for the task and backbone (revoked ones included)."""
+        row = self._db.execute(
+            "SELECT MAX(version) FROM bundles WHERE site_id = ? AND task_id = ? AND backbone = ?",
+            (site_id, task_id, backbone),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def publish(self, files: Mapping[str, bytes]) -> BundleRef:
+        """Verifies and stores a bundle; a rejection is logged and stores nothing else.
+
+        Raises:
+            RejectedError: see :func:`registry.verify_publication`.
+        """
+        with self._lock:
+            try:
+                accepted = self._check(files)
+            except RejectedError as exc:
+                with self._transaction() as db:
+                    self._event(db, "reject", code=exc.code.value, reason=str(exc)[:1000])
+                raise
+            stored = {name: self.blobs.put(files[name]) for name in sorted(files)}
+            if stored != dict(accepted.files):
+                raise StoreError("stored blobs do not match the verified digests")
+            card = accepted.card
+            published = datetime.now(UTC)
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    (
+                        accepted.digest,
+                        card.task_id,
+                        card.site_id,
+                        card.backbone,
+                        card.version,
+                        accepted.manifest.key_id,
+                        published.isoformat(),
+                        accepted.size_bytes,
+                        json.dumps(dict(accepted.files), sort_keys=True),
+                    ),
+                )
+                self._event(
+                    db,
+                    "publish",
+                    site_id=card.site_id,
+                    key_id=accepted.manifest.key_id,
+                    bundle_digest=accepted.digest,
+                    task_id=card.task_id,
+                    backbone=card.backbone,
+                    version=card.version,
+                )
+            return self.bundle(accepted.digest)
+
+    def _check(self, files: Mapping[str, bytes]) -> AcceptedBundle:
+        card_site = _claimed(files)
+        last = self.last_version(*card_site) if card_site else None
+        accepted = verify_publication(
+            files,
+            self.keyring(),
+            revoked_key_ids=self.revoked_key_ids(),
+            last_version=last,
+            limits=self.limits,
+        )
+        if self._db.execute(
+            "SELECT 1 FROM bundles WHERE digest = ?", (accepted.digest,)
+        ).fetchone():
+            raise ConflictError(f"bundle {accepted.digest[:16]}… is published already")
+        return accepted
+
+    def bundle(self, digest: str) -> BundleRef:
+        """One bundle by digest."""
+        found = self.bundles(digest=digest, include_revoked=True)
+        if not found:
+            raise NotFoundError(f"no bundle {digest}")
+        return found[0]
+
+    def bundles(
+        self,
+        *,
+        task_id: str | None = None,
+        site_id: str | None = None,
+        digest: str | None = None,
+        include_revoked: bool = False,
+    ) -> list[BundleRef]:
+        """Published bundles, oldest first, filtered."""
+        query = (
+            "SELECT task_id, site_id, backbone, version, digest, key_id, published_at, "
+            "size_bytes, revoked_at FROM bundles WHERE 1=1"
+        )
+        args: list[str] = []
+        for column, value in (("task_id", task_id), ("site_id", site_id), ("digest", digest)):
+            if value:
+                query += f" AND {column} = ?"
+                args.append(value)
+        if not include_revoked:
+            query += " AND revoked_at IS NULL"
+        rows = self._db.execute(query + " ORDER BY published_at", args).fetchall()
+        return [
+            BundleRef(
+                task_id=r[0],
+                site_id=r[1],
+                backbone=r[2],
+                version=r[3],
+                bundle_digest=r[4],
+                key_id=r[5],
+                published_at=datetime.fromisoformat(r[6]),
+                size_bytes=r[7],
+                revoked=r[8] is not None,
+            )
+            for r in rows
+        ]
+
+    def bundle_files(self, digest: str) -> dict[str, str]:
+        """``{file name: blob sha256}`` of a bundle."""
+        row = self._db.execute("SELECT files FROM bundles WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no bundle {digest}")
+        files: dict[str, str] = json.loads(row[0])
+        return files
+
+    def revoke_bundle(self, digest: str, reason: str) -> int:
+        """Revokes one bundle; returns 1, or 0 if it was revoked already."""
+        self.bundle(digest)
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE bundles SET revoked_at = ? WHERE digest = ? AND revoked_at IS NULL",
+                (_now(), digest),
+            ).rowcount
+            if changed:
+                self._event(db, "revoke-bundle", bundle_digest=digest, reason=reason[:1000])
+        return changed
+
+    def revoke_key(self, key_id: str, reason: str) -> int:
+        """Revokes a site key and every bundle it signed; returns how many things changed."""
+        with self._transaction() as db:
+            row = db.execute("SELECT site_id FROM sites WHERE key_id = ?", (key_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no enrolled key {key_id}")
+            changed = db.execute(
+                "UPDATE sites SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (_now(), key_id),
+            ).rowcount
+            changed += db.execute(
+                "UPDATE bundles SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (_now(), key_id),
+            ).rowcount
+            if changed:
+                self._event(db, "revoke-key", site_id=row[0], key_id=key_id, reason=reason[:1000])
+        return changed
+
+    def close(self) -> None:
+        """Closes the database."""
+        self._db.close()
+
+
+def _claimed(files: Mapping[str, bytes]) -> tuple[str, str, str] | None:
+    """(site, task, backbone) the card claims, for the version check (None if unreadable)."""
+    from protocol import SpecialistCard
+
+    try:
+        card = SpecialistCard.parse(files.get("card.json", b""))
+    except GscoError:
+        return None
+    return card.site_id, card.task_id, card.backbone

@@ -1,0 +1,118 @@
+"""The registry's event log: append-only, hash-chained JSON lines in ``ROOT/events.jsonl``.
+
+Every line is a canonical JSON :class:`Event` naming the sha256 of the line
+before it. The registry's database keeps the head (count and hash of the last
+line), so editing, removing or reordering any line, the last one included, is
+detected by :func:`verify_event_log`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field
+
+from protocol import GscoError, Identifier, Sha256Hex, StrictModel, canonical_json
+from registry.errors import EventLogError
+
+__all__ = ["GENESIS", "Event", "EventLog", "line_hash", "verify_event_log"]
+
+GENESIS = "0" * 64
+EventKind = Literal["enroll", "publish", "revoke-bundle", "revoke-key", "reject"]
+
+
+class Event(StrictModel):
+    """One line of the event log."""
+
+    schema_version: Literal[1] = 1
+    seq: Annotated[int, Field(ge=0)]
+    time: AwareDatetime
+    kind: EventKind
+    site_id: Identifier | None = None
+    key_id: Sha256Hex | None = None
+    bundle_digest: Sha256Hex | None = None
+    task_id: Identifier | None = None
+    backbone: Identifier | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+    code: Annotated[str, Field(max_length=40)] | None = None
+    reason: Annotated[str, Field(max_length=1000)] | None = None
+    prev_hash: Sha256Hex
+
+
+def line_hash(line: bytes) -> str:
+    """sha256 of one line (without its newline)."""
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def verify_event_log(
+    lines: Iterable[bytes], head: tuple[int, str] | None = None
+) -> tuple[list[Event], str]:
+    """Verifies the chain (and, when given, that it ends at ``head = (count, hash)``).
+
+    Returns:
+        The events and the hash of the last line (``GENESIS`` when empty).
+
+    Raises:
+        EventLogError: names the first line that breaks the chain.
+    """
+    events, previous = [], GENESIS
+    for number, line in enumerate(lines, start=1):
+        try:
+            event = Event.parse(line)
+        except GscoError as exc:
+            raise EventLogError(f"event log line {number} is malformed: {exc}") from exc
+        if event.prev_hash != previous or event.seq != number - 1:
+            raise EventLogError(
+                f"event log line {number} does not follow line {number - 1}: "
+                "an entry was edited, removed or reordered"
+            )
+        previous = line_hash(line)
+        events.append(event)
+    if head is not None and (len(events), previous) != head:
+        raise EventLogError(
+            f"event log ends at entry {len(events)} ({previous[:12]}…) but the registry "
+            f"recorded entry {head[0]} ({head[1][:12]}…): the log was truncated or its last "
+            "entry edited"
+        )
+    return events, previous
+
+
+class EventLog:
+    """``events.jsonl``: appended and fsynced before the database commit that names it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.touch(exist_ok=True)
+
+    def lines(self) -> list[bytes]:
+        """The raw lines."""
+        return self.path.read_bytes().splitlines(keepends=True)
+
+    def append(
+        self, count: int, previous: str, kind: EventKind, **fields: object
+    ) -> tuple[int, str]:
+        """Appends the event after entry ``count`` (hash ``previous``); returns the new head."""
+        event = Event.model_validate(
+            {"seq": count, "time": datetime.now(UTC), "kind": kind, "prev_hash": previous, **fields}
+        )
+        line = canonical_json(event)
+        with self.path.open("ab") as handle:
+            handle.write(line + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return count + 1, line_hash(line)
+
+    def truncate(self, count: int) -> int:
+        """Drops lines after the first ``count`` (never acknowledged); returns how many."""
+        lines = self.lines()
+        if len(lines) <= count:
+            return 0
+        with self.path.open("r+b") as handle:
+            handle.truncate(sum(len(line) for line in lines[:count]))
+            os.fsync(handle.fileno())
+        return len(lines) - count

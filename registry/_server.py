@@ -1,0 +1,73 @@
+"""Running the registry's gRPC server."""
+
+from __future__ import annotations
+
+import secrets
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from protocol._pb import registry_pb2_grpc as pb_grpc
+from registry._core import Registry
+from registry._service import CHUNK_BYTES, RegistryServicer
+from registry._verify import Limits
+from registry.errors import StoreError
+
+__all__ = ["ServerConfig", "admin_token_for", "start_server"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to serve. Plain text is only for loopback; give a certificate otherwise."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    admin_token: str | None = None  # default: ROOT/admin.token, created on first start
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_bundle_bytes: int = 1024**3
+    workers: int = 8
+
+
+def admin_token_for(root: Path, given: str | None) -> str:
+    """The admin token: ``given``, else ``ROOT/admin.token`` (created with mode 0600)."""
+    if given:
+        return given
+    path = root / "admin.token"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def start_server(config: ServerConfig) -> tuple[grpc.Server, Registry, int]:
+    """Opens the store (recovering it), binds and starts; returns the bound port."""
+    if config.host not in ("127.0.0.1", "localhost", "::1") and config.tls_cert is None:
+        raise StoreError("serving beyond loopback needs --tls-cert and --tls-key")
+    registry = Registry(config.root, Limits(max_bundle_bytes=config.max_bundle_bytes))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers),
+        options=[
+            ("grpc.max_receive_message_length", CHUNK_BYTES * 2),
+            ("grpc.max_send_message_length", CHUNK_BYTES * 2),
+        ],
+    )
+    pb_grpc.add_RegistryServicer_to_server(  # type: ignore[no-untyped-call]
+        RegistryServicer(registry, admin_token_for(config.root, config.admin_token)), server
+    )
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise StoreError(f"cannot bind {address}")
+    server.start()
+    return server, registry, port

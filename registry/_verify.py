@@ -1,0 +1,178 @@
+"""The publication check: one pure function, shared by the registry, the hub and the auditor.
+
+Bytes in (the bundle's files), an :class:`AcceptedBundle` out, or a
+:class:`RejectedError` whose code names the rule that failed. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from protocol import (
+    ArtifactError,
+    GscoError,
+    SpecialistCard,
+    check_index,
+    check_onnx,
+    load_index,
+)
+from registry.errors import RejectCode, RejectedError
+from signing import (
+    SIGNATURE_FILE,
+    BadSignatureError,
+    FileAddedError,
+    FileChangedError,
+    FileMissingError,
+    KeyRing,
+    MalformedSignatureError,
+    UnknownKeyError,
+    UnsupportedManifestError,
+    VerifiedManifest,
+    is_safe_relative_path,
+    signature_key_id,
+    verify_manifest,
+)
+
+__all__ = ["BUNDLE_FILES", "REQUIRED_FILES", "AcceptedBundle", "Limits", "verify_publication"]
+
+#: Every file a bundle may hold, and those it must hold.
+BUNDLE_FILES = frozenset({"model.onnx", "card.json", "index.npz", "metrics.json", SIGNATURE_FILE})
+REQUIRED_FILES = frozenset({"model.onnx", "card.json", "index.npz", SIGNATURE_FILE})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits of a publication (bytes)."""
+
+    max_bundle_bytes: int = 2 * 1024**3
+    max_card_bytes: int = 256 * 1024
+    max_signature_bytes: int = 1024 * 1024
+    max_metrics_bytes: int = 4 * 1024 * 1024
+
+    def for_file(self, name: str) -> int:
+        """The limit for one file."""
+        return {
+            "card.json": self.max_card_bytes,
+            SIGNATURE_FILE: self.max_signature_bytes,
+            "metrics.json": self.max_metrics_bytes,
+        }.get(name, self.max_bundle_bytes)
+
+
+@dataclass(frozen=True)
+class AcceptedBundle:
+    """A bundle that passed every check."""
+
+    card: SpecialistCard
+    manifest: VerifiedManifest
+    size_bytes: int
+    files: Mapping[str, str] = field(repr=False)  # name -> sha256, model.sig included
+
+    @property
+    def digest(self) -> str:
+        """The bundle's content id (see :func:`signing.bundle_digest`)."""
+        return self.manifest.digest
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_publication(
+    files: Mapping[str, bytes],
+    keyring: KeyRing,
+    *,
+    revoked_key_ids: frozenset[str] = frozenset(),
+    last_version: int | None = None,
+    limits: Limits | None = None,
+) -> AcceptedBundle:
+    """Decides whether a bundle may be published (or trusted).
+
+    Args:
+        files: every file of the bundle by relative name, ``model.sig`` included.
+        keyring: the enrolled, unrevoked site keys.
+        revoked_key_ids: keys that were enrolled and then revoked.
+        last_version: the site's last published version for the card's task and
+            backbone (``None`` when it has none); the new one must be greater.
+        limits: size limits.
+
+    Raises:
+        RejectedError: with the :class:`RejectCode` of the first rule that failed.
+    """
+    limits = limits or Limits()
+    for name, data in files.items():
+        if not is_safe_relative_path(name) or "/" in name:
+            raise RejectedError(RejectCode.BAD_FILE_NAME, f"not a plain file name: {name!r}")
+        if len(data) > limits.for_file(name):
+            raise RejectedError(
+                RejectCode.TOO_LARGE, f"{name} is larger than {limits.for_file(name)} bytes"
+            )
+    size = sum(len(data) for data in files.values())
+    if size > limits.max_bundle_bytes:
+        raise RejectedError(
+            RejectCode.TOO_LARGE, f"the bundle is larger than {limits.max_bundle_bytes} bytes"
+        )
+    if SIGNATURE_FILE not in files:
+        raise RejectedError(RejectCode.UNSIGNED, "the bundle has no model.sig")
+    signature = files[SIGNATURE_FILE]
+    digests = {name: _sha256(data) for name, data in files.items() if name != SIGNATURE_FILE}
+    try:
+        if signature_key_id(signature) in revoked_key_ids:
+            raise RejectedError(RejectCode.REVOKED_KEY, "signed by a revoked site key")
+        manifest = verify_manifest(signature, digests, keyring)
+    except MalformedSignatureError as exc:
+        raise RejectedError(RejectCode.MALFORMED_SIGNATURE, str(exc)) from exc
+    except UnknownKeyError as exc:
+        raise RejectedError(RejectCode.UNKNOWN_KEY, "signed by a key that is not enrolled") from exc
+    except BadSignatureError as exc:
+        raise RejectedError(RejectCode.BAD_SIGNATURE, str(exc)) from exc
+    except UnsupportedManifestError as exc:
+        raise RejectedError(RejectCode.UNSUPPORTED_MANIFEST, str(exc)) from exc
+    except FileChangedError as exc:
+        raise RejectedError(RejectCode.FILE_CHANGED, str(exc)) from exc
+    except FileMissingError as exc:
+        raise RejectedError(RejectCode.FILE_MISSING, str(exc)) from exc
+    except FileAddedError as exc:
+        raise RejectedError(RejectCode.FILE_ADDED, str(exc)) from exc
+    unexpected = sorted(set(files) - BUNDLE_FILES)
+    if unexpected:
+        raise RejectedError(
+            RejectCode.UNEXPECTED_FILE, f"a bundle may not hold {', '.join(unexpected)}"
+        )
+    missing = sorted(REQUIRED_FILES - set(files))
+    if missing:
+        raise RejectedError(RejectCode.MISSING_FILE, f"the bundle lacks {', '.join(missing)}")
+    try:
+        card = SpecialistCard.parse(files["card.json"])
+    except GscoError as exc:
+        raise RejectedError(RejectCode.INVALID_CARD, str(exc)) from exc
+    if card.site_id != manifest.site_id:
+        raise RejectedError(
+            RejectCode.SITE_MISMATCH,
+            f"signed by site {manifest.site_id!r} but the card names site {card.site_id!r}",
+        )
+    try:
+        summary = check_onnx(files["model.onnx"])
+    except ArtifactError as exc:
+        raise RejectedError(RejectCode.INVALID_MODEL, str(exc)) from exc
+    if summary.num_classes != len(card.labels) or summary.embedding_dim != card.index.embedding_dim:
+        raise RejectedError(
+            RejectCode.INVALID_MODEL,
+            f"model.onnx outputs {summary.num_classes} classes and {summary.embedding_dim}-d "
+            f"embeddings; the card says {len(card.labels)} and {card.index.embedding_dim}",
+        )
+    try:
+        check_index(load_index(files["index.npz"]), card)
+    except ArtifactError as exc:
+        raise RejectedError(RejectCode.INVALID_INDEX, str(exc)) from exc
+    if last_version is not None and card.version <= last_version:
+        raise RejectedError(
+            RejectCode.STALE_VERSION,
+            f"version {card.version} is not newer than {last_version}, the last that site "
+            f"{card.site_id} published for {card.task_id}/{card.backbone}",
+        )
+    all_files = dict(digests, **{SIGNATURE_FILE: _sha256(signature)})
+    return AcceptedBundle(card, manifest, size, MappingProxyType(all_files))

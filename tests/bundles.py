@@ -1,0 +1,86 @@
+"""Small, fully valid signed bundles for tests (real ONNX, real signatures, in milliseconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from tests.conftest import SiteKeys, card_dict
+
+EMBEDDING_DIM = 64  # an 8x8 grey image, flattened
+
+
+def tiny_onnx(seed: int = 0) -> bytes:
+    """image [N,1,8,8] -> embedding [N,64] (flatten) -> logits [N,2] (matmul)."""
+    weights = np.random.default_rng(seed).normal(size=(EMBEDDING_DIM, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["embedding"], axis=1),
+            helper.make_node("MatMul", ["embedding", "w"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", EMBEDDING_DIM]),
+        ],
+        [helper.make_tensor("w", TensorProto.FLOAT, [EMBEDDING_DIM, 2], weights.ravel().tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def write_bundle_files(
+    directory: Path,
+    site: SiteKeys,
+    *,
+    version: int = 1,
+    card_overrides: dict[str, Any] | None = None,
+    model: bytes | None = None,
+    sign: bool = True,
+    padding_bytes: int = 0,
+) -> Path:
+    """Writes (and signs) a bundle for ``site``: two prototypes per class, k = 10."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(version)
+    embeddings = rng.normal(size=(4, EMBEDDING_DIM)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    np.savez(
+        directory / "index.npz",
+        embeddings=embeddings,
+        labels=np.array([0, 0, 1, 1], np.int64),
+        group_sizes=np.array([10, 12, 11, 15], np.int64),
+    )
+    card = card_dict(
+        site_id=site.site_id,
+        version=version,
+        preprocessing={"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5]},
+        index={
+            "mode": "prototype",
+            "min_group_size": 10,
+            "noise_std": 0.0,
+            "embedding_dim": EMBEDDING_DIM,
+            "entries_per_class": {"normal": 2, "pneumonia": 2},
+        },
+    )
+    card.update(card_overrides or {})
+    (directory / "card.json").write_text(json.dumps(card))
+    (directory / "model.onnx").write_bytes(model if model is not None else tiny_onnx(version))
+    metrics: dict[str, Any] = {"note": "test bundle"}
+    if padding_bytes:
+        metrics["padding"] = "x" * padding_bytes
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    if sign:
+        from signing import sign_bundle
+
+        sign_bundle(directory, site.private)
+    return directory
+
+
+def read_files(directory: Path) -> dict[str, bytes]:
+    """A bundle directory as the ``{name: bytes}`` a publication carries."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
