@@ -2,13 +2,16 @@
 
 Built: :func:`verify_publication` (the one pure check shared with the hub and
 the auditor), content-addressed storage with crash recovery, the hash-chained
-event log, the gRPC service and its client. TUF metadata follows (issue #4).
+event log, the gRPC service and its client, TUF metadata (registry side) and
+:class:`TrustedRegistry` (client side, through ``tuf.ngclient``).
 """
 
 from registry._client import RegistryClient
 from registry._core import Registry
 from registry._events import Event, verify_event_log
 from registry._server import ServerConfig, admin_token_for, start_server
+from registry._tuf import build_site_targets, target_path
+from registry._tuf_client import TrustedRegistry
 from registry._verify import (
     BUNDLE_FILES,
     REQUIRED_FILES,
@@ -26,6 +29,7 @@ from registry.errors import (
     RejectCode,
     RejectedError,
     StoreError,
+    UntrustedMetadataError,
 )
 
 __all__ = [
@@ -46,8 +50,12 @@ __all__ = [
     "RejectedError",
     "ServerConfig",
     "StoreError",
+    "TrustedRegistry",
+    "UntrustedMetadataError",
     "admin_token_for",
+    "build_site_targets",
     "start_server",
+    "target_path",
     "verify_event_log",
     "verify_publication",
 ]

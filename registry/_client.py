@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from protocol._pb import registry_pb2 as pb
 from protocol._pb import registry_pb2_grpc as pb_grpc
 from protocol.serde import bundle_ref_from_pb, site_key_from_pb
 from registry._service import CHUNK_BYTES
+from registry._tuf import build_site_targets
 from registry.errors import (
     ConflictError,
     NotFoundError,
@@ -23,6 +25,7 @@ from registry.errors import (
     RejectCode,
     RejectedError,
 )
+from signing import SIGNATURE_FILE, bundle_digest, is_safe_relative_path
 
 __all__ = ["RegistryClient"]
 
@@ -111,16 +114,48 @@ class RegistryClient:
         )
         return [site_key_from_pb(s) for s in response.sites]
 
-    def publish(self, bundle_dir: Path) -> BundleRef:
-        """Streams a signed bundle directory to the registry."""
-        return self.publish_files(
-            {p.name: p.read_bytes() for p in sorted(bundle_dir.iterdir()) if p.is_file()}
-        )
+    def publish(self, bundle_dir: Path, site_key: Path, password: bytes | None = None) -> BundleRef:
+        """Streams a signed bundle directory plus its TUF metadata, signed by ``site_key``."""
+        files = {p.name: p.read_bytes() for p in sorted(bundle_dir.iterdir()) if p.is_file()}
+        return self.publish_files(files, site_key, password)
 
-    def publish_files(self, files: dict[str, bytes]) -> BundleRef:
-        """Streams a bundle given as ``{name: bytes}``."""
-        response = self._call(lambda: self._stub.Publish(_messages(files), timeout=self.timeout_s))
+    def publish_files(
+        self, files: dict[str, bytes], site_key: Path, password: bytes | None = None
+    ) -> BundleRef:
+        """Streams a bundle given as ``{name: bytes}`` (see :meth:`publish`)."""
+        site_targets = b""
+        site_id = _claimed_site(files)
+        if site_id is not None:
+            try:
+                previous: bytes | None = self.fetch_metadata(f"{site_id}.json")
+            except NotFoundError:
+                previous = None
+            digest = bundle_digest(
+                {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != SIGNATURE_FILE}
+            )
+            site_targets = build_site_targets(previous, site_id, digest, files, site_key, password)
+        response = self._call(
+            lambda: self._stub.Publish(_messages(files, site_targets), timeout=self.timeout_s)
+        )
         return bundle_ref_from_pb(response.bundle)
+
+    def fetch_metadata(self, name: str) -> bytes:
+        """One TUF metadata file (untrusted bytes: give them to a TUF client)."""
+        request = pb.FetchMetadataRequest(name=name)
+        response = self._call(lambda: self._stub.FetchMetadata(request, timeout=self.timeout_s))
+        return bytes(response.content)
+
+    def fetch_target(self, path: str) -> bytes:
+        """One target file (untrusted bytes: give them to a TUF client)."""
+
+        def work() -> bytes:
+            data = bytearray()
+            request = pb.FetchTargetRequest(path=path)
+            for chunk in self._stub.FetchTarget(request, timeout=self.timeout_s):
+                data.extend(chunk.data)
+            return bytes(data)
+
+        return self._call(work)
 
     def bundles(
         self, *, task_id: str = "", site_id: str = "", include_revoked: bool = False
@@ -166,12 +201,24 @@ class RegistryClient:
         )
 
 
-def _messages(files: dict[str, bytes]) -> Iterator[Any]:
+def _claimed_site(files: dict[str, bytes]) -> str | None:
+    """The site id card.json names, if readable (the registry checks it properly)."""
+    try:
+        site = json.loads(files.get("card.json", b"")).get("site_id")
+    except (ValueError, AttributeError):
+        return None
+    return (
+        site if isinstance(site, str) and is_safe_relative_path(site) and "/" not in site else None
+    )
+
+
+def _messages(files: dict[str, bytes], site_targets: bytes) -> Iterator[Any]:
     header = pb.PublishHeader(
         files=[
             pb.FileEntry(name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
             for name, data in sorted(files.items())
-        ]
+        ],
+        site_targets_metadata=site_targets,
     )
     yield pb.PublishMessage(header=header)
     for name, data in sorted(files.items()):

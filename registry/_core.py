@@ -20,6 +20,7 @@ from pathlib import Path
 from protocol import BundleRef, GscoError, SiteKey
 from registry._blobs import BlobStore
 from registry._events import GENESIS, EventLog, verify_event_log
+from registry._tuf import TufRepository
 from registry._verify import AcceptedBundle, Limits, verify_publication
 from registry.errors import ConflictError, NotFoundError, RejectedError, StoreError
 from signing import KeyRing, PublicKey, TrustedKey
@@ -74,7 +75,9 @@ class Registry:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the registry database in {root}: {exc}") from exc
+        self.tuf = TufRepository(root / "tuf")
         self.recovered = self._recover()
+        self._sync_tuf()
 
     # -- transactions and recovery ------------------------------------------------
 
@@ -193,15 +196,40 @@ class Registry:
         ).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def publish(self, files: Mapping[str, bytes]) -> BundleRef:
+    def _sync_tuf(self) -> None:
+        """Brings the TUF top-level roles in line with the database."""
+        sites: dict[str, tuple[list[bytes], list[str]]] = {}
+        for site in self.sites():
+            sites.setdefault(site.site_id, ([], []))[0].append(site.public_key_pem.encode())
+        for ref in self.bundles():
+            if ref.site_id in sites:
+                sites[ref.site_id][1].append(ref.bundle_digest)
+        self.tuf.sync(sites)
+
+    def publish(self, files: Mapping[str, bytes], site_targets: bytes) -> BundleRef:
         """Verifies and stores a bundle; a rejection is logged and stores nothing else.
 
+        Args:
+            files: the bundle's files, ``model.sig`` included.
+            site_targets: the site's next TUF delegated-targets metadata, signed
+                by the site (see :func:`registry.build_site_targets`).
+
         Raises:
-            RejectedError: see :func:`registry.verify_publication`.
+            RejectedError: see :func:`registry.verify_publication`; also
+                ``INVALID_TUF_METADATA`` for a wrong ``site_targets``.
         """
         with self._lock:
             try:
                 accepted = self._check(files)
+                card = accepted.card
+                self.tuf.check_site_targets(
+                    site_targets,
+                    card.site_id,
+                    [s.public_key_pem.encode() for s in self.sites() if s.site_id == card.site_id],
+                    accepted.digest,
+                    accepted.files,
+                    {name: len(data) for name, data in files.items()},
+                )
             except RejectedError as exc:
                 with self._transaction() as db:
                     self._event(db, "reject", code=exc.code.value, reason=str(exc)[:1000])
@@ -209,7 +237,7 @@ class Registry:
             stored = {name: self.blobs.put(files[name]) for name in sorted(files)}
             if stored != dict(accepted.files):
                 raise StoreError("stored blobs do not match the verified digests")
-            card = accepted.card
+            self.tuf.store_site_targets(card.site_id, site_targets)
             published = datetime.now(UTC)
             with self._transaction() as db:
                 db.execute(
@@ -236,6 +264,7 @@ class Registry:
                     backbone=card.backbone,
                     version=card.version,
                 )
+            self._sync_tuf()
             return self.bundle(accepted.digest)
 
     def _check(self, files: Mapping[str, bytes]) -> AcceptedBundle:
@@ -315,6 +344,7 @@ class Registry:
             ).rowcount
             if changed:
                 self._event(db, "revoke-bundle", bundle_digest=digest, reason=reason[:1000])
+        self._sync_tuf()
         return changed
 
     def revoke_key(self, key_id: str, reason: str) -> int:
@@ -333,6 +363,7 @@ class Registry:
             ).rowcount
             if changed:
                 self._event(db, "revoke-key", site_id=row[0], key_id=key_id, reason=reason[:1000])
+        self._sync_tuf()
         return changed
 
     def close(self) -> None:

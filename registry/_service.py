@@ -133,7 +133,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                     RejectCode.FILE_CHANGED, f"{name} arrived incomplete or altered"
                 )
             files[name] = bytes(buffer)
-        return pb.PublishResponse(bundle=bundle_ref_to_pb(self._registry.publish(files)))
+        ref = self._registry.publish(files, first.header.site_targets_metadata)
+        return pb.PublishResponse(bundle=bundle_ref_to_pb(ref))
 
     def ListBundles(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Lists bundles."""
@@ -155,8 +156,24 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 )
 
     def FetchMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """TUF metadata (not served yet)."""
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "TUF metadata is not served yet (issue #4)")
+        """One TUF metadata file."""
+        content = self._call(context, lambda: self._registry.tuf.metadata_bytes(request.name))
+        return pb.FetchMetadataResponse(content=content)
+
+    def FetchTarget(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
+        """One TUF target file, ``<site>/<bundle digest>/<file>``, in chunks."""
+
+        def blob() -> bytes:
+            site_id, digest, name = [*request.path.split("/"), "", "", ""][:3]
+            files = self._registry.bundle_files(digest)
+            if self._registry.bundle(digest).site_id != site_id or name not in files:
+                raise NotFoundError(f"no target {request.path!r}")
+            return self._registry.blobs.get(files[name])
+
+        data = self._call(context, blob)
+        for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+            chunk = data[offset : offset + CHUNK_BYTES]
+            yield pb.FileChunk(name=request.path, offset=offset, data=chunk)
 
     def Revoke(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Revokes a bundle or a site key (admin)."""

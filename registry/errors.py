@@ -7,6 +7,7 @@
     ├── NotFoundError            no such bundle, site or metadata file
     ├── PermissionDeniedError    an admin call without the admin token
     ├── ConflictError            already enrolled, already published
+    ├── UntrustedMetadataError   TUF refused the registry's metadata or a target (client side)
     ├── StoreError               the storage folder is unusable or inconsistent
     │   └── EventLogError        the event log's hash chain is broken
     └── RegistryUnavailableError the registry cannot be reached (client side)
@@ -28,6 +29,7 @@ __all__ = [
     "RejectCode",
     "RejectedError",
     "StoreError",
+    "UntrustedMetadataError",
 ]
 
 
@@ -52,6 +54,7 @@ class RejectCode(StrEnum):
     INVALID_MODEL = "INVALID_MODEL"  # model.onnx breaks the ONNX contract
     INVALID_INDEX = "INVALID_INDEX"  # index.npz breaks its contract or contradicts the card
     STALE_VERSION = "STALE_VERSION"  # not newer than the site's last version (a replay)
+    INVALID_TUF_METADATA = "INVALID_TUF_METADATA"  # the site's delegated targets metadata is wrong
 
 
 class RegistryError(GscoError):
@@ -88,3 +91,11 @@ class EventLogError(StoreError):
 
 class RegistryUnavailableError(RegistryError):
     """The registry could not be reached or did not answer in time."""
+
+
+class UntrustedMetadataError(RegistryError):
+    """TUF refused what the registry served.
+
+    A rollback, an expired (frozen) role, a bad signature, or a target whose
+    length or hash differs from the signed metadata.
+    """

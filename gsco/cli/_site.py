@@ -215,7 +215,7 @@ def publish(
     with RegistryClient(
         registry, root_certificates=tls_ca.read_bytes() if tls_ca else None
     ) as client:
-        ref = client.publish(bundle)
+        ref = client.publish(bundle, site.private_key)
     site.ledger.append(
         destination=registry,
         bundle_digest=ref.bundle_digest,

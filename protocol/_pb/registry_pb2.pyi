@@ -73,10 +73,12 @@ class FileEntry(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class PublishHeader(_message.Message):
-    __slots__ = ("files",)
+    __slots__ = ("files", "site_targets_metadata")
     FILES_FIELD_NUMBER: _ClassVar[int]
+    SITE_TARGETS_METADATA_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
-    def __init__(self, files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ...) -> None: ...
+    site_targets_metadata: bytes
+    def __init__(self, files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., site_targets_metadata: _Optional[bytes] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("name", "offset", "data")
@@ -135,6 +137,12 @@ class FetchMetadataResponse(_message.Message):
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     def __init__(self, content: _Optional[bytes] = ...) -> None: ...
+
+class FetchTargetRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("bundle_digest", "key_id", "reason")

@@ -64,6 +64,11 @@ class RegistryStub:
                 request_serializer=registry__pb2.FetchMetadataRequest.SerializeToString,
                 response_deserializer=registry__pb2.FetchMetadataResponse.FromString,
                 _registered_method=True)
+        self.FetchTarget = channel.unary_stream(
+                '/gsco.registry.v1.Registry/FetchTarget',
+                request_serializer=registry__pb2.FetchTargetRequest.SerializeToString,
+                response_deserializer=registry__pb2.FileChunk.FromString,
+                _registered_method=True)
         self.Revoke = channel.unary_unary(
                 '/gsco.registry.v1.Registry/Revoke',
                 request_serializer=registry__pb2.RevokeRequest.SerializeToString,
@@ -111,6 +116,13 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchTarget(self, request, context):
+        """One TUF target file by its target path "<site>/<bundle digest>/<file>".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Revoke(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -149,6 +161,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.FetchMetadata,
                     request_deserializer=registry__pb2.FetchMetadataRequest.FromString,
                     response_serializer=registry__pb2.FetchMetadataResponse.SerializeToString,
+            ),
+            'FetchTarget': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchTarget,
+                    request_deserializer=registry__pb2.FetchTargetRequest.FromString,
+                    response_serializer=registry__pb2.FileChunk.SerializeToString,
             ),
             'Revoke': grpc.unary_unary_rpc_method_handler(
                     servicer.Revoke,
@@ -318,6 +335,33 @@ class Registry:
             '/gsco.registry.v1.Registry/FetchMetadata',
             registry__pb2.FetchMetadataRequest.SerializeToString,
             registry__pb2.FetchMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gsco.registry.v1.Registry/FetchTarget',
+            registry__pb2.FetchTargetRequest.SerializeToString,
+            registry__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

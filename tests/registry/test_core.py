@@ -12,7 +12,7 @@ from registry import Limits, RejectCode, RejectedError, verify_publication
 from registry._core import Registry
 from registry.errors import EventLogError, NotFoundError, StoreError
 from signing import SIGNATURE_FILE, sign_bundle
-from tests.bundles import read_files, tiny_onnx, write_bundle_files
+from tests.bundles import publish_to, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
 
 
@@ -33,7 +33,7 @@ def _bundle(tmp_path: Path, site: SiteKeys, name: str = "b", **kwargs: object) -
 
 def test_publish_and_read_back(registry: Registry, tmp_path: Path, site_a: SiteKeys) -> None:
     files = read_files(_bundle(tmp_path, site_a))
-    ref = registry.publish(files)
+    ref = publish_to(registry, files, site_a)
     assert ref.site_id == "site-a"
     assert ref.version == 1
     assert not ref.revoked
@@ -49,7 +49,7 @@ def test_publish_and_read_back(registry: Registry, tmp_path: Path, site_a: SiteK
 def _rejected(registry: Registry, files: dict[str, bytes], code: RejectCode) -> None:
     rows, blobs = len(registry.bundles(include_revoked=True)), _blob_count(registry)
     with pytest.raises(RejectedError) as caught:
-        registry.publish(files)
+        registry.publish(files, b"")  # rejected before its TUF metadata is read
     assert caught.value.code is code, caught.value
     assert len(registry.bundles(include_revoked=True)) == rows
     assert _blob_count(registry) == blobs
@@ -100,7 +100,7 @@ def test_signed_extra_file(registry: Registry, tmp_path: Path, site_a: SiteKeys)
 
 def test_replayed_older_version(registry: Registry, tmp_path: Path, site_a: SiteKeys) -> None:
     old = read_files(_bundle(tmp_path, site_a, "v1", version=1))
-    registry.publish(read_files(_bundle(tmp_path, site_a, "v2", version=2)))
+    publish_to(registry, read_files(_bundle(tmp_path, site_a, "v2", version=2)), site_a)
     _rejected(registry, old, RejectCode.STALE_VERSION)
 
 
@@ -138,7 +138,7 @@ def test_file_name_escaping_the_bundle(
 
 
 def test_revocation_hides_bundles(registry: Registry, tmp_path: Path, site_a: SiteKeys) -> None:
-    ref = registry.publish(read_files(_bundle(tmp_path, site_a)))
+    ref = publish_to(registry, read_files(_bundle(tmp_path, site_a)), site_a)
     assert registry.revoke_bundle(ref.bundle_digest, "bad calibration") == 1
     assert registry.bundles() == []
     assert registry.bundles(include_revoked=True)[0].revoked
@@ -148,7 +148,7 @@ def test_revocation_hides_bundles(registry: Registry, tmp_path: Path, site_a: Si
 def test_event_log_detects_any_edited_line(
     registry: Registry, tmp_path: Path, site_a: SiteKeys
 ) -> None:
-    registry.publish(read_files(_bundle(tmp_path, site_a)))
+    publish_to(registry, read_files(_bundle(tmp_path, site_a)), site_a)
     registry.revoke_key(site_a.public.key_id, "rotation")
     lines = registry.events.lines()
     assert registry.verify_events() == len(lines) == 3
@@ -168,7 +168,7 @@ def test_event_log_detects_any_edited_line(
 def test_reopen_recovers_from_an_interrupted_publish(
     registry: Registry, tmp_path: Path, site_a: SiteKeys
 ) -> None:
-    ref = registry.publish(read_files(_bundle(tmp_path, site_a, "v1")))
+    ref = publish_to(registry, read_files(_bundle(tmp_path, site_a, "v1")), site_a)
     root = registry.root
     # What a crash mid-publish leaves: a temporary file, a blob no row names,
     # and an event line the database never committed.
@@ -198,7 +198,7 @@ def test_reopen_refuses_a_tampered_log(registry: Registry) -> None:
 
 
 def test_corrupt_blob_is_detected(registry: Registry, tmp_path: Path, site_a: SiteKeys) -> None:
-    ref = registry.publish(read_files(_bundle(tmp_path, site_a)))
+    ref = publish_to(registry, read_files(_bundle(tmp_path, site_a)), site_a)
     digest = registry.bundle_files(ref.bundle_digest)["model.onnx"]
     registry.blobs.path(digest).write_bytes(b"swapped")
     with pytest.raises(StoreError, match="corrupt"):

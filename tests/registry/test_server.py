@@ -38,7 +38,7 @@ def test_publish_fetch_and_verify(
 ) -> None:
     files = read_files(write_bundle_files(tmp_path / "b", site_a))
     with running.client() as client:
-        ref = client.publish_files(files)
+        ref = client.publish_files(files, site_a.private)
         assert [b.bundle_digest for b in client.bundles(task_id="pneumonia-cxr")] == [
             ref.bundle_digest
         ]
@@ -102,7 +102,7 @@ def _extra_file(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[st
 
 def _replayed(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
     old = read_files(write_bundle_files(d / "v1", a, version=1))
-    c.publish_files(read_files(write_bundle_files(d / "v2", a, version=2)))
+    c.publish_files(read_files(write_bundle_files(d / "v2", a, version=2)), a.private)
     return old
 
 
@@ -156,7 +156,7 @@ def test_rejections_store_nothing(
         files = scenario(tmp_path / name, site_a, site_b, client)
         blobs, rows = running.blob_count(), running.row_count()
         with pytest.raises(RejectedError) as caught:
-            client.publish_files(files)
+            client.publish_files(files, site_a.private)
     assert caught.value.code is code, caught.value
     assert (running.blob_count(), running.row_count()) == (blobs, rows)
 
@@ -166,7 +166,7 @@ def test_signed_extra_file_is_unexpected(
 ) -> None:
     files = _extra_signed_file(write_bundle_files(tmp_path / "b", site_a), site_a)
     with running.client() as client, pytest.raises(RejectedError) as caught:
-        client.publish_files(files)
+        client.publish_files(files, site_a.private)
     assert caught.value.code is RejectCode.UNEXPECTED_FILE
 
 
@@ -181,7 +181,9 @@ def test_revoked_bundle_leaves_the_listing(
     running: RunningRegistry, tmp_path: Path, site_a: SiteKeys
 ) -> None:
     with running.client() as client:
-        ref = client.publish_files(read_files(write_bundle_files(tmp_path / "b", site_a)))
+        ref = client.publish_files(
+            read_files(write_bundle_files(tmp_path / "b", site_a)), site_a.private
+        )
         assert client.revoke_bundle(ref.bundle_digest, "miscalibrated") == 1
         assert client.bundles() == []
         assert client.bundles(include_revoked=True)[0].revoked
@@ -203,7 +205,9 @@ def test_killed_mid_upload_then_restarted(tmp_path: Path, site_a: SiteKeys) -> N
     try:
         with server.client() as client:
             client.enroll("site-a", site_a.public.pem)
-            kept = client.publish_files(read_files(write_bundle_files(tmp_path / "v1", site_a)))
+            kept = client.publish_files(
+                read_files(write_bundle_files(tmp_path / "v1", site_a)), site_a.private
+            )
         blobs = server.blob_count()
         sent, failed = threading.Event(), threading.Event()
 
@@ -237,7 +241,9 @@ def test_acknowledged_publish_survives_a_kill(tmp_path: Path, site_a: SiteKeys) 
     server = start_registry(tmp_path / "registry")
     with server.client() as client:
         client.enroll("site-a", site_a.public.pem)
-        ref = client.publish_files(read_files(write_bundle_files(tmp_path / "b", site_a)))
+        ref = client.publish_files(
+            read_files(write_bundle_files(tmp_path / "b", site_a)), site_a.private
+        )
     server.kill()
     server = start_registry(tmp_path / "registry")
     try:

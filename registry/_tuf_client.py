@@ -1,0 +1,122 @@
+"""Fetching bundles through TUF: what a hub trusts, without trusting the registry's storage.
+
+:class:`TrustedRegistry` keeps TUF metadata in a local folder, starts from a
+root given out of band (``1.root.json``), updates with ``tuf.ngclient`` over
+the registry's gRPC API, and hands out only bundle files whose length and
+sha256 match metadata signed by the publishing site, under delegations signed
+by the registry, in a snapshot that is not older than one already seen.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuf.api import exceptions as tuf_errors
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+from registry._client import RegistryClient
+from registry._tuf import target_path
+from registry._verify import BUNDLE_FILES, REQUIRED_FILES
+from registry.errors import NotFoundError, RegistryError, UntrustedMetadataError
+
+__all__ = ["TrustedRegistry"]
+
+_METADATA_URL = "gsco-registry:/metadata/"
+_TARGETS_URL = "gsco-registry:/targets/"
+
+
+class _GrpcFetcher(FetcherInterface):
+    """Maps ngclient's URLs onto the registry's FetchMetadata and FetchTarget calls."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self._client = client
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        try:
+            if url.startswith(_METADATA_URL):
+                data = self._client.fetch_metadata(url.removeprefix(_METADATA_URL))
+            elif url.startswith(_TARGETS_URL):
+                data = self._client.fetch_target(url.removeprefix(_TARGETS_URL))
+            else:
+                raise tuf_errors.DownloadError(f"unexpected URL {url}")
+        except NotFoundError as exc:
+            raise tuf_errors.DownloadHTTPError(str(exc), 404) from exc
+        except RegistryError as exc:
+            raise tuf_errors.DownloadError(str(exc)) from exc
+        return iter([data])
+
+
+class TrustedRegistry:
+    """Bundles from one registry, verified through TUF."""
+
+    def __init__(self, client: RegistryClient, cache_dir: Path, trusted_root: bytes) -> None:
+        self._client = client
+        self._metadata_dir = cache_dir / "metadata"
+        self._targets_dir = cache_dir / "targets"
+        self._metadata_dir.mkdir(parents=True, exist_ok=True)
+        self._targets_dir.mkdir(parents=True, exist_ok=True)
+        if not (self._metadata_dir / "root.json").exists():
+            (self._metadata_dir / "root.json").write_bytes(trusted_root)
+        self._updater: Updater | None = None
+
+    def refresh(self) -> int:
+        """Updates the trusted metadata; returns the snapshot version now trusted.
+
+        Raises:
+            UntrustedMetadataError: rollback, freeze (expired metadata), bad signatures.
+            RegistryUnavailableError: the registry cannot be reached.
+        """
+        updater = Updater(
+            str(self._metadata_dir),
+            _METADATA_URL,
+            str(self._targets_dir),
+            _TARGETS_URL,
+            fetcher=_GrpcFetcher(self._client),
+            config=UpdaterConfig(prefix_targets_with_hash=False),
+            bootstrap=None,  # trust the local root.json (written from the out-of-band root)
+        )
+        try:
+            updater.refresh()
+        except tuf_errors.RepositoryError as exc:
+            raise UntrustedMetadataError(f"TUF refused the registry's metadata: {exc}") from exc
+        except tuf_errors.DownloadError as exc:
+            raise UntrustedMetadataError(f"TUF could not fetch metadata: {exc}") from exc
+        self._updater = updater
+        snapshot = self._metadata_dir / "snapshot.json"
+        import json
+
+        return int(json.loads(snapshot.read_bytes())["signed"]["version"])
+
+    def bundle_files(self, site_id: str, bundle_digest: str) -> dict[str, bytes]:
+        """A bundle's files, each verified against the trusted metadata.
+
+        Raises:
+            NotFoundError: the trusted metadata does not resolve the bundle
+                (never published, revoked, or its key revoked).
+            UntrustedMetadataError: a file's length or hash differs (a swapped file).
+        """
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        files: dict[str, bytes] = {}
+        for name in sorted(BUNDLE_FILES):
+            path = target_path(site_id, bundle_digest, name)
+            try:
+                info = self._updater.get_targetinfo(path)
+                if info is None:
+                    continue
+                with tempfile.TemporaryDirectory(dir=self._targets_dir) as tmp:
+                    local = self._updater.download_target(info, str(Path(tmp) / "target"))
+                    files[name] = Path(local).read_bytes()
+            except tuf_errors.RepositoryError as exc:
+                raise UntrustedMetadataError(f"TUF refused {path}: {exc}") from exc
+            except tuf_errors.DownloadError as exc:
+                raise UntrustedMetadataError(f"TUF could not fetch {path}: {exc}") from exc
+        if not set(files) >= REQUIRED_FILES:
+            raise NotFoundError(
+                f"bundle {bundle_digest[:16]}… of site {site_id} is not in the trusted metadata "
+                "(never published, or revoked)"
+            )
+        return files
