@@ -30,11 +30,15 @@ app.add_typer(_audit.app, name="audit")
 def demo() -> None:
     """Run the whole system on this machine: 3 sites, registry, hub, generalist."""
     typer.echo("The end-to-end demo is not built yet (issue #7). What works today:")
-    typer.echo("  gsco site init --site-id ID     create a site identity and signing key")
-    typer.echo(
-        "  gsco site sign DIR              sign a bundle directory (model-signing, ECDSA P-256)"
-    )
-    typer.echo("  gsco audit bundle DIR --key SITE=PUB   verify a bundle and list its files")
+    for line in (
+        "  gsco site init --site-id ID               create a site identity and signing key",
+        "  gsco site train --task T --out DIR --sign train, calibrate, export, index, sign",
+        "  gsco registry serve --root DIR            run the consortium registry (gRPC, TUF)",
+        "  gsco registry enroll / ls / revoke        administer it",
+        "  gsco site publish DIR --registry ADDR     publish a signed bundle",
+        "  gsco audit bundle DIR / audit registry    verify bundles and the event log",
+    ):
+        typer.echo(line)
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gsco.cli._common import fail, not_built
+from gsco.cli._common import fail
 from signing import KeyRing, TrustedKey, load_public_key, verify_bundle_dir
 
 app = typer.Typer(
@@ -39,6 +39,42 @@ def bundle(
 
 
 @app.command()
-def registry() -> None:
-    """Audit a whole registry: event log, TUF metadata, every bundle, privacy settings."""
-    not_built("audit registry", 8)
+def registry(
+    root: Annotated[Path, typer.Option(help="The registry's storage folder.")],
+) -> None:
+    """Verify a registry's event log end to end and re-verify every stored bundle.
+
+    The full compliance audit (TUF metadata, privacy settings, PHI scan, ledger
+    cross-checks, hub access log) is issue #8.
+    """
+    from registry import Registry, RejectedError, verify_publication
+    from signing import KeyRing, PublicKey, TrustedKey
+
+    store = Registry(root)
+    events = store.verify_events()
+    typer.echo(f"event log: {events} entries, hash chain intact, head matches the database")
+    failures = 0
+    for ref in store.bundles(include_revoked=True):
+        keys = KeyRing(
+            TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode()))
+            for s in store.sites(include_revoked=True)
+            if s.key_id == ref.key_id
+        )
+        files = {
+            name: store.blobs.get(d) for name, d in store.bundle_files(ref.bundle_digest).items()
+        }
+        try:
+            accepted = verify_publication(files, keys)
+            ok = accepted.digest == ref.bundle_digest
+        except RejectedError as exc:
+            ok = False
+            typer.echo(f"  FAIL {ref.bundle_digest[:16]} {exc}")
+        failures += not ok
+        status = "revoked" if ref.revoked else "active"
+        typer.echo(
+            f"  {'ok  ' if ok else 'FAIL'} {ref.site_id}/{ref.task_id}/{ref.backbone} "
+            f"v{ref.version} {ref.bundle_digest[:16]} ({status})"
+        )
+    store.close()
+    if failures:
+        fail(f"{failures} bundle(s) failed verification")

@@ -137,3 +137,15 @@ def list_bundles(
             f"{ref.task_id:<16} {ref.site_id:<14} {ref.backbone:<22} {ref.version:>3}  "
             f"{ref.bundle_digest[:16]}  {status}"
         )
+
+
+@app.command("trust-root")
+def trust_root(
+    root: Annotated[Path, typer.Option(help="The registry's storage folder.")],
+) -> None:
+    """Print the TUF root metadata (1.root.json) that hubs must be given out of band."""
+    from registry import Registry
+
+    store = Registry(root)
+    typer.echo(store.tuf.trusted_root().decode(), nl=False)
+    store.close()

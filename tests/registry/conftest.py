@@ -28,10 +28,12 @@ class RunningRegistry:
     root: Path
     process: subprocess.Popen[str]
     address: str
+    ca: bytes | None = None  # the CA certificate when serving TLS
 
     def client(self, admin: bool = True) -> RegistryClient:
+        token = ADMIN_TOKEN if admin else None
         return RegistryClient(
-            self.address, admin_token=ADMIN_TOKEN if admin else None, timeout_s=30
+            self.address, admin_token=token, root_certificates=self.ca, timeout_s=30
         )
 
     def kill(self) -> None:
@@ -55,7 +57,7 @@ class RunningRegistry:
             return int(db.execute("SELECT COUNT(*) FROM bundles").fetchone()[0])
 
 
-def start_registry(root: Path, *extra: str) -> RunningRegistry:
+def start_registry(root: Path, *extra: str, ca: bytes | None = None) -> RunningRegistry:
     env = dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=ADMIN_TOKEN)
     process = subprocess.Popen(
         [GSCO, "registry", "serve", "--root", str(root), "--port", "0", *extra],
@@ -67,7 +69,7 @@ def start_registry(root: Path, *extra: str) -> RunningRegistry:
     for line in process.stderr:
         found = re.search(r"on (127\.0\.0\.1:\d+)", line)
         if found:
-            running = RunningRegistry(root, process, found.group(1))
+            running = RunningRegistry(root, process, found.group(1), ca)
             with running.client() as client:
                 client.wait_ready()
             return running
