@@ -204,7 +204,8 @@ class Registry:
         for ref in self.bundles():
             if ref.site_id in sites:
                 sites[ref.site_id][1].append(ref.bundle_digest)
-        self.tuf.sync(sites)
+        published = {ref.site_id for ref in self.bundles(include_revoked=True)}
+        self.tuf.sync(sites, published)
 
     def publish(self, files: Mapping[str, bytes], site_targets: bytes) -> BundleRef:
         """Verifies and stores a bundle; a rejection is logged and stores nothing else.

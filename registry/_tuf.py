@@ -257,13 +257,14 @@ class TufRepository:
 
     # -- top-level roles ----------------------------------------------------------
 
-    def sync(self, sites: Mapping[str, tuple[list[bytes], list[str]]]) -> None:
+    def sync(self, sites: Mapping[str, tuple[list[bytes], list[str]]], published: set[str]) -> None:
         """Re-signs the top-level roles to match ``{site: (key PEMs, active bundle digests)}``.
 
         Only sites with an unrevoked key and an active bundle get a delegation,
-        and only for those bundles' paths. Versions are bumped only on change.
+        and only for those bundles' paths; ``published`` names every site that
+        ever published (its metadata stays in the snapshot). Versions are
+        bumped only on change.
         """
-        now = _now()
         targets = self._load("targets.json")
         keys: dict[str, Key] = {}
         roles: dict[str, DelegatedRole] = {}
@@ -282,34 +283,28 @@ class TufRepository:
         wanted = Delegations(keys=keys, roles=roles) if roles else None
         if targets.signed.delegations != wanted:
             targets.signed.delegations = wanted
-            targets.signed.version += 1
-            targets.signed.expires = now + EXPIRY["targets"]
-            targets.signatures.clear()
-            targets.sign(self._signers["targets"])
-            self._write("targets.json", targets)
+            self._resign("targets", targets)
         snapshot = self._load("snapshot.json")
         # Every site file ever published stays listed: TUF clients refuse a snapshot
         # that drops an entry (deletion is a rollback); revocation acts through the
         # delegations above, never by forgetting metadata.
         meta = {"targets.json": MetaFile(version=targets.signed.version)}
-        for site_id in sorted(self._site_ids()):
-            meta[f"{site_id}.json"] = MetaFile(version=self._load(f"{site_id}.json").signed.version)
+        for site_id in sorted(published):
+            if (self.metadata_dir / f"{site_id}.json").exists():
+                version = self._load(f"{site_id}.json").signed.version
+                meta[f"{site_id}.json"] = MetaFile(version=version)
         if snapshot.signed.meta != meta:
             snapshot.signed.meta = meta
-            snapshot.signed.version += 1
-            snapshot.signed.expires = now + EXPIRY["snapshot"]
-            snapshot.signatures.clear()
-            snapshot.sign(self._signers["snapshot"])
-            self._write("snapshot.json", snapshot)
+            self._resign("snapshot", snapshot)
         self.refresh_timestamp(snapshot_version=snapshot.signed.version)
 
-    def _site_ids(self) -> set[str]:
-        top = {"root", "targets", "snapshot", "timestamp"}
-        return {
-            path.stem
-            for path in self.metadata_dir.glob("*.json")
-            if path.stem not in top and not path.stem.split(".")[0].isdigit()
-        }
+    def _resign(self, role: str, metadata: Metadata) -> None:  # type: ignore[type-arg]
+        """Bumps the version, renews the expiry, signs with the role's key and writes."""
+        metadata.signed.version += 1
+        metadata.signed.expires = _now() + EXPIRY[role]
+        metadata.signatures.clear()
+        metadata.sign(self._signers[role])
+        self._write(f"{role}.json", metadata)
 
     def refresh_timestamp(self, snapshot_version: int | None = None) -> None:
         """Re-signs the timestamp when the snapshot changed or half its validity has passed."""
@@ -320,8 +315,4 @@ class TufRepository:
         if timestamp.signed.snapshot_meta.version == version and not stale:
             return
         timestamp.signed.snapshot_meta = MetaFile(version=version)
-        timestamp.signed.version += 1
-        timestamp.signed.expires = now + EXPIRY["timestamp"]
-        timestamp.signatures.clear()
-        timestamp.sign(self._signers["timestamp"])
-        self._write("timestamp.json", timestamp)
+        self._resign("timestamp", timestamp)

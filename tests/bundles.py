@@ -34,6 +34,19 @@ def tiny_onnx(seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
+def external_data_onnx(location: str = "../../../etc/shadow") -> bytes:
+    """:func:`tiny_onnx` with its weight moved to an external file at ``location``."""
+    import onnx
+
+    model = onnx.load_model_from_string(tiny_onnx())
+    weight = model.graph.initializer[0]
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("float_data")
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", location
+    return model.SerializeToString()
+
+
 def write_bundle_files(
     directory: Path,
     site: SiteKeys,

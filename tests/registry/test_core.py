@@ -12,7 +12,13 @@ from registry import Limits, RejectCode, RejectedError, verify_publication
 from registry._core import Registry
 from registry.errors import EventLogError, NotFoundError, StoreError
 from signing import SIGNATURE_FILE, sign_bundle
-from tests.bundles import publish_to, read_files, tiny_onnx, write_bundle_files
+from tests.bundles import (
+    external_data_onnx,
+    publish_to,
+    read_files,
+    tiny_onnx,
+    write_bundle_files,
+)
 from tests.conftest import SiteKeys
 
 
@@ -115,16 +121,7 @@ def test_card_with_unknown_fields(registry: Registry, tmp_path: Path, site_a: Si
 
 
 def test_onnx_with_external_data(registry: Registry, tmp_path: Path, site_a: SiteKeys) -> None:
-    import onnx
-    from onnx import TensorProto
-
-    model = onnx.load_model_from_string(tiny_onnx())
-    weight = model.graph.initializer[0]
-    weight.data_location = TensorProto.EXTERNAL
-    weight.ClearField("float_data")
-    entry = weight.external_data.add()
-    entry.key, entry.value = "location", "../../../etc/shadow"
-    files = read_files(_bundle(tmp_path, site_a, model=model.SerializeToString()))
+    files = read_files(_bundle(tmp_path, site_a, model=external_data_onnx()))
     _rejected(registry, files, RejectCode.INVALID_MODEL)
 
 

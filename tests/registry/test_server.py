@@ -22,7 +22,7 @@ from registry import (
     verify_publication,
 )
 from signing import KeyRing, PublicKey, TrustedKey, sign_bundle
-from tests.bundles import read_files, tiny_onnx, write_bundle_files
+from tests.bundles import external_data_onnx, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
 from tests.registry.conftest import RunningRegistry, start_registry
 
@@ -53,19 +53,6 @@ def _extra_signed_file(directory: Path, site: SiteKeys) -> dict[str, bytes]:
     (directory / "notes.txt").write_text("x")
     sign_bundle(directory, site.private)
     return read_files(directory)
-
-
-def _external_data_model() -> bytes:
-    import onnx
-    from onnx import TensorProto
-
-    model = onnx.load_model_from_string(tiny_onnx())
-    weight = model.graph.initializer[0]
-    weight.data_location = TensorProto.EXTERNAL
-    weight.ClearField("float_data")
-    entry = weight.external_data.add()
-    entry.key, entry.value = "location", "/etc/shadow"
-    return model.SerializeToString()
 
 
 Scenario = Callable[[Path, SiteKeys, SiteKeys, RegistryClient], dict[str, bytes]]
@@ -115,7 +102,7 @@ def _unknown_card_field(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) ->
 
 
 def _external_data(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
-    return read_files(write_bundle_files(d, a, model=_external_data_model()))
+    return read_files(write_bundle_files(d, a, model=external_data_onnx("/etc/shadow")))
 
 
 def _dotdot(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
