@@ -1,3 +1,48 @@
-"""Generalist backends (vLLM's OpenAI API), GSCo prompts and answer parsing (not built yet)."""
+"""Generalist backends, the GSCo prompts and answer parsing, and the embedded CPU server.
 
-__all__: list[str] = []
+The generalist is GSCo's decision-maker: in production MedDr served by vLLM
+on GPUs; here, the same vLLM OpenAI server on the CPU with SmolLM2-135M.
+"""
+
+from generalist._backend import (
+    ArbitrationRequest,
+    ArbitrationResult,
+    GeneralistBackend,
+    OpenAICompatibleBackend,
+    OpenAIConfig,
+    label_scores,
+)
+from generalist._meddr import meddr_backend_config, meddr_serve_command
+from generalist._parse import ParsedAnswer, parse_answer
+from generalist._prompts import PROMPTS, MoedEvidence, RadEvidence, render_prompt
+from generalist._serve import MODEL_NAME, EmbeddedServer, ServerState
+from generalist.errors import (
+    GeneralistError,
+    GeneralistResponseError,
+    GeneralistUnavailableError,
+    ServeError,
+)
+
+__all__ = [
+    "MODEL_NAME",
+    "PROMPTS",
+    "ArbitrationRequest",
+    "ArbitrationResult",
+    "EmbeddedServer",
+    "GeneralistBackend",
+    "GeneralistError",
+    "GeneralistResponseError",
+    "GeneralistUnavailableError",
+    "MoedEvidence",
+    "OpenAICompatibleBackend",
+    "OpenAIConfig",
+    "ParsedAnswer",
+    "RadEvidence",
+    "ServeError",
+    "ServerState",
+    "label_scores",
+    "meddr_backend_config",
+    "meddr_serve_command",
+    "parse_answer",
+    "render_prompt",
+]

