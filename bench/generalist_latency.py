@@ -52,15 +52,19 @@ async def _level(url: str, model: str, concurrency: int, requests: int) -> dict[
     )
     latencies: list[float] = []
 
-    async def one() -> None:
-        result = await backend.arbitrate(request)
-        latencies.append(result.latency_ms)
+    async def client(count: int) -> None:
+        """One client: sends its requests one after another (no queueing in the backend)."""
+        for _ in range(count):
+            started = time.perf_counter()
+            await backend.arbitrate(request)
+            latencies.append((time.perf_counter() - started) * 1000)
 
     try:
-        await one()  # warm-up, not counted
+        await client(1)  # warm-up, not counted
         latencies.clear()
         started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(requests)))
+        share, extra = divmod(requests, concurrency)
+        await asyncio.gather(*(client(share + (i < extra)) for i in range(concurrency)))
         wall = time.perf_counter() - started
     finally:
         await backend.aclose()

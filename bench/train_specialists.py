@@ -24,12 +24,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (task, backbone, weights, targets: minimum test ACC / macro-AUC)
+# BreastMNIST has 546 training images: with the defaults (batch 64, lr 1e-3,
+# patience 5) both backbones early-stopped at epoch 1 (AUC 0.57 / 0.61).
+SMALL_DATA = ["--batch-size", "16", "--lr", "3e-4", "--patience", "10", "--epochs", "60"]
+# (task, backbone, weights, extra options, targets: minimum test ACC / macro-AUC)
 RUNS = [
-    ("pneumonia-cxr", "tf_efficientnet_lite0", "default", {"accuracy": 0.85, "macro_auc": 0.94}),
-    ("pneumonia-cxr", "resnet18", "scratch", {"accuracy": 0.85, "macro_auc": 0.94}),
-    ("breast-us", "tf_efficientnet_lite0", "default", {"macro_auc": 0.87}),
-    ("breast-us", "resnet18", "scratch", {"macro_auc": 0.87}),
+    (
+        "pneumonia-cxr",
+        "tf_efficientnet_lite0",
+        "default",
+        [],
+        {"accuracy": 0.85, "macro_auc": 0.94},
+    ),
+    ("pneumonia-cxr", "resnet18", "scratch", [], {"accuracy": 0.85, "macro_auc": 0.94}),
+    ("breast-us", "tf_efficientnet_lite0", "default", SMALL_DATA, {"macro_auc": 0.87}),
+    ("breast-us", "resnet18", "scratch", SMALL_DATA, {"macro_auc": 0.87}),
 ]
 
 
@@ -44,7 +53,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for task, backbone, weights, targets in RUNS:
+        for task, backbone, weights, extra, targets in RUNS:
             if args.only and f"{task}:{backbone}" not in args.only:
                 continue
             out = Path(tmp) / f"{task}-{backbone}"
@@ -68,6 +77,7 @@ def main() -> int:
                 str(args.max_minutes),
                 "--license",
                 "CC-BY-4.0",
+                *extra,
             ]
             print("$", " ".join(command[1:]), flush=True)
             started = time.monotonic()
@@ -83,6 +93,7 @@ def main() -> int:
                     "task": task,
                     "backbone": backbone,
                     "weights": weights,
+                    "options": extra,
                     "test": {k: test[k] for k in ("n", "accuracy", "macro_auc", "macro_f1", "ece")},
                     "targets": targets,
                     "passed": all((test[k] or 0) >= v for k, v in targets.items()),
@@ -98,6 +109,11 @@ def main() -> int:
                 }
             )
             print(json.dumps(results[-1]), flush=True)
+    path = args.out / "train_specialists.json"
+    if path.exists():  # keep the runs not repeated this time
+        done = {(r["task"], r["backbone"]) for r in results}
+        earlier = json.loads(path.read_text()).get("runs", [])
+        results = [r for r in earlier if (r["task"], r["backbone"]) not in done] + results
     report = {
         "benchmark": "train_specialists",
         "time": datetime.now(UTC).isoformat(),
@@ -106,7 +122,6 @@ def main() -> int:
         "max_minutes": args.max_minutes,
         "runs": results,
     }
-    path = args.out / "train_specialists.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
     return 0 if all(r.get("passed") for r in results) else 1
