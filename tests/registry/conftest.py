@@ -66,13 +66,18 @@ def start_registry(root: Path, *extra: str, ca: bytes | None = None) -> RunningR
         env=env,
     )
     assert process.stderr is not None
-    for line in process.stderr:
-        found = re.search(r"on (127\.0\.0\.1:\d+)", line)
-        if found:
-            running = RunningRegistry(root, process, found.group(1), ca)
-            with running.client() as client:
-                client.wait_ready()
-            return running
+    try:
+        for line in process.stderr:
+            found = re.search(r"on (127\.0\.0\.1:\d+)", line)
+            if found:
+                running = RunningRegistry(root, process, found.group(1), ca)
+                with running.client() as client:
+                    client.wait_ready()
+                return running
+    except BaseException:
+        process.kill()  # never leave a server behind a failed start
+        process.wait(timeout=10)
+        raise
     raise RuntimeError(f"the registry did not start (exit {process.wait()})")
 
 
