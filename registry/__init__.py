@@ -7,7 +7,7 @@ event log, the gRPC service and its client, TUF metadata (registry side) and
 """
 
 from registry._client import RegistryClient
-from registry._core import Registry
+from registry._core import Registry, keyring_of
 from registry._events import Event, verify_event_log
 from registry._server import ServerConfig, admin_token_for, start_server
 from registry._tuf import build_site_targets, target_path
@@ -17,6 +17,7 @@ from registry._verify import (
     REQUIRED_FILES,
     AcceptedBundle,
     Limits,
+    check_names_and_sizes,
     verify_publication,
 )
 from registry.errors import (
@@ -54,6 +55,8 @@ __all__ = [
     "UntrustedMetadataError",
     "admin_token_for",
     "build_site_targets",
+    "check_names_and_sizes",
+    "keyring_of",
     "start_server",
     "target_path",
     "verify_event_log",

@@ -25,7 +25,7 @@ from registry.errors import (
     RejectCode,
     RejectedError,
 )
-from signing import SIGNATURE_FILE, bundle_digest, is_safe_relative_path
+from signing import bundle_digest, digest_files, is_safe_relative_path
 
 __all__ = ["RegistryClient"]
 
@@ -130,9 +130,7 @@ class RegistryClient:
                 previous: bytes | None = self.fetch_metadata(f"{site_id}.json")
             except NotFoundError:
                 previous = None
-            digest = bundle_digest(
-                {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != SIGNATURE_FILE}
-            )
+            digest = bundle_digest(digest_files(files))
             site_targets = build_site_targets(previous, site_id, digest, files, site_key, password)
         response = self._call(
             lambda: self._stub.Publish(_messages(files, site_targets), timeout=self.timeout_s)

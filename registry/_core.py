@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,15 @@ from registry._verify import AcceptedBundle, Limits, verify_publication
 from registry.errors import ConflictError, NotFoundError, RejectedError, StoreError
 from signing import KeyRing, PublicKey, TrustedKey
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "keyring_of"]
+
+
+def keyring_of(sites: Iterable[SiteKey]) -> KeyRing:
+    """A verifier's key ring from enrolled keys (as the registry lists them)."""
+    return KeyRing(
+        TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode())) for s in sites
+    )
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -177,10 +185,7 @@ class Registry:
 
     def keyring(self) -> KeyRing:
         """The enrolled, unrevoked keys."""
-        return KeyRing(
-            TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode()))
-            for s in self.sites()
-        )
+        return keyring_of(self.sites())
 
     def revoked_key_ids(self) -> frozenset[str]:
         """Keys that were enrolled and then revoked."""

@@ -14,6 +14,7 @@ from protocol._pb import registry_pb2 as pb
 from protocol._pb import registry_pb2_grpc as pb_grpc
 from protocol.serde import bundle_ref_to_pb, site_key_to_pb
 from registry._core import Registry
+from registry._verify import check_names_and_sizes
 from registry.errors import (
     ConflictError,
     NotFoundError,
@@ -22,7 +23,7 @@ from registry.errors import (
     RejectedError,
     StoreError,
 )
-from signing import KeyFileError, is_safe_relative_path
+from signing import KeyFileError
 
 __all__ = ["CHUNK_BYTES", "RegistryServicer"]
 
@@ -97,17 +98,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise RejectedError(RejectCode.MISSING_FILE, "a publication starts with its header")
         declared = {entry.name: entry for entry in first.header.files}
-        for name, entry in declared.items():
-            if not is_safe_relative_path(name) or "/" in name:
-                raise RejectedError(RejectCode.BAD_FILE_NAME, f"not a plain file name: {name!r}")
-            if entry.size_bytes > limits.for_file(name):
-                raise RejectedError(
-                    RejectCode.TOO_LARGE, f"{name} is larger than {limits.for_file(name)} bytes"
-                )
-        if sum(e.size_bytes for e in declared.values()) > limits.max_bundle_bytes:
-            raise RejectedError(
-                RejectCode.TOO_LARGE, f"the bundle is larger than {limits.max_bundle_bytes} bytes"
-            )
+        # Refuse before receiving a byte; verify_publication checks the bytes again.
+        check_names_and_sizes({n: e.size_bytes for n, e in declared.items()}, limits)
         buffers = {name: bytearray() for name in declared}
         for message in messages:
             chunk = message.chunk

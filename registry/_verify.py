@@ -6,6 +6,7 @@ Bytes in (the bundle's files), an :class:`AcceptedBundle` out, or a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,12 +31,20 @@ from signing import (
     UnknownKeyError,
     UnsupportedManifestError,
     VerifiedManifest,
+    digest_files,
     is_safe_relative_path,
     signature_key_id,
     verify_manifest,
 )
 
-__all__ = ["BUNDLE_FILES", "REQUIRED_FILES", "AcceptedBundle", "Limits", "verify_publication"]
+__all__ = [
+    "BUNDLE_FILES",
+    "REQUIRED_FILES",
+    "AcceptedBundle",
+    "Limits",
+    "check_names_and_sizes",
+    "verify_publication",
+]
 
 #: Every file a bundle may hold, and those it must hold.
 BUNDLE_FILES = frozenset({"model.onnx", "card.json", "index.npz", "metrics.json", SIGNATURE_FILE})
@@ -75,10 +84,25 @@ class AcceptedBundle:
         return self.manifest.digest
 
 
-def _sha256(data: bytes) -> str:
-    import hashlib
+def check_names_and_sizes(sizes: Mapping[str, int], limits: Limits) -> int:
+    """Checks file names and sizes (declared or received); returns the bundle's total size.
 
-    return hashlib.sha256(data).hexdigest()
+    Raises:
+        RejectedError: ``BAD_FILE_NAME`` or ``TOO_LARGE``.
+    """
+    for name, size in sizes.items():
+        if not is_safe_relative_path(name) or "/" in name:
+            raise RejectedError(RejectCode.BAD_FILE_NAME, f"not a plain file name: {name!r}")
+        if size > limits.for_file(name):
+            raise RejectedError(
+                RejectCode.TOO_LARGE, f"{name} is larger than {limits.for_file(name)} bytes"
+            )
+    total = sum(sizes.values())
+    if total > limits.max_bundle_bytes:
+        raise RejectedError(
+            RejectCode.TOO_LARGE, f"the bundle is larger than {limits.max_bundle_bytes} bytes"
+        )
+    return total
 
 
 def verify_publication(
@@ -103,22 +127,11 @@ def verify_publication(
         RejectedError: with the :class:`RejectCode` of the first rule that failed.
     """
     limits = limits or Limits()
-    for name, data in files.items():
-        if not is_safe_relative_path(name) or "/" in name:
-            raise RejectedError(RejectCode.BAD_FILE_NAME, f"not a plain file name: {name!r}")
-        if len(data) > limits.for_file(name):
-            raise RejectedError(
-                RejectCode.TOO_LARGE, f"{name} is larger than {limits.for_file(name)} bytes"
-            )
-    size = sum(len(data) for data in files.values())
-    if size > limits.max_bundle_bytes:
-        raise RejectedError(
-            RejectCode.TOO_LARGE, f"the bundle is larger than {limits.max_bundle_bytes} bytes"
-        )
+    size = check_names_and_sizes({name: len(data) for name, data in files.items()}, limits)
     if SIGNATURE_FILE not in files:
         raise RejectedError(RejectCode.UNSIGNED, "the bundle has no model.sig")
     signature = files[SIGNATURE_FILE]
-    digests = {name: _sha256(data) for name, data in files.items() if name != SIGNATURE_FILE}
+    digests = digest_files(files)
     try:
         if signature_key_id(signature) in revoked_key_ids:
             raise RejectedError(RejectCode.REVOKED_KEY, "signed by a revoked site key")
@@ -174,5 +187,5 @@ def verify_publication(
             f"version {card.version} is not newer than {last_version}, the last that site "
             f"{card.site_id} published for {card.task_id}/{card.backbone}",
         )
-    all_files = dict(digests, **{SIGNATURE_FILE: _sha256(signature)})
+    all_files = dict(digests, **{SIGNATURE_FILE: hashlib.sha256(signature).hexdigest()})
     return AcceptedBundle(card, manifest, size, MappingProxyType(all_files))

@@ -8,7 +8,13 @@ and digests in, a :class:`VerifiedManifest` out) that the registry, the hub and
 the auditor all call, and that tells exactly what is wrong when it fails.
 """
 
-from signing._bundle import digest_bundle_dir, read_signature, sign_bundle, verify_bundle_dir
+from signing._bundle import (
+    digest_bundle_dir,
+    digest_files,
+    read_signature,
+    sign_bundle,
+    verify_bundle_dir,
+)
 from signing._envelope import SIGNATURE_FILE, is_safe_relative_path
 from signing._keys import (
     KeyRing,
@@ -62,6 +68,7 @@ __all__ = [
     "VerifiedManifest",
     "bundle_digest",
     "digest_bundle_dir",
+    "digest_files",
     "generate_site_key",
     "is_safe_relative_path",
     "load_private_key",

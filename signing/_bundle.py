@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import model_signing.hashing
@@ -18,7 +19,7 @@ from signing._keys import KeyRing, PublicKey, load_private_key
 from signing._verify import VerifiedManifest, verify_manifest
 from signing.errors import BundleLayoutError, MalformedSignatureError, SignFailedError
 
-__all__ = ["digest_bundle_dir", "sign_bundle", "verify_bundle_dir"]
+__all__ = ["digest_bundle_dir", "digest_files", "sign_bundle", "verify_bundle_dir"]
 
 #: Read files in blocks of this many bytes when hashing.
 HASH_BLOCK_BYTES = 1024 * 1024
@@ -30,6 +31,19 @@ def _sha256_file(path: Path) -> str:
         while block := handle.read(HASH_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+def digest_files(files: Mapping[str, bytes]) -> dict[str, str]:
+    """``{name: sha256}`` of a bundle held in memory, every file except ``model.sig``.
+
+    The in-memory twin of :func:`digest_bundle_dir`: what :func:`verify_manifest`
+    and :func:`bundle_digest` take.
+    """
+    return {
+        name: hashlib.sha256(data).hexdigest()
+        for name, data in files.items()
+        if name != SIGNATURE_FILE
+    }
 
 
 def digest_bundle_dir(bundle_dir: Path) -> dict[str, str]:

@@ -101,20 +101,15 @@ def read_files(directory: Path) -> dict[str, bytes]:
 
 def publish_to(registry: Any, files: dict[str, bytes], site: SiteKeys) -> Any:
     """Publishes to a :class:`registry.Registry` with the site's signed TUF metadata."""
-    import hashlib
-
-    from registry import NotFoundError
-    from registry._tuf import build_site_targets
-    from signing import SIGNATURE_FILE, bundle_digest
+    from registry import NotFoundError, build_site_targets
+    from signing import bundle_digest, digest_files
 
     site_id = json.loads(files["card.json"])["site_id"]
     try:
         previous = registry.tuf.metadata_bytes(f"{site_id}.json")
     except NotFoundError:
         previous = None
-    digest = bundle_digest(
-        {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != SIGNATURE_FILE}
-    )
+    digest = bundle_digest(digest_files(files))
     return registry.publish(
         files, build_site_targets(previous, site_id, digest, files, site.private)
     )

@@ -47,19 +47,14 @@ def registry(
     The full compliance audit (TUF metadata, privacy settings, PHI scan, ledger
     cross-checks, hub access log) is issue #8.
     """
-    from registry import Registry, RejectedError, verify_publication
-    from signing import KeyRing, PublicKey, TrustedKey
+    from registry import Registry, RejectedError, keyring_of, verify_publication
 
     store = Registry(root)
     events = store.verify_events()
     typer.echo(f"event log: {events} entries, hash chain intact, head matches the database")
     failures = 0
     for ref in store.bundles(include_revoked=True):
-        keys = KeyRing(
-            TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode()))
-            for s in store.sites(include_revoked=True)
-            if s.key_id == ref.key_id
-        )
+        keys = keyring_of(s for s in store.sites(include_revoked=True) if s.key_id == ref.key_id)
         files = {
             name: store.blobs.get(d) for name, d in store.bundle_files(ref.bundle_digest).items()
         }

@@ -19,18 +19,13 @@ from registry import (
     RegistryClient,
     RejectCode,
     RejectedError,
+    keyring_of,
     verify_publication,
 )
-from signing import KeyRing, PublicKey, TrustedKey, sign_bundle
+from signing import sign_bundle
 from tests.bundles import external_data_onnx, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
 from tests.registry.conftest import RunningRegistry, start_registry
-
-
-def _keyring(client: RegistryClient) -> KeyRing:
-    return KeyRing(
-        TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode())) for s in client.sites()
-    )
 
 
 def test_publish_fetch_and_verify(
@@ -44,7 +39,7 @@ def test_publish_fetch_and_verify(
         ]
         fetched = client.fetch(ref.bundle_digest)
         assert fetched == files
-        accepted = verify_publication(fetched, _keyring(client))
+        accepted = verify_publication(fetched, keyring_of(client.sites()))
     assert accepted.digest == ref.bundle_digest
     assert accepted.card.site_id == "site-a"
 
@@ -217,7 +212,7 @@ def test_killed_mid_upload_then_restarted(tmp_path: Path, site_a: SiteKeys) -> N
         assert server.blob_count() == blobs
         with server.client() as client:
             assert [b.bundle_digest for b in client.bundles()] == [kept.bundle_digest]
-            assert verify_publication(client.fetch(kept.bundle_digest), _keyring(client))
+            assert verify_publication(client.fetch(kept.bundle_digest), keyring_of(client.sites()))
     finally:
         server.stop()
     registry = Registry(tmp_path / "registry")

@@ -14,9 +14,9 @@ from registry import (
     RegistryClient,
     TrustedRegistry,
     UntrustedMetadataError,
+    keyring_of,
     verify_publication,
 )
-from signing import KeyRing, PublicKey, TrustedKey
 from tests.bundles import read_files, write_bundle_files
 from tests.conftest import SiteKeys
 from tests.registry.conftest import RunningRegistry
@@ -48,10 +48,7 @@ def test_fetch_through_tuf(
     assert hub.refresh() >= 1
     fetched = hub.bundle_files("site-a", digest)
     assert fetched == files
-    keys = KeyRing(
-        TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode())) for s in client.sites()
-    )
-    assert verify_publication(fetched, keys).digest == digest
+    assert verify_publication(fetched, keyring_of(client.sites())).digest == digest
 
 
 def test_revocation_takes_effect_through_the_metadata(
