@@ -1,3 +1,82 @@
-"""The hub: the diagnosis API that runs GSCo on verified specialists (not built yet)."""
+"""The hub: the diagnosis API that runs GSCo on verified specialists.
 
-__all__: list[str] = []
+It syncs signed specialist bundles from the registry through TUF, verifies
+each with the shared :func:`registry.verify_publication`, runs them with
+onnxruntime (CUDA when really present), retrieves similar cases with faiss,
+and lets the generalist arbitrate (``gsco`` mode), falling back to a
+``degraded`` ensemble when the generalist is down. Every answer names its
+evidence and provenance; every request is in a hash-chained access log.
+"""
+
+from hub._access_log import AccessLog, AccessRecord, verify_access_log
+from hub._app import create_app
+from hub._auth import ApiKeys, ClientKey, create_client_key
+from hub._catalog import Catalog
+from hub._client import HubClient, HubRequestError, HubUnavailableError
+from hub._engine import GENERALIST_MODES, Diagnosis, DiagnosisEngine, EngineOptions
+from hub._fhir import FHIR_MEDIA_TYPE, diagnostic_report
+from hub._metrics import HubMetrics
+from hub._runtime import (
+    LoadedSpecialist,
+    Neighbour,
+    RuntimeOptions,
+    faiss_uses_gpu,
+    load_specialist,
+    onnx_providers,
+)
+from hub._service import Admission, Hub, HubConfig
+from hub._sync import RegistrySync, SyncReport
+from hub.errors import (
+    AccessLogError,
+    AuthenticationError,
+    BadRequestError,
+    HubConfigError,
+    HubError,
+    OverloadedError,
+    PayloadTooLargeError,
+    SpecialistLoadError,
+    SpecialistRuntimeError,
+    UnknownTaskError,
+)
+
+__all__ = [
+    "FHIR_MEDIA_TYPE",
+    "GENERALIST_MODES",
+    "AccessLog",
+    "AccessLogError",
+    "AccessRecord",
+    "Admission",
+    "ApiKeys",
+    "AuthenticationError",
+    "BadRequestError",
+    "Catalog",
+    "ClientKey",
+    "Diagnosis",
+    "DiagnosisEngine",
+    "EngineOptions",
+    "Hub",
+    "HubClient",
+    "HubConfig",
+    "HubConfigError",
+    "HubError",
+    "HubMetrics",
+    "HubRequestError",
+    "HubUnavailableError",
+    "LoadedSpecialist",
+    "Neighbour",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "RegistrySync",
+    "RuntimeOptions",
+    "SpecialistLoadError",
+    "SpecialistRuntimeError",
+    "SyncReport",
+    "UnknownTaskError",
+    "create_app",
+    "create_client_key",
+    "diagnostic_report",
+    "faiss_uses_gpu",
+    "load_specialist",
+    "onnx_providers",
+    "verify_access_log",
+]

@@ -24,6 +24,7 @@ from protocol._card import (
     ResizePolicy,
     SpecialistCard,
 )
+from protocol._chain import GENESIS, ChainError, line_hash, walk_chain
 from protocol._diagnosis import (
     DiagnoseRequest,
     DiagnoseResponse,
@@ -36,15 +37,32 @@ from protocol._diagnosis import (
     SpecialistProvenance,
     StageTimings,
 )
+from protocol._images import (
+    DICOM_PIXEL_TAGS,
+    MAX_IMAGE_PIXELS,
+    decode_image_bytes,
+    is_dicom_bytes,
+    sniff_media_type,
+)
 from protocol._preprocess import preprocess
 from protocol._registry import BundleRef, SiteKey
 from protocol._task import TaskSpec, TaskType
-from protocol.errors import EncodingError, GscoError, ProtocolError, SchemaError
+from protocol.errors import (
+    EncodingError,
+    GscoError,
+    ImageDecodeError,
+    ProtocolError,
+    SchemaError,
+)
 
 __all__ = [
+    "DICOM_PIXEL_TAGS",
+    "GENESIS",
     "INDEX_KEYS",
+    "MAX_IMAGE_PIXELS",
     "ArtifactError",
     "BundleRef",
+    "ChainError",
     "DataSummary",
     "DiagnoseRequest",
     "DiagnoseResponse",
@@ -54,6 +72,7 @@ __all__ = [
     "GscoError",
     "HeldOutMetrics",
     "Identifier",
+    "ImageDecodeError",
     "ImagePayload",
     "IndexMode",
     "IndexPrivacy",
@@ -79,6 +98,11 @@ __all__ = [
     "canonical_json",
     "check_index",
     "check_onnx",
+    "decode_image_bytes",
+    "is_dicom_bytes",
+    "line_hash",
     "load_index",
     "preprocess",
+    "sniff_media_type",
+    "walk_chain",
 ]

@@ -20,6 +20,7 @@ from protocol.errors import ProtocolError
 
 __all__ = [
     "INDEX_KEYS",
+    "MAX_ONNX_IR_VERSION",
     "ArtifactError",
     "OnnxSummary",
     "check_index",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 #: The arrays of ``index.npz``; nothing else may be in it.
+#: The newest ONNX IR version a bundle may use: what every supported onnxruntime
+#: (1.18 and later) loads. torch's exporter writes IR 8 at opset 17.
+MAX_ONNX_IR_VERSION = 10
 INDEX_KEYS = frozenset({"embeddings", "labels", "group_sizes"})
 #: Operator domains a bundle's model may use (the ONNX standard ones).
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -67,6 +71,11 @@ def check_onnx(data: bytes) -> OnnxSummary:
         model = onnx.load_model_from_string(data)
     except Exception as exc:
         raise ArtifactError(f"model.onnx is not an ONNX model: {exc}") from exc
+    if not 3 <= model.ir_version <= MAX_ONNX_IR_VERSION:
+        raise ArtifactError(
+            f"model.onnx has ONNX IR version {model.ir_version}; hubs load versions 3 to "
+            f"{MAX_ONNX_IR_VERSION} (onnxruntime 1.18 and later): re-export it"
+        )
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
         tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))

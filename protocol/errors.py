@@ -7,14 +7,15 @@ front end can report any of them as one clear line::
     └── ProtocolError              (this package)
         ├── SchemaError            a document does not match its schema
         ├── EncodingError          bytes that are not the canonical encoding
-        └── ArtifactError          model.onnx or index.npz breaks its contract (protocol._artifacts)
+        ├── ArtifactError          model.onnx or index.npz breaks its contract (protocol._artifacts)
+        └── ImageDecodeError       an image that is corrupt, too large or not what it claims
 
 Other roots (``signing.SigningError``, ...) subclass :class:`GscoError` too.
 """
 
 from __future__ import annotations
 
-__all__ = ["EncodingError", "GscoError", "ProtocolError", "SchemaError"]
+__all__ = ["EncodingError", "GscoError", "ImageDecodeError", "ProtocolError", "SchemaError"]
 
 
 class GscoError(Exception):
@@ -43,3 +44,7 @@ class SchemaError(ProtocolError):
 
 class EncodingError(ProtocolError):
     """Bytes that should hold a document are not decodable (not UTF-8 JSON, say)."""
+
+
+class ImageDecodeError(ProtocolError):
+    """An image is corrupt, truncated, too large, unsupported or not its declared type."""

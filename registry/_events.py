@@ -8,7 +8,6 @@ detected by :func:`verify_event_log`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -17,12 +16,20 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
-from protocol import GscoError, Identifier, Sha256Hex, StrictModel, canonical_json
+from protocol import (
+    GENESIS,
+    ChainError,
+    Identifier,
+    Sha256Hex,
+    StrictModel,
+    canonical_json,
+    line_hash,
+    walk_chain,
+)
 from registry.errors import EventLogError
 
 __all__ = ["GENESIS", "Event", "EventLog", "line_hash", "verify_event_log"]
 
-GENESIS = "0" * 64
 EventKind = Literal["enroll", "publish", "revoke-bundle", "revoke-key", "reject"]
 
 
@@ -44,11 +51,6 @@ class Event(StrictModel):
     prev_hash: Sha256Hex
 
 
-def line_hash(line: bytes) -> str:
-    """sha256 of one line (without its newline)."""
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
-
-
 def verify_event_log(
     lines: Iterable[bytes], head: tuple[int, str] | None = None
 ) -> tuple[list[Event], str]:
@@ -60,19 +62,15 @@ def verify_event_log(
     Raises:
         EventLogError: names the first line that breaks the chain.
     """
-    events, previous = [], GENESIS
-    for number, line in enumerate(lines, start=1):
-        try:
-            event = Event.parse(line)
-        except GscoError as exc:
-            raise EventLogError(f"event log line {number} is malformed: {exc}") from exc
-        if event.prev_hash != previous or event.seq != number - 1:
+    try:
+        events, previous = walk_chain(lines, Event)
+    except ChainError as exc:
+        if exc.broken:
             raise EventLogError(
-                f"event log line {number} does not follow line {number - 1}: "
+                f"event log line {exc.line} does not follow line {exc.line - 1}: "
                 "an entry was edited, removed or reordered"
-            )
-        previous = line_hash(line)
-        events.append(event)
+            ) from exc
+        raise EventLogError(f"event log {exc}") from exc
     if head is not None and (len(events), previous) != head:
         raise EventLogError(
             f"event log ends at entry {len(events)} ({previous[:12]}…) but the registry "

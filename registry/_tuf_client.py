@@ -9,17 +9,20 @@ by the registry, in a snapshot that is not older than one already seen.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from registry._client import RegistryClient
 from registry._tuf import target_path
 from registry._verify import BUNDLE_FILES, REQUIRED_FILES
 from registry.errors import NotFoundError, RegistryError, UntrustedMetadataError
+from signing import SIGNATURE_FILE
 
 __all__ = ["TrustedRegistry"]
 
@@ -85,9 +88,44 @@ class TrustedRegistry:
             raise UntrustedMetadataError(f"TUF could not fetch metadata: {exc}") from exc
         self._updater = updater
         snapshot = self._metadata_dir / "snapshot.json"
-        import json
-
         return int(json.loads(snapshot.read_bytes())["signed"]["version"])
+
+    def _refreshed(self) -> Updater:
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        return self._updater
+
+    def delegated_key_ids(self) -> dict[str, frozenset[str]]:
+        """The key ids each site may sign with, from the registry-signed delegations.
+
+        Read from the ``targets.json`` that the last :meth:`refresh` verified, so
+        a key the registry lists but did not delegate to (or revoked) is absent.
+        """
+        self._refreshed()
+        targets = Metadata[Targets].from_bytes((self._metadata_dir / "targets.json").read_bytes())
+        delegations = targets.signed.delegations
+        if delegations is None or delegations.roles is None:
+            return {}
+        return {name: frozenset(role.keyids) for name, role in delegations.roles.items()}
+
+    def resolves(self, site_id: str, bundle_digest: str) -> bool:
+        """Whether the trusted metadata still lists the bundle (it does not once revoked).
+
+        Raises:
+            UntrustedMetadataError: the site's delegated metadata is refused.
+        """
+        try:
+            info = self._refreshed().get_targetinfo(
+                target_path(site_id, bundle_digest, SIGNATURE_FILE)
+            )
+        except tuf_errors.RepositoryError as exc:
+            raise UntrustedMetadataError(f"TUF refused site {site_id}'s metadata: {exc}") from exc
+        except tuf_errors.DownloadError as exc:
+            raise UntrustedMetadataError(
+                f"TUF could not fetch site {site_id}'s metadata: {exc}"
+            ) from exc
+        return info is not None
 
     def bundle_files(self, site_id: str, bundle_digest: str) -> dict[str, bytes]:
         """A bundle's files, each verified against the trusted metadata.
@@ -97,18 +135,16 @@ class TrustedRegistry:
                 (never published, revoked, or its key revoked).
             UntrustedMetadataError: a file's length or hash differs (a swapped file).
         """
-        if self._updater is None:
-            self.refresh()
-        assert self._updater is not None
+        updater = self._refreshed()
         files: dict[str, bytes] = {}
         for name in sorted(BUNDLE_FILES):
             path = target_path(site_id, bundle_digest, name)
             try:
-                info = self._updater.get_targetinfo(path)
+                info = updater.get_targetinfo(path)
                 if info is None:
                     continue
                 with tempfile.TemporaryDirectory(dir=self._targets_dir) as tmp:
-                    local = self._updater.download_target(info, str(Path(tmp) / "target"))
+                    local = updater.download_target(info, str(Path(tmp) / "target"))
                     files[name] = Path(local).read_bytes()
             except tuf_errors.RepositoryError as exc:
                 raise UntrustedMetadataError(f"TUF refused {path}: {exc}") from exc

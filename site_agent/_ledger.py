@@ -9,7 +9,6 @@ cross-checks every record against what the registry holds.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +16,19 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
-from protocol import GscoError, Identifier, Sha256Hex, StrictModel, canonical_json
+from protocol import (
+    GENESIS,
+    ChainError,
+    Identifier,
+    Sha256Hex,
+    StrictModel,
+    canonical_json,
+    line_hash,
+    walk_chain,
+)
 from site_agent.errors import LedgerError
 
 __all__ = ["GENESIS", "EgressLedger", "EgressRecord"]
-
-GENESIS = "0" * 64
 
 
 class EgressRecord(StrictModel):
@@ -42,10 +48,6 @@ class EgressRecord(StrictModel):
     prev_hash: Sha256Hex
 
 
-def _line_hash(line: bytes) -> str:
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
-
-
 class EgressLedger:
     """``HOME/egress.jsonl``."""
 
@@ -60,20 +62,10 @@ class EgressLedger:
         """
         if not self.path.exists():
             return []
-        records, previous = [], GENESIS
-        for number, line in enumerate(self.path.read_bytes().splitlines(keepends=True), start=1):
-            try:
-                record = EgressRecord.parse(line)
-            except GscoError as exc:
-                raise LedgerError(f"{self.path.name} line {number}: {exc}") from exc
-            if record.prev_hash != previous or record.seq != number - 1:
-                where = f"lines {number - 1} and {number}" if number > 1 else "line 1"
-                raise LedgerError(
-                    f"{self.path.name}: the hash chain breaks at {where} "
-                    "(a line was edited, removed or reordered)"
-                )
-            previous = _line_hash(line)
-            records.append(record)
+        try:
+            records, _ = walk_chain(self.path.read_bytes().splitlines(keepends=True), EgressRecord)
+        except ChainError as exc:
+            raise LedgerError(f"{self.path.name}: {exc}") from exc
         return records
 
     def append(
@@ -104,7 +96,7 @@ class EgressLedger:
                 backbone=backbone,
                 version=version,
                 files=files,
-                prev_hash=_line_hash(lines[-1]) if lines else GENESIS,
+                prev_hash=line_hash(lines[-1]) if lines else GENESIS,
             )
             handle.write(canonical_json(record) + b"\n")
             handle.flush()

@@ -30,7 +30,7 @@ def tiny_onnx(seed: int = 0) -> bytes:
         ],
         [helper.make_tensor("w", TensorProto.FLOAT, [EMBEDDING_DIM, 2], weights.ravel().tolist())],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return model.SerializeToString()
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gsco import __version__
-from gsco.cli import _audit, _generalist, _planned, _registry, _site
+from gsco.cli import _audit, _generalist, _hub, _planned, _registry, _site
 from protocol.errors import GscoError
 
 app = typer.Typer(
@@ -20,7 +20,8 @@ app = typer.Typer(
 )
 app.add_typer(_site.app, name="site")
 app.add_typer(_registry.app, name="registry")
-app.add_typer(_planned.hub, name="hub")
+app.add_typer(_hub.app, name="hub")
+app.command("diagnose")(_hub.diagnose)
 app.add_typer(_generalist.app, name="generalist")
 app.command("simulate")(_planned.simulate)
 app.add_typer(_audit.app, name="audit")

@@ -13,7 +13,11 @@ from protocol import ArtifactError, check_onnx, load_index
 
 
 def _model(
-    *, domain: str = "", inputs: tuple[str, ...] = ("image",), external: bool = False
+    *,
+    domain: str = "",
+    inputs: tuple[str, ...] = ("image",),
+    external: bool = False,
+    ir_version: int = 8,
 ) -> bytes:
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32).tolist())
     if external:
@@ -36,7 +40,7 @@ def _model(
         [weight],
     )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version).SerializeToString()
 
 
 def test_a_good_model() -> None:
@@ -52,6 +56,7 @@ def test_a_good_model() -> None:
         (_model(external=True), "external data"),
         (_model(domain="com.evil"), "non-standard operator domains"),
         (_model(inputs=("image", "mask")), "one input 'image'"),
+        (_model(ir_version=11), "IR version 11"),
     ],
 )
 def test_models_breaking_the_contract(model: bytes, message: str) -> None:

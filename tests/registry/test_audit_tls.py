@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from registry import RegistryClient, RegistryUnavailableError
 from tests.bundles import read_files, write_bundle_files
 from tests.conftest import SiteKeys
-from tests.registry.conftest import RunningRegistry, start_registry
+from tests.servers import RunningRegistry, start_registry
 from tests.test_cli import gsco
 
 

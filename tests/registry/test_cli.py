@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from site_agent import open_site
 from tests.bundles import write_bundle_files
-from tests.registry.conftest import ADMIN_TOKEN, RunningRegistry
+from tests.servers import ADMIN_TOKEN, RunningRegistry
 from tests.test_cli import gsco
 
 

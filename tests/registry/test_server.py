@@ -25,7 +25,7 @@ from registry import (
 from signing import sign_bundle
 from tests.bundles import external_data_onnx, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
-from tests.registry.conftest import RunningRegistry, start_registry
+from tests.servers import RunningRegistry, start_registry
 
 
 def test_publish_fetch_and_verify(

@@ -19,7 +19,7 @@ from registry import (
 )
 from tests.bundles import read_files, write_bundle_files
 from tests.conftest import SiteKeys
-from tests.registry.conftest import RunningRegistry
+from tests.servers import RunningRegistry
 
 
 @pytest.fixture

@@ -1,0 +1,216 @@
+"""``gsco hub``: run the diagnosis API; ``gsco diagnose``: call it."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from protocol import Mode
+
+app = typer.Typer(help="The hub's diagnosis API.", no_args_is_help=True)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    registry: Annotated[
+        str, typer.Option(help="Registry address host:port.", envvar="GSCO_REGISTRY")
+    ],
+    trusted_root: Annotated[
+        Path,
+        typer.Option(help="The registry's TUF root, obtained out of band (registry trust-root)."),
+    ],
+    state_dir: Annotated[
+        Path, typer.Option(help="Folder for the TUF metadata cache and the access log.")
+    ] = Path("hub-state"),
+    api_keys: Annotated[
+        Path | None, typer.Option(help="Client key file (gsco hub add-client writes it).")
+    ] = None,
+    allow_anonymous: Annotated[
+        bool, typer.Option(help="Serve without API keys (loopback demos only).")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback needs TLS.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for HTTPS.")] = None,
+    behind_tls_proxy: Annotated[
+        bool,
+        typer.Option(help="Allow plain HTTP beyond loopback: a TLS proxy terminates in front."),
+    ] = False,
+    registry_ca: Annotated[
+        Path | None, typer.Option(help="CA certificate of the registry's TLS.")
+    ] = None,
+    generalist_url: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL of the generalist, e.g. http://127.0.0.1:8000/v1 "
+            "[default: the embedded CPU server, if running].",
+            envvar="GSCO_GENERALIST_URL",
+        ),
+    ] = None,
+    generalist_model: Annotated[
+        str | None, typer.Option(help="Served model name [default: the embedded one].")
+    ] = None,
+    generalist_sees_images: Annotated[
+        bool, typer.Option(help="Send the image to the generalist (a vision-language model).")
+    ] = False,
+    generalist_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds before a degraded ensemble answer.")
+    ] = 30.0,
+    no_generalist: Annotated[
+        bool, typer.Option(help="Run without a generalist (every answer is an ensemble).")
+    ] = False,
+    sync_interval: Annotated[float, typer.Option(min=0.5, help="Seconds between syncs.")] = 30.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 20.0,
+    max_image_megapixels: Annotated[float, typer.Option(min=0.001)] = 16.0,
+    max_in_flight: Annotated[int, typer.Option(min=1, help="Diagnoses processed at once.")] = 4,
+    max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503.")] = 32,
+    workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
+    gpu: Annotated[
+        bool | None,
+        typer.Option("--gpu/--cpu", help="Force or forbid CUDA [default: CUDA if present]."),
+    ] = None,
+) -> None:
+    """Run the diagnosis API until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
+    from hub import Hub, HubConfig, RuntimeOptions, create_app
+    from hub.errors import HubConfigError
+
+    if (tls_cert is None) != (tls_key is None):
+        raise HubConfigError("pass both --tls-cert and --tls-key, or neither")
+    if not _loopback(host) and tls_cert is None and not behind_tls_proxy:
+        raise HubConfigError(
+            f"refusing to serve API keys over plain HTTP on {host}: pass --tls-cert/--tls-key "
+            "(or --behind-tls-proxy when a TLS proxy terminates in front)"
+        )
+    generalist = None
+    if not no_generalist:
+        if generalist_url is None:
+            state = EmbeddedServer().state()
+            if state is None:
+                raise HubConfigError(
+                    "no generalist: pass --generalist-url, start one with gsco generalist serve, "
+                    "or pass --no-generalist"
+                )
+            generalist_url = state.url
+        generalist = OpenAIConfig(
+            base_url=generalist_url,
+            model=generalist_model or MODEL_NAME,
+            sees_images=generalist_sees_images,
+            timeout_s=generalist_timeout,
+        )
+    config = HubConfig(
+        registry=registry,
+        trusted_root=trusted_root,
+        state_dir=state_dir,
+        api_keys=api_keys,
+        allow_anonymous=allow_anonymous,
+        registry_ca=registry_ca,
+        generalist=generalist,
+        sync_interval_s=sync_interval,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_image_pixels=int(max_image_megapixels * 1_000_000),
+        max_in_flight=max_in_flight,
+        max_queue=max_queue,
+        workers=workers,
+        generalist_timeout_s=generalist_timeout,
+        runtime=RuntimeOptions(use_gpu=gpu),
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    hub = Hub(config)
+    listener = socket.create_server((host, port))
+    bound = listener.getsockname()[1]
+    scheme = "https" if tls_cert else "http"
+    typer.echo(f"gsco hub: serving on {scheme}://{host}:{bound} (docs at /docs)", err=True)
+    sys.stderr.flush()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(hub),
+            log_level="warning",
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run(sockets=[listener])
+
+
+@app.command("add-client")
+def add_client(
+    client_id: Annotated[str, typer.Argument(help="A name for the client application.")],
+    keys: Annotated[Path, typer.Option(help="The hub's API key file (created if missing).")],
+) -> None:
+    """Create an API key for a client; it is printed once and only its hash is kept."""
+    from hub import create_client_key
+
+    key = create_client_key(keys, client_id)
+    typer.echo(key)
+    typer.echo(f"(stored as a sha256 hash in {keys}; this key is not shown again)", err=True)
+
+
+def diagnose(
+    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG, DICOM or .npy files.")],
+    task: Annotated[str, typer.Option(help="Task id, e.g. pneumonia-cxr.")],
+    hub_url: Annotated[
+        str, typer.Option("--hub", help="The hub's URL.", envvar="GSCO_HUB")
+    ] = "http://127.0.0.1:8080",
+    mode: Annotated[Mode, typer.Option(help="Arbitration mode.")] = Mode.GSCO,
+    top_k: Annotated[int, typer.Option(min=1, max=50, help="Retrieved cases.")] = 5,
+    api_key: Annotated[str | None, typer.Option(help="API key.", envvar="GSCO_API_KEY")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON response per line.")] = False,
+) -> None:
+    """Diagnose images through a hub and print a table (or JSON)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hub import HubClient
+    from hub.errors import HubError
+
+    for image in images:
+        if not image.is_file():
+            raise HubError(f"no such image file: {image}")
+    table = Table("image", "label", "score", "mode", "specialists", "evidence", "ms")
+    with HubClient(hub_url, api_key) as client:
+        for image in images:
+            response = client.diagnose(image, task, mode=mode, top_k=top_k)
+            if as_json:
+                typer.echo(response.model_dump_json())
+                continue
+            score = response.scores.get(response.label) if response.scores else None
+            votes = ", ".join(
+                f"{p.specialist.site_id}:{p.label} {p.probability:.2f}" for p in response.moed
+            )
+            used = response.mode_used.value + (" (degraded)" if response.degraded else "")
+            table.add_row(
+                image.name,
+                response.label,
+                f"{score:.2f}" if score is not None else "-",
+                used,
+                str(len(response.specialists)),
+                votes,
+                f"{response.timings.total_ms:.0f}",
+            )
+            for warning in response.warnings:
+                typer.echo(f"warning: {image.name}: {warning}", err=True)
+    if not as_json:
+        Console().print(table)

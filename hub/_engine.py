@@ -1,0 +1,319 @@
+"""One diagnosis: decode, run the task's specialists, retrieve, arbitrate.
+
+Modes (``protocol.Mode``): ``gsco`` (MoED + RAD evidence, the generalist
+decides; the default), ``moed``, ``rad``, ``generalist`` (the generalist
+alone), ``voting`` (majority over the specialists' labels) and ``ensemble``
+(mean of calibrated probabilities). When the generalist is down, slow or
+answers outside the label set, the answer is the ``ensemble`` one, marked
+``degraded`` with the reason in ``warnings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from generalist import (
+    ArbitrationRequest,
+    ArbitrationResult,
+    GeneralistBackend,
+    GeneralistError,
+    MoedEvidence,
+    RadEvidence,
+)
+from hub._catalog import Catalog
+from hub._runtime import LoadedSpecialist, Neighbour
+from protocol import (
+    DiagnoseResponse,
+    GeneralistUse,
+    MediaType,
+    Mode,
+    RetrievedCase,
+    SpecialistPrediction,
+    StageTimings,
+    TaskSpec,
+    decode_image_bytes,
+    preprocess,
+)
+
+__all__ = ["GENERALIST_MODES", "Diagnosis", "DiagnosisEngine", "EngineOptions"]
+
+#: Modes in which the generalist decides.
+GENERALIST_MODES = frozenset({Mode.GSCO, Mode.MOED, Mode.RAD, Mode.GENERALIST})
+_RETRIEVAL_MODES = frozenset({Mode.GSCO, Mode.RAD})
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Bounds of one diagnosis."""
+
+    max_image_pixels: int = 16 * 1024 * 1024
+    generalist_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A response and what the access log needs besides it."""
+
+    response: DiagnoseResponse
+    image_sha256: str
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _png(image: NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _label_of(probs: NDArray[np.float64], labels: tuple[str, ...]) -> str:
+    return labels[int(np.argmax(probs))]
+
+
+class DiagnosisEngine:
+    """Answers diagnosis requests from the catalog in service."""
+
+    def __init__(
+        self,
+        catalog: Callable[[], Catalog],
+        generalist: GeneralistBackend | None,
+        executor: Executor,
+        options: EngineOptions | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self.generalist = generalist
+        self._executor = executor
+        self.options = options or EngineOptions()
+
+    async def _in_pool(self, work: Callable[[], object]) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def diagnose(
+        self,
+        *,
+        request_id: str,
+        task_id: str,
+        image: bytes,
+        media_type: MediaType | None,
+        mode: Mode = Mode.GSCO,
+        top_k: int = 5,
+    ) -> Diagnosis:
+        """Diagnoses one image.
+
+        Raises:
+            UnknownTaskError: no verified specialist serves ``task_id``.
+            ImageDecodeError: the image is corrupt, too large or not ``media_type``.
+            SpecialistRuntimeError: a specialist failed on the image.
+        """
+        started = time.perf_counter()
+        catalog = self._catalog()  # this request's snapshot, whatever syncs meanwhile
+        specialists = catalog.for_task(task_id)
+        task = catalog.task_spec(task_id)
+        image_sha256 = hashlib.sha256(image).hexdigest()
+
+        stage = time.perf_counter()
+        channel_counts = sorted({s.card.preprocessing.channels for s in specialists} | {3})
+        decoded: dict[int, NDArray[np.uint8]] = {}
+        for channels in channel_counts:
+            decoded[channels] = await self._decode(image, channels, media_type)
+        decode_ms = _ms(stage)
+
+        stage = time.perf_counter()
+        outputs = await self._run_specialists(specialists, decoded)
+        specialists_ms = _ms(stage)
+
+        labels = task.labels
+        moed = tuple(
+            SpecialistPrediction(
+                specialist=s.provenance,
+                label=_label_of(probs, labels),
+                probability=float(probs.max()),
+                probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
+            )
+            for s, (probs, _) in zip(specialists, outputs, strict=True)
+        )
+        ensemble = np.mean([probs for probs, _ in outputs], axis=0)
+
+        retrieval_ms = None
+        rad: tuple[RetrievedCase, ...] = ()
+        if mode in _RETRIEVAL_MODES:
+            stage = time.perf_counter()
+            rad = await self._retrieve(specialists, outputs, top_k)
+            retrieval_ms = _ms(stage)
+
+        warnings: list[str] = []
+        generalist_use = None
+        generalist_ms = None
+        degraded = False
+        mode_used = mode
+        scores: dict[str, float] | None
+        if mode in GENERALIST_MODES:
+            stage = time.perf_counter()
+            result, problem = await self._arbitrate(task, mode, moed, rad, decoded[3])
+            generalist_ms = _ms(stage)
+            if result is not None:
+                label, scores = result.label, result.scores
+                generalist_use = GeneralistUse(
+                    model=result.model,
+                    saw_image=result.saw_image,
+                    prompt=result.prompt,
+                    raw_answer=result.raw_text[:2000],
+                    latency_ms=result.latency_ms,
+                )
+            else:
+                degraded, mode_used = True, Mode.ENSEMBLE
+                warnings.append(f"answered with ensemble: {problem}")
+        if mode_used is Mode.VOTING:
+            label, scores = _vote(moed, labels, ensemble)
+        elif mode_used is Mode.ENSEMBLE:
+            label = _label_of(ensemble, labels)
+            scores = {name: float(p) for name, p in zip(labels, ensemble, strict=True)}
+
+        response = DiagnoseResponse(
+            request_id=request_id,
+            task_id=task_id,
+            label=label,
+            scores=scores,
+            mode_requested=mode,
+            mode_used=mode_used,
+            degraded=degraded,
+            generalist_saw_image=bool(generalist_use and generalist_use.saw_image),
+            moed=moed,
+            rad=rad,
+            specialists=tuple(s.provenance for s in specialists),
+            registry_snapshot_version=catalog.snapshot_version,
+            generalist=generalist_use,
+            timings=StageTimings(
+                decode_ms=decode_ms,
+                specialists_ms=specialists_ms,
+                retrieval_ms=retrieval_ms,
+                generalist_ms=generalist_ms,
+                total_ms=_ms(started),
+            ),
+            warnings=tuple(warnings),
+        )
+        return Diagnosis(response, image_sha256)
+
+    async def _decode(
+        self, image: bytes, channels: int, media_type: MediaType | None
+    ) -> NDArray[np.uint8]:
+        limit = self.options.max_image_pixels
+        pixels = await self._in_pool(
+            lambda: decode_image_bytes(image, channels, media_type=media_type, max_pixels=limit)
+        )
+        assert isinstance(pixels, np.ndarray)
+        return pixels
+
+    async def _run_specialists(
+        self,
+        specialists: tuple[LoadedSpecialist, ...],
+        decoded: dict[int, NDArray[np.uint8]],
+    ) -> list[tuple[NDArray[np.float64], NDArray[np.float32]]]:
+        """Every specialist at once; one preprocessed batch per distinct preprocessing."""
+        inputs: dict[str, NDArray[np.float32]] = {}
+        for s in specialists:
+            key = s.card.preprocessing.model_dump_json()
+            if key not in inputs:
+                pixels = decoded[s.card.preprocessing.channels][None]
+                inputs[key] = preprocess(pixels, s.card.preprocessing)
+
+        def runner(
+            s: LoadedSpecialist,
+        ) -> Callable[[], tuple[NDArray[np.float64], NDArray[np.float32]]]:
+            batch = inputs[s.card.preprocessing.model_dump_json()]
+            return lambda: s.run(batch)
+
+        results = await asyncio.gather(*(self._in_pool(runner(s)) for s in specialists))
+        outputs = []
+        for result in results:
+            assert isinstance(result, tuple)
+            probs, embeddings = result
+            outputs.append((probs[0], embeddings))
+        return outputs
+
+    async def _retrieve(
+        self,
+        specialists: tuple[LoadedSpecialist, ...],
+        outputs: list[tuple[NDArray[np.float64], NDArray[np.float32]]],
+        top_k: int,
+    ) -> tuple[RetrievedCase, ...]:
+        """Each specialist's top-k in its own index, merged by similarity."""
+
+        def work() -> list[RetrievedCase]:
+            cases: list[RetrievedCase] = []
+            for s, (_, embedding) in zip(specialists, outputs, strict=True):
+                neighbours: list[Neighbour] = s.search(embedding, top_k)[0]
+                cases.extend(
+                    RetrievedCase(
+                        label=n.label,
+                        similarity=n.similarity,
+                        site_id=s.card.site_id,
+                        bundle_digest=s.bundle_digest,
+                    )
+                    for n in neighbours
+                )
+            cases.sort(key=lambda c: -c.similarity)
+            return cases[:top_k]
+
+        found = await self._in_pool(work)
+        assert isinstance(found, list)
+        return tuple(found)
+
+    async def _arbitrate(
+        self,
+        task: TaskSpec,
+        mode: Mode,
+        moed: tuple[SpecialistPrediction, ...],
+        rad: tuple[RetrievedCase, ...],
+        rgb: NDArray[np.uint8],
+    ) -> tuple[ArbitrationResult | None, str]:
+        """The generalist's decision, or ``None`` and why not."""
+        if self.generalist is None:
+            return None, "no generalist is configured"
+        request = ArbitrationRequest(
+            task=task,
+            mode=mode,
+            moed=tuple(MoedEvidence(p.label, p.probability) for p in moed)
+            if mode in (Mode.GSCO, Mode.MOED)
+            else (),
+            rad=tuple(RadEvidence(c.label, c.similarity) for c in rad),
+            image_png=_png(rgb) if self.generalist.sees_images else None,
+        )
+        try:
+            result = await asyncio.wait_for(
+                self.generalist.arbitrate(request), self.options.generalist_timeout_s
+            )
+        except TimeoutError:
+            return None, (
+                f"the generalist did not answer within {self.options.generalist_timeout_s:g} s"
+            )
+        except GeneralistError as exc:
+            return None, f"the generalist failed: {exc}"
+        return result, ""
+
+
+def _vote(
+    moed: tuple[SpecialistPrediction, ...],
+    labels: tuple[str, ...],
+    ensemble: NDArray[np.float64],
+) -> tuple[str, dict[str, float]]:
+    """Majority over the specialists' labels; ties go to the higher mean probability."""
+    votes = dict.fromkeys(labels, 0)
+    for prediction in moed:
+        votes[prediction.label] += 1
+    best = max(votes.values())
+    tied = [i for i, label in enumerate(labels) if votes[label] == best]
+    winner = labels[max(tied, key=lambda i: ensemble[i])]
+    return winner, {label: count / len(moed) for label, count in votes.items()}

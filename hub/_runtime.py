@@ -1,0 +1,226 @@
+"""One verified specialist, ready to run: an onnxruntime session and a faiss index.
+
+The GPU paths (the CUDA execution provider, faiss on GPU) are taken only when
+they are really there: onnxruntime-gpu silently falls back to the CPU when
+CUDA cannot load, so the provider actually in use is read back from
+``session.get_providers()`` and reported, never assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hub.errors import SpecialistLoadError, SpecialistRuntimeError
+from protocol import (
+    GscoError,
+    IndexMode,
+    SpecialistCard,
+    SpecialistProvenance,
+    check_index,
+    check_onnx,
+    load_index,
+)
+
+__all__ = [
+    "LoadedSpecialist",
+    "Neighbour",
+    "RuntimeOptions",
+    "faiss_uses_gpu",
+    "load_specialist",
+    "onnx_providers",
+]
+
+log = logging.getLogger(__name__)
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How specialists run. ``None`` picks the default."""
+
+    use_gpu: bool | None = None  # None: the GPU when onnxruntime really has CUDA
+    intra_op_threads: int | None = 1  # per session; sessions of one request run in parallel
+
+
+@cache
+def onnx_providers(use_gpu: bool | None = None) -> tuple[str, ...]:
+    """The execution providers to ask for (CUDA first when available and wanted)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if use_gpu is not False and _CUDA in available:
+        return (_CUDA, _CPU)
+    if use_gpu:
+        log.warning("a GPU was requested but onnxruntime has no CUDA provider; using the CPU")
+    return (_CPU,)
+
+
+@cache
+def faiss_uses_gpu() -> bool:
+    """Whether faiss has a GPU to put indexes on."""
+    import faiss
+
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return bool(get_num_gpus is not None and get_num_gpus() > 0)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One retrieved index entry."""
+
+    label: str
+    similarity: float
+
+
+def _normalise(rows: NDArray[np.float32]) -> NDArray[np.float32]:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.ascontiguousarray(rows / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+@dataclass
+class LoadedSpecialist:
+    """A specialist the hub verified and loaded. Thread-safe to call."""
+
+    card: SpecialistCard
+    bundle_digest: str
+    providers: tuple[str, ...]
+    _session: Any = field(repr=False)
+    _index: Any = field(repr=False)  # faiss index over unit-length rows, or None
+    _index_labels: NDArray[np.int64] = field(repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def provenance(self) -> SpecialistProvenance:
+        """Which signed bundle this is."""
+        return SpecialistProvenance(
+            bundle_digest=self.bundle_digest,
+            site_id=self.card.site_id,
+            backbone=self.card.backbone,
+            version=self.card.version,
+        )
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """``(site_id, task_id, backbone)``: a newer version of the same key replaces it."""
+        return (self.card.site_id, self.card.task_id, self.card.backbone)
+
+    @property
+    def index_size(self) -> int:
+        """Entries in the retrieval index (0 when none was published)."""
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    def run(self, inputs: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+        """Calibrated probabilities ``[N, K]`` and embeddings ``[N, D]`` of preprocessed inputs.
+
+        Raises:
+            SpecialistRuntimeError: onnxruntime failed on the input.
+        """
+        try:
+            logits, embeddings = self._session.run(["logits", "embedding"], {"image": inputs})
+        except Exception as exc:
+            raise SpecialistRuntimeError(
+                f"specialist {self.bundle_digest[:12]} ({self.card.site_id}) failed: {exc}"
+            ) from exc
+        scaled = np.asarray(logits, dtype=np.float64) / self.card.calibration_temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        probs = np.exp(scaled)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs, np.asarray(embeddings, dtype=np.float32)
+
+    def search(self, embeddings: NDArray[np.float32], k: int) -> list[list[Neighbour]]:
+        """The ``k`` most cosine-similar index entries of each embedding."""
+        if self._index is None or k < 1:
+            return [[] for _ in range(len(embeddings))]
+        k = min(k, self.index_size)
+        with self._lock:  # GPU indexes are not safe for concurrent searches
+            similarities, rows = self._index.search(_normalise(embeddings), k)
+        labels = self.card.labels
+        return [
+            [
+                Neighbour(labels[int(self._index_labels[row])], float(np.clip(sim, -1.0, 1.0)))
+                for sim, row in zip(sims, found, strict=True)
+                if row >= 0
+            ]
+            for sims, found in zip(similarities, rows, strict=True)
+        ]
+
+
+def _session(model: bytes, options: RuntimeOptions) -> tuple[Any, tuple[str, ...]]:
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    if options.intra_op_threads:
+        session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.inter_op_num_threads = 1
+    wanted = onnx_providers(options.use_gpu)
+    try:
+        session = ort.InferenceSession(model, sess_options=session_options, providers=wanted)
+    except Exception as exc:
+        raise SpecialistLoadError(f"onnxruntime cannot load model.onnx: {exc}") from exc
+    actual = tuple(session.get_providers())
+    if wanted[0] == _CUDA and (not actual or actual[0] != _CUDA):
+        log.warning("onnxruntime fell back from CUDA to %s", actual[0] if actual else "nothing")
+    return session, actual
+
+
+def _faiss_index(embeddings: NDArray[np.float32]) -> Any:
+    import faiss
+
+    # faiss-cpu computes small batched searches without BLAS unless told (12x slower).
+    faiss.cvar.distance_compute_blas_threshold = 1
+    index: Any = faiss.IndexFlatIP(embeddings.shape[1])
+    if faiss_uses_gpu():
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(_normalise(embeddings))
+    return index
+
+
+def load_specialist(
+    card: SpecialistCard,
+    bundle_digest: str,
+    files: Mapping[str, bytes],
+    options: RuntimeOptions | None = None,
+) -> LoadedSpecialist:
+    """Builds the runtime of a bundle that already passed :func:`registry.verify_publication`.
+
+    The contract checks run again here (they are cheap), so the hub never
+    trusts that its caller verified.
+
+    Raises:
+        SpecialistLoadError: the model or the index cannot be loaded.
+    """
+    options = options or RuntimeOptions()
+    try:
+        summary = check_onnx(files["model.onnx"])
+        arrays = load_index(files["index.npz"])
+        check_index(arrays, card)
+    except (GscoError, KeyError) as exc:
+        raise SpecialistLoadError(f"bundle {bundle_digest[:12]} cannot be loaded: {exc}") from exc
+    if summary.num_classes != len(card.labels):
+        raise SpecialistLoadError(
+            f"bundle {bundle_digest[:12]}: the model has {summary.num_classes} classes, "
+            f"the card {len(card.labels)}"
+        )
+    session, providers = _session(files["model.onnx"], options)
+    embeddings = np.asarray(arrays["embeddings"], dtype=np.float32)
+    index = None
+    if card.index.mode is not IndexMode.NONE and len(embeddings):
+        index = _faiss_index(embeddings)
+    return LoadedSpecialist(
+        card=card,
+        bundle_digest=bundle_digest,
+        providers=providers,
+        _session=session,
+        _index=index,
+        _index_labels=np.asarray(arrays["labels"], dtype=np.int64),
+    )

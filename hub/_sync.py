@@ -1,0 +1,195 @@
+"""Registry sync: TUF update, verification of every bundle, revocations, hot reload.
+
+One :meth:`RegistrySync.sync` call:
+
+1. updates the trusted TUF metadata (rollback, freeze and bad signatures are refused);
+2. lists the registry's bundles (an untrusted listing: it only says what to look for);
+3. keeps a loaded specialist only while the trusted metadata still lists it
+   (a revoked bundle, or one signed by a revoked key, drops out of the delegations);
+4. fetches each new bundle through TUF (length and sha256 from metadata the
+   site signed), verifies it with the shared :func:`registry.verify_publication`
+   against keys the registry delegated to the site, and loads it;
+5. keeps, per ``(site, task, backbone)``, the highest version, and the label set
+   of the task's earliest specialist (a specialist that disagrees is refused);
+6. swaps the new :class:`~hub._catalog.Catalog` in whole.
+
+A registry that cannot be reached leaves the current catalog in service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from hub._catalog import Catalog
+from hub._runtime import LoadedSpecialist, RuntimeOptions, load_specialist
+from protocol import BundleRef, GscoError
+from registry import (
+    RegistryClient,
+    RegistryError,
+    TrustedRegistry,
+    UntrustedMetadataError,
+    keyring_of,
+    verify_publication,
+)
+from signing import KeyRing
+
+__all__ = ["RegistrySync", "SyncReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one sync did."""
+
+    ok: bool
+    snapshot_version: int | None
+    loaded: tuple[str, ...] = ()  # bundle digests newly in service
+    unloaded: tuple[str, ...] = ()  # digests taken out (revoked or superseded)
+    rejected: dict[str, str] = field(default_factory=dict)  # digest -> why
+    error: str | None = None  # why the sync failed (the catalog is unchanged)
+    seconds: float = 0.0
+
+
+class RegistrySync:
+    """Keeps a :class:`Catalog` in step with one registry."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        trusted: TrustedRegistry,
+        *,
+        runtime: RuntimeOptions | None = None,
+        on_catalog: Callable[[Catalog], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._trusted = trusted
+        self._runtime = runtime or RuntimeOptions()
+        self._on_catalog = on_catalog
+        self._lock = threading.Lock()  # one sync at a time
+        self._catalog = Catalog()
+        # Refusals are remembered per snapshot: a bundle is retried when the registry changes.
+        self._rejected: dict[str, str] = {}
+        self._rejected_at: int | None = None
+        self.last_report: SyncReport | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog in service (a snapshot; never mutated)."""
+        return self._catalog
+
+    def sync(self) -> SyncReport:
+        """One sync (see the module docstring). Never raises for registry problems."""
+        started = datetime.now(UTC)
+        with self._lock:
+            try:
+                report = self._sync(started)
+            except (RegistryError, GscoError) as exc:
+                report = SyncReport(
+                    ok=False,
+                    snapshot_version=self._catalog.snapshot_version,
+                    error=str(exc),
+                )
+                log.warning("registry sync failed, keeping the current specialists: %s", exc)
+        report = SyncReport(
+            **{
+                **report.__dict__,
+                "seconds": (datetime.now(UTC) - started).total_seconds(),
+            }
+        )
+        self.last_report = report
+        return report
+
+    def _sync(self, started: datetime) -> SyncReport:
+        snapshot = self._trusted.refresh()
+        if snapshot != self._rejected_at:
+            self._rejected, self._rejected_at = {}, snapshot
+        delegated = self._trusted.delegated_key_ids()
+        sites = [
+            s
+            for s in self._client.sites()
+            if not s.revoked and s.key_id in delegated.get(s.site_id, frozenset())
+        ]
+        keyring = keyring_of(sites)
+        current = {s.bundle_digest: s for s in self._catalog.all}
+        candidates: dict[str, LoadedSpecialist] = {}
+        rejected: dict[str, str] = {}
+        for ref in self._client.bundles():
+            if ref.revoked or ref.bundle_digest in self._rejected:
+                continue
+            if not self._trusted.resolves(ref.site_id, ref.bundle_digest):
+                continue  # listed by the registry but not in trusted metadata
+            loaded = current.get(ref.bundle_digest)
+            if loaded is None:
+                try:
+                    loaded = self._load(ref, keyring)
+                except GscoError as exc:
+                    rejected[ref.bundle_digest] = str(exc)
+                    log.warning("refused bundle %s of %s: %s", ref.bundle_digest, ref.site_id, exc)
+                    continue
+            candidates[ref.bundle_digest] = loaded
+        chosen = _choose(candidates.values(), rejected)
+        self._rejected.update(rejected)
+        catalog = Catalog.of(chosen, snapshot, started)
+        before, after = set(current), {s.bundle_digest for s in chosen}
+        self._catalog = catalog
+        if self._on_catalog is not None:
+            self._on_catalog(catalog)
+        return SyncReport(
+            ok=True,
+            snapshot_version=snapshot,
+            loaded=tuple(sorted(after - before)),
+            unloaded=tuple(sorted(before - after)),
+            rejected=dict(self._rejected),
+        )
+
+    def _load(self, ref: BundleRef, keyring: KeyRing) -> LoadedSpecialist:
+        files = self._trusted.bundle_files(ref.site_id, ref.bundle_digest)
+        accepted = verify_publication(files, keyring)
+        if accepted.digest != ref.bundle_digest:
+            raise UntrustedMetadataError(
+                f"the registry lists {ref.bundle_digest[:12]} but the files are "
+                f"{accepted.digest[:12]}"
+            )
+        if accepted.card.site_id != ref.site_id:
+            raise UntrustedMetadataError(
+                f"bundle {ref.bundle_digest[:12]} is listed for {ref.site_id} "
+                f"but its card names {accepted.card.site_id}"
+            )
+        specialist = load_specialist(accepted.card, accepted.digest, files, self._runtime)
+        log.info(
+            "loaded specialist %s: site %s, task %s, %s v%d on %s",
+            accepted.digest[:12],
+            ref.site_id,
+            accepted.card.task_id,
+            accepted.card.backbone,
+            accepted.card.version,
+            specialist.providers[0] if specialist.providers else "?",
+        )
+        return specialist
+
+
+def _choose(
+    candidates: Iterable[LoadedSpecialist], rejected: dict[str, str]
+) -> list[LoadedSpecialist]:
+    """The newest version per (site, task, backbone); one label set per task."""
+    newest: dict[tuple[str, str, str], LoadedSpecialist] = {}
+    for specialist in candidates:
+        held = newest.get(specialist.key)
+        if held is None or specialist.card.version > held.card.version:
+            newest[specialist.key] = specialist
+    labels: dict[str, tuple[str, ...]] = {}
+    chosen = []
+    for specialist in sorted(newest.values(), key=lambda s: s.card.created_at):
+        expected = labels.setdefault(specialist.card.task_id, specialist.card.labels)
+        if specialist.card.labels != expected:
+            rejected[specialist.bundle_digest] = (
+                f"labels {list(specialist.card.labels)} differ from the task's {list(expected)}"
+            )
+            continue
+        chosen.append(specialist)
+    return chosen

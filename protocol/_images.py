@@ -1,0 +1,210 @@
+"""Decoding one received or local image to pixels: PNG, JPEG, DICOM and NumPy ``.npy``.
+
+Shared by the site agent (local files) and the hub (uploaded bytes), so both
+see the same pixels. Nothing here unpickles: ``.npy`` is read with
+``allow_pickle=False``. DICOM is read with an allow-list of tags
+(``specific_tags``): only the attributes needed to decode pixels are parsed, so
+patient-identifying attributes (PatientName, PatientID, dates, ...) never enter
+memory. Burned-in text in the pixels is not detected (a documented limitation).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+
+from protocol._diagnosis import MediaType
+from protocol.errors import ImageDecodeError
+
+__all__ = [
+    "DICOM_PIXEL_TAGS",
+    "MAX_IMAGE_PIXELS",
+    "decode_image_bytes",
+    "is_dicom_bytes",
+    "sniff_media_type",
+]
+
+#: Images with more pixels than this are refused before their pixels are decoded.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+#: The only DICOM attributes ever read: the Image Pixel module and the
+#: modality/VOI LUT attributes needed to turn stored values into grey levels.
+DICOM_PIXEL_TAGS = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "PixelData",
+)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def is_dicom_bytes(data: bytes) -> bool:
+    """Whether ``data`` starts with the DICOM preamble (``DICM`` at byte 128)."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def sniff_media_type(data: bytes) -> MediaType | None:
+    """The media type that ``data``'s first bytes announce, or ``None``."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return MediaType.PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return MediaType.JPEG
+    if data.startswith(_NPY_MAGIC):
+        return MediaType.NPY
+    if is_dicom_bytes(data):
+        return MediaType.DICOM
+    return None
+
+
+def decode_image_bytes(
+    data: bytes,
+    channels: int,
+    *,
+    media_type: MediaType | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> NDArray[np.uint8]:
+    """Decodes one image to ``uint8 [H, W, channels]``.
+
+    Args:
+        data: the encoded image.
+        channels: 1 (grey) or 3 (RGB) in the result.
+        media_type: what the sender declared; ``None`` trusts the content.
+            A declaration that the content contradicts is an error.
+        max_pixels: the largest ``H * W`` accepted (checked before decoding pixels).
+
+    Raises:
+        ImageDecodeError: corrupt, truncated, too large, unsupported, or not
+            what ``media_type`` says.
+    """
+    if channels not in (1, 3):
+        raise ImageDecodeError(f"channels must be 1 or 3, not {channels}")
+    found = sniff_media_type(data)
+    if found is None:
+        # Pillow knows more formats (BMP, TIFF, ...) than the four the API names.
+        if media_type in (MediaType.DICOM, MediaType.NPY):
+            raise ImageDecodeError(f"the content is not {media_type.value}")
+    elif media_type is not None and found is not media_type:
+        raise ImageDecodeError(f"declared {media_type.value}, but the content is {found.value}")
+    if found is MediaType.DICOM:
+        pixels = _decode_dicom(data, max_pixels)
+    elif found is MediaType.NPY:
+        pixels = _decode_npy(data, max_pixels)
+    else:
+        pixels = _decode_pillow(data, channels, max_pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape[-1] == channels:
+        return np.ascontiguousarray(pixels)
+    if channels == 3:
+        return np.repeat(pixels, 3, axis=-1)
+    return np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+
+
+def _check_size(height: int, width: int, max_pixels: int) -> None:
+    if height < 1 or width < 1:
+        raise ImageDecodeError(f"the image is empty ({height}x{width})")
+    if height * width > max_pixels:
+        raise ImageDecodeError(
+            f"the image is {width}x{height} pixels, more than the limit of {max_pixels}"
+        )
+
+
+def _decode_pillow(data: bytes, channels: int, max_pixels: int) -> NDArray[np.uint8]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                _check_size(image.height, image.width, max_pixels)
+                image.load()
+                converted = image.convert("L" if channels == 1 else "RGB")
+    except ImageDecodeError:
+        raise
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        raise ImageDecodeError(f"not a readable image ({exc})") from exc
+    return np.asarray(converted, dtype=np.uint8)
+
+
+def _to_uint8(values: NDArray[np.generic]) -> NDArray[np.uint8]:
+    """Any real-valued array scaled to 0-255 by its own range (uint8 passes unchanged)."""
+    if values.dtype == np.uint8:
+        return np.asarray(values, dtype=np.uint8)
+    floats = values.astype(np.float64)
+    if not np.isfinite(floats).all():
+        raise ImageDecodeError("the array holds NaN or infinite values")
+    low, high = float(floats.min()), float(floats.max())
+    scaled = (floats - low) / max(high - low, 1e-12)
+    return np.asarray(np.round(scaled * 255.0), dtype=np.uint8)
+
+
+def _decode_npy(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ImageDecodeError(f"not a readable .npy array ({exc})") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "buif":
+        raise ImageDecodeError("a .npy image must be a numeric array")
+    if array.ndim == 3 and array.shape[-1] not in (1, 3) and array.shape[0] in (1, 3):
+        array = np.moveaxis(array, 0, -1)  # channels-first
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3)):
+        raise ImageDecodeError(
+            f"a .npy image must be [H, W], [H, W, 1|3] or [1|3, H, W], not {list(array.shape)}"
+        )
+    _check_size(array.shape[0], array.shape[1], max_pixels)
+    return _to_uint8(array)
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError as exc:  # pragma: no cover - pydicom is in every extra that decodes
+        raise ImageDecodeError("DICOM support needs pydicom (pip install pydicom)") from exc
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_PIXEL_TAGS))
+        _check_size(int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0)), max_pixels)
+        pixels = dataset.pixel_array.astype(np.float64)
+    except ImageDecodeError:
+        raise
+    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, KeyError) as exc:
+        raise ImageDecodeError(f"DICOM pixel data cannot be decoded ({exc})") from exc
+    if pixels.ndim == 3 and dataset.get("SamplesPerPixel", 1) == 1:
+        pixels = pixels[pixels.shape[0] // 2]  # a multi-frame series: its middle frame
+    pixels = pixels * float(dataset.get("RescaleSlope", 1) or 1) + float(
+        dataset.get("RescaleIntercept", 0) or 0
+    )
+    low, high = _window(dataset, pixels)
+    scaled = np.clip((pixels - low) / max(high - low, 1e-6), 0.0, 1.0)
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return np.asarray(np.round(scaled * 255.0), dtype=np.uint8)
+
+
+def _window(dataset: object, pixels: NDArray[np.float64]) -> tuple[float, float]:
+    center, width = getattr(dataset, "WindowCenter", None), getattr(dataset, "WindowWidth", None)
+    if center is not None and width is not None:
+        center = float(center[0] if hasattr(center, "__len__") else center)
+        width = float(width[0] if hasattr(width, "__len__") else width)
+        if width > 1:
+            return center - width / 2, center + width / 2
+    return float(pixels.min()), float(pixels.max())
