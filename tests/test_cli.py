@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 GSCO = str(Path(sys.executable).parent / "gsco")
-SUBCOMMANDS = ["site", "registry", "hub", "generalist", "simulate", "audit", "demo"]
+SUBCOMMANDS = [
+    "site",
+    "registry",
+    "hub",
+    "diagnose",
+    "generalist",
+    "simulate",
+    "audit",
+    "demo",
+]
 
 
 def gsco(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -39,7 +48,7 @@ def test_version() -> None:
 
 
 def test_planned_command_says_it_is_not_built() -> None:
-    result = gsco("hub", "serve")
+    result = gsco("simulate")
     assert result.returncode == 3
     assert "not built yet" in result.stderr
 

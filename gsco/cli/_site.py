@@ -95,6 +95,13 @@ def train(
     max_minutes: Annotated[
         float | None, typer.Option(help="Wall-clock budget for training, in minutes.")
     ] = None,
+    flip: Annotated[
+        bool,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Also augment with left-right mirroring (only where the anatomy allows it).",
+        ),
+    ] = False,
     max_train_images: Annotated[
         int | None, typer.Option(help="Train on a random subset of this size (tiny runs).")
     ] = None,
@@ -163,6 +170,7 @@ def train(
         patience=patience,
         max_minutes=max_minutes,
         seed=seed,
+        flip=flip,
     )
     typer.echo(
         f"training {backbone} for {entry.task.task_id} on {len(dataset.train)} images "

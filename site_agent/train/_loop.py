@@ -46,8 +46,6 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True  # random translations of up to 1/16 of the image
     flip: bool = False  # also random horizontal flips (only where anatomy allows it)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
-    warmup_epochs: int = 0  # epochs training only the classifier before fine-tuning all
     balance_classes: bool = True  # class-weighted loss (inverse frequency)
     threads: int | None = None  # torch CPU threads; default: all cores
 
@@ -177,12 +175,7 @@ def train_specialist(
 
     counts = np.bincount(dataset.train.labels, minlength=k).astype(np.float64)
     weights = len(y_train) / (k * np.maximum(counts, 1)) if config.balance_classes else np.ones(k)
-    class_weights = torch.tensor(weights, dtype=torch.float32)
-    loss_fn = torch.nn.CrossEntropyLoss(
-        weight=class_weights, label_smoothing=config.label_smoothing
-    )
-    # Early stopping and calibration judge the plain validation NLL.
-    val_loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -202,9 +195,6 @@ def train_specialist(
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
         net.train()
-        # Linear probe first: a random head's gradients would wreck pretrained features.
-        net.body.requires_grad_(epoch > config.warmup_epochs)
-        net.classifier.requires_grad_(True)  # it may live inside the body
         order = torch.randperm(len(y_train), generator=generator)
         total, seen = 0.0, 0
         for step in range(steps):
@@ -231,7 +221,7 @@ def train_specialist(
             if time.monotonic() > deadline:
                 break
         val_logits, _ = _predict(net, x_val, 256)
-        val_loss = float(val_loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
+        val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
         val_eval = evaluate(softmax(val_logits), y_val, dataset.task.labels)
         improved = val_loss < best_loss
         if improved:

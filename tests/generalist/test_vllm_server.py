@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,14 +27,9 @@ from site_agent.data import default_catalog
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    server = EmbeddedServer()
-    already = server.state()
-    state = server.start(timeout_s=900)
-    yield state.url
-    if already is None:
-        server.stop()
+@pytest.fixture
+def server_url(vllm_url: str) -> str:
+    return vllm_url
 
 
 def _backend(url: str, **overrides: object) -> OpenAICompatibleBackend:

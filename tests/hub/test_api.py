@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from hub import create_client_key, verify_access_log
@@ -139,8 +140,11 @@ def test_a_down_generalist_degrades_to_ensemble(world: dict[str, Any], mode: str
 def test_json_with_base64_and_other_encodings(world: dict[str, Any]) -> None:
     dicom = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     grey = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(grey).save(jpeg, "JPEG")
     for media_type, data in [
         ("image/png", png(3, channels=3)),
+        ("image/jpeg", jpeg.getvalue()),
         ("application/dicom", dicom),
         ("application/x-npy", _npy(grey)),
         ("application/x-npy", _npy(grey.astype(np.float32) / 255.0)),
@@ -173,8 +177,6 @@ def test_fhir_diagnostic_report(world: dict[str, Any]) -> None:
 
 
 def _big_png() -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.new("L", (2000, 1000)).save(buffer, "PNG")  # 2 megapixels, compresses to a few KB
     return buffer.getvalue()
