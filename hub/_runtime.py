@@ -107,12 +107,17 @@ class LoadedSpecialist:
             site_id=self.card.site_id,
             backbone=self.card.backbone,
             version=self.card.version,
+            federated=self.card.federation is not None,
         )
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        """``(site_id, task_id, backbone)``: a newer version of the same key replaces it."""
-        return (self.card.site_id, self.card.task_id, self.card.backbone)
+    def key(self) -> tuple[str, str, str, bool]:
+        """``(site, task, backbone, federated)``: a newer version of the same key replaces it.
+
+        A site's own specialist and the federated one it co-trained are served side by side.
+        """
+        card = self.card
+        return (card.site_id, card.task_id, card.backbone, card.federation is not None)
 
     @property
     def index_size(self) -> int:

@@ -177,7 +177,7 @@ def _choose(
     candidates: Iterable[LoadedSpecialist], rejected: dict[str, str]
 ) -> list[LoadedSpecialist]:
     """The newest version per (site, task, backbone); one label set per task."""
-    newest: dict[tuple[str, str, str], LoadedSpecialist] = {}
+    newest: dict[tuple[str, str, str, bool], LoadedSpecialist] = {}
     for specialist in candidates:
         held = newest.get(specialist.key)
         if held is None or specialist.card.version > held.card.version:

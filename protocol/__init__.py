@@ -17,6 +17,7 @@ from protocol._canonical import canonical_digest, canonical_json
 from protocol._card import (
     DataSummary,
     DifferentialPrivacy,
+    FederatedTraining,
     HeldOutMetrics,
     IndexMode,
     IndexPrivacy,
@@ -68,6 +69,7 @@ __all__ = [
     "DiagnoseResponse",
     "DifferentialPrivacy",
     "EncodingError",
+    "FederatedTraining",
     "GeneralistUse",
     "GscoError",
     "HeldOutMetrics",

@@ -13,6 +13,7 @@ from protocol._task import Modality, TaskSpec, TaskType, check_label_set
 __all__ = [
     "DataSummary",
     "DifferentialPrivacy",
+    "FederatedTraining",
     "HeldOutMetrics",
     "IndexMode",
     "IndexPrivacy",
@@ -110,6 +111,21 @@ class DifferentialPrivacy(StrictModel):
     noise_multiplier: Annotated[float, Field(ge=0.0)]
 
 
+class FederatedTraining(StrictModel):
+    """How a shared specialist was co-trained by several sites (Flower), if it was.
+
+    Every participating site publishes the same shared weights under its own
+    signature, calibrated on and indexing only its own data.
+    """
+
+    framework: Literal["flower"] = "flower"
+    strategy: Literal["fedavg"] = "fedavg"
+    rounds: Annotated[int, Field(ge=1)]
+    sites: Annotated[int, Field(ge=1)]  # sites that took part
+    local_epochs: Annotated[int, Field(ge=1)]
+    differential_privacy: DifferentialPrivacy | None = None  # server-side clipping and noise
+
+
 class SpecialistCard(StrictModel):
     """Everything a hub, a registry and an auditor need to know about one specialist."""
 
@@ -125,6 +141,7 @@ class SpecialistCard(StrictModel):
     data_summary: DataSummary
     index: IndexPrivacy
     training_privacy: DifferentialPrivacy | None = None
+    federation: FederatedTraining | None = None
     site_id: Identifier
     version: Annotated[int, Field(ge=1)]
     license: Annotated[str, StringConstraints(min_length=1, max_length=64)]

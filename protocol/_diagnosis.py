@@ -86,6 +86,7 @@ class SpecialistProvenance(StrictModel):
     site_id: Identifier
     backbone: Identifier
     version: Annotated[int, Field(ge=1)]
+    federated: bool = False  # the shared specialist the site co-trained with others
 
 
 class SpecialistPrediction(StrictModel):

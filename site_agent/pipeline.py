@@ -6,13 +6,16 @@ import json
 import resource
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from protocol import (
+    FederatedTraining,
     HeldOutMetrics,
     SpecialistCard,
     canonical_json,
@@ -67,6 +70,8 @@ def write_bundle(
     index: IndexSettings,
     zoo: BackboneZoo | None = None,
     observer: TrainingObserver | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
+    federation: FederatedTraining | None = None,
 ) -> BundleResult:
     """Trains a specialist on ``dataset`` and writes the bundle folder ``out``.
 
@@ -92,6 +97,7 @@ def write_bundle(
             zoo or default_zoo(),
             checkpoint_dir=out.with_name(f"{out.name}.checkpoints"),
             observer=observer,
+            initial_state=initial_state,
         )
         test = evaluate(trained.test_probs, dataset.test.labels, dataset.task.labels)
         export = export_onnx(
@@ -123,6 +129,7 @@ def write_bundle(
             ),
             data_summary=dataset.summary(),
             index=built.privacy,
+            federation=federation,
             site_id=site_id,
             version=version,
             license=license_id,

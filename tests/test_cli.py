@@ -47,12 +47,6 @@ def test_version() -> None:
     assert gsco("--version").stdout.strip() == "gsco 0.1.0"
 
 
-def test_planned_command_says_it_is_not_built() -> None:
-    result = gsco("simulate")
-    assert result.returncode == 3
-    assert "not built yet" in result.stderr
-
-
 def test_init_sign_and_audit_a_bundle(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = gsco("site", "init", "--site-id", "st-marys", home=home)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gsco import __version__
-from gsco.cli import _audit, _generalist, _hub, _planned, _registry, _site
+from gsco.cli import _audit, _generalist, _hub, _registry, _simulate, _site
 from protocol.errors import GscoError
 
 app = typer.Typer(
@@ -23,23 +23,11 @@ app.add_typer(_registry.app, name="registry")
 app.add_typer(_hub.app, name="hub")
 app.command("diagnose")(_hub.diagnose)
 app.add_typer(_generalist.app, name="generalist")
-app.command("simulate")(_planned.simulate)
+app.command("simulate")(_simulate.simulate)
 app.add_typer(_audit.app, name="audit")
 
 
-@app.command()
-def demo() -> None:
-    """Run the whole system on this machine: 3 sites, registry, hub, generalist."""
-    typer.echo("The end-to-end demo is not built yet (issue #7). What works today:")
-    for line in (
-        "  gsco site init --site-id ID               create a site identity and signing key",
-        "  gsco site train --task T --out DIR --sign train, calibrate, export, index, sign",
-        "  gsco registry serve --root DIR            run the consortium registry (gRPC, TUF)",
-        "  gsco registry enroll / ls / revoke        administer it",
-        "  gsco site publish DIR --registry ADDR     publish a signed bundle",
-        "  gsco audit bundle DIR / audit registry    verify bundles and the event log",
-    ):
-        typer.echo(line)
+app.command("demo")(_simulate.demo)
 
 
 def _version(value: bool) -> None:

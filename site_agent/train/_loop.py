@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, cast
@@ -37,7 +38,7 @@ class TrainConfig:
     backbone: str = "tf_efficientnet_lite0"
     weights: WeightsPolicy = WeightsPolicy.DEFAULT
     input_size: int | None = None  # pixels (square); default: the backbone's
-    epochs: int = 30
+    epochs: int = 30  # 0: no training, only calibrate and evaluate the initial weights
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
@@ -143,8 +144,13 @@ def train_specialist(
     *,
     checkpoint_dir: Path | None = None,
     observer: TrainingObserver | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainedSpecialist:
     """Trains, early-stops on validation loss, restores the best epoch and calibrates it.
+
+    ``initial_state`` starts from given weights (a federated model) instead of
+    the backbone's; with ``config.epochs == 0`` those weights are only
+    calibrated and evaluated.
 
     Raises:
         UnknownBackboneError: the backbone is not in ``zoo``.
@@ -158,6 +164,11 @@ def train_specialist(
     size = config.input_size or spec.default_input_size
     k = len(dataset.task.labels)
     net, mean, std = build_specialist(spec, k, dataset.channels, size, config.weights)
+    if initial_state is not None:
+        try:
+            net.load_state_dict(dict(initial_state))
+        except (RuntimeError, KeyError) as exc:
+            raise TrainingError(f"the initial weights do not fit {spec.name}: {exc}") from exc
     channels = dataset.channels
     if channels not in (1, 3):
         raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
@@ -181,14 +192,20 @@ def train_specialist(
     )
     batch_size = min(config.batch_size, len(y_train))
     steps = max(1, len(y_train) // batch_size)  # drop the last partial batch (BatchNorm)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, config.epochs * steps)
+    )
 
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
     best_loss, best_epoch, stale = math.inf, 0, 0
     history: list[EpochReport] = []
-    stop_reason = f"finished {config.epochs} epochs"
+    stop_reason = (
+        f"finished {config.epochs} epochs"
+        if config.epochs
+        else "no training: the initial weights were calibrated and evaluated"
+    )
     deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
     started = time.monotonic()
     observer.on_start(config.epochs, steps)

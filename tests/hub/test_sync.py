@@ -202,3 +202,21 @@ def test_an_unreachable_registry_keeps_the_specialists_in_service(
     assert report.error
     assert _digests(hub) == {a}
     assert _diagnose(hub).label in ("normal", "pneumonia")
+
+
+def test_a_federated_specialist_is_served_beside_the_sites_own(
+    registry: RunningRegistry, make_hub: Any, tmp_path: Path, site_a: SiteKeys
+) -> None:
+    own = publish(registry, site_a, tmp_path, version=1)
+    shared = publish(
+        registry,
+        site_a,
+        tmp_path,
+        version=2,
+        federation={"rounds": 3, "sites": 4, "local_epochs": 1},
+    )
+    hub = make_hub()
+    assert _digests(hub) == {own, shared}
+    provenance = {s.bundle_digest: s for s in _diagnose(hub).specialists}
+    assert provenance[shared].federated
+    assert not provenance[own].federated

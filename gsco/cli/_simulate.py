@@ -1,0 +1,224 @@
+"""``gsco simulate`` and ``gsco demo``: many hospitals on one machine, and the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+
+class ConsoleProgress:
+    """Prints stages and details with the elapsed time; a bar while evaluating."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self.started = time.monotonic()
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def _stamp(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"[dim]{seconds // 60:02d}:{seconds % 60:02d}[/dim]"
+
+    def stage(self, text: str) -> None:
+        """A new stage."""
+        self._close_bar()
+        self.console.print(f"{self._stamp()} [bold]{text}[/bold]")
+
+    def line(self, text: str) -> None:
+        """A detail line."""
+        text = text.split("gsco: ", 1)[-1]
+        self.console.print(self._stamp(), end="   ")
+        self.console.print(text, markup=False, highlight=False)
+
+    def evaluated(self, done: int, total: int) -> None:
+        """Evaluation progress."""
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("  test images"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("eval", total=total)
+        assert self._task is not None
+        self._bar.update(self._task, completed=done)
+        if done >= total:
+            self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _faults(values: list[str] | None) -> dict[int, str]:
+    from simulations import ScenarioError
+
+    faults: dict[int, str] = {}
+    for value in values or []:
+        site, _, fault = value.partition(":")
+        if not site.isdigit() or not fault:
+            raise ScenarioError(f"--fault {value!r}: use SITE:FAULT, e.g. 2:flip-labels")
+        faults[int(site)] = fault
+    return faults
+
+
+def _print_table(report: dict[str, object], out: Path) -> None:
+    console = Console()
+    table = Table(title="Methods on the test split (95% bootstrap CI)")
+    for column in ("method", "ACC", "macro-AUC", "macro-F1", "degraded"):
+        table.add_column(column)
+
+    def fmt(entry: object) -> str:
+        if not isinstance(entry, dict):
+            return "n/a"
+        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+    degraded = report.get("degraded_answers") or {}
+    assert isinstance(degraded, dict)
+    methods = report.get("methods") or []
+    assert isinstance(methods, list)
+    for method in methods:
+        table.add_row(
+            method["method"],
+            fmt(method["accuracy"]),
+            fmt(method["macro_auc"]),
+            fmt(method["macro_f1"]),
+            str(degraded.get(method["method"], "")),
+        )
+    console.print(table)
+    sites = report.get("sites") or []
+    assert isinstance(sites, list)
+    for site in sites:
+        if site["fault"] or site["status"] != "published":
+            console.print(
+                f"  {site['site_id']}: {site['fault'] or 'no fault'} -> {site['status']} "
+                f"{site['detail'][:100]}",
+                markup=False,
+            )
+    console.print(f"report: {out / 'report.md'}")
+
+
+def simulate(
+    dataset: Annotated[
+        str, typer.Option(help="MedMNIST dataset, e.g. pneumoniamnist or breastmnist.")
+    ] = "pneumoniamnist",
+    data: Annotated[
+        Path | None, typer.Option(help="The dataset's .npz [default: $GSCO_DATA_DIR, ~/.medmnist].")
+    ] = None,
+    sites: Annotated[int, typer.Option(min=1, max=500, help="Number of hospital sites.")] = 5,
+    partition: Annotated[
+        str, typer.Option(help="iid | dirichlet:ALPHA (label skew) | quantity:ALPHA.")
+    ] = "iid",
+    backbone: Annotated[str, typer.Option(help="Backbone every site trains.")] = (
+        "tf_efficientnet_lite0"
+    ),
+    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    minutes_per_site: Annotated[
+        float, typer.Option(min=0.1, help="Training time budget per site.")
+    ] = 2.0,
+    test_images: Annotated[
+        int, typer.Option(min=0, help="Test images to evaluate (0: the whole test split).")
+    ] = 200,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SITE:FAULT, repeatable. Faults: flip-labels, drop-out, tamper, unsigned."
+        ),
+    ] = None,
+    generalist: Annotated[
+        str, typer.Option(help="embedded (the CPU vLLM server) | none | an OpenAI base URL.")
+    ] = "embedded",
+    generalist_down: Annotated[
+        bool, typer.Option(help="Stop the generalist before the evaluation (a fault).")
+    ] = False,
+    fedavg_rounds: Annotated[
+        int,
+        typer.Option(min=0, help="Also co-train one shared specialist with FedAvg (rounds)."),
+    ] = 0,
+    fedavg_local_epochs: Annotated[int, typer.Option(min=1)] = 1,
+    dp_noise: Annotated[
+        float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
+    ] = 0.0,
+    dp_clip: Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")] = 1.0,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("gsco-report"),
+) -> None:
+    """Simulate hospital sites with Flower, evaluate every method through the hub, report."""
+    from simulations import Scenario, run_scenario, write_report
+
+    scenario = Scenario(
+        dataset=dataset,
+        data=data,
+        sites=sites,
+        partition=partition,
+        backbone=backbone,
+        epochs=epochs,
+        max_minutes_per_site=minutes_per_site,
+        test_images=test_images or None,
+        seed=seed,
+        faults=_faults(fault),
+        generalist=generalist,
+        generalist_down=generalist_down,
+        fedavg_rounds=fedavg_rounds,
+        fedavg_local_epochs=fedavg_local_epochs,
+        dp_noise_multiplier=dp_noise,
+        dp_clipping_norm=dp_clip,
+    )
+    progress = ConsoleProgress()
+    result = run_scenario(scenario, out, progress)
+    progress.stage("writing the report")
+    report = write_report(result, out)
+    elapsed = time.monotonic() - progress.started
+    progress.console.print(f"done in {elapsed / 60:.1f} min")
+    _print_table(report, out)
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("gsco-demo-report"),
+    test_images: Annotated[int, typer.Option(min=0, help="Test images to evaluate.")] = 200,
+) -> None:
+    """The whole system on this machine: 3 hospitals on PneumoniaMNIST, registry, hub, generalist.
+
+    Everything it starts (Flower's SuperLink, the registry, the hub, the CPU
+    generalist) is stopped before it returns.
+    """
+    typer.echo(
+        "GSCo demo: 3 simulated hospitals train specialists on PneumoniaMNIST, sign and publish "
+        "them; a hub verifies them and diagnoses the test split with the CPU generalist.",
+        err=True,
+    )
+    simulate(
+        dataset="pneumoniamnist",
+        data=None,
+        sites=3,
+        partition="iid",
+        backbone="tf_efficientnet_lite0",
+        epochs=5,
+        minutes_per_site=3.0,
+        test_images=test_images,
+        fault=None,
+        generalist="embedded",
+        generalist_down=False,
+        fedavg_rounds=0,
+        fedavg_local_epochs=1,
+        dp_noise=0.0,
+        dp_clip=1.0,
+        seed=0,
+        out=out,
+    )

@@ -1,0 +1,121 @@
+"""Evaluation on the untouched test split, through the real hub's HTTP API.
+
+Every test image is sent once per hub mode. The ``ensemble`` answer also
+carries each specialist's calibrated probabilities (its MoED evidence), which
+give the per-site rows and the "best single specialist"; removing one site's
+specialist from that evidence gives the ensemble and vote without it (how the
+report measures a bad site's effect).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from protocol import DiagnoseResponse, Mode, SpecialistProvenance
+
+__all__ = ["HUB_MODES", "Evaluation", "evaluate_through_hub", "specialist_name"]
+
+#: The hub's modes, in the report's order.
+HUB_MODES = (Mode.VOTING, Mode.ENSEMBLE, Mode.MOED, Mode.RAD, Mode.GENERALIST, Mode.GSCO)
+
+
+@dataclass
+class Evaluation:
+    """Answers per test image, per method."""
+
+    labels: tuple[str, ...]
+    truth: NDArray[np.int64]
+    predicted: dict[str, NDArray[np.int64]] = field(default_factory=dict)
+    scores: dict[str, NDArray[np.float64] | None] = field(default_factory=dict)
+    degraded: dict[str, int] = field(default_factory=dict)  # answers that fell back
+    site_probs: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def without(self, site: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """Ensemble probabilities and majority votes of every site but ``site``."""
+        others = [p for s, p in self.site_probs.items() if s != site]
+        mean = np.mean(others, axis=0)
+        votes = np.zeros_like(mean)
+        for probs in others:
+            votes[np.arange(len(probs)), probs.argmax(axis=1)] += 1
+        # ties go to the higher mean probability, as in the hub
+        voted = np.argmax(votes + 1e-6 * mean, axis=1)
+        return mean, voted.astype(np.int64)
+
+
+def specialist_name(provenance: SpecialistProvenance) -> str:
+    """``SITE``, or ``SITE (fedavg)`` for the shared specialist a site co-trained."""
+    return provenance.site_id + (" (fedavg)" if provenance.federated else "")
+
+
+def _png(image: NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def evaluate_through_hub(
+    diagnose: Callable[[bytes, Mode], DiagnoseResponse],
+    images: NDArray[np.uint8],
+    truth: NDArray[np.int64],
+    labels: Sequence[str],
+    *,
+    modes: Sequence[Mode] = HUB_MODES,
+    concurrency: int = 4,
+    on_image: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Diagnoses every image in every mode; ``diagnose(png, mode)`` calls the hub."""
+    import time
+
+    started = time.monotonic()
+    index = {label: i for i, label in enumerate(labels)}
+    k = len(labels)
+    n = len(truth)
+    evaluation = Evaluation(tuple(labels), np.asarray(truth, dtype=np.int64))
+    answers: list[dict[Mode, DiagnoseResponse]] = [{} for _ in range(n)]
+
+    def work(row: int) -> None:
+        png = _png(images[row])
+        for mode in modes:
+            answers[row][mode] = diagnose(png, mode)
+        if on_image is not None:
+            on_image(row)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(work, range(n)))
+
+    for mode in modes:
+        responses = [answers[row][mode] for row in range(n)]
+        evaluation.predicted[mode.value] = np.array(
+            [index[r.label] for r in responses], dtype=np.int64
+        )
+        if all(r.scores is not None for r in responses):
+            evaluation.scores[mode.value] = np.array(
+                [[(r.scores or {}).get(label, 0.0) for label in labels] for r in responses]
+            )
+        else:
+            evaluation.scores[mode.value] = None
+        evaluation.degraded[mode.value] = sum(r.degraded for r in responses)
+        for response in responses:
+            evaluation.warnings.extend(response.warnings)
+    reference = Mode.ENSEMBLE if Mode.ENSEMBLE in modes else modes[0]
+    sites = sorted({specialist_name(p.specialist) for p in answers[0][reference].moed}) if n else []
+    for site in sites:
+        rows = []
+        for row in range(n):
+            found = [
+                p for p in answers[row][reference].moed if specialist_name(p.specialist) == site
+            ]
+            probs = found[0].probabilities if found else {}
+            rows.append([probs.get(label, 1.0 / k) for label in labels])
+        evaluation.site_probs[site] = np.asarray(rows, dtype=np.float64)
+    evaluation.seconds = time.monotonic() - started
+    return evaluation

@@ -1,0 +1,365 @@
+"""The report folder: ``results.json``, ``report.md`` and PNG plots.
+
+Plots (matplotlib, Agg backend): the method comparison with 95% confidence
+intervals, per-site accuracy, confusion matrices per method, and reliability
+diagrams (calibration) for the methods that give scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulations._evaluate import HUB_MODES, Evaluation
+from simulations._metrics import MethodScore, score_method
+
+__all__ = ["Report", "build_report", "write_report"]
+
+Report = dict[str, Any]
+
+
+def _score_dict(score: MethodScore) -> dict[str, Any]:
+    return asdict(score)
+
+
+def build_report(result: Any) -> Report:
+    """The report's data (``results.json``) from a :class:`SimulationResult`."""
+    from simulations._run import scenario_dict
+
+    evaluation: Evaluation | None = result.evaluation
+    k = len(result.labels)
+    methods: list[MethodScore] = []
+    site_scores: list[MethodScore] = []
+    effects: dict[str, Any] = {}
+    if evaluation is not None:
+        truth = evaluation.truth
+        for site, probs in sorted(evaluation.site_probs.items()):
+            site_scores.append(score_method(site, truth, probs.argmax(axis=1), probs, k))
+        if site_scores:
+            local = [s for s in site_scores if not s.method.endswith("(fedavg)")] or site_scores
+            best = max(local, key=lambda s: s.accuracy.value)
+            probs = evaluation.site_probs[best.method]
+            methods.append(
+                score_method(
+                    f"best single specialist ({best.method})",
+                    truth,
+                    probs.argmax(axis=1),
+                    probs,
+                    k,
+                )
+            )
+        shared = sorted(name for name in evaluation.site_probs if name.endswith("(fedavg)"))
+        if shared:
+            probs = evaluation.site_probs[shared[0]]
+            methods.append(
+                score_method(
+                    f"fedavg shared specialist ({shared[0]})", truth, probs.argmax(axis=1), probs, k
+                )
+            )
+        for mode in HUB_MODES:
+            if mode.value in evaluation.predicted:
+                methods.append(
+                    score_method(
+                        mode.value,
+                        truth,
+                        evaluation.predicted[mode.value],
+                        evaluation.scores.get(mode.value),
+                        k,
+                    )
+                )
+        bad = [o.site_id for o in result.sites if o.fault == "flip-labels"]
+        for site in bad:
+            if site not in evaluation.site_probs or len(evaluation.site_probs) < 2:
+                continue
+            mean, voted = evaluation.without(site)
+            with_site = {m.method: m for m in methods}
+            without = {
+                "ensemble": score_method("ensemble", truth, mean.argmax(axis=1), mean, k),
+                "voting": score_method("voting", truth, voted, None, k),
+            }
+            effects[site] = {
+                "fault": "flip-labels",
+                "site_alone_accuracy": next(
+                    s.accuracy.value for s in site_scores if s.method == site
+                ),
+                "accuracy_with_site": {
+                    name: with_site[name].accuracy.value for name in without if name in with_site
+                },
+                "accuracy_without_site": {
+                    name: score.accuracy.value for name, score in without.items()
+                },
+            }
+    return {
+        "schema_version": 1,
+        "scenario": scenario_dict(result.scenario),
+        "task_id": result.task_id,
+        "labels": list(result.labels),
+        "test_images": len(evaluation.truth) if evaluation else 0,
+        "sites": [
+            {
+                **asdict(o),
+                "name": _name(o),
+                "partition_class_counts": result.partition_counts.get(o.site_id),
+                "served_by_hub": _name(o) in result.hub_sites,
+            }
+            for o in result.sites
+        ],
+        "partition_images_moved": result.partition_moved,
+        "hub": {"sites_served": result.hub_sites, "refused": result.hub_refused},
+        "methods": [_score_dict(m) for m in methods],
+        "per_site": [_score_dict(s) for s in site_scores],
+        "degraded_answers": evaluation.degraded if evaluation else {},
+        "fault_effects": effects,
+        "constant_answers": {}
+        if evaluation is None
+        else {
+            mode: result.labels[int(predicted[0])]
+            for mode, predicted in evaluation.predicted.items()
+            if len(predicted) > 1
+            and len(set(predicted.tolist())) == 1
+            and evaluation.degraded.get(mode, 0) == 0
+            and mode in ("moed", "rad", "generalist", "gsco")
+        },
+        "federation_privacy": _federation_privacy(result),
+        "timings_s": result.timings_s,
+        "confusion": {}
+        if evaluation is None
+        else {
+            name: _confusion(evaluation.truth, predicted, k).tolist()
+            for name, predicted in evaluation.predicted.items()
+        },
+    }
+
+
+def _federation_privacy(result: Any) -> str | None:
+    """The privacy budget recorded in a published shared specialist's card, if any."""
+    from protocol import SpecialistCard
+
+    for card_path in sorted((result.out_dir / "registry").glob("blobs/*/*")):
+        try:
+            card = SpecialistCard.parse(card_path.read_bytes())
+        except Exception:  # noqa: BLE001, S112 - most blobs are not cards
+            continue
+        if card.federation and card.federation.differential_privacy:
+            dp = card.federation.differential_privacy
+            return f"epsilon {dp.epsilon:.2f} at delta {dp.delta:g} ({dp.accountant})"
+    return None
+
+
+def _name(outcome: Any) -> str:
+    return str(outcome.site_id) + (" (fedavg)" if outcome.federated else "")
+
+
+def _confusion(truth: NDArray[np.int64], predicted: NDArray[np.int64], k: int) -> NDArray[np.int64]:
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    return matrix
+
+
+def _interval(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "n/a"
+    return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+
+def _markdown(report: Report, plots: list[str]) -> str:
+    scenario = report["scenario"]
+    lines = [
+        "# GSCo simulation report",
+        "",
+        f"- Dataset: {scenario['dataset']} (task `{report['task_id']}`, labels "
+        f"{', '.join(report['labels'])})",
+        f"- Sites: {scenario['sites']}, partition `{scenario['partition']}`, backbone "
+        f"`{scenario['backbone']}`, {scenario['epochs']} epochs / "
+        f"{scenario['max_minutes_per_site']} min per site",
+        *(
+            [
+                f"- Federated: the sites also co-trained one shared specialist with FedAvg, "
+                f"{scenario['fedavg_rounds']} rounds of {scenario['fedavg_local_epochs']} local "
+                f"epoch(s)"
+                + (
+                    f", DP noise multiplier {scenario['dp_noise_multiplier']}, clipping norm "
+                    f"{scenario['dp_clipping_norm']}: {report['federation_privacy']}"
+                    if scenario["dp_noise_multiplier"]
+                    else ""
+                )
+            ]
+            if scenario["fedavg_rounds"]
+            else []
+        ),
+        f"- Generalist: {scenario['generalist']}"
+        + (" (stopped before the evaluation)" if scenario["generalist_down"] else ""),
+        f"- Test images evaluated through the hub: {report['test_images']}",
+        "- Wall time per stage (s): "
+        + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()),
+        "",
+        "## Method comparison (95% bootstrap confidence intervals)",
+        "",
+        "| method | ACC | macro-AUC | macro-F1 | degraded answers |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method in report["methods"]:
+        degraded = report["degraded_answers"].get(method["method"], "")
+        lines.append(
+            f"| {method['method']} | {_interval(method['accuracy'])} | "
+            f"{_interval(method['macro_auc'])} | {_interval(method['macro_f1'])} | {degraded} |"
+        )
+    constant = report.get("constant_answers") or {}
+    if constant:
+        lines += [
+            "",
+            "Note: "
+            + ", ".join(f"`{mode}` answered `{label}`" for mode, label in constant.items())
+            + " for every image. The generalist decided those answers; the CPU stand-in "
+            "(SmolLM2-135M, text only) does not follow the evidence well enough to arbitrate. "
+            "Real arbitration needs MedDr.",
+        ]
+    lines += [
+        "",
+        "AUC needs scores: `voting` scores are vote shares; the generalist modes score from the "
+        "generalist's token log-probabilities, and have none when the server returns none.",
+        "",
+        "## Sites",
+        "",
+        "| site | training images (per class) | fault | outcome | served by hub | ACC alone |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    alone = {s["method"]: s for s in report["per_site"]}
+    for site in report["sites"]:
+        accuracy = alone.get(site["name"])
+        lines.append(
+            f"| {site['name']} | {site['n_train']} ({site['partition_class_counts']}) | "
+            f"{site['fault'] or '-'} | {site['status']}: {site['detail'][:80]} | "
+            f"{'yes' if site['served_by_hub'] else 'no'} | "
+            f"{_interval(accuracy['accuracy']) if accuracy else '-'} |"
+        )
+    faults = [s for s in report["sites"] if s["fault"] and not s["federated"]]
+    if faults or report["scenario"]["generalist_down"]:
+        lines += ["", "## Faults and attacks", ""]
+        for site in faults:
+            lines.append(f"- **{site['site_id']}** ({site['fault']}): {site['status']}. ")
+            if site["fault"] in ("tamper", "unsigned"):
+                lines[-1] += (
+                    "The registry refused it, and the hub never served it."
+                    if site["status"] == "rejected" and not site["served_by_hub"]
+                    else "WARNING: it was not refused as it should have been."
+                )
+            if site["fault"] == "drop-out":
+                lines[-1] += "The others went on without it."
+            effect = report["fault_effects"].get(site["site_id"])
+            if effect:
+                lines[-1] += (
+                    f"Its specialist alone: ACC {effect['site_alone_accuracy']:.3f}. "
+                    + "; ".join(
+                        f"{name} ACC {effect['accuracy_with_site'].get(name, float('nan')):.3f} "
+                        f"with it, {effect['accuracy_without_site'][name]:.3f} without it"
+                        for name in effect["accuracy_without_site"]
+                    )
+                    + "."
+                )
+        if report["scenario"]["generalist_down"]:
+            lines.append(
+                "- **Generalist down**: every generalist-mode answer fell back to the ensemble "
+                "and is counted under 'degraded answers'."
+            )
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(report: Report, evaluation: Evaluation | None, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    methods = report["methods"]
+    if methods:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        names = [m["method"] for m in methods]
+        values = [m["accuracy"]["value"] for m in methods]
+        errors = [
+            [m["accuracy"]["value"] - m["accuracy"]["low"] for m in methods],
+            [m["accuracy"]["high"] - m["accuracy"]["value"] for m in methods],
+        ]
+        ax.bar(range(len(names)), values, yerr=errors, capsize=4, color="#4477aa")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_ylim(0, 1)
+        ax.set_title("Methods on the test split")
+        fig.tight_layout()
+        fig.savefig(out / "methods.png", dpi=110)
+        plt.close(fig)
+        written.append("methods.png")
+    if report["per_site"]:
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(report["per_site"]) + 2), 3.5))
+        names = [s["method"] for s in report["per_site"]]
+        ax.bar(range(len(names)), [s["accuracy"]["value"] for s in report["per_site"]])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy alone")
+        ax.set_title("Each site's specialist")
+        fig.tight_layout()
+        fig.savefig(out / "sites.png", dpi=110)
+        plt.close(fig)
+        written.append("sites.png")
+    confusion = report["confusion"]
+    if confusion:
+        fig, axes = plt.subplots(1, len(confusion), figsize=(2.6 * len(confusion), 2.8))
+        for ax, (name, matrix) in zip(np.atleast_1d(axes), confusion.items(), strict=True):
+            ax.imshow(np.asarray(matrix), cmap="Blues")
+            for (i, j), value in np.ndenumerate(np.asarray(matrix)):
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=8)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("predicted", fontsize=7)
+            ax.set_ylabel("true", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        fig.savefig(out / "confusion.png", dpi=110)
+        plt.close(fig)
+        written.append("confusion.png")
+    if evaluation is not None:
+        scored = {n: s for n, s in evaluation.scores.items() if s is not None}
+        if scored:
+            fig, ax = plt.subplots(figsize=(4.5, 4.5))
+            ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+            for name, scores in scored.items():
+                confidence = scores.max(axis=1)
+                correct = scores.argmax(axis=1) == evaluation.truth
+                bins = np.linspace(0, 1, 11)
+                which = np.clip(np.digitize(confidence, bins) - 1, 0, 9)
+                xs, ys = [], []
+                for b in range(10):
+                    mask = which == b
+                    if mask.sum() >= 3:
+                        xs.append(float(confidence[mask].mean()))
+                        ys.append(float(correct[mask].mean()))
+                ax.plot(xs, ys, marker="o", label=name)
+            ax.set_xlabel("confidence")
+            ax.set_ylabel("accuracy")
+            ax.set_title("Calibration")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / "calibration.png", dpi=110)
+            plt.close(fig)
+            written.append("calibration.png")
+    return written
+
+
+def write_report(result: Any, out: Path) -> Report:
+    """Writes ``results.json``, ``report.md`` and the plots into ``out``; returns the data."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(result)
+    plots = _plots(report, result.evaluation, out)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(report, plots))
+    return report

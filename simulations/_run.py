@@ -1,0 +1,413 @@
+"""One simulation, end to end: sites on Flower, a registry, a hub, the generalist, the report.
+
+1. The training split is partitioned across the sites; each site gets a home
+   folder (identity, ECDSA key, egress ledger) and is enrolled in a registry
+   started for the run (gRPC on loopback, storage in ``OUT/registry``).
+2. Flower's simulation runtime runs one ClientApp per site: local training
+   with the site agent, signing, publishing (or the site's scenario fault).
+3. A hub (HTTP on loopback, state in ``OUT/hub``) syncs the registry through
+   TUF and serves the verified specialists with the generalist.
+4. The untouched test split (or a seeded subset) is diagnosed through the hub
+   in every mode, and the report is written.
+
+Everything started here is stopped here, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from protocol import Mode
+from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
+from simulations._partition import PartitionSpec, partition
+from simulations._runtime import FlowerRuntime
+from simulations._site_job import FAULTS, SiteJob, SiteOutcome
+from simulations.errors import ScenarioError, SimulationFailed
+
+__all__ = ["Progress", "Scenario", "SimulationResult", "run_scenario"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What to simulate. Times in minutes; ``faults`` maps a site number (1-based) to a fault."""
+
+    dataset: str = "pneumoniamnist"
+    data: Path | None = None  # the .npz; default: found like the site agent finds it
+    sites: int = 3
+    partition: str = "iid"
+    backbone: str = "tf_efficientnet_lite0"
+    epochs: int = 5
+    max_minutes_per_site: float = 2.0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    max_val_images: int = 200
+    test_images: int | None = 200  # None: the whole test split
+    seed: int = 0
+    faults: dict[int, str] = field(default_factory=dict)
+    generalist: str = "embedded"  # "embedded", "none", or an OpenAI-compatible base URL
+    generalist_down: bool = False  # stop the generalist before the evaluation
+    concurrency: int = 4
+    fedavg_rounds: int = 0  # > 0: the sites also co-train one shared specialist
+    fedavg_local_epochs: int = 1
+    dp_noise_multiplier: float = 0.0  # > 0: DP-FedAvg (server-side clipping and noise)
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
+
+    def check(self) -> None:
+        """Raises :class:`ScenarioError` for a scenario that cannot run."""
+        if not 1 <= self.sites <= 500:
+            raise ScenarioError("--sites must be between 1 and 500")
+        PartitionSpec.parse(self.partition)
+        for site, fault in self.faults.items():
+            if not 1 <= site <= self.sites:
+                raise ScenarioError(f"fault {fault!r} names site {site}; sites are 1..{self.sites}")
+            if fault not in FAULTS:
+                raise ScenarioError(f"unknown fault {fault!r}: use one of {', '.join(FAULTS)}")
+        if self.epochs < 1 or self.max_minutes_per_site <= 0:
+            raise ScenarioError("epochs and the time budget per site must be positive")
+        if self.fedavg_rounds < 0 or self.fedavg_local_epochs < 1:
+            raise ScenarioError("FedAvg needs rounds >= 0 and local epochs >= 1")
+        if self.dp_noise_multiplier < 0 or self.dp_clipping_norm <= 0:
+            raise ScenarioError("DP needs a noise multiplier >= 0 and a positive clipping norm")
+        if self.dp_noise_multiplier > 0 and self.fedavg_rounds == 0:
+            raise ScenarioError("DP noise applies to FedAvg: pass --fedavg-rounds too")
+
+
+class Progress(Protocol):
+    """Receives progress while a simulation runs."""
+
+    def stage(self, text: str) -> None:
+        """A new stage begins."""
+
+    def line(self, text: str) -> None:
+        """A line of detail (Flower's log, a site's outcome)."""
+
+    def evaluated(self, done: int, total: int) -> None:
+        """One more test image was diagnosed in every mode."""
+
+
+@dataclass
+class SimulationResult:
+    """Everything the report is made from."""
+
+    scenario: Scenario
+    task_id: str
+    labels: tuple[str, ...]
+    sites: list[SiteOutcome]
+    partition_counts: dict[str, list[int]]
+    partition_moved: int
+    hub_sites: list[str]  # specialists the hub verified and served: SITE or SITE (fedavg)
+    hub_refused: dict[str, str]
+    evaluation: Evaluation | None
+    timings_s: dict[str, float]
+    out_dir: Path
+
+
+def _site_id(number: int) -> str:
+    return f"hospital-{number:02d}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def _registry(root: Path) -> Iterator[tuple[str, Any]]:
+    from registry import ServerConfig, start_server
+
+    server, store, port = start_server(ServerConfig(root=root, port=0))
+    try:
+        yield f"127.0.0.1:{port}", store
+    finally:
+        server.stop(grace=5).wait()
+        store.close()
+
+
+@contextmanager
+def _generalist(scenario: Scenario, progress: Progress) -> Iterator[Any]:
+    """The generalist's backend config (None without one); stops what it started."""
+    from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
+
+    if scenario.generalist == "none":
+        yield None
+        return
+    if scenario.generalist != "embedded":
+        yield OpenAIConfig(base_url=scenario.generalist, model=MODEL_NAME, timeout_s=120.0)
+        return
+    server = EmbeddedServer()
+    already = server.state() is not None
+    progress.stage("starting the CPU generalist (vLLM; the first start compiles for minutes)")
+    state = server.start(timeout_s=900)
+    try:
+        yield OpenAIConfig(base_url=state.url, model=MODEL_NAME, timeout_s=120.0)
+    finally:
+        if not already or scenario.generalist_down:
+            server.stop()
+        if already and scenario.generalist_down:
+            server.start(port=state.port, timeout_s=900)  # leave it as we found it
+
+
+@contextmanager
+def _hub(address: str, root: Path, state: Path, generalist: Any) -> Iterator[tuple[str, Any]]:
+    import uvicorn
+
+    from hub import Hub, HubConfig, create_app
+
+    hub = Hub(
+        HubConfig(
+            registry=address,
+            trusted_root=root / "tuf" / "metadata" / "1.root.json",
+            state_dir=state,
+            allow_anonymous=True,  # loopback only, inside this process's run
+            generalist=generalist,
+            sync_interval_s=3600.0,
+            max_in_flight=8,
+            max_queue=256,
+            generalist_timeout_s=120.0,
+        )
+    )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="gsco-sim-hub", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise SimulationFailed("the hub did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", hub
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def _load(scenario: Scenario) -> tuple[Any, Path]:
+    from site_agent.data import default_catalog, find_medmnist, load_medmnist
+
+    try:
+        entry = default_catalog().for_medmnist(scenario.dataset)
+    except Exception as exc:
+        raise ScenarioError(f"no task for dataset {scenario.dataset!r}: {exc}") from exc
+    path = scenario.data or find_medmnist(scenario.dataset)
+    return load_medmnist(path, entry.task, dataset=scenario.dataset), path
+
+
+def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> SimulationResult:
+    """Runs ``scenario`` and returns what the report needs (``out`` keeps the evidence).
+
+    Raises:
+        ScenarioError: the scenario cannot run.
+        SimulationFailed: a component did not start or the Flower run failed.
+    """
+    scenario.check()
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings[name] = round(now - clock, 1)
+        clock = now
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("registry", "hub", "sites"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    progress.stage(f"loading {scenario.dataset} and partitioning it across {scenario.sites} sites")
+    dataset, _ = _load(scenario)
+    labels = dataset.task.labels
+    split = partition(
+        dataset.train.labels,
+        scenario.sites,
+        PartitionSpec.parse(scenario.partition),
+        seed=scenario.seed,
+    )
+    counts = split.class_counts(dataset.train.labels, len(labels))
+    lap("prepare")
+
+    from site_agent import init_site
+
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gsco-sim-")))
+        address, store = stack.enter_context(_registry(out / "registry"))
+        progress.line(f"registry on {address}, storage {out / 'registry'}")
+        jobs = []
+        for number, rows in enumerate(split.sites, start=1):
+            site_id = _site_id(number)
+            home = init_site(out / "sites" / site_id, site_id)
+            store.enroll(site_id, home.public_key().pem)
+            data = work / f"{site_id}.npz"
+            np.savez(
+                data,
+                train_images=dataset.train.images[rows][..., 0]
+                if dataset.train.images.shape[-1] == 1
+                else dataset.train.images[rows],
+                train_labels=dataset.train.labels[rows][:, None],
+                val_images=_squeeze(dataset.val.images),
+                val_labels=dataset.val.labels[:, None],
+                test_images=_squeeze(dataset.test.images),
+                test_labels=dataset.test.labels[:, None],
+            )
+            jobs.append(
+                SiteJob(
+                    site_id=site_id,
+                    home=str(home.root),
+                    data=str(data),
+                    task_id=dataset.task.task_id,
+                    dataset=scenario.dataset,
+                    registry=address,
+                    out_dir=str(work / "bundles" / site_id),
+                    backbone=scenario.backbone,
+                    epochs=scenario.epochs,
+                    max_minutes=scenario.max_minutes_per_site,
+                    batch_size=scenario.batch_size,
+                    learning_rate=scenario.learning_rate,
+                    max_eval_images=scenario.max_val_images,
+                    seed=scenario.seed + number,
+                    fault=scenario.faults.get(number),
+                ).to_json()
+            )
+        (work / "jobs.json").write_text(json.dumps(jobs))
+        lap("sites")
+
+        progress.stage(f"Flower simulation: {scenario.sites} hospital sites train and publish")
+        runtime = stack.enter_context(FlowerRuntime(work))
+        flower_log = stack.enter_context((out / "flower.log").open("w"))
+
+        def on_line(line: str) -> None:
+            flower_log.write(line + "\n")
+            if "gsco:" in line:
+                progress.line(line)
+            elif "ERROR" in line and "Traceback" not in line:
+                progress.line(line.replace("\x1b[91m", "").replace("\x1b[0m", ""))
+
+        runtime.run(
+            scenario.sites,
+            {
+                "jobs-file": str(work / "jobs.json"),
+                "results-file": str(work / "outcomes.json"),
+                "timeout-s": 60.0
+                * (
+                    scenario.max_minutes_per_site * scenario.sites * (1 + scenario.fedavg_rounds)
+                    + 10
+                ),
+                "fedavg-rounds": scenario.fedavg_rounds,
+                "fedavg-local-epochs": scenario.fedavg_local_epochs,
+                "dp-noise-multiplier": scenario.dp_noise_multiplier,
+                "dp-clipping-norm": scenario.dp_clipping_norm,
+                "dp-delta": scenario.dp_delta,
+            },
+            on_line,
+        )
+        runtime.close()
+        if not (work / "outcomes.json").is_file():
+            raise SimulationFailed(
+                f"the Flower run ended without the sites' outcomes; see {out / 'flower.log'}"
+            )
+        reported = json.loads((work / "outcomes.json").read_text())
+        outcomes = [
+            SiteOutcome(**reported[_site_id(n)])
+            if _site_id(n) in reported
+            else SiteOutcome(_site_id(n), "dropped-out", "no reply")
+            for n in range(1, scenario.sites + 1)
+        ] + [SiteOutcome(**value) for key, value in sorted(reported.items()) if "(fedavg)" in key]
+        lap("flower")
+        published = [o for o in outcomes if o.status == "published"]
+        if not published:
+            raise SimulationFailed(
+                "no site published a specialist: "
+                + "; ".join(f"{o.site_id} {o.status} {o.detail}" for o in outcomes)
+            )
+
+        generalist = stack.enter_context(_generalist(scenario, progress))
+        lap("generalist")
+        progress.stage("starting the hub and syncing the registry through TUF")
+        url, hub = stack.enter_context(_hub(address, out / "registry", out / "hub", generalist))
+        report = hub.last_sync
+        hub_sites = sorted({specialist_name(s.provenance) for s in hub.catalog.all})
+        refused = dict(report.rejected) if report else {}
+        lap("hub")
+        if scenario.generalist_down and scenario.generalist == "embedded":
+            progress.stage("stopping the generalist (scenario: generalist down)")
+            from generalist import EmbeddedServer
+
+            EmbeddedServer().stop()
+
+        evaluation = _evaluate(scenario, dataset, url, progress)
+        lap("evaluation")
+    return SimulationResult(
+        scenario=scenario,
+        task_id=dataset.task.task_id,
+        labels=labels,
+        sites=outcomes,
+        partition_counts={_site_id(n): c for n, c in enumerate(counts, start=1)},
+        partition_moved=split.moved,
+        hub_sites=hub_sites,
+        hub_refused=refused,
+        evaluation=evaluation,
+        timings_s=timings,
+        out_dir=out,
+    )
+
+
+def _squeeze(images: np.ndarray) -> np.ndarray:
+    return images[..., 0] if images.shape[-1] == 1 else images
+
+
+def _evaluate(scenario: Scenario, dataset: Any, url: str, progress: Progress) -> Evaluation:
+    from hub import HubClient
+
+    n = len(dataset.test)
+    rows = np.arange(n)
+    if scenario.test_images is not None and scenario.test_images < n:
+        rng = np.random.default_rng(scenario.seed)
+        rows = np.sort(rng.permutation(n)[: scenario.test_images])
+    progress.stage(f"evaluating {len(rows)} test images through the hub in {len(HUB_MODES)} modes")
+    done = 0
+    lock = threading.Lock()
+
+    def tick(_: int) -> None:
+        nonlocal done
+        with lock:
+            done += 1
+            progress.evaluated(done, len(rows))
+
+    clients = threading.local()
+
+    def diagnose(png: bytes, mode: Mode) -> Any:
+        if not hasattr(clients, "client"):
+            clients.client = HubClient(url, timeout_s=300)
+        return clients.client.diagnose(png, dataset.task.task_id, mode=mode)
+
+    return evaluate_through_hub(
+        diagnose,
+        dataset.test.images[rows],
+        dataset.test.labels[rows],
+        dataset.task.labels,
+        concurrency=scenario.concurrency,
+        on_image=tick,
+    )
+
+
+def scenario_dict(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as JSON-ready data."""
+    document = asdict(scenario)
+    document["data"] = str(scenario.data) if scenario.data else None
+    document["faults"] = {str(k): v for k, v in scenario.faults.items()}
+    return document

@@ -1,0 +1,273 @@
+"""What one simulated hospital does: train on its share, sign, publish (or misbehave).
+
+It uses the site agent's own library calls, as ``gsco site train/sign/publish``
+do, on the site's home folder (identity, key, egress ledger) prepared by the
+simulation. The fault it was told to act out happens here:
+
+- ``flip-labels``: trains on its labels flipped to the next class;
+- ``drop-out``: trains, then drops out before publishing (raises :class:`SiteDroppedOut`);
+- ``tamper``: changes ``model.onnx`` after signing and publishes anyway;
+- ``unsigned``: publishes without a signature.
+
+A tampering or unsigned site bypasses its own agent's pre-publication check
+and talks to the registry directly, as an attacker would; the registry must
+refuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol import FederatedTraining, GscoError, IndexMode
+from simulations.errors import SimulationError
+
+__all__ = [
+    "FAULTS",
+    "SiteDroppedOut",
+    "SiteJob",
+    "SiteOutcome",
+    "local_update",
+    "run_site_job",
+    "usable_state",
+]
+
+#: Faults a site can act out.
+FAULTS = ("flip-labels", "drop-out", "tamper", "unsigned")
+
+
+class SiteDroppedOut(SimulationError):  # noqa: N818 - names the event
+    """The site stopped before it published (a scenario fault)."""
+
+
+@dataclass(frozen=True)
+class SiteJob:
+    """Everything one site needs; JSON-serialisable (it crosses into a Flower ClientApp)."""
+
+    site_id: str
+    home: str  # the site's home folder (key, ledger)
+    data: str  # the site's share of the training set (.npz with val/test splits)
+    task_id: str
+    dataset: str  # MedMNIST name, for the card's data source
+    registry: str  # host:port
+    out_dir: str  # where the bundle is written
+    backbone: str = "tf_efficientnet_lite0"
+    epochs: int = 5
+    max_minutes: float | None = 2.0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    input_size: int | None = None
+    max_eval_images: int | None = 200
+    seed: int = 0
+    threads: int | None = None
+    fault: str | None = None
+
+    def to_json(self) -> str:
+        """The job as JSON."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SiteJob:
+        """The job from :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+@dataclass
+class SiteOutcome:
+    """What happened at one site."""
+
+    site_id: str
+    status: str  # published | rejected | dropped-out | failed
+    detail: str = ""
+    bundle_digest: str | None = None
+    n_train: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    test_accuracy: float | None = None  # the site's own held-out estimate (card)
+    train_seconds: float = 0.0
+    fault: str | None = None
+    federated: bool = False  # the shared FedAvg specialist, published by this site
+
+    def to_json(self) -> str:
+        """The outcome as JSON."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SiteOutcome:
+        """The outcome from :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+def _load_share(job: SiteJob) -> Any:
+    """The site's own data (with its label fault applied)."""
+    from site_agent.data import Split, default_catalog, load_medmnist
+
+    entry = default_catalog().get(job.task_id)
+    dataset = load_medmnist(Path(job.data), entry.task, dataset=job.dataset)
+    dataset = dataset.subsample(None, job.max_eval_images, job.seed)
+    if job.fault == "flip-labels":
+        flipped = (dataset.train.labels + 1) % len(entry.task.labels)
+        dataset = replace(dataset, train=Split(dataset.train.images, flipped))
+    return dataset
+
+
+def usable_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Federated weights made loadable: BatchNorm statistics repaired after DP noise.
+
+    Flower's server-side DP adds Gaussian noise to every array it aggregates,
+    BatchNorm's running statistics included; a running variance pushed below
+    zero would turn every prediction into NaN. Variances are floored at 1e-3
+    and batch counters made whole again; all other weights pass unchanged.
+    """
+    import torch
+
+    fixed: dict[str, Any] = {}
+    for name, tensor in state.items():
+        if name.endswith("running_var"):
+            tensor = torch.clamp(tensor, min=1e-3)
+        elif name.endswith("num_batches_tracked"):
+            tensor = torch.clamp(torch.round(tensor.float()), min=0).to(torch.int64)
+        fixed[name] = tensor
+    return fixed
+
+
+def local_update(
+    job: SiteJob, state: Mapping[str, Any], epochs: int
+) -> tuple[dict[str, Any], int, float]:
+    """One FedAvg round at the site: ``epochs`` local epochs from the global weights.
+
+    Returns the updated weights, the number of training images and the last
+    training loss.
+
+    Raises:
+        SiteDroppedOut: the job's fault is ``drop-out``.
+    """
+    from site_agent.train import TrainConfig, default_zoo, train_specialist
+
+    if job.fault == "drop-out":
+        raise SiteDroppedOut(f"{job.site_id} dropped out of federated training")
+    dataset = _load_share(job)
+    trained = train_specialist(
+        dataset,
+        TrainConfig(
+            backbone=job.backbone,
+            input_size=job.input_size,
+            epochs=epochs,
+            batch_size=job.batch_size,
+            learning_rate=job.learning_rate,
+            patience=epochs + 1,
+            max_minutes=job.max_minutes,
+            seed=job.seed,
+            threads=job.threads,
+        ),
+        default_zoo(),
+        initial_state=usable_state(state),
+    )
+    loss = trained.history[-1].train_loss if trained.history else 0.0
+    return dict(trained.net.state_dict()), len(dataset.train), loss
+
+
+def run_site_job(
+    job: SiteJob,
+    *,
+    shared_state: Mapping[str, Any] | None = None,
+    federation: FederatedTraining | None = None,
+) -> SiteOutcome:
+    """Runs ``job``. Never raises for the site's own failures: they are the outcome.
+
+    With ``shared_state`` the site publishes the federated model instead of
+    training its own: calibrated on its validation images, evaluated on its
+    test images and indexed over its own training images.
+
+    Raises:
+        SiteDroppedOut: the job's fault is ``drop-out`` (after training).
+    """
+    from registry import RegistryClient, RejectedError
+    from signing import digest_files, sign_bundle
+    from site_agent import open_site
+    from site_agent.data import default_catalog
+    from site_agent.index import IndexSettings
+    from site_agent.pipeline import write_bundle
+    from site_agent.train import TrainConfig
+
+    started = time.monotonic()
+    outcome = SiteOutcome(
+        job.site_id, "failed", fault=job.fault, federated=shared_state is not None
+    )
+    try:
+        site = open_site(Path(job.home))
+        entry = default_catalog().get(job.task_id)
+        dataset = _load_share(job)
+        outcome.n_train = len(dataset.train)
+        outcome.class_counts = {
+            label: int(count)
+            for label, count in zip(
+                entry.task.labels,
+                np.bincount(dataset.train.labels, minlength=len(entry.task.labels)),
+                strict=True,
+            )
+        }
+        version = site.ledger.last_version(job.task_id, job.backbone) + 1
+        out_dir = Path(job.out_dir + ("-fedavg" if shared_state is not None else ""))
+        result = write_bundle(
+            dataset,
+            out_dir,
+            site_id=job.site_id,
+            version=version,
+            license_id="LicenseRef-Consortium-Agreement",
+            config=TrainConfig(
+                backbone=job.backbone,
+                input_size=job.input_size,
+                epochs=0 if shared_state is not None else job.epochs,
+                batch_size=job.batch_size,
+                learning_rate=job.learning_rate,
+                max_minutes=job.max_minutes,
+                seed=job.seed,
+                threads=job.threads,
+            ),
+            index=IndexSettings(IndexMode.PROTOTYPE, 10, 0.0, job.seed),
+            initial_state=usable_state(shared_state) if shared_state is not None else None,
+            federation=federation,
+        )
+        outcome.test_accuracy = result.card.metrics.accuracy
+        outcome.train_seconds = time.monotonic() - started
+        if job.fault == "drop-out":
+            raise SiteDroppedOut(f"{job.site_id} dropped out after training, before publishing")
+        bundle = result.path
+        manifest = None
+        if job.fault != "unsigned":
+            manifest = sign_bundle(bundle, site.private_key)
+        if job.fault == "tamper":
+            model = bundle / "model.onnx"
+            data = bytearray(model.read_bytes())
+            data[-1] ^= 0x01  # one flipped bit in the weights, after signing
+            model.write_bytes(bytes(data))
+        files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+        with RegistryClient(job.registry, timeout_s=300) as client:
+            try:
+                ref = client.publish_files(files, site.private_key)
+            except RejectedError as exc:
+                outcome.status, outcome.detail = "rejected", str(exc)
+                return outcome
+        site.ledger.append(
+            destination=job.registry,
+            bundle_digest=ref.bundle_digest,
+            task_id=ref.task_id,
+            site_id=ref.site_id,
+            backbone=ref.backbone,
+            version=ref.version,
+            files=dict(manifest.files) if manifest else digest_files(files),
+        )
+        outcome.status, outcome.bundle_digest = "published", ref.bundle_digest
+        outcome.detail = f"{ref.backbone} v{ref.version}"
+    except SiteDroppedOut:
+        raise
+    except GscoError as exc:
+        outcome.detail = f"{type(exc).__name__}: {exc}"
+    outcome.train_seconds = outcome.train_seconds or time.monotonic() - started
+    return outcome

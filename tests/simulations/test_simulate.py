@@ -1,0 +1,141 @@
+"""``gsco simulate`` for real: Flower's simulation runtime, a registry, a hub, the vLLM generalist.
+
+Small on purpose (1 epoch, few test images) so it fits in the test suite;
+the demo and the benchmark run the full-size versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub import verify_access_log
+from protocol import GscoError, SpecialistCard
+from registry import verify_event_log
+from tests.servers import GSCO
+from tests.site_agent.conftest import medmnist_dir
+
+pytestmark = pytest.mark.slow
+
+METHODS = ["voting", "ensemble", "moed", "rad", "generalist", "gsco"]
+
+
+def _simulate(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", GSCO_DATA_DIR=str(medmnist_dir()))
+    result = subprocess.run(
+        [GSCO, "simulate", "--out", str(out), "--epochs", "1", "--minutes-per-site", "1", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result, json.loads((out / "results.json").read_text())
+
+
+def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> None:
+    out = tmp_path / "report"
+    result, report = _simulate(
+        out,
+        "--dataset", "breastmnist", "--sites", "5", "--partition", "dirichlet:0.5",
+        "--test-images", "16", "--generalist", vllm_url,
+        "--fault", "2:flip-labels", "--fault", "3:tamper", "--fault", "4:unsigned",
+        "--fault", "5:drop-out",
+    )  # fmt: skip
+    sites = {s["site_id"]: s for s in report["sites"]}
+    assert sites["hospital-01"]["status"] == "published"
+    assert sites["hospital-02"]["status"] == "published"  # flipped labels still sign fine
+    assert sites["hospital-03"]["status"] == "rejected"
+    assert "FILE_CHANGED" in sites["hospital-03"]["detail"]
+    assert sites["hospital-04"]["status"] == "rejected"
+    assert "UNSIGNED" in sites["hospital-04"]["detail"]
+    assert sites["hospital-05"]["status"] == "dropped-out"
+    # The tampered and unsigned bundles never reached the hub.
+    assert report["hub"]["sites_served"] == ["hospital-01", "hospital-02"]
+    assert not sites["hospital-03"]["served_by_hub"]
+    # Every method, with confidence intervals.
+    names = [m["method"] for m in report["methods"]]
+    assert names[0].startswith("best single specialist")
+    assert names[1:] == METHODS
+    for method in report["methods"]:
+        accuracy = method["accuracy"]
+        assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
+        assert method["macro_f1"]["low"] <= method["macro_f1"]["value"]
+    assert report["degraded_answers"]["gsco"] == 0  # the real generalist answered
+    assert report["test_images"] == 16
+    # The flipped-label site's effect is quantified.
+    effect = report["fault_effects"]["hospital-02"]
+    assert set(effect["accuracy_without_site"]) == {"ensemble", "voting"}
+    assert 0.0 <= effect["site_alone_accuracy"] <= 1.0
+    text = (out / "report.md").read_text()
+    assert "The registry refused it, and the hub never served it." in text
+    assert "without it" in text
+    for plot in ("methods.png", "sites.png", "confusion.png"):
+        assert (out / plot).stat().st_size > 1000
+    assert "gsco" in result.stdout
+    assert "report:" in result.stdout
+    # The evidence stays: the registry's event log records the rejections, the
+    # hub's access log every request, and each site's egress ledger what it sent.
+    events, _ = verify_event_log((out / "registry" / "events.jsonl").read_bytes().splitlines())
+    assert sum(e.kind == "reject" for e in events) == 2
+    assert len(verify_access_log(out / "hub" / "access.jsonl")) == 16 * len(METHODS)
+    assert (out / "sites" / "hospital-01" / "egress.jsonl").read_text().count("\n") == 1
+    assert not (out / "sites" / "hospital-03" / "egress.jsonl").exists()
+
+
+def test_dp_fedavg_and_a_generalist_that_is_down(tmp_path: Path) -> None:
+    """Sites also co-train a shared specialist with DP-FedAvg; the generalist is unreachable."""
+    out = tmp_path / "report"
+    _, report = _simulate(
+        out,
+        "--dataset", "breastmnist", "--sites", "2", "--test-images", "8",
+        "--fedavg-rounds", "2", "--dp-noise", "0.8", "--dp-clip", "1.0",
+        "--generalist", "http://127.0.0.1:9/v1",  # nothing listens there
+    )  # fmt: skip
+    assert report["degraded_answers"] == {
+        "voting": 0, "ensemble": 0, "moed": 8, "rad": 8, "generalist": 8, "gsco": 8,
+    }  # fmt: skip
+    names = {s["name"]: s for s in report["sites"]}
+    assert set(names) == {
+        "hospital-01", "hospital-02", "hospital-01 (fedavg)", "hospital-02 (fedavg)",
+    }  # fmt: skip
+    assert all(s["status"] == "published" and s["served_by_hub"] for s in names.values())
+    assert any(m["method"].startswith("fedavg shared specialist") for m in report["methods"])
+    assert report["federation_privacy"].startswith("epsilon ")
+    # The shared specialist's card, as the registry stores it, records the budget.
+    cards = []
+    for blob in (out / "registry" / "blobs").glob("*/*"):
+        try:
+            cards.append(SpecialistCard.parse(blob.read_bytes()))
+        except GscoError:
+            continue
+    shared = [c for c in cards if c.federation is not None]
+    assert {c.site_id for c in shared} == {"hospital-01", "hospital-02"}
+    privacy = shared[0].federation.differential_privacy  # type: ignore[union-attr]
+    assert privacy is not None
+    assert privacy.noise_multiplier == 0.8
+    assert privacy.epsilon > 0
+
+
+def test_bad_scenarios_are_one_line_errors(tmp_path: Path) -> None:
+    for args, message in [
+        (["--partition", "zipf"], "unknown partition"),
+        (["--fault", "9:tamper"], "names site 9"),
+        (["--fault", "1:meteor"], "unknown fault"),
+        (["--dataset", "nosuchmnist"], "no task for dataset"),
+    ]:
+        result = subprocess.run(
+            [GSCO, "simulate", "--sites", "2", "--out", str(tmp_path / "x"), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
