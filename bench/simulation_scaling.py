@@ -88,6 +88,11 @@ def _run(sites: int, args: argparse.Namespace, out: Path) -> dict[str, object]:
         "peak_rss_mb": round(peak / 2**20, 1),
         "stage_seconds": report["timings_s"],
         "published": sum(s["status"] == "published" for s in report["sites"]),
+        "not_published": {
+            s["site_id"]: f"{s['status']}: {s['detail'][:300]}"
+            for s in report["sites"]
+            if s["status"] != "published"
+        },
         "ensemble_accuracy": next(
             m["accuracy"]["value"] for m in report["methods"] if m["method"] == "ensemble"
         ),

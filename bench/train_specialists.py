@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # BreastMNIST has 546 training images: with the defaults (batch 64, lr 1e-3,
 # patience 5) both backbones early-stopped at epoch 1 (AUC 0.57 / 0.61).
 SMALL_DATA = ["--batch-size", "16", "--lr", "3e-4", "--patience", "10", "--epochs", "60"]
+# Breast ultrasound tolerates mirroring; without it lite0 reached AUC 0.820 (<0.87).
+BREAST = [*SMALL_DATA, "--flip"]
 # (task, backbone, weights, extra options, targets: minimum test ACC / macro-AUC)
 RUNS = [
     (
@@ -37,8 +39,8 @@ RUNS = [
         {"accuracy": 0.85, "macro_auc": 0.94},
     ),
     ("pneumonia-cxr", "resnet18", "scratch", [], {"accuracy": 0.85, "macro_auc": 0.94}),
-    ("breast-us", "tf_efficientnet_lite0", "default", SMALL_DATA, {"macro_auc": 0.87}),
-    ("breast-us", "resnet18", "scratch", SMALL_DATA, {"macro_auc": 0.87}),
+    ("breast-us", "tf_efficientnet_lite0", "default", BREAST, {"macro_auc": 0.87}),
+    ("breast-us", "resnet18", "scratch", BREAST, {"macro_auc": 0.87}),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -181,6 +183,8 @@ def simulate(
         dp_clipping_norm=dp_clip,
     )
     progress = ConsoleProgress()
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so every process started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_scenario(scenario, out, progress)
     progress.stage("writing the report")
     report = write_report(result, out)

