@@ -15,7 +15,6 @@ import pytest
 from generalist import (
     MODEL_NAME,
     ArbitrationRequest,
-    EmbeddedServer,
     MoedEvidence,
     OpenAICompatibleBackend,
     OpenAIConfig,
