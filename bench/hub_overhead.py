@@ -20,7 +20,6 @@ several concurrencies. Writes bench/results/hub_overhead.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -38,7 +37,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
+
+from protocol import encode_png
 
 ROOT = Path(__file__).resolve().parents[1]
 GSCO = shutil.which("gsco") or str(Path(sys.executable).parent / "gsco")
@@ -77,12 +77,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def _images(data: Path, count: int) -> list[bytes]:
     with np.load(data, allow_pickle=False) as archive:
         images = archive["test_images"][:count]
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
+    return [encode_png(image[..., None]) for image in images]
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -51,17 +51,15 @@ _Send = Callable[[_Message], Awaitable[None]]
 
 
 def _status(exc: Exception) -> int:
-    if isinstance(exc, PayloadTooLargeError):
-        return 413
+    if isinstance(exc, BadRequestError):
+        return exc.status
     if isinstance(exc, AuthenticationError):
         return 401
     if isinstance(exc, UnknownTaskError):
         return 404
-    if isinstance(exc, BadRequestError) and "content type" in str(exc):
-        return 415
     if isinstance(exc, ImageDecodeError):
         return 422
-    if isinstance(exc, (BadRequestError, SchemaError)):
+    if isinstance(exc, SchemaError):
         return 400
     if isinstance(exc, OverloadedError):
         return 503
@@ -135,7 +133,8 @@ def _media_type(content_type: str | None, filename: str | None) -> MediaType | N
             "npy": MediaType.NPY,
         }.get(suffix)
     raise BadRequestError(
-        f"unsupported image content type {value!r}: use " + ", ".join(m.value for m in MediaType)
+        f"unsupported image content type {value!r}: use " + ", ".join(m.value for m in MediaType),
+        status=415,
     )
 
 
@@ -170,7 +169,8 @@ async def _parse_request(request: Request) -> tuple[DiagnoseRequest, bytes, Medi
         return parsed, data, _media_type(upload.content_type, upload.filename)
     raise BadRequestError(
         f"unsupported content type {content_type or 'none'!r}: "
-        "send multipart/form-data or application/json"
+        "send multipart/form-data or application/json",
+        status=415,
     )
 
 

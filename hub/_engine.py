@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from generalist import (
     ArbitrationRequest,
@@ -42,8 +41,11 @@ from protocol import (
     StageTimings,
     TaskSpec,
     decode_image_bytes,
+    encode_png,
     preprocess,
 )
+
+_T = TypeVar("_T")
 
 __all__ = ["GENERALIST_MODES", "Diagnosis", "DiagnosisEngine", "EngineOptions"]
 
@@ -72,12 +74,6 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _png(image: NDArray[np.uint8]) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def _label_of(probs: NDArray[np.float64], labels: tuple[str, ...]) -> str:
     return labels[int(np.argmax(probs))]
 
@@ -97,7 +93,7 @@ class DiagnosisEngine:
         self._executor = executor
         self.options = options or EngineOptions()
 
-    async def _in_pool(self, work: Callable[[], object]) -> object:
+    async def _in_pool(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def diagnose(
@@ -124,7 +120,12 @@ class DiagnosisEngine:
         image_sha256 = hashlib.sha256(image).hexdigest()
 
         stage = time.perf_counter()
-        channel_counts = sorted({s.card.preprocessing.channels for s in specialists} | {3})
+        channel_counts = {s.card.preprocessing.channels for s in specialists}
+        sends_image = bool(
+            mode in GENERALIST_MODES and self.generalist and self.generalist.sees_images
+        )
+        if sends_image:
+            channel_counts.add(3)  # the generalist is sent an RGB PNG
         decoded: dict[int, NDArray[np.uint8]] = {}
         for channels in channel_counts:
             decoded[channels] = await self._decode(image, channels, media_type)
@@ -161,7 +162,9 @@ class DiagnosisEngine:
         scores: dict[str, float] | None
         if mode in GENERALIST_MODES:
             stage = time.perf_counter()
-            result, problem = await self._arbitrate(task, mode, moed, rad, decoded[3])
+            result, problem = await self._arbitrate(
+                task, mode, moed, rad, encode_png(decoded[3]) if sends_image else None
+            )
             generalist_ms = _ms(stage)
             if result is not None:
                 label, scores = result.label, result.scores
@@ -210,11 +213,9 @@ class DiagnosisEngine:
         self, image: bytes, channels: int, media_type: MediaType | None
     ) -> NDArray[np.uint8]:
         limit = self.options.max_image_pixels
-        pixels = await self._in_pool(
+        return await self._in_pool(
             lambda: decode_image_bytes(image, channels, media_type=media_type, max_pixels=limit)
         )
-        assert isinstance(pixels, np.ndarray)
-        return pixels
 
     async def _run_specialists(
         self,
@@ -236,12 +237,7 @@ class DiagnosisEngine:
             return lambda: s.run(batch)
 
         results = await asyncio.gather(*(self._in_pool(runner(s)) for s in specialists))
-        outputs = []
-        for result in results:
-            assert isinstance(result, tuple)
-            probs, embeddings = result
-            outputs.append((probs[0], embeddings))
-        return outputs
+        return [(probs[0], embeddings) for probs, embeddings in results]
 
     async def _retrieve(
         self,
@@ -267,9 +263,7 @@ class DiagnosisEngine:
             cases.sort(key=lambda c: -c.similarity)
             return cases[:top_k]
 
-        found = await self._in_pool(work)
-        assert isinstance(found, list)
-        return tuple(found)
+        return tuple(await self._in_pool(work))
 
     async def _arbitrate(
         self,
@@ -277,7 +271,7 @@ class DiagnosisEngine:
         mode: Mode,
         moed: tuple[SpecialistPrediction, ...],
         rad: tuple[RetrievedCase, ...],
-        rgb: NDArray[np.uint8],
+        image_png: bytes | None,
     ) -> tuple[ArbitrationResult | None, str]:
         """The generalist's decision, or ``None`` and why not."""
         if self.generalist is None:
@@ -289,7 +283,7 @@ class DiagnosisEngine:
             if mode in (Mode.GSCO, Mode.MOED)
             else (),
             rad=tuple(RadEvidence(c.label, c.similarity) for c in rad),
-            image_png=_png(rgb) if self.generalist.sees_images else None,
+            image_png=image_png,
         )
         try:
             result = await asyncio.wait_for(

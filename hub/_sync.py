@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from hub._catalog import Catalog
@@ -29,7 +29,6 @@ from hub._runtime import LoadedSpecialist, RuntimeOptions, load_specialist
 from protocol import BundleRef, GscoError
 from registry import (
     RegistryClient,
-    RegistryError,
     TrustedRegistry,
     UntrustedMetadataError,
     keyring_of,
@@ -88,19 +87,14 @@ class RegistrySync:
         with self._lock:
             try:
                 report = self._sync(started)
-            except (RegistryError, GscoError) as exc:
+            except GscoError as exc:  # registry, TUF and store errors alike
                 report = SyncReport(
                     ok=False,
                     snapshot_version=self._catalog.snapshot_version,
                     error=str(exc),
                 )
                 log.warning("registry sync failed, keeping the current specialists: %s", exc)
-        report = SyncReport(
-            **{
-                **report.__dict__,
-                "seconds": (datetime.now(UTC) - started).total_seconds(),
-            }
-        )
+        report = replace(report, seconds=(datetime.now(UTC) - started).total_seconds())
         self.last_report = report
         return report
 

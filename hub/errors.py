@@ -53,11 +53,24 @@ class UnknownTaskError(HubError):
 
 
 class BadRequestError(HubError):
-    """A request the API refuses."""
+    """A request the API refuses.
+
+    Attributes:
+        status: the HTTP status it answers with (400, or 415 for a wrong content type).
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
 
 
 class PayloadTooLargeError(BadRequestError):
     """The request body or the image is larger than the configured bounds."""
+
+    status = 413
 
 
 class SpecialistLoadError(HubError):

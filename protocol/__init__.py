@@ -42,6 +42,7 @@ from protocol._images import (
     DICOM_PIXEL_TAGS,
     MAX_IMAGE_PIXELS,
     decode_image_bytes,
+    encode_png,
     is_dicom_bytes,
     sniff_media_type,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "check_index",
     "check_onnx",
     "decode_image_bytes",
+    "encode_png",
     "is_dicom_bytes",
     "line_hash",
     "load_index",

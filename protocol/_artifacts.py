@@ -28,10 +28,10 @@ __all__ = [
     "load_index",
 ]
 
-#: The arrays of ``index.npz``; nothing else may be in it.
 #: The newest ONNX IR version a bundle may use: what every supported onnxruntime
 #: (1.18 and later) loads. torch's exporter writes IR 8 at opset 17.
 MAX_ONNX_IR_VERSION = 10
+#: The arrays of ``index.npz``; nothing else may be in it.
 INDEX_KEYS = frozenset({"embeddings", "labels", "group_sizes"})
 #: Operator domains a bundle's model may use (the ONNX standard ones).
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})

@@ -24,6 +24,7 @@ __all__ = [
     "DICOM_PIXEL_TAGS",
     "MAX_IMAGE_PIXELS",
     "decode_image_bytes",
+    "encode_png",
     "is_dicom_bytes",
     "sniff_media_type",
 ]
@@ -112,6 +113,13 @@ def decode_image_bytes(
     if channels == 3:
         return np.repeat(pixels, 3, axis=-1)
     return np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+
+
+def encode_png(pixels: NDArray[np.uint8]) -> bytes:
+    """``uint8 [H, W, 1 | 3]`` pixels as PNG bytes (grey or RGB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def _check_size(height: int, width: int, max_pixels: int) -> None:

@@ -9,16 +9,15 @@ report measures a bad site's effect).
 
 from __future__ import annotations
 
-import io
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
-from protocol import DiagnoseResponse, Mode, SpecialistProvenance
+from protocol import DiagnoseResponse, Mode, SpecialistProvenance, encode_png
 
 __all__ = ["HUB_MODES", "Evaluation", "evaluate_through_hub", "specialist_name"]
 
@@ -56,12 +55,6 @@ def specialist_name(provenance: SpecialistProvenance) -> str:
     return provenance.site_id + (" (fedavg)" if provenance.federated else "")
 
 
-def _png(image: NDArray[np.uint8]) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def evaluate_through_hub(
     diagnose: Callable[[bytes, Mode], DiagnoseResponse],
     images: NDArray[np.uint8],
@@ -73,8 +66,6 @@ def evaluate_through_hub(
     on_image: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Diagnoses every image in every mode; ``diagnose(png, mode)`` calls the hub."""
-    import time
-
     started = time.monotonic()
     index = {label: i for i, label in enumerate(labels)}
     k = len(labels)
@@ -83,7 +74,7 @@ def evaluate_through_hub(
     answers: list[dict[Mode, DiagnoseResponse]] = [{} for _ in range(n)]
 
     def work(row: int) -> None:
-        png = _png(images[row])
+        png = encode_png(images[row])
         for mode in modes:
             answers[row][mode] = diagnose(png, mode)
         if on_image is not None:

@@ -84,6 +84,14 @@ def train(message: Message, context: Context) -> Message:
     )
 
 
+def _outcome(reply: Message, site: str, *, federated: bool = False) -> SiteOutcome:
+    """The site's own outcome, or ``dropped-out`` when it answered with an error."""
+    if reply.has_content():
+        return SiteOutcome.from_json(str(reply.content["outcome"]["json"]))
+    reason = (reply.error.reason or "error") if reply.has_error() else "no reply"
+    return SiteOutcome(site, "dropped-out", reason[-500:], federated=federated)
+
+
 def _wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -123,11 +131,7 @@ def main(grid: Grid, context: Context) -> None:
         for reply in grid.pull_messages(list(waiting)):
             waiting.discard(reply.metadata.reply_to_message_id)
             site = site_of.get(reply.metadata.src_node_id, f"node-{reply.metadata.src_node_id}")
-            if reply.has_content():
-                outcome = SiteOutcome.from_json(str(reply.content["outcome"]["json"]))
-            else:
-                detail = (reply.error.reason or "error") if reply.has_error() else "no reply"
-                outcome = SiteOutcome(site, "dropped-out", detail=detail[-500:])
+            outcome = _outcome(reply, site)
             outcomes[site] = json.loads(outcome.to_json())
             log(
                 INFO,
@@ -209,11 +213,7 @@ def _federated(
     shared: dict[str, dict[str, object]] = {}
     for reply in replies:
         site = site_of.get(reply.metadata.src_node_id, "?")
-        if reply.has_content():
-            outcome = SiteOutcome.from_json(str(reply.content["outcome"]["json"]))
-        else:
-            reason = (reply.error.reason or "error") if reply.has_error() else "no reply"
-            outcome = SiteOutcome(site, "dropped-out", reason[-500:], federated=True)
+        outcome = _outcome(reply, site, federated=True)
         shared[f"{site} (fedavg)"] = json.loads(outcome.to_json())
         log(INFO, "gsco: site %s shared specialist %s %s", site, outcome.status, outcome.detail)
     return shared

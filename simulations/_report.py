@@ -137,18 +137,27 @@ def build_report(result: Any) -> Report:
 
 
 def _federation_privacy(result: Any) -> str | None:
-    """The privacy budget recorded in a published shared specialist's card, if any."""
-    from protocol import SpecialistCard
+    """The privacy budget the published shared specialists' cards record, if any.
 
-    for card_path in sorted((result.out_dir / "registry").glob("blobs/*/*")):
-        try:
-            card = SpecialistCard.parse(card_path.read_bytes())
-        except Exception:  # noqa: BLE001, S112 - most blobs are not cards
-            continue
-        if card.federation and card.federation.differential_privacy:
-            dp = card.federation.differential_privacy
-            return f"epsilon {dp.epsilon:.2f} at delta {dp.delta:g} ({dp.accountant})"
-    return None
+    It is the same :func:`federation_card` computation the ServerApp wrote into
+    those cards, from the scenario's rounds, noise and delta.
+    """
+    from simulations._fedavg import federation_card
+
+    scenario = result.scenario
+    shared = any(o.federated and o.status == "published" for o in result.sites)
+    if not shared or scenario.dp_noise_multiplier <= 0:
+        return None
+    dp = federation_card(
+        scenario.fedavg_rounds,
+        scenario.sites,
+        scenario.fedavg_local_epochs,
+        scenario.dp_noise_multiplier,
+        scenario.dp_clipping_norm,
+        scenario.dp_delta,
+    ).differential_privacy
+    assert dp is not None
+    return f"epsilon {dp.epsilon:.2f} at delta {dp.delta:g} ({dp.accountant})"
 
 
 def _name(outcome: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from protocol import Mode
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
 from simulations._partition import PartitionSpec, partition
-from simulations._runtime import FlowerRuntime
+from simulations._runtime import FlowerRuntime, free_port
 from simulations._site_job import FAULTS, SiteJob, SiteOutcome
 from simulations.errors import ScenarioError, SimulationFailed
 
@@ -119,12 +118,6 @@ def _site_id(number: int) -> str:
     return f"hospital-{number:02d}"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _registry(root: Path) -> Iterator[tuple[str, Any]]:
     from registry import ServerConfig, start_server
@@ -180,7 +173,7 @@ def _hub(address: str, root: Path, state: Path, generalist: Any) -> Iterator[tup
             generalist_timeout_s=120.0,
         )
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -255,9 +248,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
             data = work / f"{site_id}.npz"
             np.savez(
                 data,
-                train_images=dataset.train.images[rows][..., 0]
-                if dataset.train.images.shape[-1] == 1
-                else dataset.train.images[rows],
+                train_images=_squeeze(dataset.train.images[rows]),
                 train_labels=dataset.train.labels[rows][:, None],
                 val_images=_squeeze(dataset.val.images),
                 val_labels=dataset.val.labels[:, None],

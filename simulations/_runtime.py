@@ -30,7 +30,8 @@ APP_DIR = Path(__file__).resolve().parent / "flower_app"
 _CONNECTION = "gsco"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -70,7 +71,7 @@ class FlowerRuntime:
 
     def __enter__(self) -> FlowerRuntime:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n'
             f'[superlink.{_CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'

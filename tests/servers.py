@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,28 +57,45 @@ class RunningRegistry:
             return int(db.execute("SELECT COUNT(*) FROM bundles").fetchone()[0])
 
 
-def start_registry(root: Path, *extra: str, ca: bytes | None = None) -> RunningRegistry:
-    env = dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=ADMIN_TOKEN)
-    process = subprocess.Popen(
-        [GSCO, "registry", "serve", "--root", str(root), "--port", "0", *extra],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+def _spawn(
+    command: list[str],
+    pattern: str,
+    ready: Callable[[subprocess.Popen[str], str], None],
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], str]:
+    """Starts ``command``, waits for ``pattern`` on its stderr, then for ``ready``.
+
+    A server that fails to start is killed, never left running.
+    """
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stderr is not None
     try:
         for line in process.stderr:
-            found = re.search(r"on (127\.0\.0\.1:\d+)", line)
+            found = re.search(pattern, line)
             if found:
-                running = RunningRegistry(root, process, found.group(1), ca)
-                with running.client() as client:
-                    client.wait_ready()
-                return running
+                ready(process, found.group(1))
+                return process, found.group(1)
     except BaseException:
-        process.kill()  # never leave a server behind a failed start
+        process.kill()
         process.wait(timeout=10)
         raise
-    raise RuntimeError(f"the registry did not start (exit {process.wait()})")
+    process.kill()
+    rest = process.stderr.read()
+    raise RuntimeError(f"{command[1:3]} did not start (exit {process.wait()}): {rest[-2000:]}")
+
+
+def start_registry(root: Path, *extra: str, ca: bytes | None = None) -> RunningRegistry:
+    def ready(_: subprocess.Popen[str], address: str) -> None:
+        with RegistryClient(address, admin_token=ADMIN_TOKEN, root_certificates=ca) as client:
+            client.wait_ready()
+
+    process, address = _spawn(
+        [GSCO, "registry", "serve", "--root", str(root), "--port", "0", *extra],
+        r"on (127\.0\.0\.1:\d+)",
+        ready,
+        env=dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=ADMIN_TOKEN),
+    )
+    return RunningRegistry(root, process, address, ca)
 
 
 @dataclass
@@ -104,7 +122,19 @@ class RunningHub:
 def start_hub(registry: RunningRegistry, state_dir: Path, *extra: str) -> RunningHub:
     """``gsco hub serve`` on a free loopback port, trusting ``registry``'s root."""
     root = registry.root / "tuf" / "metadata" / "1.root.json"  # handed over out of band
-    process = subprocess.Popen(
+
+    def ready(process: subprocess.Popen[str], url: str) -> None:
+        for _ in range(600):  # the first sync runs before the API answers
+            try:
+                httpx.get(url + "/healthz", timeout=1.0)
+                return
+            except httpx.HTTPError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the hub exited with {process.returncode}") from None
+                time.sleep(0.1)
+        raise RuntimeError("the hub did not answer /healthz")
+
+    process, url = _spawn(
         [
             GSCO,
             "hub",
@@ -119,28 +149,7 @@ def start_hub(registry: RunningRegistry, state_dir: Path, *extra: str) -> Runnin
             "0",
             *extra,
         ],
-        stderr=subprocess.PIPE,
-        text=True,
+        r"serving on (http://127\.0\.0\.1:\d+)",
+        ready,
     )
-    assert process.stderr is not None
-    try:
-        for line in process.stderr:
-            found = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                url = found.group(1)
-                for _ in range(600):  # the first sync runs before the API answers
-                    try:
-                        httpx.get(url + "/healthz", timeout=1.0)
-                        return RunningHub(process, url, state_dir)
-                    except httpx.HTTPError:
-                        if process.poll() is not None:
-                            break
-                        time.sleep(0.1)
-                break
-    except BaseException:
-        process.kill()
-        process.wait(timeout=10)
-        raise
-    process.kill()
-    rest = process.stderr.read()
-    raise RuntimeError(f"the hub did not start (exit {process.wait()}): {rest[-2000:]}")
+    return RunningHub(process, url, state_dir)

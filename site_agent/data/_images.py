@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol import DICOM_PIXEL_TAGS, decode_image_bytes
+from protocol import DICOM_PIXEL_TAGS, decode_image_bytes, is_dicom_bytes
 from protocol import ImageDecodeError as _ProtocolDecodeError
 from site_agent.errors import ImageDecodeError
 
@@ -26,8 +26,7 @@ MAX_IMAGE_BYTES = 256 * 1024 * 1024
 def is_dicom(path: Path) -> bool:
     """Whether ``path`` starts with the DICOM preamble (``DICM`` at byte 128)."""
     with path.open("rb") as handle:
-        head = handle.read(132)
-    return len(head) == 132 and head[128:] == b"DICM"
+        return is_dicom_bytes(handle.read(132))
 
 
 def decode_image(path: Path, channels: int) -> NDArray[np.uint8]:

@@ -11,7 +11,6 @@ it restores ``gsco`` answers.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from generalist import MODEL_NAME, EmbeddedServer
 from hub import HubClient, verify_access_log
-from protocol import Mode
+from protocol import Mode, encode_png
 from tests.servers import GSCO, RunningRegistry, start_hub, start_registry
 from tests.site_agent.conftest import medmnist_dir
 
@@ -105,11 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, vllm_url: str) -> Iterator[d
         )
         with np.load(source, allow_pickle=False) as archive:
             images, labels = archive["test_images"][:N_IMAGES], archive["test_labels"][:N_IMAGES]
-        pngs = []
-        for image in images:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, "PNG")
-            pngs.append(buffer.getvalue())
+        pngs = [encode_png(image[..., None]) for image in images]
         yield {"hub": hub, "pngs": pngs, "labels": labels.ravel(), "registry": registry}
     finally:
         if hub is not None:

@@ -21,7 +21,8 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
 
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
+    # Only the object array (the pickle the decoder must refuse) needs pickling to be written.
+    np.save(buffer, array, allow_pickle=array.dtype == object)
     return buffer.getvalue()
 
 
