@@ -335,6 +335,11 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
                             "index_entries": s.index_size,
                             "calibration_temperature": s.card.calibration_temperature,
                             "held_out_accuracy": s.card.metrics.accuracy,
+                            "training_privacy": (
+                                s.card.training_privacy.model_dump(mode="json")
+                                if s.card.training_privacy
+                                else None
+                            ),
                         }
                         for s in group
                     ],

@@ -108,6 +108,8 @@ class LoadedSpecialist:
             backbone=self.card.backbone,
             version=self.card.version,
             federated=self.card.federation is not None,
+            dp_epsilon=dp.epsilon if (dp := self.card.training_privacy) else None,
+            dp_delta=dp.delta if dp else None,
         )
 
     @property

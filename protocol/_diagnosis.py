@@ -7,7 +7,7 @@ import binascii
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, PositiveFloat, StringConstraints, field_validator
 
 from protocol._base import Identifier, Label, Sha256Hex, StrictModel, UnitFloat
 
@@ -87,6 +87,8 @@ class SpecialistProvenance(StrictModel):
     backbone: Identifier
     version: Annotated[int, Field(ge=1)]
     federated: bool = False  # the shared specialist the site co-trained with others
+    dp_epsilon: PositiveFloat | None = None  # DP-SGD budget the weights were trained under
+    dp_delta: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
 
 
 class SpecialistPrediction(StrictModel):

@@ -11,7 +11,7 @@ from registry._core import Registry, keyring_of
 from registry._events import Event, verify_event_log
 from registry._server import ServerConfig, admin_token_for, start_server
 from registry._tuf import build_site_targets, target_path
-from registry._tuf_client import TrustedRegistry
+from registry._tuf_client import TrustedRegistry, TufSource
 from registry._verify import (
     BUNDLE_FILES,
     REQUIRED_FILES,
@@ -52,6 +52,7 @@ __all__ = [
     "ServerConfig",
     "StoreError",
     "TrustedRegistry",
+    "TufSource",
     "UntrustedMetadataError",
     "admin_token_for",
     "build_site_targets",

@@ -155,6 +155,21 @@ class RegistryClient:
 
         return self._call(work)
 
+    def event_log(self) -> tuple[tuple[int, str], list[bytes]]:
+        """The registry's committed event-log head and lines (untrusted: verify them)."""
+
+        def work() -> tuple[tuple[int, str], list[bytes]]:
+            data = bytearray()
+            head = (0, "")
+            for chunk in self._stub.FetchEventLog(
+                pb.FetchEventLogRequest(), timeout=self.timeout_s
+            ):
+                head = (int(chunk.head_count), str(chunk.head_hash))
+                data.extend(chunk.data)
+            return head, bytes(data).splitlines(keepends=True)
+
+        return self._call(work)
+
     def bundles(
         self, *, task_id: str = "", site_id: str = "", include_revoked: bool = False
     ) -> list[BundleRef]:

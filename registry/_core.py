@@ -87,6 +87,44 @@ class Registry:
         self.recovered = self._recover()
         self._sync_tuf()
 
+    @classmethod
+    def open_read_only(cls, root: Path) -> Registry:
+        """Opens a storage folder for reading only: no recovery, no re-signing, no writes.
+
+        What auditors use: a tampered event log or a corrupt blob is reported by
+        the audit instead of refusing to open or being repaired.
+
+        Raises:
+            StoreError: ``root`` holds no registry database.
+        """
+        database = root / "registry.sqlite3"
+        if not database.is_file():
+            raise StoreError(f"{root} is not a registry storage folder (no registry.sqlite3)")
+        store = cls.__new__(cls)
+        store.root = root
+        store.limits = Limits()
+        store.blobs = BlobStore(root, create=False)
+        store.events = EventLog(root / "events.jsonl", create=False)
+        store.tuf = TufRepository(root / "tuf", read_only=True)
+        store._lock = threading.RLock()
+        try:
+            store._db = sqlite3.connect(
+                f"{database.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            store._db.execute("SELECT 1 FROM sites LIMIT 1")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the registry database in {root}: {exc}") from exc
+        store.recovered = {}
+        return store
+
+    def event_log(self) -> tuple[tuple[int, str], list[bytes]]:
+        """The committed head and the raw event-log lines, read together."""
+        with self._lock:
+            return self.event_head(), self.events.lines()
+
     # -- transactions and recovery ------------------------------------------------
 
     @contextmanager

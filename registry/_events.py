@@ -83,12 +83,15 @@ def verify_event_log(
 class EventLog:
     """``events.jsonl``: appended and fsynced before the database commit that names it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
-        path.touch(exist_ok=True)
+        if create:
+            path.touch(exist_ok=True)
 
     def lines(self) -> list[bytes]:
-        """The raw lines."""
+        """The raw lines (none when the file is missing)."""
+        if not self.path.exists():
+            return []
         return self.path.read_bytes().splitlines(keepends=True)
 
     def append(

@@ -167,6 +167,18 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             chunk = data[offset : offset + CHUNK_BYTES]
             yield pb.FileChunk(name=request.path, offset=offset, data=chunk)
 
+    def FetchEventLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
+        """The committed event log in chunks, each naming the committed head."""
+        (count, digest), lines = self._call(context, self._registry.event_log)
+        data = b"".join(lines[:count])
+        for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+            yield pb.EventLogChunk(
+                head_count=count,
+                head_hash=digest,
+                offset=offset,
+                data=data[offset : offset + CHUNK_BYTES],
+            )
+
     def Revoke(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Revokes a bundle or a site key (admin)."""
 

@@ -106,9 +106,13 @@ def build_site_targets(
 class TufRepository:
     """The registry's TUF metadata in ``ROOT/tuf``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
         self.keys_dir = directory / "keys"
         self.metadata_dir = directory / "metadata"
+        self.read_only = read_only
+        if read_only:
+            self._signers: dict[str, CryptoSigner] = {}
+            return
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.keys_dir, 0o700)
@@ -161,7 +165,7 @@ class TufRepository:
         """
         if not _METADATA_NAME.match(name) or not (self.metadata_dir / name).is_file():
             raise NotFoundError(f"no metadata file {name!r}")
-        if name == "timestamp.json":
+        if name == "timestamp.json" and not self.read_only:
             self.refresh_timestamp()
         return (self.metadata_dir / name).read_bytes()
 

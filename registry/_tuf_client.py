@@ -13,27 +13,39 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from registry._client import RegistryClient
 from registry._tuf import target_path
 from registry._verify import BUNDLE_FILES, REQUIRED_FILES
 from registry.errors import NotFoundError, RegistryError, UntrustedMetadataError
 from signing import SIGNATURE_FILE
 
-__all__ = ["TrustedRegistry"]
+__all__ = ["TrustedRegistry", "TufSource"]
 
 _METADATA_URL = "gsco-registry:/metadata/"
 _TARGETS_URL = "gsco-registry:/targets/"
 
 
+class TufSource(Protocol):
+    """Where untrusted TUF metadata and target files come from (a :class:`RegistryClient`)."""
+
+    def fetch_metadata(self, name: str) -> bytes:
+        """One metadata file, e.g. ``timestamp.json`` (raises NotFoundError if absent)."""
+        ...
+
+    def fetch_target(self, path: str) -> bytes:
+        """One target file by its target path (raises NotFoundError if absent)."""
+        ...
+
+
 class _GrpcFetcher(FetcherInterface):
     """Maps ngclient's URLs onto the registry's FetchMetadata and FetchTarget calls."""
 
-    def __init__(self, client: RegistryClient) -> None:
+    def __init__(self, client: TufSource) -> None:
         self._client = client
 
     def _fetch(self, url: str) -> Iterator[bytes]:
@@ -54,7 +66,7 @@ class _GrpcFetcher(FetcherInterface):
 class TrustedRegistry:
     """Bundles from one registry, verified through TUF."""
 
-    def __init__(self, client: RegistryClient, cache_dir: Path, trusted_root: bytes) -> None:
+    def __init__(self, client: TufSource, cache_dir: Path, trusted_root: bytes) -> None:
         self._client = client
         self._metadata_dir = cache_dir / "metadata"
         self._targets_dir = cache_dir / "targets"

@@ -8,6 +8,7 @@ benchmarks.
 """
 
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub
+from simulations._membership import AttackResult, attack_auc, membership_table, rad_accuracy
 from simulations._metrics import Interval, MethodScore, score_method
 from simulations._partition import Partition, PartitionSpec, partition
 from simulations._report import build_report, write_report
@@ -28,6 +29,7 @@ __all__ = [
     "APP_DIR",
     "FAULTS",
     "HUB_MODES",
+    "AttackResult",
     "Evaluation",
     "FlowerRuntime",
     "Interval",
@@ -43,10 +45,13 @@ __all__ = [
     "SiteDroppedOut",
     "SiteJob",
     "SiteOutcome",
+    "attack_auc",
     "build_report",
     "evaluate_through_hub",
     "local_update",
+    "membership_table",
     "partition",
+    "rad_accuracy",
     "run_scenario",
     "run_site_job",
     "scenario_dict",

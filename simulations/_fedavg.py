@@ -40,7 +40,7 @@ def federation_card(
     """The card's ``federation`` entry; with noise, the user-level privacy spent (RDP)."""
     privacy = None
     if noise > 0:
-        from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
+        from opacus.accountants import RDPAccountant
 
         accountant: Any = RDPAccountant()
         accountant.history = [(noise, 1.0, rounds)]  # every site takes part in every round

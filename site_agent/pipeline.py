@@ -53,6 +53,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _config_dict(config: TrainConfig) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in vars(config).items():
+        if hasattr(value, "value"):
+            value = value.value
+        elif value is not None and hasattr(value, "__dataclass_fields__"):
+            value = dict(vars(value))
+        out[key] = value
+    return out
+
+
 def ensure_new_output(out: Path) -> None:
     """Raises :class:`BundleExistsError` unless ``out`` is absent or an empty folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -129,6 +140,7 @@ def write_bundle(
             ),
             data_summary=dataset.summary(),
             index=built.privacy,
+            training_privacy=trained.privacy,
             federation=federation,
             site_id=site_id,
             version=version,
@@ -148,10 +160,17 @@ def write_bundle(
                 "best_epoch": trained.best_epoch,
                 "stop_reason": trained.stop_reason,
                 "seconds": round(trained.train_seconds, 1),
-                "config": {
-                    key: (value.value if hasattr(value, "value") else value)
-                    for key, value in vars(config).items()
-                },
+                "config": _config_dict(config),
+                "differential_privacy": (
+                    None
+                    if trained.privacy is None or config.dp is None
+                    else {
+                        **trained.privacy.model_dump(mode="json"),
+                        "target_epsilon": config.dp.epsilon,
+                        "covers": "training split, model weights",
+                        "not_covered": "retrieval index (see index), validation split",
+                    }
+                ),
                 "history": [vars(report) for report in trained.history],
             },
             "export": export.as_dict(),

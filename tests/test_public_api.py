@@ -21,6 +21,7 @@ PACKAGES = [
     "generalist",
     "registry",
     "simulations",
+    "audit",
 ]
 
 

@@ -40,36 +40,78 @@ def bundle(
 
 @app.command()
 def registry(
-    root: Annotated[Path, typer.Option(help="The registry's storage folder.")],
+    root: Annotated[
+        Path | None, typer.Option(help="The registry's storage folder (opened read-only).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--registry", help="A running registry's address host:port.")
+    ] = None,
+    ca_cert: Annotated[
+        Path | None, typer.Option(help="CA certificate for the registry's TLS.")
+    ] = None,
+    trusted_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="The TUF root your hubs were given (1.root.json) [default: the registry's own]."
+        ),
+    ] = None,
+    ledgers: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ledger",
+            help="A site's egress.jsonl, or a folder searched for them; repeatable.",
+        ),
+    ] = None,
+    access_logs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--access-log",
+            help="A hub's access.jsonl, or a folder searched for them; repeatable.",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.md and report.json.")] = Path(
+        "gsco-audit"
+    ),
 ) -> None:
-    """Verify a registry's event log end to end and re-verify every stored bundle.
+    """Audit a registry end to end, with sites' egress ledgers and hubs' access logs.
 
-    The full compliance audit (TUF metadata, privacy settings, PHI scan, ledger
-    cross-checks, hub access log) is issue #8.
+    Checks the event log, the TUF metadata, every bundle's signature and hashes,
+    version order, index privacy settings (flags raw indexes), personal data in
+    cards, metrics and ONNX metadata, and cross-checks the ledgers and access logs.
+    Writes report.md and report.json; exits 1 when any check fails.
     """
-    from registry import Registry, RejectedError, keyring_of, verify_publication
+    from audit import LocalRegistry, RemoteRegistry, find_logs, run_audit
+    from audit._sources import RegistrySource
 
-    store = Registry(root)
-    events = store.verify_events()
-    typer.echo(f"event log: {events} entries, hash chain intact, head matches the database")
-    failures = 0
-    for ref in store.bundles(include_revoked=True):
-        keys = keyring_of(s for s in store.sites(include_revoked=True) if s.key_id == ref.key_id)
-        files = {
-            name: store.blobs.get(d) for name, d in store.bundle_files(ref.bundle_digest).items()
-        }
-        try:
-            accepted = verify_publication(files, keys)
-            ok = accepted.digest == ref.bundle_digest
-        except RejectedError as exc:
-            ok = False
-            typer.echo(f"  FAIL {ref.bundle_digest[:16]} {exc}")
-        failures += not ok
-        status = "revoked" if ref.revoked else "active"
-        typer.echo(
-            f"  {'ok  ' if ok else 'FAIL'} {ref.site_id}/{ref.task_id}/{ref.backbone} "
-            f"v{ref.version} {ref.bundle_digest[:16]} ({status})"
-        )
-    store.close()
-    if failures:
-        fail(f"{failures} bundle(s) failed verification")
+    if (root is None) == (address is None):
+        fail("give exactly one of --root FOLDER or --registry HOST:PORT", code=2)
+    ledger_files = find_logs(ledgers or [], "egress.jsonl")
+    log_files = find_logs(access_logs or [], "access.jsonl")
+    for given, found, name in (
+        (ledgers, ledger_files, "egress.jsonl"),
+        (access_logs, log_files, "access.jsonl"),
+    ):
+        if given and not found:
+            fail(f"no {name} under {', '.join(str(p) for p in given)}", code=2)
+    anchor = trusted_root.read_bytes() if trusted_root else None
+    source: RegistrySource = (
+        LocalRegistry(root) if root is not None else RemoteRegistry(str(address), ca_cert)
+    )
+    try:
+        report = run_audit(source, trusted_root=anchor, ledgers=ledger_files, access_logs=log_files)
+    finally:
+        source.close()
+    json_path, md_path = report.write(out)
+    counts = report.as_dict()["counts"]
+    typer.echo(
+        f"{len(report.inventory.get('sites', []))} site keys, "
+        f"{len(report.inventory.get('bundles', []))} bundles, "
+        f"{len(ledger_files)} egress ledgers, {len(log_files)} access logs audited"
+    )
+    for finding in report.failures:
+        typer.echo(f"  FAIL {finding.check}: {finding.subject}: {finding.message}")
+    typer.echo(
+        f"{counts['fail']} failure(s), {counts['flag']} flag(s); wrote {md_path} and {json_path}"
+    )
+    if not report.passed:
+        raise typer.Exit(1)

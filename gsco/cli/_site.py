@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from gsco.cli._common import fail
 from signing import sign_bundle
 from site_agent import default_site_home, init_site, open_site
 
@@ -117,6 +118,19 @@ def train(
     index_noise: Annotated[
         float, typer.Option(min=0.0, help="Gaussian noise std added to prototypes.")
     ] = 0.0,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Train with DP-SGD (Opacus) to this privacy budget; BatchNorm becomes GroupNorm."
+        ),
+    ] = None,
+    dp_delta: Annotated[
+        float | None,
+        typer.Option(help="DP-SGD delta [default: 1/(10 n) for n training images]."),
+    ] = None,
+    dp_clip: Annotated[
+        float, typer.Option(min=0.0, help="DP-SGD per-example gradient clipping norm.")
+    ] = 1.0,
     version: Annotated[
         int | None, typer.Option(min=1, help="Bundle version [default: last published + 1].")
     ] = None,
@@ -139,7 +153,7 @@ def train(
     from site_agent.errors import SiteHomeError
     from site_agent.index import IndexSettings
     from site_agent.pipeline import ensure_new_output, write_bundle
-    from site_agent.train import TrainConfig, WeightsPolicy, default_zoo
+    from site_agent.train import DPConfig, TrainConfig, WeightsPolicy, default_zoo
 
     root = home or default_site_home()
     site = open_site(root) if (root / "site.json").is_file() else None
@@ -158,6 +172,12 @@ def train(
     default_zoo().get(backbone)  # an unknown backbone fails before the data is read
     dataset = load_local_data(data, entry, image_size=image_size, seed=seed)
     dataset = dataset.subsample(max_train_images, max_eval_images, seed)
+    dp = None
+    if dp_epsilon is not None:
+        delta = dp_delta if dp_delta is not None else 0.1 / len(dataset.train)
+        dp = DPConfig(epsilon=dp_epsilon, delta=delta, max_grad_norm=dp_clip)
+    elif dp_delta is not None:
+        fail("--dp-delta needs --dp-epsilon", code=2)
     if version is None:
         version = (site.ledger.last_version(entry.task.task_id, backbone) if site else 0) + 1
     config = TrainConfig(
@@ -171,6 +191,7 @@ def train(
         max_minutes=max_minutes,
         seed=seed,
         flip=flip,
+        dp=dp,
     )
     typer.echo(
         f"training {backbone} for {entry.task.task_id} on {len(dataset.train)} images "
@@ -193,6 +214,12 @@ def train(
         f"test ACC {test.accuracy:.3f}  AUC {auc}  F1 {test.macro_f1:.3f}  "
         f"ECE {test.ece:.3f}  (temperature {result.card.calibration_temperature:.2f})"
     )
+    if result.card.training_privacy is not None:
+        spent = result.card.training_privacy
+        typer.echo(
+            f"DP-SGD: epsilon {spent.epsilon:.2f} at delta {spent.delta:.1e} "
+            f"({spent.accountant}, noise {spent.noise_multiplier:.2f}, clip {spent.max_grad_norm})"
+        )
     typer.echo(f"bundle written to {result.path}")
     if sign_bundle_too and site is not None:
         manifest = sign_bundle(result.path, site.private_key)

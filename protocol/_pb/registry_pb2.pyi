@@ -144,6 +144,22 @@ class FetchTargetRequest(_message.Message):
     path: str
     def __init__(self, path: _Optional[str] = ...) -> None: ...
 
+class FetchEventLogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EventLogChunk(_message.Message):
+    __slots__ = ("head_count", "head_hash", "offset", "data")
+    HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    head_count: int
+    head_hash: str
+    offset: int
+    data: bytes
+    def __init__(self, head_count: _Optional[int] = ..., head_hash: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class RevokeRequest(_message.Message):
     __slots__ = ("bundle_digest", "key_id", "reason")
     BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class RegistryStub:
                 request_serializer=registry__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=registry__pb2.RevokeResponse.FromString,
                 _registered_method=True)
+        self.FetchEventLog = channel.unary_stream(
+                '/gsco.registry.v1.Registry/FetchEventLog',
+                request_serializer=registry__pb2.FetchEventLogRequest.SerializeToString,
+                response_deserializer=registry__pb2.EventLogChunk.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -129,6 +134,13 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchEventLog(self, request, context):
+        """The hash-chained event log, for auditors; every chunk repeats the committed head.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +183,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=registry__pb2.RevokeRequest.FromString,
                     response_serializer=registry__pb2.RevokeResponse.SerializeToString,
+            ),
+            'FetchEventLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchEventLog,
+                    request_deserializer=registry__pb2.FetchEventLogRequest.FromString,
+                    response_serializer=registry__pb2.EventLogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +406,33 @@ class Registry:
             '/gsco.registry.v1.Registry/Revoke',
             registry__pb2.RevokeRequest.SerializeToString,
             registry__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchEventLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gsco.registry.v1.Registry/FetchEventLog',
+            registry__pb2.FetchEventLogRequest.SerializeToString,
+            registry__pb2.EventLogChunk.FromString,
             options,
             channel_credentials,
             insecure,

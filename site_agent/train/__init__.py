@@ -1,5 +1,6 @@
 """Training specialists: the backbone zoo, the training loop, calibration and metrics."""
 
+from site_agent.train._dp import DPConfig, prepare_for_dp, replace_batchnorm
 from site_agent.train._loop import (
     EpochReport,
     TrainConfig,
@@ -27,6 +28,7 @@ from site_agent.train._zoo import (
 __all__ = [
     "BackboneSpec",
     "BackboneZoo",
+    "DPConfig",
     "EpochReport",
     "Evaluation",
     "SpecialistNet",
@@ -40,6 +42,8 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "load_checkpoint",
+    "prepare_for_dp",
+    "replace_batchnorm",
     "softmax",
     "train_specialist",
 ]

@@ -16,9 +16,10 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from safetensors.torch import load_model, save_model
 
-from protocol import Preprocessing, ResizePolicy, preprocess
+from protocol import DifferentialPrivacy, Preprocessing, ResizePolicy, preprocess
 from site_agent.data import LocalDataset
 from site_agent.errors import TrainingError
+from site_agent.train._dp import DPConfig, DPSession, prepare_for_dp
 from site_agent.train._metrics import evaluate, fit_temperature, softmax
 from site_agent.train._zoo import BackboneZoo, SpecialistNet, WeightsPolicy, build_specialist
 
@@ -49,6 +50,7 @@ class TrainConfig:
     flip: bool = False  # also random horizontal flips (only where anatomy allows it)
     balance_classes: bool = True  # class-weighted loss (inverse frequency)
     threads: int | None = None  # torch CPU threads; default: all cores
+    dp: DPConfig | None = None  # DP-SGD with this budget (BatchNorm becomes GroupNorm)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class TrainedSpecialist:
     stop_reason: str
     train_seconds: float
     test_probs: NDArray[np.float64] = field(repr=False)
+    privacy: DifferentialPrivacy | None = None  # the budget DP-SGD spent, if it was used
 
     def embed(self, images: NDArray[np.uint8], batch_size: int = 256) -> NDArray[np.float32]:
         """Embeddings of raw ``uint8 [N, H, W, C]`` images."""
@@ -169,6 +172,8 @@ def train_specialist(
             net.load_state_dict(dict(initial_state))
         except (RuntimeError, KeyError) as exc:
             raise TrainingError(f"the initial weights do not fit {spec.name}: {exc}") from exc
+    if config.dp is not None:
+        prepare_for_dp(net)
     channels = dataset.channels
     if channels not in (1, 3):
         raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
@@ -186,12 +191,27 @@ def train_specialist(
 
     counts = np.bincount(dataset.train.labels, minlength=k).astype(np.float64)
     weights = len(y_train) / (k * np.maximum(counts, 1)) if config.balance_classes else np.ones(k)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    class_weights = torch.tensor(weights, dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     batch_size = min(config.batch_size, len(y_train))
     steps = max(1, len(y_train) // batch_size)  # drop the last partial batch (BatchNorm)
+    dp: DPSession | None = None
+    train_net: torch.nn.Module = net
+    step_optimizer: torch.optim.Optimizer = optimizer
+    if config.dp is not None:
+        dp = DPSession(
+            net,
+            optimizer,
+            config=config.dp,
+            n_train=len(y_train),
+            batch_size=batch_size,
+            epochs=config.epochs,
+            generator=generator,
+        )
+        steps, train_net, step_optimizer = dp.steps_per_epoch, dp.module, dp.optimizer
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, config.epochs * steps)
     )
@@ -211,25 +231,29 @@ def train_specialist(
     observer.on_start(config.epochs, steps)
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
-        net.train()
-        order = torch.randperm(len(y_train), generator=generator)
+        train_net.train()
         total, seen = 0.0, 0
-        for step in range(steps):
-            rows = order[step * batch_size : (step + 1) * batch_size]
+        for step, rows in enumerate(_batches(len(y_train), batch_size, steps, generator, dp)):
+            if not len(rows):  # Poisson sampling drew nobody: nothing to learn from
+                continue
             inputs = x_train[rows]
             if config.augment:
                 inputs = _shift(inputs, generator)
             if config.flip:
                 inputs = _flip(inputs, generator)
-            logits, _ = net(inputs)
-            loss = loss_fn(logits, y_train[rows])
+            logits, _ = train_net(inputs)
+            if dp is None:
+                loss = loss_fn(logits, y_train[rows])
+            else:  # each example's loss depends on that example alone (per-example clipping)
+                per_example = F.cross_entropy(logits, y_train[rows], reduction="none")
+                loss = (per_example * class_weights[y_train[rows]]).mean()
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss diverged at epoch {epoch} (try a lower learning rate)"
                 )
-            optimizer.zero_grad(set_to_none=True)
+            step_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            step_optimizer.step()
             scheduler.step()
             loss_value = loss.item()
             total += loss_value * len(rows)
@@ -268,6 +292,16 @@ def train_specialist(
             stop_reason = f"early stop: no better validation loss for {config.patience} epochs"
             break
     train_seconds = time.monotonic() - started
+    privacy = None
+    if dp is not None:
+        privacy = DifferentialPrivacy(
+            epsilon=max(dp.spent(), 1e-6),
+            delta=dp.config.delta,
+            accountant=dp.accountant_name,
+            max_grad_norm=dp.config.max_grad_norm,
+            noise_multiplier=dp.noise_multiplier,
+        )
+        dp.close()
     net.load_state_dict(best_state)
     net.eval()
     val_logits, _ = _predict(net, x_val, 256)
@@ -283,7 +317,18 @@ def train_specialist(
         stop_reason=stop_reason,
         train_seconds=train_seconds,
         test_probs=softmax(test_logits, temperature),
+        privacy=privacy,
     )
+
+
+def _batches(
+    n: int, batch_size: int, steps: int, generator: torch.Generator, dp: DPSession | None
+) -> list[torch.Tensor]:
+    """One epoch of row indices: a shuffled partition, or Poisson samples under DP-SGD."""
+    if dp is not None:
+        return dp.batches()
+    order = torch.randperm(n, generator=generator)
+    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
 
 
 def load_checkpoint(net: SpecialistNet, path: Path) -> None:

@@ -76,15 +76,15 @@ def test_trust_root_and_audit(running: RunningRegistry, tmp_path: Path, site_a: 
     assert exported.returncode == 0
     assert json.loads(exported.stdout)["signed"]["_type"] == "root"
 
-    audit = gsco("audit", "registry", "--root", str(running.root))
-    assert audit.returncode == 0, audit.stderr
-    assert "hash chain intact" in audit.stdout
-    assert "ok   site-a/pneumonia-cxr" in audit.stdout
+    audit = gsco("audit", "registry", "--root", str(running.root), "--out", str(tmp_path / "a"))
+    assert audit.returncode == 0, audit.stdout
+    assert "0 failure(s)" in audit.stdout
+    assert "| site-a | pneumonia-cxr |" in (tmp_path / "a" / "report.md").read_text()
 
     log = running.root / "events.jsonl"
     lines = log.read_text().splitlines(keepends=True)
     lines[0] = lines[0].replace("site-a", "site-z")
     log.write_text("".join(lines))
-    tampered = gsco("audit", "registry", "--root", str(running.root))
+    tampered = gsco("audit", "registry", "--root", str(running.root), "--out", str(tmp_path / "b"))
     assert tampered.returncode == 1
-    assert "event log" in tampered.stderr
+    assert "FAIL event-log" in tampered.stdout

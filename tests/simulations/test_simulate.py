@@ -89,6 +89,17 @@ def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> No
     assert len(verify_access_log(out / "hub" / "access.jsonl")) == 16 * len(METHODS)
     assert (out / "sites" / "hospital-01" / "egress.jsonl").read_text().count("\n") == 1
     assert not (out / "sites" / "hospital-03" / "egress.jsonl").exists()
+    # And the compliance audit of all of it passes (its tamper cases: tests/audit).
+    audit = subprocess.run(
+        [
+            GSCO, "audit", "registry", "--root", str(out / "registry"),
+            "--ledger", str(out / "sites"), "--access-log", str(out / "hub"),
+            "--out", str(tmp_path / "audit"),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "2 bundles, 2 egress ledgers, 1 access logs audited" in audit.stdout
 
 
 def test_dp_fedavg_and_the_generalist_going_down(tmp_path: Path, vllm_url: str) -> None:

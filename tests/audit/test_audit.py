@@ -1,0 +1,236 @@
+"""``gsco audit registry``: a real registry on loopback, then tampering with its evidence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper, load_model_from_string
+
+from audit import LocalRegistry, Severity, run_audit, scan_card, scan_onnx_metadata
+from tests.bundles import EMBEDDING_DIM, read_files, tiny_onnx, write_bundle_files
+from tests.conftest import SiteKeys
+from tests.servers import RunningRegistry, start_registry
+from tests.test_cli import gsco
+
+FIXTURE_CARD = Path(__file__).parents[1] / "fixtures" / "signed-bundle-v1" / "bundle" / "card.json"
+
+
+@pytest.fixture(scope="module")
+def populated(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningRegistry, Path, SiteKeys, SiteKeys]]:
+    """site-a publishes v1 and v2 (v1 then revoked); site-b publishes a raw-index bundle."""
+    work = tmp_path_factory.mktemp("audit")
+    (work / "keys").mkdir()
+    site_a, site_b = SiteKeys(work / "keys", "site-a"), SiteKeys(work / "keys", "site-b")
+    server = start_registry(work / "registry")
+    with server.client() as client:
+        client.enroll("site-a", site_a.public.pem)
+        client.enroll("site-b", site_b.public.pem)
+        first = client.publish_files(
+            read_files(write_bundle_files(work / "a1", site_a)), site_a.private
+        )
+        client.publish_files(
+            read_files(write_bundle_files(work / "a2", site_a, version=2)), site_a.private
+        )
+        raw = _raw_bundle(work / "b1", site_b)
+        client.publish_files(read_files(raw), site_b.private)
+        client.revoke_bundle(first.bundle_digest, "superseded")
+    yield server, work, site_a, site_b
+    server.stop()
+
+
+def _raw_bundle(directory: Path, site: SiteKeys) -> Path:
+    write_bundle_files(directory, site, sign=False)
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(30, EMBEDDING_DIM)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    np.savez(
+        directory / "index.npz",
+        embeddings=rows,
+        labels=np.arange(30, dtype=np.int64) % 2,
+        group_sizes=np.ones(30, np.int64),
+    )
+    card = json.loads((directory / "card.json").read_text())
+    card["index"] = {
+        "mode": "raw",
+        "noise_std": 0.0,
+        "embedding_dim": EMBEDDING_DIM,
+        "entries_per_class": {"normal": 15, "pneumonia": 15},
+    }
+    (directory / "card.json").write_text(json.dumps(card))
+    from signing import sign_bundle
+
+    sign_bundle(directory, site.private)
+    return directory
+
+
+def _audit(*args: str, out: Path) -> tuple[int, str, dict]:
+    result = gsco("audit", "registry", *args, "--out", str(out))
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    return result.returncode, result.stdout + result.stderr, report
+
+
+def _copy(populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], name: str) -> Path:
+    server, work, _, _ = populated
+    target = work / name
+    with sqlite3.connect(server.root / "registry.sqlite3") as db:  # a consistent copy
+        db.execute("PRAGMA wal_checkpoint(FULL)")
+    shutil.copytree(server.root, target)
+    return target
+
+
+def _blob(root: Path, file_name: str, version: int = 2) -> Path:
+    with sqlite3.connect(f"file:{root / 'registry.sqlite3'}?mode=ro", uri=True) as db:
+        files = db.execute(
+            "SELECT files FROM bundles WHERE site_id = 'site-a' AND version = ?", (version,)
+        ).fetchone()[0]
+    digest = json.loads(files)[file_name]
+    return root / "blobs" / digest[:2] / digest
+
+
+def test_a_clean_registry_passes_remotely_and_from_its_folder(
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+) -> None:
+    server, _, _, _ = populated
+    anchor = tmp_path / "root.json"
+    anchor.write_bytes((server.root / "tuf" / "metadata" / "1.root.json").read_bytes())
+    for args in (
+        ("--registry", server.address, "--trusted-root", str(anchor)),
+        ("--root", str(_copy(populated, f"clean-{tmp_path.name}"))),
+    ):
+        code, output, report = _audit(*args, out=tmp_path / args[0].strip("-"))
+        assert code == 0, output
+        assert report["passed"] is True
+        bundles = {(b["site_id"], b["version"]): b for b in report["inventory"]["bundles"]}
+        assert bundles[("site-a", 1)]["status"] == "revoked"
+        assert bundles[("site-a", 2)]["index"]["min_group_size"] == 10
+        assert bundles[("site-b", 1)]["index"]["mode"] == "raw"
+        flags = [f for f in report["findings"] if f["severity"] == "flag"]
+        assert len(flags) == 1
+        assert "raw index: 30 per-image embeddings" in flags[0]["message"]
+        assert report["checks_run"]["tuf-targets"] == 3
+        assert report["inventory"]["event_log"]["entries"] == 6  # 2 enrol, 3 publish, 1 revoke
+        text = (tmp_path / args[0].strip("-") / "report.md").read_text()
+        assert "Verdict: **PASSED**" in text
+        assert "raw index" in text
+
+
+def test_an_edited_event_log_line_fails(
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+) -> None:
+    root = _copy(populated, "edited-log")
+    log = root / "events.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace('"version":1', '"version":7')
+    log.write_text("".join(lines))
+    code, output, report = _audit("--root", str(root), out=tmp_path)
+    assert code == 1
+    assert "FAIL event-log" in output
+    assert "line 4 does not follow line 3" in output
+    assert not report["passed"]
+
+
+def test_a_replaced_bundle_file_fails(
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+) -> None:
+    root = _copy(populated, "replaced-file")
+    _blob(root, "model.onnx").write_bytes(tiny_onnx(seed=99))
+    code, output, report = _audit("--root", str(root), out=tmp_path)
+    assert code == 1
+    checks = {f["check"] for f in report["findings"] if f["severity"] == "fail"}
+    assert {"bundle-signature", "tuf-targets"} <= checks
+    assert "FILE_CHANGED" in output
+    assert "model.onnx" in output
+
+
+def test_a_card_field_with_a_patient_name_fails(
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+) -> None:
+    root = _copy(populated, "patient-name")
+    blob = _blob(root, "card.json")
+    card = json.loads(blob.read_bytes())
+    card["referring_note"] = "Seen by Dr. Smith for DOE^JANE"
+    blob.write_text(json.dumps(card))
+    code, output, report = _audit("--root", str(root), out=tmp_path)
+    assert code == 1
+    messages = [f["message"] for f in report["findings"] if f["check"] == "phi-scan"]
+    assert any("a DICOM person name" in m for m in messages)
+    assert "field 'referring_note' is outside the card schema" in output
+    assert "DOE^JANE" not in (tmp_path / "report.md").read_text()  # the report holds no PHI
+
+
+def test_ledgers_and_access_logs_are_cross_checked(
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+) -> None:
+    from site_agent import EgressLedger
+
+    server, _, _, _ = populated
+    with server.client() as client:
+        refs = [r for r in client.bundles(include_revoked=True) if r.site_id == "site-a"]
+        files = {r.bundle_digest: client.fetch(r.bundle_digest) for r in refs}
+    from signing import digest_files
+
+    ledger = EgressLedger(tmp_path / "site-a" / "egress.jsonl")
+    for ref in refs[:1]:  # the second bundle never recorded as leaving
+        ledger.append(
+            destination=server.address, bundle_digest=ref.bundle_digest, task_id=ref.task_id,
+            site_id=ref.site_id, backbone=ref.backbone, version=ref.version,
+            files=digest_files(files[ref.bundle_digest]),
+        )  # fmt: skip
+    log = tmp_path / "hub" / "access.jsonl"
+    log.parent.mkdir()
+    log.write_text("not json\n")
+    code, output, report = _audit(
+        "--registry", server.address, "--ledger", str(tmp_path / "site-a"),
+        "--access-log", str(tmp_path / "hub"), out=tmp_path / "out",
+    )  # fmt: skip
+    assert code == 1
+    assert "never recorded it leaving" in output
+    assert any(f["check"] == "access-log" for f in report["findings"])
+
+
+def test_scans_find_personal_data_and_free_text() -> None:
+    card = json.loads(FIXTURE_CARD.read_text())
+    assert scan_card(json.dumps(card).encode()) == ([], [])
+    card["data_summary"]["source"] = "MRN 00482913, admitted 2024-03-05"
+    problems, hits = scan_card(json.dumps(card).encode())
+    assert problems == []
+    assert {h.what.split(" (")[0] for h in hits} == {"a date", "a record number"}
+    model = load_model_from_string(tiny_onnx())
+    model.doc_string = "exported for patient John Smith"
+    helper.set_model_props(model, {"patient_id": "12345678"})
+    free, hits = scan_onnx_metadata(model.SerializeToString())
+    assert "the model has a doc_string" in free
+    assert "metadata property 'patient_id'" in free
+    assert any("record number" in h.what for h in hits)
+    assert scan_onnx_metadata(tiny_onnx()) == ([], [])
+
+
+def test_an_unreadable_folder_is_one_clear_error(tmp_path: Path) -> None:
+    code, output, _ = _audit("--root", str(tmp_path), out=tmp_path / "out")
+    assert code != 0
+    assert "not a registry storage folder" in output
+    assert "Traceback" not in output
+    both = gsco("audit", "registry", "--out", str(tmp_path / "o"))
+    assert both.returncode == 2
+    assert "exactly one of" in both.stderr
+
+
+def test_the_report_is_built_in_process(
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys],
+) -> None:
+    root = _copy(populated, "in-process")
+    source = LocalRegistry(root)
+    try:
+        report = run_audit(source)
+    finally:
+        source.close()
+    assert report.passed
+    assert [f.severity for f in report.findings].count(Severity.FLAG) == 1

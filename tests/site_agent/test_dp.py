@@ -1,0 +1,109 @@
+"""DP-SGD training (Opacus): the per-example gradients, the budget, the card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from protocol import SpecialistCard
+from site_agent.errors import TrainingError
+from site_agent.train import DPConfig, default_zoo, prepare_for_dp
+from site_agent.train._dp import _grouped_conv_grad_sample
+from site_agent.train._zoo import build_specialist
+from tests.site_agent.conftest import medmnist_dir
+from tests.test_cli import gsco
+
+
+@pytest.mark.parametrize(("groups", "stride", "padding"), [(4, 1, 1), (8, 2, 2)])
+def test_grouped_conv_per_example_gradients_match_autograd(
+    groups: int, stride: int, padding: int
+) -> None:
+    """The fast sampler for grouped/depthwise convolutions equals one backward per example."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(8, 8, 3 if padding == 1 else 5, stride, padding, groups=groups)
+    x = torch.randn(5, 8, 11, 11)
+    out = layer(x)
+    upstream = torch.randn_like(out)
+    fast = _grouped_conv_grad_sample(layer, [x], upstream)
+    for n in range(len(x)):
+        layer.zero_grad()
+        (layer(x[n : n + 1]) * upstream[n : n + 1]).sum().backward()
+        assert layer.weight.grad is not None
+        assert layer.bias is not None
+        torch.testing.assert_close(fast[layer.weight][n], layer.weight.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fast[layer.bias][n], layer.bias.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_batchnorm_becomes_groupnorm_and_keeps_the_activation() -> None:
+    from opacus.validators import ModuleValidator
+
+    net, _, _ = build_specialist(default_zoo().get("tf_efficientnet_lite0"), 2, 1, 32)
+    # timm's BatchNormAct2d subclasses BatchNorm2d; Opacus's validator misses it by type,
+    # but it still mixes examples within a batch.
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    replaced = prepare_for_dp(net)
+    assert replaced > 10
+    assert not ModuleValidator.validate(net, strict=False)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    # timm's BatchNormAct2d carried the ReLU6: it is still there, after the norm.
+    assert sum(isinstance(m, nn.ReLU6) for m in net.modules()) > 10
+    assert not any(getattr(m, "inplace", False) for m in net.modules())
+
+
+def test_bad_budgets_are_refused() -> None:
+    with pytest.raises(TrainingError, match="positive"):
+        DPConfig(epsilon=0, delta=1e-5)
+    with pytest.raises(TrainingError, match="between 0 and 1"):
+        DPConfig(epsilon=8, delta=1.5)
+    with pytest.raises(TrainingError, match="not below 1/n"):
+        DPConfig(epsilon=8, delta=0.05).check_delta(100)
+
+
+@pytest.mark.slow
+def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert gsco("site", "init", "--site-id", "st-marys", home=home).returncode == 0
+    out = tmp_path / "bundle"
+    result = gsco(
+        "site", "train", "--task", "pneumonia-cxr",
+        "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(out),
+        "--epochs", "1", "--max-train-images", "64", "--max-eval-images", "24",
+        "--input-size", "32", "--batch-size", "32", "--dp-epsilon", "8", "--sign",
+        home=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "DP-SGD: epsilon" in result.stdout
+    card = SpecialistCard.parse((out / "card.json").read_bytes())
+    privacy = card.training_privacy
+    assert privacy is not None
+    assert 0 < privacy.epsilon <= 8.0 + 1e-6  # what one epoch of the planned one spent
+    assert privacy.delta == pytest.approx(0.1 / 64)  # default: 1/(10 n)
+    assert privacy.accountant == "opacus-rdp"
+    assert privacy.noise_multiplier > 0
+    assert privacy.max_grad_norm == 1.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["differential_privacy"]["target_epsilon"] == 8.0
+    assert metrics["export"]["max_abs_diff_probabilities"] < 1e-4  # GroupNorm exports fine
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dp-epsilon", "8", "--dp-delta", "0.5"], "not below 1/n"),
+        (["--dp-delta", "1e-5"], "--dp-delta needs --dp-epsilon"),
+        (["--dp-epsilon", "-1"], "positive"),
+    ],
+)
+def test_bad_dp_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = gsco(
+        "site", "train", "--site-id", "st-marys", "--task", "pneumonia-cxr",
+        "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(tmp_path / "b"),
+        "--epochs", "1", "--max-train-images", "32", "--max-eval-images", "16", *args,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
