@@ -241,7 +241,12 @@ def train_specialist(
                 inputs = _shift(inputs, generator)
             if config.flip:
                 inputs = _flip(inputs, generator)
-            logits, _ = train_net(inputs)
+            try:
+                logits, _ = train_net(inputs)
+            except RuntimeError as exc:
+                if dp is None:
+                    raise
+                raise _dp_failure(spec.name, exc) from exc
             if dp is None:
                 loss = loss_fn(logits, y_train[rows])
             else:  # each example's loss depends on that example alone (per-example clipping)
@@ -252,7 +257,12 @@ def train_specialist(
                     f"the loss diverged at epoch {epoch} (try a lower learning rate)"
                 )
             step_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss.backward()
+            except RuntimeError as exc:
+                if dp is None:
+                    raise
+                raise _dp_failure(spec.name, exc) from exc
             step_optimizer.step()
             scheduler.step()
             loss_value = loss.item()
@@ -318,6 +328,15 @@ def train_specialist(
         train_seconds=train_seconds,
         test_probs=softmax(test_logits, temperature),
         privacy=privacy,
+    )
+
+
+def _dp_failure(backbone: str, exc: RuntimeError) -> TrainingError:
+    """What Opacus's hooks refusing a backbone (e.g. an in-place residual add) becomes."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return TrainingError(
+        f"{backbone} cannot be trained with DP-SGD (Opacus's per-example gradients failed: "
+        f"{first[:200]}); try tf_efficientnet_lite0"
     )
 
 

@@ -107,3 +107,19 @@ def test_bad_dp_options_are_one_line_errors(tmp_path: Path, args: list[str], mes
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_backbone_opacus_cannot_handle_is_one_clear_line(tmp_path: Path) -> None:
+    """timm's ResNet adds its shortcut in place, which Opacus's backward hooks refuse."""
+    result = gsco(
+        "site", "train", "--site-id", "st-marys", "--task", "pneumonia-cxr",
+        "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(tmp_path / "b"),
+        "--backbone", "resnet18", "--input-size", "32", "--batch-size", "16",
+        "--epochs", "1", "--max-train-images", "32", "--max-eval-images", "16",
+        "--dp-epsilon", "8",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "resnet18 cannot be trained with DP-SGD" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists()
