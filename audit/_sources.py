@@ -75,11 +75,7 @@ class LocalRegistry:
         return self._store.tuf.metadata_bytes(name)
 
     def fetch_target(self, path: str) -> bytes:
-        site_id, digest, name = [*path.split("/"), "", "", ""][:3]
-        files = self._store.bundle_files(digest)
-        if self._store.bundle(digest).site_id != site_id or name not in files:
-            raise NotFoundError(f"no target {path!r}")
-        return self._blob(files[name])
+        return self._blob(self._store.target_blob(path))
 
     def event_log(self) -> tuple[tuple[int, str], list[bytes]]:
         return self._store.event_log()

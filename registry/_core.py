@@ -378,6 +378,18 @@ class Registry:
         files: dict[str, str] = json.loads(row[0])
         return files
 
+    def target_blob(self, path: str) -> str:
+        """The blob digest behind a TUF target path ``<site>/<bundle digest>/<file>``.
+
+        Raises:
+            NotFoundError: no such bundle, site or file.
+        """
+        site_id, digest, name = [*path.split("/"), "", "", ""][:3]
+        files = self.bundle_files(digest)
+        if self.bundle(digest).site_id != site_id or name not in files:
+            raise NotFoundError(f"no target {path!r}")
+        return files[name]
+
     def revoke_bundle(self, digest: str, reason: str) -> int:
         """Revokes one bundle; returns 1, or 0 if it was revoked already."""
         self.bundle(digest)

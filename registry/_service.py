@@ -154,15 +154,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
 
     def FetchTarget(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
         """One TUF target file, ``<site>/<bundle digest>/<file>``, in chunks."""
-
-        def blob() -> bytes:
-            site_id, digest, name = [*request.path.split("/"), "", "", ""][:3]
-            files = self._registry.bundle_files(digest)
-            if self._registry.bundle(digest).site_id != site_id or name not in files:
-                raise NotFoundError(f"no target {request.path!r}")
-            return self._registry.blobs.get(files[name])
-
-        data = self._call(context, blob)
+        registry = self._registry
+        data = self._call(context, lambda: registry.blobs.get(registry.target_blob(request.path)))
         for offset in range(0, max(len(data), 1), CHUNK_BYTES):
             chunk = data[offset : offset + CHUNK_BYTES]
             yield pb.FileChunk(name=request.path, offset=offset, data=chunk)
