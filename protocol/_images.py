@@ -3,9 +3,10 @@
 Shared by the site agent (local files) and the hub (uploaded bytes), so both
 see the same pixels. Nothing here unpickles: ``.npy`` is read with
 ``allow_pickle=False``. DICOM is read with an allow-list of tags
-(``specific_tags``): only the attributes needed to decode pixels are parsed, so
-patient-identifying attributes (PatientName, PatientID, dates, ...) never enter
-memory. Burned-in text in the pixels is not detected (a documented limitation).
+(``specific_tags``): only the attributes needed to decode pixels are parsed
+(pydicom adds the character set and the file meta header), so
+patient-identifying attributes (PatientName, PatientID, dates, ...) are never
+parsed. Burned-in text in the pixels is not detected (a documented limitation).
 """
 
 from __future__ import annotations

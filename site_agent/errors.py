@@ -15,6 +15,7 @@
     ├── ExportError            ONNX export failed its checks
     │   └── ParityError            onnxruntime disagrees with PyTorch beyond tolerance
     ├── PrivacyIndexError      the retrieval index cannot satisfy its privacy settings
+    ├── DeidentificationError  a DICOM identifying value was found in an output
     ├── BundleExistsError      the output folder exists and is not empty
     └── LedgerError            the egress ledger is unreadable or its hash chain is broken
 """
@@ -28,6 +29,7 @@ __all__ = [
     "DataError",
     "DataFormatError",
     "DataNotFoundError",
+    "DeidentificationError",
     "EmptyClassError",
     "ExportError",
     "ImageDecodeError",
@@ -92,6 +94,10 @@ class ParityError(ExportError):
 
 class PrivacyIndexError(SiteError):
     """The retrieval index cannot be built with the requested privacy settings."""
+
+
+class DeidentificationError(SiteError):
+    """A value of a DICOM identifying attribute was found in an output; nothing was written."""
 
 
 class BundleExistsError(SiteError):

@@ -6,7 +6,7 @@ import json
 import resource
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,8 @@ from protocol import (
     check_index,
 )
 from site_agent.data import LocalDataset
-from site_agent.errors import BundleExistsError
+from site_agent.deid import DeidentificationReport, build_report
+from site_agent.errors import BundleExistsError, DataError, DeidentificationError
 from site_agent.export import export_onnx
 from site_agent.index import IndexSettings, build_index
 from site_agent.train import (
@@ -34,7 +35,7 @@ from site_agent.train import (
     train_specialist,
 )
 
-__all__ = ["BundleResult", "ensure_new_output", "write_bundle"]
+__all__ = ["BundleResult", "deidentification_report_path", "ensure_new_output", "write_bundle"]
 
 #: Real test images on which onnxruntime must match PyTorch.
 PARITY_IMAGES = 64
@@ -47,6 +48,8 @@ class BundleResult:
     path: Path
     card: SpecialistCard
     metrics: dict[str, object]
+    #: The DICOM de-identification report (written beside the bundle), if DICOM was read.
+    deidentification: DeidentificationReport | None = None
 
 
 def _peak_rss_mb() -> float:
@@ -62,6 +65,41 @@ def _config_dict(config: TrainConfig) -> dict[str, object]:
             value = dict(vars(value))
         out[key] = value
     return out
+
+
+def deidentification_report_path(out: Path) -> Path:
+    """Where :func:`write_bundle` puts the DICOM de-identification report of bundle ``out``."""
+    return out.with_name(f"{out.name}.deidentification.json")
+
+
+def _check_deidentification(
+    dicom_files: Sequence[Path], out: Path, partial: Path
+) -> DeidentificationReport:
+    """Writes the de-identification report; raises if an identifying value reached an output."""
+    outputs = {}
+    for folder, name in ((partial, out.name), (_checkpoints(out), _checkpoints(out).name)):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                outputs[f"{name}/{path.relative_to(folder).as_posix()}"] = path
+    try:
+        report = build_report(dicom_files, outputs)
+    except OSError as exc:
+        raise DataError(
+            f"cannot re-read a DICOM source for the de-identification report: {exc}"
+        ) from exc
+    target = deidentification_report_path(out)
+    target.write_text(report.model_dump_json(indent=2) + "\n")
+    if not report.passed:
+        found = "; ".join(f"{leak.attribute} in {leak.output}" for leak in report.output_scan.leaks)
+        raise DeidentificationError(
+            f"identifying DICOM values reached the outputs ({found or 'allow-list overlap'}); "
+            f"the bundle was not written. See {target}"
+        )
+    return report
+
+
+def _checkpoints(out: Path) -> Path:
+    return out.with_name(f"{out.name}.checkpoints")
 
 
 def ensure_new_output(out: Path) -> None:
@@ -87,6 +125,8 @@ def write_bundle(
     """Trains a specialist on ``dataset`` and writes the bundle folder ``out``.
 
     ``out`` receives ``model.onnx``, ``card.json``, ``index.npz`` and ``metrics.json``.
+    When the images came from DICOM files, the de-identification report goes to
+    ``<out>.deidentification.json`` (see :mod:`site_agent.deid`).
 
     The bundle is assembled in a hidden sibling folder and renamed into place
     at the end, so a failure leaves no half-written bundle. Checkpoints
@@ -94,6 +134,8 @@ def write_bundle(
 
     Raises:
         BundleExistsError: ``out`` exists and is not empty.
+        DeidentificationError: a DICOM identifying value was found in an output;
+            the report is written, the bundle is not.
         SiteError: any step failed (see :mod:`site_agent.errors`).
     """
     ensure_new_output(out)
@@ -106,7 +148,7 @@ def write_bundle(
             dataset,
             config,
             zoo or default_zoo(),
-            checkpoint_dir=out.with_name(f"{out.name}.checkpoints"),
+            checkpoint_dir=_checkpoints(out),
             observer=observer,
             initial_state=initial_state,
         )
@@ -188,10 +230,15 @@ def write_bundle(
             },
         }
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        deidentification = (
+            _check_deidentification(dataset.dicom_files, out, partial)
+            if dataset.dicom_files
+            else None
+        )
         if out.exists():
             out.rmdir()
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return BundleResult(out, card, metrics)
+    return BundleResult(out, card, metrics, deidentification)

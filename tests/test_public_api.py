@@ -17,6 +17,7 @@ PACKAGES = [
     "site_agent.train",
     "site_agent.export",
     "site_agent.index",
+    "site_agent.deid",
     "hub",
     "generalist",
     "registry",

@@ -152,7 +152,11 @@ def train(
     from site_agent.data import default_catalog, load_local_data, load_task_file
     from site_agent.errors import SiteHomeError
     from site_agent.index import IndexSettings
-    from site_agent.pipeline import ensure_new_output, write_bundle
+    from site_agent.pipeline import (
+        deidentification_report_path,
+        ensure_new_output,
+        write_bundle,
+    )
     from site_agent.train import DPConfig, TrainConfig, WeightsPolicy, default_zoo
 
     root = home or default_site_home()
@@ -221,6 +225,15 @@ def train(
             f"({spent.accountant}, noise {spent.noise_multiplier:.2f}, clip {spent.max_grad_norm})"
         )
     typer.echo(f"bundle written to {result.path}")
+    if result.deidentification is not None:
+        deid = result.deidentification
+        typer.echo(
+            f"DICOM de-identification: {deid.dicom_files} files; {len(deid.dropped)} attributes "
+            f"dropped ({deid.profile_attributes_dropped} of the Basic Profile, "
+            f"{deid.private_elements_dropped} private elements); none of "
+            f"{deid.output_scan.values_searched} identifying values in any output; "
+            f"report {deidentification_report_path(result.path)}"
+        )
     if sign_bundle_too and site is not None:
         manifest = sign_bundle(result.path, site.private_key)
         typer.echo(f"signed as site {site.config.site_id}; bundle digest {manifest.digest}")

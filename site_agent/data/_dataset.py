@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +45,8 @@ class LocalDataset:
 
     ``source`` is coarse (``medmnist:pneumoniamnist``, ``folder``, ``csv``):
     it is published in the card, so it never holds paths or names.
+    ``dicom_files`` are the DICOM files the images were decoded from (never
+    published): the de-identification report is built from them.
     """
 
     task: TaskSpec
@@ -51,6 +54,7 @@ class LocalDataset:
     val: Split
     test: Split
     source: str
+    dicom_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         n_labels = len(self.task.labels)
@@ -104,6 +108,7 @@ class LocalDataset:
             take(self.val, max_eval),
             take(self.test, max_eval),
             self.source,
+            self.dicom_files,
         )
 
     def summary(self) -> DataSummary:

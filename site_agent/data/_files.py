@@ -153,7 +153,8 @@ def _build(
     else:
         parts = _stratified_split(labels, seed)
     train, val, test = (Split(images[p], labels[p]) for p in parts)
-    return LocalDataset(task, train, val, test, source)
+    dicom_files = tuple(dict.fromkeys(item.path for item in items if is_dicom(item.path)))
+    return LocalDataset(task, train, val, test, source, dicom_files)
 
 
 def _resized(path: Path, channels: int, size: int) -> NDArray[np.uint8]:

@@ -147,3 +147,28 @@ def test_tiny_train_sign_and_audit(tmp_path: Path) -> None:
     again = gsco("site", "train", "--task", "pneumonia-cxr", "--out", str(out), home=home)
     assert again.returncode == 1
     assert "exists and is not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_dicom_folder_gets_a_deidentification_report(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    root = tmp_path / "images"
+    for label, name in (("normal", "CT_small.dcm"), ("pneumonia", "MR_small.dcm")):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            (root / label / f"{i}.dcm").write_bytes(Path(get_testdata_file(name)).read_bytes())
+    out = tmp_path / "bundle"
+    code, stdout, stderr = _train(
+        "--task", "pneumonia-cxr", "--data", str(root), "--out", str(out),
+        "--backbone", "resnet18", "--weights", "scratch", "--epochs", "1",
+        "--image-size", "32", "--input-size", "32", "--batch-size", "4", "--index-k", "2",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "DICOM de-identification: 12 files" in stdout
+    assert "none of" in stdout
+    report = json.loads((tmp_path / "bundle.deidentification.json").read_text())
+    assert report["passed"] is True
+    assert report["dicom_files"] == 12
+    assert "PatientName" in {row["keyword"] for row in report["dropped"]}
+    assert not (out / "bundle.deidentification.json").exists()  # never inside the bundle
