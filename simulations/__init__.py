@@ -8,7 +8,14 @@ benchmarks.
 """
 
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub
-from simulations._membership import AttackResult, attack_auc, membership_table, rad_accuracy
+from simulations._membership import (
+    AttackResult,
+    attack_auc,
+    candidate_pool,
+    loss_attack_auc,
+    membership_table,
+    rad_accuracy,
+)
 from simulations._metrics import Interval, MethodScore, score_method
 from simulations._partition import Partition, PartitionSpec, partition
 from simulations._report import build_report, write_report
@@ -47,8 +54,10 @@ __all__ = [
     "SiteOutcome",
     "attack_auc",
     "build_report",
+    "candidate_pool",
     "evaluate_through_hub",
     "local_update",
+    "loss_attack_auc",
     "membership_table",
     "partition",
     "rad_accuracy",

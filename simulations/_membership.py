@@ -9,6 +9,13 @@ embedding, so members score 1.0. The attack's ROC AUC is reported for each
 index setting, next to RAD's accuracy with that index (majority label of the
 k nearest entries on the test split), so the privacy/accuracy trade-off is
 one table.
+
+Two control rows separate the index's leakage from the model's own:
+``control_settings`` builds the index from held-out images (never members),
+so what its AUC shows comes from the model's embedding geometry, not from the
+index; :func:`loss_attack_auc` is the classic attack on the model alone (the
+probability it gives the candidate's true label), which no index setting can
+remove.
 """
 
 from __future__ import annotations
@@ -22,7 +29,14 @@ from numpy.typing import NDArray
 from protocol import IndexMode
 from site_agent.index import IndexSettings, build_index
 
-__all__ = ["AttackResult", "attack_auc", "membership_table", "rad_accuracy"]
+__all__ = [
+    "AttackResult",
+    "attack_auc",
+    "candidate_pool",
+    "loss_attack_auc",
+    "membership_table",
+    "rad_accuracy",
+]
 
 Embed = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
@@ -75,6 +89,29 @@ def rad_accuracy(
     return float((predicted == labels).mean())
 
 
+def candidate_pool(
+    n_train: int, n_test: int, pool_size: int | None = None, seed: int = 0
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices of the member (training) and non-member (test) candidates, as many of each."""
+    rng = np.random.default_rng(seed)
+    size = min(pool_size or n_test, n_test, n_train)
+    members = rng.choice(n_train, size, replace=False)
+    return members.astype(np.int64), rng.choice(n_test, size, replace=False).astype(np.int64)
+
+
+def loss_attack_auc(
+    member_probs: NDArray[np.floating],
+    member_labels: NDArray[np.int64],
+    other_probs: NDArray[np.floating],
+    other_labels: NDArray[np.int64],
+) -> float:
+    """The model-only attack: the (calibrated) probability of each candidate's true label."""
+    return attack_auc(
+        np.take_along_axis(member_probs, member_labels[:, None], axis=1)[:, 0],
+        np.take_along_axis(other_probs, other_labels[:, None], axis=1)[:, 0],
+    )
+
+
 def membership_table(
     embed: Embed,
     train_images: NDArray[np.uint8],
@@ -84,24 +121,33 @@ def membership_table(
     label_names: tuple[str, ...],
     settings: Sequence[tuple[str, IndexSettings]],
     *,
+    held_out: tuple[NDArray[np.uint8], NDArray[np.int64]] | None = None,
+    control_settings: Sequence[tuple[str, IndexSettings]] = (),
     pool_size: int | None = None,
     seed: int = 0,
 ) -> list[AttackResult]:
     """The attack AUC and RAD accuracy for each named index setting.
 
     The index is built from all training embeddings, as the site agent builds
-    it; the candidate pool takes ``pool_size`` members and as many
-    non-members (default: as many as the test split has).
+    it; the candidate pool (:func:`candidate_pool`) takes ``pool_size``
+    members and as many non-members (default: as many as the test split has).
+    Each of ``control_settings`` is built from the ``held_out`` images and
+    labels instead (for example the validation split).
     """
     train = embed(train_images)
     test = embed(test_images)
-    rng = np.random.default_rng(seed)
-    size = min(pool_size or len(test), len(test), len(train))
-    members = _unit(train[rng.choice(len(train), size, replace=False)])
-    others = _unit(test[rng.choice(len(test), size, replace=False)])
+    member_ids, other_ids = candidate_pool(len(train), len(test), pool_size, seed)
+    members = _unit(train[member_ids])
+    others = _unit(test[other_ids])
+    sources = [(name, setting, train, train_labels) for name, setting in settings]
+    if control_settings:
+        if held_out is None:
+            raise ValueError("control settings need held-out images")
+        held = embed(held_out[0])
+        sources += [(name, setting, held, held_out[1]) for name, setting in control_settings]
     rows = []
-    for name, setting in settings:
-        built = build_index(train, train_labels, label_names, setting)
+    for name, setting, source, source_labels in sources:
+        built = build_index(source, source_labels, label_names, setting)
         index = built.arrays["embeddings"].astype(np.float32)
         index_labels = built.arrays["labels"].astype(np.int64)
         if len(index):

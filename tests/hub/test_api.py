@@ -31,6 +31,14 @@ from tests.hub.conftest import png, publish
 from tests.servers import GSCO, RunningHub, start_hub, start_registry
 
 pytestmark = pytest.mark.slow
+#: site-b's bundle was trained with DP-SGD; the hub must show the budget.
+DP_BUDGET = {
+    "epsilon": 7.98,
+    "delta": 2e-5,
+    "accountant": "opacus-rdp",
+    "max_grad_norm": 1.0,
+    "noise_multiplier": 0.81,
+}
 
 
 def _closed_port() -> int:
@@ -48,7 +56,10 @@ def world(
     with registry.client() as client:
         client.enroll("site-a", site_a.public.pem)
         client.enroll("site-b", site_b.public.pem)
-    digests = {publish(registry, site_a, root), publish(registry, site_b, root)}
+    digests = {
+        publish(registry, site_a, root),
+        publish(registry, site_b, root, training_privacy=DP_BUDGET),
+    }
     keys = root / "clients.json"
     key = create_client_key(keys, "radiology-viewer")
     hub = start_hub(
@@ -105,6 +116,8 @@ def test_tasks_lists_specialists_and_sites(world: dict[str, Any]) -> None:
     assert task["task"]["labels"] == ["normal", "pneumonia"]
     assert task["sites"] == ["site-a", "site-b"]
     assert {s["bundle_digest"] for s in task["specialists"]} == world["digests"]
+    privacy = {s["site_id"]: s["training_privacy"] for s in task["specialists"]}
+    assert privacy == {"site-a": None, "site-b": DP_BUDGET}
 
 
 @pytest.mark.parametrize("mode", ["ensemble", "voting"])
@@ -118,6 +131,8 @@ def test_specialist_only_modes(world: dict[str, Any], mode: str) -> None:
     assert response.scores is not None
     assert sum(response.scores.values()) == pytest.approx(1.0)
     assert {s.bundle_digest for s in response.specialists} == world["digests"]
+    budgets = {s.site_id: (s.dp_epsilon, s.dp_delta) for s in response.specialists}
+    assert budgets == {"site-a": (None, None), "site-b": (7.98, 2e-5)}
     assert len(response.moed) == 2
     assert response.timings.specialists_ms is not None
     assert answer.headers["x-request-id"] == response.request_id

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from protocol import IndexMode
-from simulations import attack_auc, membership_table, rad_accuracy
+from simulations import (
+    attack_auc,
+    candidate_pool,
+    loss_attack_auc,
+    membership_table,
+    rad_accuracy,
+)
 from site_agent.data import LocalDataset
 from site_agent.index import IndexSettings
 
@@ -22,13 +28,19 @@ def test_raw_rows_give_members_away_and_prototypes_hide_them(pneumonia: LocalDat
         data.task.labels,
         [("raw", IndexSettings(IndexMode.RAW)), ("k=10", IndexSettings(k=10)),
          ("k=10 noisy", IndexSettings(k=10, noise_std=0.05))],
+        held_out=(data.val.images, data.val.labels),
+        control_settings=[("control", IndexSettings(k=10))],
     )  # fmt: skip
-    raw, prototypes, noisy = rows
+    raw, prototypes, noisy, control = rows
     assert raw.attack_auc == 1.0  # every member is its own nearest entry
     assert raw.index_entries == 400
     assert prototypes.attack_auc < 0.9
     assert prototypes.index_entries < 400 // 10 + 2
     assert noisy.noise_std == 0.05
+    # Pixels are not trained on anything: an index of non-members tells nothing.
+    assert control.setting == "control"
+    assert 0.35 <= control.attack_auc <= 0.65
+    assert control.index_entries <= len(data.val) // 10 + 2
     for row in rows:
         assert 0.4 <= row.rad_accuracy <= 1.0
 
@@ -40,3 +52,18 @@ def test_attack_auc_and_rad_accuracy_on_known_answers() -> None:
     queries = np.array([[1.0, 0.1], [0.1, 1.0]], np.float32)
     assert rad_accuracy(index, np.array([0, 1]), queries, np.array([0, 1]), top_k=1) == 1.0
     assert rad_accuracy(index[:0], np.array([], np.int64), queries, np.array([0, 1])) == 0.0
+
+
+def test_loss_attack_and_candidate_pool() -> None:
+    confident = np.array([[0.9, 0.1], [0.2, 0.8]])
+    unsure = np.array([[0.6, 0.4], [0.45, 0.55]])
+    labels = np.array([0, 1])
+    assert loss_attack_auc(confident, labels, unsure, labels) == 1.0
+    assert loss_attack_auc(unsure, labels, confident, labels) == 0.0
+    members, others = candidate_pool(100, 30, seed=1)
+    assert len(members) == len(others) == 30
+    assert len(set(members.tolist())) == 30
+    assert members.max() < 100
+    assert others.max() < 30
+    again = candidate_pool(100, 30, seed=1)
+    assert (again[0] == members).all()
