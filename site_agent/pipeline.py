@@ -209,6 +209,7 @@ def write_bundle(
                     else {
                         **trained.privacy.model_dump(mode="json"),
                         "target_epsilon": config.dp.epsilon,
+                        "trained_layers": config.dp.layers,
                         "covers": "training split, model weights",
                         "not_covered": "retrieval index (see index), validation split",
                     }

@@ -62,6 +62,11 @@ class WeightsOption(StrEnum):
     hub = "hub"
 
 
+class DPLayersOption(StrEnum):
+    head = "head"
+    all = "all"
+
+
 @app.command()
 def train(
     task: Annotated[str, typer.Option(help="Task id from the catalog (or --task-file).")],
@@ -131,6 +136,13 @@ def train(
     dp_clip: Annotated[
         float, typer.Option(min=0.0, help="DP-SGD per-example gradient clipping norm.")
     ] = 1.0,
+    dp_layers: Annotated[
+        DPLayersOption | None,
+        typer.Option(
+            help="head: train the classifier on the frozen pretrained backbone (BatchNorm "
+            "fixed); all: every layer (BatchNorm becomes GroupNorm) [default: head]."
+        ),
+    ] = None,
     version: Annotated[
         int | None, typer.Option(min=1, help="Bundle version [default: last published + 1].")
     ] = None,
@@ -179,9 +191,16 @@ def train(
     dp = None
     if dp_epsilon is not None:
         delta = dp_delta if dp_delta is not None else 0.1 / len(dataset.train)
-        dp = DPConfig(epsilon=dp_epsilon, delta=delta, max_grad_norm=dp_clip)
+        dp = DPConfig(
+            epsilon=dp_epsilon,
+            delta=delta,
+            max_grad_norm=dp_clip,
+            layers="all" if dp_layers is DPLayersOption.all else "head",
+        )
     elif dp_delta is not None:
         fail("--dp-delta needs --dp-epsilon", code=2)
+    elif dp_layers is not None:
+        fail("--dp-layers needs --dp-epsilon", code=2)
     if version is None:
         version = (site.ledger.last_version(entry.task.task_id, backbone) if site else 0) + 1
     config = TrainConfig(

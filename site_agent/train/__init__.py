@@ -1,6 +1,12 @@
 """Training specialists: the backbone zoo, the training loop, calibration and metrics."""
 
-from site_agent.train._dp import DPConfig, prepare_for_dp, replace_batchnorm
+from site_agent.train._dp import (
+    DPConfig,
+    FrozenNorm,
+    freeze_batchnorm,
+    prepare_for_dp,
+    replace_batchnorm,
+)
 from site_agent.train._loop import (
     EpochReport,
     TrainConfig,
@@ -31,6 +37,7 @@ __all__ = [
     "DPConfig",
     "EpochReport",
     "Evaluation",
+    "FrozenNorm",
     "SpecialistNet",
     "TrainConfig",
     "TrainedSpecialist",
@@ -41,6 +48,7 @@ __all__ = [
     "evaluate",
     "expected_calibration_error",
     "fit_temperature",
+    "freeze_batchnorm",
     "load_checkpoint",
     "prepare_for_dp",
     "replace_batchnorm",

@@ -4,7 +4,16 @@ DP-SGD clips every example's gradient to ``max_grad_norm`` and adds Gaussian
 noise to each batch's sum; batches are drawn by Poisson sampling so that the
 privacy accountant's guarantee holds. BatchNorm mixes examples within a batch,
 which per-example clipping cannot bound, so every BatchNorm layer is replaced
-by GroupNorm first (its learned scale and shift are kept), as Opacus requires.
+first, as Opacus requires. Two ways (``DPConfig.layers``):
+
+- ``"head"`` (default): the pretrained backbone is frozen and each BatchNorm
+  becomes its fixed eval-mode function (a per-channel scale and shift, so the
+  pretrained features are unchanged); only the final classifier is trained.
+  Few trained parameters means little total noise: this is what keeps a
+  specialist useful at moderate epsilon (measured: full fine-tuning at
+  epsilon 8 collapsed to the majority class, see the README).
+- ``"all"``: every BatchNorm becomes GroupNorm (its learned scale and shift are
+  kept) and every layer is trained.
 
 The guarantee covers the training split and the model weights. It does not
 cover the retrieval index (built from training embeddings; protected by its
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,9 +34,17 @@ from torch import nn
 
 from site_agent.errors import TrainingError
 
-__all__ = ["DPConfig", "DPSession", "prepare_for_dp", "replace_batchnorm"]
+__all__ = [
+    "DPConfig",
+    "DPSession",
+    "FrozenNorm",
+    "freeze_batchnorm",
+    "prepare_for_dp",
+    "replace_batchnorm",
+]
 
 Accountant = Literal["rdp", "prv"]
+DPLayers = Literal["head", "all"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +55,11 @@ class DPConfig:
     delta: float
     max_grad_norm: float = 1.0  # per-example gradient clipping bound (L2)
     accountant: Accountant = "rdp"
+    layers: DPLayers = "head"  # train the classifier on frozen features, or every layer
 
     def __post_init__(self) -> None:
+        if self.layers not in ("head", "all"):
+            raise TrainingError(f"--dp-layers must be 'head' or 'all', not {self.layers!r}")
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise TrainingError(f"--dp-epsilon must be a positive number, not {self.epsilon}")
         if not 0 < self.delta < 1:
@@ -69,17 +90,42 @@ def _group_norm(bn: nn.modules.batchnorm._BatchNorm) -> nn.GroupNorm:
     return norm
 
 
-def replace_batchnorm(module: nn.Module) -> int:
-    """Replaces every BatchNorm layer under ``module`` by GroupNorm, in place.
+class FrozenNorm(nn.Module):
+    """A BatchNorm layer's eval-mode function, fixed: ``x * scale + shift`` per channel.
 
-    timm's ``BatchNormAct2d`` (norm, then dropout, then activation in one
-    layer) becomes ``Sequential(GroupNorm, dropout, activation)``, so the
-    activation is kept. Returns how many layers were replaced.
+    It has buffers, no parameters, and never looks at other examples.
     """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        if bn.running_mean is None or bn.running_var is None:
+            raise TrainingError("a BatchNorm layer without running statistics cannot be frozen")
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.affine and bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.affine and bn.bias is not None:
+                shift = shift + bn.bias
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised ``x`` (channels on dimension 1)."""
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+
+def _replace_norms(
+    module: nn.Module, make: Callable[[nn.modules.batchnorm._BatchNorm], nn.Module]
+) -> int:
     replaced = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            norm = _group_norm(child)
+            norm = make(child)
             act, drop = getattr(child, "act", None), getattr(child, "drop", None)
             new: nn.Module = norm
             if isinstance(act, nn.Module) or isinstance(drop, nn.Module):
@@ -91,8 +137,27 @@ def replace_batchnorm(module: nn.Module) -> int:
             setattr(module, name, new)
             replaced += 1
         else:
-            replaced += replace_batchnorm(child)
+            replaced += _replace_norms(child, make)
     return replaced
+
+
+def replace_batchnorm(module: nn.Module) -> int:
+    """Replaces every BatchNorm layer under ``module`` by GroupNorm, in place.
+
+    timm's ``BatchNormAct2d`` (norm, then dropout, then activation in one
+    layer) becomes ``Sequential(GroupNorm, dropout, activation)``, so the
+    activation is kept. Returns how many layers were replaced.
+    """
+    return _replace_norms(module, _group_norm)
+
+
+def freeze_batchnorm(module: nn.Module) -> int:
+    """Replaces every BatchNorm layer under ``module`` by its :class:`FrozenNorm`, in place.
+
+    In eval mode the network computes exactly what it did before. timm's
+    ``BatchNormAct2d`` keeps its activation as in :func:`replace_batchnorm`.
+    """
+    return _replace_norms(module, FrozenNorm)
 
 
 def _grouped_conv_grad_sample(
@@ -145,13 +210,25 @@ def _install_conv_sampler() -> None:
     GradSampleModule.GRAD_SAMPLERS[nn.Conv2d] = sampler
 
 
-def prepare_for_dp(net: nn.Module) -> int:
-    """Makes ``net`` trainable by Opacus, in place: GroupNorm for BatchNorm, no in-place ops.
+def prepare_for_dp(net: nn.Module, layers: DPLayers = "head") -> int:
+    """Makes ``net`` trainable by Opacus, in place: no BatchNorm, no in-place ops.
 
-    In-place activations would overwrite the outputs Opacus's hooks hold on to.
-    Returns how many BatchNorm layers were replaced.
+    ``layers="head"`` freezes every BatchNorm and every parameter except those
+    of ``net.classifier``; ``"all"`` puts GroupNorm in place of BatchNorm and
+    trains everything. In-place activations would overwrite the outputs
+    Opacus's hooks hold on to. Returns how many BatchNorm layers were replaced.
     """
-    replaced = replace_batchnorm(net)
+    if layers == "head":
+        classifier = getattr(net, "classifier", None)
+        if not isinstance(classifier, nn.Module):
+            raise TrainingError("--dp-layers head needs a network with a final classifier")
+        replaced = freeze_batchnorm(net)
+        for parameter in net.parameters():
+            parameter.requires_grad_(False)
+        for parameter in classifier.parameters():
+            parameter.requires_grad_(True)
+    else:
+        replaced = replace_batchnorm(net)
     for module in net.modules():
         if getattr(module, "inplace", None) is True:
             module.inplace = False  # type: ignore[assignment]

@@ -173,7 +173,15 @@ def train_specialist(
         except (RuntimeError, KeyError) as exc:
             raise TrainingError(f"the initial weights do not fit {spec.name}: {exc}") from exc
     if config.dp is not None:
-        prepare_for_dp(net)
+        pretrained = initial_state is not None or config.weights is WeightsPolicy.HUB
+        pretrained |= config.weights is WeightsPolicy.DEFAULT and spec.package_weights is not None
+        if config.dp.layers == "head" and not pretrained:
+            raise TrainingError(
+                f"--dp-layers head trains only the classifier on pretrained features, and "
+                f"{spec.name} starts from random weights here (--weights "
+                f"{config.weights.value}); use --dp-layers all, or a backbone with weights"
+            )
+        prepare_for_dp(net, config.dp.layers)
     channels = dataset.channels
     if channels not in (1, 3):
         raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
@@ -194,7 +202,9 @@ def train_specialist(
     class_weights = torch.tensor(weights, dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
     optimizer = torch.optim.AdamW(
-        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        [p for p in net.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     batch_size = min(config.batch_size, len(y_train))
     steps = max(1, len(y_train) // batch_size)  # drop the last partial batch (BatchNorm)

@@ -45,13 +45,38 @@ def test_batchnorm_becomes_groupnorm_and_keeps_the_activation() -> None:
     # timm's BatchNormAct2d subclasses BatchNorm2d; Opacus's validator misses it by type,
     # but it still mixes examples within a batch.
     assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-    replaced = prepare_for_dp(net)
+    replaced = prepare_for_dp(net, "all")
     assert replaced > 10
     assert not ModuleValidator.validate(net, strict=False)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     # timm's BatchNormAct2d carried the ReLU6: it is still there, after the norm.
     assert sum(isinstance(m, nn.ReLU6) for m in net.modules()) > 10
     assert not any(getattr(m, "inplace", False) for m in net.modules())
+
+
+def test_head_mode_freezes_the_backbone_and_keeps_its_function() -> None:
+    from opacus.validators import ModuleValidator
+
+    torch.manual_seed(0)
+    net, _, _ = build_specialist(default_zoo().get("tf_efficientnet_lite0"), 2, 1, 32)
+    net.train()
+    net(torch.randn(8, 1, 32, 32))  # give BatchNorm running statistics of its own
+    net.eval()
+    image = torch.randn(3, 1, 32, 32)
+    before_logits, before_embedding = net(image)
+    assert prepare_for_dp(net, "head") > 10
+    net.train()  # a frozen norm ignores the mode: training looks at no other example
+    assert not ModuleValidator.validate(net, strict=False)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert trainable == {id(net.classifier.weight), id(net.classifier.bias)}
+    for module in net.modules():  # only dropout would differ between the modes
+        if isinstance(module, nn.Dropout) or "drop" in type(module).__name__.lower():
+            module.eval()
+    after_logits, after_embedding = net(image)
+    torch.testing.assert_close(after_embedding, before_embedding, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(after_logits, before_logits, atol=1e-4, rtol=1e-4)
+    assert sum(isinstance(m, nn.ReLU6) for m in net.modules()) > 10
 
 
 def test_bad_budgets_are_refused() -> None:
@@ -61,6 +86,8 @@ def test_bad_budgets_are_refused() -> None:
         DPConfig(epsilon=8, delta=1.5)
     with pytest.raises(TrainingError, match="not below 1/n"):
         DPConfig(epsilon=8, delta=0.05).check_delta(100)
+    with pytest.raises(TrainingError, match="'head' or 'all'"):
+        DPConfig(epsilon=8, delta=1e-5, layers="middle")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -87,7 +114,8 @@ def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
     assert privacy.max_grad_norm == 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["differential_privacy"]["target_epsilon"] == 8.0
-    assert metrics["export"]["max_abs_diff_probabilities"] < 1e-4  # GroupNorm exports fine
+    assert metrics["training"]["differential_privacy"]["trained_layers"] == "head"
+    assert metrics["export"]["max_abs_diff_probabilities"] < 1e-4  # frozen norms export fine
 
 
 @pytest.mark.parametrize(
@@ -96,6 +124,10 @@ def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
         (["--dp-epsilon", "8", "--dp-delta", "0.5"], "not below 1/n"),
         (["--dp-delta", "1e-5"], "--dp-delta needs --dp-epsilon"),
         (["--dp-epsilon", "-1"], "positive"),
+        (
+            ["--dp-epsilon", "8", "--weights", "scratch"],
+            "--dp-layers head trains only the classifier on pretrained features",
+        ),
     ],
 )
 def test_bad_dp_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -117,7 +149,7 @@ def test_a_backbone_opacus_cannot_handle_is_one_clear_line(tmp_path: Path) -> No
         "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(tmp_path / "b"),
         "--backbone", "resnet18", "--input-size", "32", "--batch-size", "16",
         "--epochs", "1", "--max-train-images", "32", "--max-eval-images", "16",
-        "--dp-epsilon", "8",
+        "--dp-epsilon", "8", "--dp-layers", "all",
     )  # fmt: skip
     assert result.returncode == 1
     assert "resnet18 cannot be trained with DP-SGD" in result.stderr
