@@ -214,7 +214,7 @@ def prepare_for_dp(net: nn.Module, layers: DPLayers = "head") -> int:
     """Makes ``net`` trainable by Opacus, in place: no BatchNorm, no in-place ops.
 
     ``layers="head"`` freezes every BatchNorm and every parameter except those
-    of ``net.classifier``; ``"all"`` puts GroupNorm in place of BatchNorm and
+    of ``net.classifier``, which starts from zero; ``"all"`` puts GroupNorm in place of BatchNorm and
     trains everything. In-place activations would overwrite the outputs
     Opacus's hooks hold on to. Returns how many BatchNorm layers were replaced.
     """
@@ -226,6 +226,8 @@ def prepare_for_dp(net: nn.Module, layers: DPLayers = "head") -> int:
         for parameter in net.parameters():
             parameter.requires_grad_(False)
         for parameter in classifier.parameters():
+            with torch.no_grad():
+                parameter.zero_()  # a linear probe starts from "no opinion": logits 0
             parameter.requires_grad_(True)
     else:
         replaced = replace_batchnorm(net)

@@ -65,6 +65,8 @@ def test_head_mode_freezes_the_backbone_and_keeps_its_function() -> None:
     image = torch.randn(3, 1, 32, 32)
     before_logits, before_embedding = net(image)
     assert prepare_for_dp(net, "head") > 10
+    assert not net.classifier.weight.any()  # the probe starts from zero
+    before_logits = torch.zeros_like(before_logits)
     net.train()  # a frozen norm ignores the mode: training looks at no other example
     assert not ModuleValidator.validate(net, strict=False)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
