@@ -243,6 +243,14 @@ def train(
             f"DP-SGD: epsilon {spent.epsilon:.2f} at delta {spent.delta:.1e} "
             f"({spent.accountant}, noise {spent.noise_multiplier:.2f}, clip {spent.max_grad_norm})"
         )
+        index = result.card.index
+        if index.mode is IndexMode.PROTOTYPE and (index.min_group_size or 0) < 20:
+            typer.echo(
+                f"note: epsilon covers the weights, not the retrieval index (prototypes, "
+                f"k={index.min_group_size}). On frozen or weak features k=10 prototypes leaked "
+                f"membership in our measurements; consider --index-k 20 or --index-mode none "
+                f"(README: Privacy and compliance)."
+            )
     typer.echo(f"bundle written to {result.path}")
     if result.deidentification is not None:
         deid = result.deidentification

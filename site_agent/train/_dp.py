@@ -214,8 +214,8 @@ def prepare_for_dp(net: nn.Module, layers: DPLayers = "head") -> int:
     """Makes ``net`` trainable by Opacus, in place: no BatchNorm, no in-place ops.
 
     ``layers="head"`` freezes every BatchNorm and every parameter except those
-    of ``net.classifier``, which starts from zero; ``"all"`` puts GroupNorm in place of BatchNorm and
-    trains everything. In-place activations would overwrite the outputs
+    of ``net.classifier``, which starts from zero; ``"all"`` puts GroupNorm in
+    place of BatchNorm and trains everything. In-place activations would overwrite the outputs
     Opacus's hooks hold on to. Returns how many BatchNorm layers were replaced.
     """
     if layers == "head":

@@ -106,6 +106,7 @@ def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "DP-SGD: epsilon" in result.stdout
+    assert "epsilon covers the weights, not the retrieval index" in result.stdout
     card = SpecialistCard.parse((out / "card.json").read_bytes())
     privacy = card.training_privacy
     assert privacy is not None
