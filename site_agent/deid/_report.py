@@ -12,10 +12,12 @@ Profile (Table E.1-1, plus every private attribute):
 2. **By inspection of the outputs.** The identifying values (of profile and
    private attributes, sequences included) are read once more, held in memory
    only while every output file is searched for them, and never written. The
-   search is on the bytes, case-insensitive; a value made only of digits and
-   dots (dates, times, UIDs, numbers) must stand alone, not inside a longer
-   number. Values shorter than :data:`MIN_VALUE_LENGTH` characters are counted
-   but not searched (they would match by chance).
+   search is on the bytes, case-insensitive, for each value as it is and as
+   JSON escapes it (non-ASCII names); a value made only of digits and dots
+   (dates, times, UIDs, numbers) must stand alone, not inside a longer number.
+   Values shorter than :data:`MIN_VALUE_LENGTH` characters are counted but not
+   searched (they would match by chance); attributes pydicom cannot parse are
+   counted too.
 
 The report holds tags, names and counts, never a value.
 """
@@ -23,6 +25,7 @@ The report holds tags, names and counts, never a value.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -54,10 +57,6 @@ LIMITATIONS = (
     "Identifying values shorter than 5 characters (sex, age, short codes) are not searched "
     "for in the outputs; they are dropped all the same.",
     "Attributes inside sequences are dropped with their sequence and not listed one by one.",
-)
-_TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
-    | {"UR", "UT"}
 )
 _NUMERIC = re.compile(rb"[0-9.]+")
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{%d,}" % MIN_VALUE_LENGTH)
@@ -93,6 +92,9 @@ class OutputScan(_Strict):
     outputs: list[str]
     values_searched: int
     values_too_short: int
+    #: Identifying attributes whose value pydicom could not parse (not searched; the
+    #: decoder never parsed them either).
+    attributes_unreadable: int
     leaks: list[Leak]
 
 
@@ -151,31 +153,38 @@ def _strings(value: Any, vr: str | None) -> Iterator[str]:
         yield from _strings(item, vr)
 
 
-def _identifying_values(data: bytes) -> dict[str, set[str]]:
-    """Attribute label -> the string values of profile and private attributes in one file."""
+def _identifying_values(data: bytes) -> tuple[dict[str, set[str]], int]:
+    """Attribute label -> the string values of profile and private attributes in one file.
+
+    Also returns how many such attributes could not be parsed (their values
+    cannot be searched for; the decoder never parsed them either).
+    """
     import pydicom
 
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - any parse failure: nothing of this file can be searched
+        return {}, 1
     found: dict[str, set[str]] = {}
-    top: list[Any] = [
-        *(dataset.file_meta[t] for t in dataset.file_meta.keys()),  # noqa: SIM118
-        *(dataset[t] for t in dataset.keys()),  # noqa: SIM118
-    ]
-    for element in top:
-        if profile_entry(int(element.tag)) is None:
-            continue
-        label = _label(int(element.tag))
-        values = found.setdefault(label, set())
-        nested = element.value if element.VR == "SQ" else None
-        if nested is None:
-            values.update(_strings(element.value, element.VR))
-            continue
-        for item in nested:
-            inner: Any
-            for inner in item.iterall():
-                if inner.VR != "SQ":
-                    values.update(_strings(inner.value, inner.VR))
-    return found
+    unreadable = 0
+    for source in (dataset.file_meta, dataset):
+        for tag in list(source.keys()):  # keys(): iterating converts values
+            if profile_entry(int(tag)) is None:
+                continue
+            values = found.setdefault(_label(int(tag)), set())
+            try:
+                element = source[tag]
+                if element.VR != "SQ":
+                    values.update(_strings(element.value, element.VR))
+                    continue
+                for item in element.value:
+                    inner: Any
+                    for inner in item.iterall():
+                        if inner.VR != "SQ":
+                            values.update(_strings(inner.value, inner.VR))
+            except Exception:  # noqa: BLE001 - a malformed value: count it, go on
+                unreadable += 1
+    return found, unreadable
 
 
 def _label(tag: int) -> str:
@@ -183,9 +192,9 @@ def _label(tag: int) -> str:
     return f"{format_tag(tag)} {keyword or name}"
 
 
-def _haystack(path: Path) -> bytes:
-    """The file's printable runs, lower-cased, one per line (binary noise between them goes)."""
-    return b"\n".join(_PRINTABLE_RUN.findall(path.read_bytes())).lower()
+def _ascii_runs(data: bytes) -> bytes:
+    """The printable ASCII runs of ``data``, lower-cased, one per line."""
+    return b"\n".join(_PRINTABLE_RUN.findall(data)).lower()
 
 
 def _occurs(needle: bytes, haystack: bytes) -> bool:
@@ -201,7 +210,7 @@ def _occurs(needle: bytes, haystack: bytes) -> bool:
     return False
 
 
-def _scan(values: dict[str, set[str]], outputs: Mapping[str, Path]) -> OutputScan:
+def _scan(values: dict[str, set[str]], outputs: Mapping[str, Path], unreadable: int) -> OutputScan:
     """``values``: attribute label -> its distinct values in the sources."""
     searched = short = 0
     needles: dict[bytes, set[str]] = {}
@@ -211,18 +220,28 @@ def _scan(values: dict[str, set[str]], outputs: Mapping[str, Path]) -> OutputSca
                 short += 1
                 continue
             searched += 1
-            needles.setdefault(value.lower().encode("utf-8", "replace"), set()).add(label)
+            forms = {value.lower(), json.dumps(value.lower())[1:-1], value}
+            for form in forms:  # JSON-escaped too: json.dumps writes \u00fc for ü
+                needles.setdefault(form.encode("utf-8", "replace"), set()).add(label)
     leaks: dict[tuple[str, str], int] = {}
     for name, path in outputs.items():
-        haystack = _haystack(path)
+        raw = path.read_bytes()
+        runs = _ascii_runs(raw)
+        lowered: bytes | None = None
         for needle, labels in needles.items():
-            if _occurs(needle, haystack):
+            if needle.isascii():
+                hit = _occurs(needle.lower(), runs)
+            else:  # rare: search the whole file, as written and lower-cased
+                lowered = raw.lower() if lowered is None else lowered
+                hit = needle in raw or needle in lowered
+            if hit:
                 for label in labels:
                     leaks[label, name] = leaks.get((label, name), 0) + 1
     return OutputScan(
         outputs=sorted(outputs),
         values_searched=searched,
         values_too_short=short,
+        attributes_unreadable=unreadable,
         leaks=[Leak(attribute=a, output=o, values=n) for (a, o), n in sorted(leaks.items())],
     )
 
@@ -238,10 +257,13 @@ def build_report(
     read = _read_tags()
     present: Counter[int] = Counter()
     values: dict[str, set[str]] = {}
+    unreadable = 0
     for path in dicom_files:
         data = path.read_bytes()
         present.update(set(_tags_present(data)))
-        for label, strings in _identifying_values(data).items():
+        found, failed = _identifying_values(data)
+        unreadable += failed
+        for label, strings in found.items():
             values.setdefault(label, set()).update(strings)
     dropped = []
     for tag in sorted(present):
@@ -258,7 +280,7 @@ def build_report(
                 basic_profile_action=entry.action if entry else None,
             )
         )
-    scan = _scan(values, outputs)
+    scan = _scan(values, outputs, unreadable)
     overlap = sorted(f"{format_tag(t)} {k}" for t, k in read.items() if profile_entry(t))
     return DeidentificationReport(
         created_at=datetime.now(UTC),

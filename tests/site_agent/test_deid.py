@@ -66,3 +66,22 @@ def test_names_dates_and_uids_are_found_in_any_case(tmp_path: Path) -> None:
     assert any(a.endswith("Date") and o == "b/card.json" for a, o in found)
     assert not report.passed
     assert family.lower() not in report.model_dump_json().lower()
+
+
+def test_non_ascii_names_are_found_raw_and_json_escaped(tmp_path: Path) -> None:
+    source = pydicom.dcmread(SOURCES[0])
+    source.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
+    source.PatientName = "Müller^Jürgen"
+    dicom = tmp_path / "umlaut.dcm"
+    source.save_as(dicom)
+    card = tmp_path / "card.json"
+    card.write_text('{"note": "j\\u00fcrgen"}')  # what json.dumps writes by default
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x00\x01" + "Müller".encode() + b"\xff")
+    report = build_report([dicom], {"card.json": card, "model.onnx": model})
+    found = {(leak.attribute, leak.output) for leak in report.output_scan.leaks}
+    assert found == {
+        ("(0010,0010) PatientName", "card.json"),
+        ("(0010,0010) PatientName", "model.onnx"),
+    }
+    assert report.output_scan.attributes_unreadable == 0
