@@ -125,9 +125,7 @@ def train(
     ] = 0.0,
     dp_epsilon: Annotated[
         float | None,
-        typer.Option(
-            help="Train with DP-SGD (Opacus) to this privacy budget; BatchNorm becomes GroupNorm."
-        ),
+        typer.Option(help="Train with DP-SGD (Opacus) to this privacy budget (see --dp-layers)."),
     ] = None,
     dp_delta: Annotated[
         float | None,

@@ -32,6 +32,16 @@ def _exact() -> dict[int, ProfileEntry]:
     }
 
 
+@cache
+def _masked() -> tuple[tuple[int, int, int, int, ProfileEntry], ...]:
+    """The few rows of repeating groups (50xx, 60xx), matched by mask."""
+    return tuple(
+        (group, element, group_mask, element_mask, ProfileEntry(action, name))
+        for group, element, group_mask, element_mask, action, name in ROWS
+        if (group_mask, element_mask) != (0xFFFF, 0xFFFF)
+    )
+
+
 def profile_entry(tag: int) -> ProfileEntry | None:
     """The Basic Profile's row for ``tag``; private attributes get the profile's X."""
     group, element = tag >> 16, tag & 0xFFFF
@@ -40,11 +50,9 @@ def profile_entry(tag: int) -> ProfileEntry | None:
     found = _exact().get(tag)
     if found is not None:
         return found
-    for row_group, row_element, group_mask, element_mask, action, name in ROWS:
-        if (group_mask, element_mask) != (0xFFFF, 0xFFFF) and (
-            group & group_mask == row_group and element & element_mask == row_element
-        ):
-            return ProfileEntry(action, name)
+    for row_group, row_element, group_mask, element_mask, entry in _masked():
+        if group & group_mask == row_group and element & element_mask == row_element:
+            return entry
     return None
 
 

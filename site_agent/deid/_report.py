@@ -220,9 +220,12 @@ def _scan(values: dict[str, set[str]], outputs: Mapping[str, Path], unreadable: 
                 short += 1
                 continue
             searched += 1
-            forms = {value.lower(), json.dumps(value.lower())[1:-1], value}
+            forms = {value, value.lower(), json.dumps(value.lower())[1:-1]}
             for form in forms:  # JSON-escaped too: json.dumps writes \u00fc for ü
-                needles.setdefault(form.encode("utf-8", "replace"), set()).add(label)
+                needle = form.encode("utf-8", "replace")
+                # ASCII needles are searched lower-cased in lower-cased runs: one form is enough.
+                key = needle.lower() if needle.isascii() else needle
+                needles.setdefault(key, set()).add(label)
     leaks: dict[tuple[str, str], int] = {}
     for name, path in outputs.items():
         raw = path.read_bytes()
@@ -230,7 +233,7 @@ def _scan(values: dict[str, set[str]], outputs: Mapping[str, Path], unreadable: 
         lowered: bytes | None = None
         for needle, labels in needles.items():
             if needle.isascii():
-                hit = _occurs(needle.lower(), runs)
+                hit = _occurs(needle, runs)
             else:  # rare: search the whole file, as written and lower-cased
                 lowered = raw.lower() if lowered is None else lowered
                 hit = needle in raw or needle in lowered

@@ -50,7 +50,7 @@ class TrainConfig:
     flip: bool = False  # also random horizontal flips (only where anatomy allows it)
     balance_classes: bool = True  # class-weighted loss (inverse frequency)
     threads: int | None = None  # torch CPU threads; default: all cores
-    dp: DPConfig | None = None  # DP-SGD with this budget (BatchNorm becomes GroupNorm)
+    dp: DPConfig | None = None  # DP-SGD with this budget (and its trained layers)
 
 
 @dataclass(frozen=True)
