@@ -28,7 +28,15 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_overhead import GSCO, _gsco, _images, _start, _stop
+from hub_overhead import (
+    ADMIN_TOKEN,
+    _gsco,
+    _images,
+    _start_hub,
+    _start_registry,
+    _stop,
+    _wait_for_specialists,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,37 +75,18 @@ def main() -> int:
         train_wall = time.monotonic() - started
         metrics = json.loads((bundle / "metrics.json").read_text())
         card = json.loads((bundle / "card.json").read_text())
-        token = "bench-admin-token"
-        registry, address = _start(
-            [GSCO, "registry", "serve", "--root", str(work / "registry"), "--port", "0"],
-            r"on (127\.0\.0\.1:\d+)",
-            env=dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=token),
-        )
+        registry, address = _start_registry(work / "registry")
         from registry import RegistryClient
 
         try:
-            client = RegistryClient(address, admin_token=token)
+            client = RegistryClient(address, admin_token=ADMIN_TOKEN)
             client.wait_ready()
             client.enroll("dp-site", (home / "keys" / "site.pub").read_bytes())
             client.close()
             _gsco("site", "publish", str(bundle), "--registry", address, home=home)
-            hub, url = _start(
-                [
-                    GSCO, "hub", "serve", "--registry", address,
-                    "--trusted-root", str(work / "registry/tuf/metadata/1.root.json"),
-                    "--state-dir", str(work / "hub"), "--port", "0",
-                    "--allow-anonymous", "--no-generalist",
-                ],
-                r"serving on (http://127\.0\.0\.1:\d+)",
-            )  # fmt: skip
+            hub, url = _start_hub(address, work / "registry", work / "hub")
             try:
-                for _ in range(600):
-                    try:
-                        if httpx.get(url + "/readyz").json()["tasks"].get("pneumonia-cxr"):
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.2)
+                _wait_for_specialists(url, 1)
                 listed = httpx.get(url + "/v1/tasks").json()["tasks"][0]["specialists"][0]
                 correct, provenance = 0, None
                 images = _images(data, len(labels))

@@ -56,7 +56,9 @@ def _gsco(*args: str, home: Path | None = None) -> str:
     return result.stdout
 
 
-def _start(command: list[str], pattern: str, env: dict[str, str] | None = None):
+def _start(
+    command: list[str], pattern: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stderr is not None
     for line in process.stderr:
@@ -72,6 +74,44 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+ADMIN_TOKEN = "bench-admin-token"
+
+
+def _start_registry(root: Path) -> tuple[subprocess.Popen[str], str]:
+    """A real ``gsco registry serve`` on loopback storing under ``root``; (process, address)."""
+    return _start(
+        [GSCO, "registry", "serve", "--root", str(root), "--port", "0"],
+        r"on (127\.0\.0\.1:\d+)",
+        env=dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=ADMIN_TOKEN),
+    )
+
+
+def _start_hub(
+    address: str, registry_root: Path, state_dir: Path, *extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """A real anonymous ``gsco hub serve`` without a generalist; (process, base URL)."""
+    return _start(
+        [
+            GSCO, "hub", "serve", "--registry", address,
+            "--trusted-root", str(registry_root / "tuf/metadata/1.root.json"),
+            "--state-dir", str(state_dir), "--port", "0",
+            "--allow-anonymous", "--no-generalist", *extra,
+        ],
+        r"serving on (http://127\.0\.0\.1:\d+)",
+    )  # fmt: skip
+
+
+def _wait_for_specialists(url: str, count: int) -> None:
+    """Waits (up to 2 min) until the hub serves ``count`` pneumonia-cxr specialists."""
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/readyz").json()["tasks"].get("pneumonia-cxr") == count:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
 
 
 def _images(data: Path, count: int) -> list[bytes]:
@@ -165,16 +205,11 @@ def main() -> int:
             "--max-train-images", "300", "--max-eval-images", "100",
             "--out", str(trained), "--no-sign", home=work / "site-00",
         )  # fmt: skip
-        token = "bench-admin-token"
-        registry, address = _start(
-            [GSCO, "registry", "serve", "--root", str(work / "registry"), "--port", "0"],
-            r"on (127\.0\.0\.1:\d+)",
-            env=dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=token),
-        )
+        registry, address = _start_registry(work / "registry")
         from registry import RegistryClient
 
         try:
-            client = RegistryClient(address, admin_token=token)
+            client = RegistryClient(address, admin_token=ADMIN_TOKEN)
             client.wait_ready()
             published = 0
             images = _images(data, 32)
@@ -194,26 +229,11 @@ def main() -> int:
                     _gsco("site", "publish", str(bundle), "--registry", address, home=home)
                     published += 1
                 print(f"{count} specialists: measuring ...", file=sys.stderr)
-                hub, url = _start(
-                    [
-                        GSCO, "hub", "serve", "--registry", address,
-                        "--trusted-root", str(work / "registry/tuf/metadata/1.root.json"),
-                        "--state-dir", str(work / f"hub-{count}"), "--port", "0",
-                        "--allow-anonymous", "--no-generalist", "--max-queue", "64",
-                    ],
-                    r"serving on (http://127\.0\.0\.1:\d+)",
-                )  # fmt: skip
+                hub, url = _start_hub(
+                    address, work / "registry", work / f"hub-{count}", "--max-queue", "64"
+                )
                 try:
-                    for _ in range(600):
-                        try:
-                            if (
-                                httpx.get(url + "/readyz").json()["tasks"].get("pneumonia-cxr")
-                                == count
-                            ):
-                                break
-                        except httpx.HTTPError:
-                            pass
-                        time.sleep(0.2)
+                    _wait_for_specialists(url, count)
                     entry: dict[str, object] = {"specialists": count}
                     entry["sequential"] = _measure(url, images, args.requests)
                     entry["throughput"] = [
