@@ -62,6 +62,7 @@ def run_audit(
         }
         for s in sites
     ]
+    _check_listing(report, source)
     _check_event_log(report, source, sites, bundles)
     files_by_bundle = _check_bundles(report, source, sites, bundles)
     _check_tuf(report, source, trusted_root, bundles, files_by_bundle)
@@ -71,6 +72,24 @@ def run_audit(
     for path in access_logs:
         _check_access_log(report, path, bundles)
     return report
+
+
+# -- the listing -------------------------------------------------------------------
+
+
+def _check_listing(report: AuditReport, source: RegistrySource) -> None:
+    """Every stored bundle row must fit the schema; one that does not is never served."""
+    report.ran("listing")
+    try:
+        unreadable = source.unreadable_bundles()
+    except (GscoError, OSError) as exc:
+        report.add(Severity.FAIL, "listing", source.description, f"cannot be read: {exc}")
+        return
+    for row in unreadable:
+        report.add(
+            Severity.FAIL, "listing", f"bundle {row.bundle_digest[:16]}…",
+            f"a stored row that does not fit the schema, so hubs skip it: {row.problem}",
+        )  # fmt: skip
 
 
 # -- the event log -------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from protocol import BundleRef, SiteKey
+from protocol import BundleRef, SiteKey, UnreadableBundle
 from registry import NotFoundError, Registry, RegistryClient
 
 __all__ = ["LocalRegistry", "RegistrySource", "RemoteRegistry"]
@@ -22,6 +22,10 @@ class RegistrySource(Protocol):
 
     def bundles(self) -> list[BundleRef]:
         """Every published bundle, revoked ones included."""
+        ...
+
+    def unreadable_bundles(self) -> list[UnreadableBundle]:
+        """Stored bundle rows that do not fit the schema (left out of :meth:`bundles`)."""
         ...
 
     def bundle_files(self, digest: str) -> dict[str, bytes]:
@@ -62,6 +66,9 @@ class LocalRegistry:
     def bundles(self) -> list[BundleRef]:
         return self._store.bundles(include_revoked=True)
 
+    def unreadable_bundles(self) -> list[UnreadableBundle]:
+        return self._store.unreadable_bundles()
+
     def _blob(self, digest: str) -> bytes:
         try:
             return self._store.blobs.path(digest).read_bytes()  # raw: the audit checks hashes
@@ -100,6 +107,9 @@ class RemoteRegistry:
 
     def bundles(self) -> list[BundleRef]:
         return self._client.bundles(include_revoked=True)
+
+    def unreadable_bundles(self) -> list[UnreadableBundle]:
+        return self._client.listing(include_revoked=True).unreadable
 
     def bundle_files(self, digest: str) -> dict[str, bytes]:
         return self._client.fetch(digest)

@@ -369,6 +369,7 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
                 "ok": last.ok,
                 "error": last.error,
                 "refused": last.rejected,
+                "unreadable": last.unreadable,
                 "seconds": round(last.seconds, 3),
             },
             "generalist": hub.engine.generalist.model

@@ -3,7 +3,8 @@
 One :meth:`RegistrySync.sync` call:
 
 1. updates the trusted TUF metadata (rollback, freeze and bad signatures are refused);
-2. lists the registry's bundles (an untrusted listing: it only says what to look for);
+2. lists the registry's bundles (an untrusted listing: it only says what to look for;
+   an entry that does not decode is skipped and reported, never fatal);
 3. keeps a loaded specialist only while the trusted metadata still lists it
    (a revoked bundle, or one signed by a revoked key, drops out of the delegations);
 4. fetches each new bundle through TUF (length and sha256 from metadata the
@@ -50,6 +51,8 @@ class SyncReport:
     loaded: tuple[str, ...] = ()  # bundle digests newly in service
     unloaded: tuple[str, ...] = ()  # digests taken out (revoked or superseded)
     rejected: dict[str, str] = field(default_factory=dict)  # digest -> why
+    # Listing entries the registry could not (or would not) describe validly: skipped.
+    unreadable: dict[str, str] = field(default_factory=dict)  # digest -> why
     error: str | None = None  # why the sync failed (the catalog is unchanged)
     seconds: float = 0.0
 
@@ -112,7 +115,11 @@ class RegistrySync:
         current = {s.bundle_digest: s for s in self._catalog.all}
         candidates: dict[str, LoadedSpecialist] = {}
         rejected: dict[str, str] = {}
-        for ref in self._client.bundles():
+        listing = self._client.listing()
+        unreadable = {u.bundle_digest: u.problem for u in listing.unreadable}
+        for digest, problem in unreadable.items():
+            log.warning("registry lists bundle %s unreadably, skipped: %s", digest[:16], problem)
+        for ref in listing.bundles:
             if ref.revoked or ref.bundle_digest in self._rejected:
                 continue
             if not self._trusted.resolves(ref.site_id, ref.bundle_digest):
@@ -139,6 +146,7 @@ class RegistrySync:
             loaded=tuple(sorted(after - before)),
             unloaded=tuple(sorted(before - after)),
             rejected=dict(self._rejected),
+            unreadable=unreadable,
         )
 
     def _load(self, ref: BundleRef, keyring: KeyRing) -> LoadedSpecialist:

@@ -12,7 +12,18 @@ from protocol._artifacts import (
     check_onnx,
     load_index,
 )
-from protocol._base import Identifier, Label, Sha256Hex, StrictModel
+from protocol._base import (
+    INT64_MAX,
+    UINT32_MAX,
+    UINT64_MAX,
+    Count,
+    Identifier,
+    Label,
+    PositiveCount,
+    Sha256Hex,
+    StrictModel,
+    Version,
+)
 from protocol._canonical import canonical_digest, canonical_json
 from protocol._card import (
     DataSummary,
@@ -47,7 +58,7 @@ from protocol._images import (
     sniff_media_type,
 )
 from protocol._preprocess import preprocess
-from protocol._registry import BundleRef, SiteKey
+from protocol._registry import BundleRef, SiteKey, UnreadableBundle
 from protocol._task import TaskSpec, TaskType
 from protocol.errors import (
     EncodingError,
@@ -61,10 +72,14 @@ __all__ = [
     "DICOM_PIXEL_TAGS",
     "GENESIS",
     "INDEX_KEYS",
+    "INT64_MAX",
     "MAX_IMAGE_PIXELS",
+    "UINT32_MAX",
+    "UINT64_MAX",
     "ArtifactError",
     "BundleRef",
     "ChainError",
+    "Count",
     "DataSummary",
     "DiagnoseRequest",
     "DiagnoseResponse",
@@ -83,6 +98,7 @@ __all__ = [
     "MediaType",
     "Mode",
     "OnnxSummary",
+    "PositiveCount",
     "Preprocessing",
     "ProtocolError",
     "ResizePolicy",
@@ -97,6 +113,8 @@ __all__ = [
     "StrictModel",
     "TaskSpec",
     "TaskType",
+    "UnreadableBundle",
+    "Version",
     "canonical_digest",
     "canonical_json",
     "check_index",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
 
 from protocol.errors import EncodingError, SchemaError
 
@@ -17,6 +17,27 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=80, strip_whit
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 #: A probability or a normalised score.
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# Integers on the wire. Every integer field of a schema is bounded by the
+# protobuf type it travels in (``proto/registry.proto``) or, where it never
+# travels in protobuf, by SQLite's and JSON readers' signed 64-bit integers, so a
+# value that one side can store is a value every other side can carry. A test
+# walks the schemas and the ``.proto`` descriptors and checks that they agree.
+# Strict: ``true`` or ``"5"`` is not an integer.
+#: The largest value of protobuf's ``uint32``.
+UINT32_MAX = 2**32 - 1
+#: The largest value of protobuf's ``int64`` (and of SQLite's INTEGER).
+INT64_MAX = 2**63 - 1
+#: The largest value of protobuf's ``uint64``.
+UINT64_MAX = 2**64 - 1
+#: Upper bounds that only the wire imposes: a value over one of them is out of range.
+WIRE_INT_LIMITS = frozenset({UINT32_MAX, INT64_MAX, UINT64_MAX})
+#: A count or a size: 0 or more, within a signed 64-bit integer.
+Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+#: A count of at least one.
+PositiveCount = Annotated[int, Strict(), Field(ge=1, le=INT64_MAX)]
+#: A version number, carried as ``uint32`` by the registry's messages.
+Version = Annotated[int, Strict(), Field(ge=1, le=UINT32_MAX)]
 
 _M = TypeVar("_M", bound="StrictModel")
 
@@ -39,12 +60,25 @@ class StrictModel(BaseModel):
                 data = json.loads(data)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise EncodingError(f"{cls.__name__}: not UTF-8 JSON ({exc})") from exc
+            except RecursionError as exc:  # nesting deeper than the interpreter's stack
+                raise EncodingError(f"{cls.__name__}: JSON nested too deeply") from exc
         if not isinstance(data, dict):
             raise SchemaError(cls.__name__, [f"expected a JSON object, got {type(data).__name__}"])
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SchemaError(cls.__name__, _problems(exc)) from exc
+            raise SchemaError(cls.__name__, _problems(exc), _overflows(exc)) from exc
+        except RecursionError as exc:  # a decoded mapping nested too deeply
+            raise SchemaError(cls.__name__, ["(document): nested too deeply"]) from exc
+
+
+def _overflows(exc: ValidationError) -> tuple[str, ...]:
+    """Locations whose integer exceeds what the wire can carry (see ``WIRE_INT_LIMITS``)."""
+    found = []
+    for err in exc.errors(include_url=False):
+        if err["type"] == "less_than_equal" and (err.get("ctx") or {}).get("le") in WIRE_INT_LIMITS:
+            found.append(".".join(str(part) for part in err["loc"]))
+    return tuple(found)
 
 
 def _problems(exc: ValidationError) -> list[str]:

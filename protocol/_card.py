@@ -5,9 +5,24 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, PositiveFloat, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    PositiveFloat,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 
-from protocol._base import Identifier, Label, StrictModel, UnitFloat
+from protocol._base import (
+    Count,
+    Identifier,
+    Label,
+    PositiveCount,
+    StrictModel,
+    UnitFloat,
+    Version,
+)
 from protocol._task import Modality, TaskSpec, TaskType, check_label_set
 
 __all__ = [
@@ -38,7 +53,10 @@ class Preprocessing(StrictModel):
     channel: ``(x - mean) / std``. ``channels`` is 1 (grey) or 3 (RGB).
     """
 
-    input_size: tuple[Annotated[int, Field(ge=8, le=2048)], Annotated[int, Field(ge=8, le=2048)]]
+    input_size: tuple[
+        Annotated[int, Strict(), Field(ge=8, le=2048)],
+        Annotated[int, Strict(), Field(ge=8, le=2048)],
+    ]
     channels: Literal[1, 3]
     mean: tuple[float, ...]
     std: tuple[PositiveFloat, ...]
@@ -58,7 +76,7 @@ class HeldOutMetrics(StrictModel):
     """Metrics on a split the model never trained or calibrated on."""
 
     split: Literal["test", "val"] = "test"
-    n: Annotated[int, Field(ge=1)]
+    n: PositiveCount
     accuracy: UnitFloat
     macro_auc: UnitFloat | None = None
     macro_f1: UnitFloat
@@ -70,10 +88,10 @@ class DataSummary(StrictModel):
     """Coarse counts only: nothing here may identify a patient or an image."""
 
     source: Annotated[str, StringConstraints(max_length=100)]
-    n_train: Annotated[int, Field(ge=0)]
-    n_val: Annotated[int, Field(ge=0)]
-    n_test: Annotated[int, Field(ge=0)]
-    train_class_counts: dict[Label, Annotated[int, Field(ge=0)]]
+    n_train: Count
+    n_val: Count
+    n_test: Count
+    train_class_counts: dict[Label, Count]
 
 
 class IndexMode(StrEnum):
@@ -88,10 +106,10 @@ class IndexPrivacy(StrictModel):
     """The privacy settings of the published retrieval index."""
 
     mode: IndexMode
-    min_group_size: Annotated[int, Field(ge=1)] | None = None  # k, for prototypes
+    min_group_size: PositiveCount | None = None  # k, for prototypes
     noise_std: Annotated[float, Field(ge=0.0)] = 0.0  # Gaussian noise added to each row
-    embedding_dim: Annotated[int, Field(ge=1, le=65536)]
-    entries_per_class: dict[Label, Annotated[int, Field(ge=0)]]
+    embedding_dim: Annotated[int, Strict(), Field(ge=1, le=65536)]
+    entries_per_class: dict[Label, Count]
     metric: Literal["cosine"] = "cosine"
 
     @model_validator(mode="after")
@@ -120,9 +138,9 @@ class FederatedTraining(StrictModel):
 
     framework: Literal["flower"] = "flower"
     strategy: Literal["fedavg"] = "fedavg"
-    rounds: Annotated[int, Field(ge=1)]
-    sites: Annotated[int, Field(ge=1)]  # sites that took part
-    local_epochs: Annotated[int, Field(ge=1)]
+    rounds: PositiveCount
+    sites: PositiveCount  # sites that took part
+    local_epochs: PositiveCount
     differential_privacy: DifferentialPrivacy | None = None  # server-side clipping and noise
 
 
@@ -143,7 +161,7 @@ class SpecialistCard(StrictModel):
     training_privacy: DifferentialPrivacy | None = None
     federation: FederatedTraining | None = None
     site_id: Identifier
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     license: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     created_at: AwareDatetime
 

@@ -7,9 +7,9 @@ import binascii
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, StringConstraints, field_validator
+from pydantic import Field, PositiveFloat, Strict, StrictBool, StringConstraints, field_validator
 
-from protocol._base import Identifier, Label, Sha256Hex, StrictModel, UnitFloat
+from protocol._base import Count, Identifier, Label, Sha256Hex, StrictModel, UnitFloat, Version
 
 __all__ = [
     "DiagnoseRequest",
@@ -75,8 +75,8 @@ class DiagnoseRequest(StrictModel):
     task_id: Identifier
     image: ImagePayload
     mode: Mode = Mode.GSCO
-    top_k: Annotated[int, Field(ge=1, le=50)] = 5
-    fhir: bool = False
+    top_k: Annotated[int, Strict(), Field(ge=1, le=50)] = 5
+    fhir: StrictBool = False
 
 
 class SpecialistProvenance(StrictModel):
@@ -85,7 +85,7 @@ class SpecialistProvenance(StrictModel):
     bundle_digest: Sha256Hex
     site_id: Identifier
     backbone: Identifier
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     federated: bool = False  # the shared specialist the site co-trained with others
     dp_epsilon: PositiveFloat | None = None  # DP-SGD budget the weights were trained under
     dp_delta: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
@@ -144,7 +144,7 @@ class DiagnoseResponse(StrictModel):
     moed: tuple[SpecialistPrediction, ...] = ()
     rad: tuple[RetrievedCase, ...] = ()
     specialists: tuple[SpecialistProvenance, ...] = ()
-    registry_snapshot_version: Annotated[int, Field(ge=0)] | None = None
+    registry_snapshot_version: Count | None = None
     generalist: GeneralistUse | None = None
     timings: StageTimings
     warnings: tuple[str, ...] = ()

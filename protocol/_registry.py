@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, StringConstraints
 
-from protocol._base import Identifier, Sha256Hex, StrictModel
+from protocol._base import Count, Identifier, Sha256Hex, StrictModel, Version
 
-__all__ = ["BundleRef", "SiteKey"]
+__all__ = ["BundleRef", "SiteKey", "UnreadableBundle"]
 
 #: Upper bound on an encoded P-256 public key (PEM is about 180 bytes).
 MAX_PUBLIC_KEY_PEM = 4096
@@ -30,9 +30,16 @@ class BundleRef(StrictModel):
     task_id: Identifier
     site_id: Identifier
     backbone: Identifier
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     bundle_digest: Sha256Hex
     key_id: Sha256Hex
     published_at: AwareDatetime
-    size_bytes: Annotated[int, Field(ge=0)]
+    size_bytes: Count
     revoked: bool = False
+
+
+class UnreadableBundle(StrictModel):
+    """A stored bundle row that no longer fits :class:`BundleRef`: listed apart, never served."""
+
+    bundle_digest: Annotated[str, StringConstraints(max_length=200)]
+    problem: Annotated[str, StringConstraints(max_length=2000)]

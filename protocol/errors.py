@@ -32,11 +32,16 @@ class SchemaError(ProtocolError):
     Attributes:
         schema: the name of the model the document was checked against.
         problems: one short line per validation problem, ``location: message``.
+        wire_overflows: locations of integers larger than the wire protocol can
+            carry (a ``uint32`` version of 2**40, say); empty for other problems.
     """
 
-    def __init__(self, schema: str, problems: list[str]) -> None:
+    def __init__(
+        self, schema: str, problems: list[str], wire_overflows: tuple[str, ...] = ()
+    ) -> None:
         self.schema = schema
         self.problems = problems
+        self.wire_overflows = wire_overflows
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         super().__init__(f"invalid {schema}: {shown}{more}")

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from protocol._base import _problems
 from protocol._pb import registry_pb2 as pb
-from protocol._registry import BundleRef, SiteKey
+from protocol._registry import BundleRef, SiteKey, UnreadableBundle
 from protocol.errors import SchemaError
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "bundle_ref_to_pb",
     "site_key_from_pb",
     "site_key_to_pb",
+    "unreadable_from_pb",
+    "unreadable_to_pb",
 ]
 
 
@@ -33,7 +35,9 @@ def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def _validate(model: type[SiteKey] | type[BundleRef], fields: dict[str, Any]) -> Any:
+def _validate(
+    model: type[SiteKey] | type[BundleRef] | type[UnreadableBundle], fields: dict[str, Any]
+) -> Any:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
@@ -98,3 +102,17 @@ def bundle_ref_from_pb(message: pb.BundleRefMessage) -> BundleRef:
         },
     )
     return ref
+
+
+def unreadable_to_pb(row: UnreadableBundle) -> pb.UnreadableBundleMessage:
+    """Encodes an :class:`UnreadableBundle`."""
+    return pb.UnreadableBundleMessage(bundle_digest=row.bundle_digest, problem=row.problem)
+
+
+def unreadable_from_pb(message: pb.UnreadableBundleMessage) -> UnreadableBundle:
+    """Decodes an :class:`UnreadableBundle` (over-long texts are cut, not refused)."""
+    row: UnreadableBundle = _validate(
+        UnreadableBundle,
+        {"bundle_digest": message.bundle_digest[:200], "problem": message.problem[:2000]},
+    )
+    return row

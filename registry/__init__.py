@@ -6,12 +6,13 @@ event log, the gRPC service and its client, TUF metadata (registry side) and
 :class:`TrustedRegistry` (client side, through ``tuf.ngclient``).
 """
 
-from registry._client import RegistryClient
+from registry._client import BundleListing, RegistryClient
 from registry._core import Registry, keyring_of
 from registry._events import Event, verify_event_log
 from registry._server import ServerConfig, admin_token_for, start_server
 from registry._tuf import build_site_targets, target_path
 from registry._tuf_client import TrustedRegistry, TufSource
+from registry._uploads import UploadLimits
 from registry._verify import (
     BUNDLE_FILES,
     REQUIRED_FILES,
@@ -19,6 +20,7 @@ from registry._verify import (
     Limits,
     check_names_and_sizes,
     verify_publication,
+    verify_signed_digests,
 )
 from registry.errors import (
     ConflictError,
@@ -37,6 +39,7 @@ __all__ = [
     "BUNDLE_FILES",
     "REQUIRED_FILES",
     "AcceptedBundle",
+    "BundleListing",
     "ConflictError",
     "Event",
     "EventLogError",
@@ -54,6 +57,7 @@ __all__ = [
     "TrustedRegistry",
     "TufSource",
     "UntrustedMetadataError",
+    "UploadLimits",
     "admin_token_for",
     "build_site_targets",
     "check_names_and_sizes",
@@ -62,4 +66,5 @@ __all__ = [
     "target_path",
     "verify_event_log",
     "verify_publication",
+    "verify_signed_digests",
 ]

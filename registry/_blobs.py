@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,7 +90,10 @@ class BlobStore:
         """Removes temporary files left by interrupted writes; returns how many."""
         removed = 0
         for path in self.tmp.iterdir():
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)  # an upload's files
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
         return removed
 

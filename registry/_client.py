@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
-from protocol import BundleRef, SiteKey
+from protocol import BundleRef, SchemaError, SiteKey, UnreadableBundle
 from protocol._pb import registry_pb2 as pb
 from protocol._pb import registry_pb2_grpc as pb_grpc
-from protocol.serde import bundle_ref_from_pb, site_key_from_pb
+from protocol.serde import bundle_ref_from_pb, site_key_from_pb, unreadable_from_pb
 from registry._service import CHUNK_BYTES
 from registry._tuf import build_site_targets
 from registry.errors import (
@@ -27,7 +28,7 @@ from registry.errors import (
 )
 from signing import bundle_digest, digest_files, is_safe_relative_path
 
-__all__ = ["RegistryClient"]
+__all__ = ["BundleListing", "RegistryClient"]
 
 _T = TypeVar("_T")
 
@@ -46,6 +47,14 @@ def _translate(exc: grpc.RpcError) -> RegistryError:
         grpc.StatusCode.DEADLINE_EXCEEDED: RegistryUnavailableError,
     }
     return kinds.get(code, RegistryError)(f"registry: {details or code.name}")
+
+
+@dataclass(frozen=True)
+class BundleListing:
+    """What :meth:`RegistryClient.listing` returns."""
+
+    bundles: list[BundleRef]
+    unreadable: list[UnreadableBundle]
 
 
 class RegistryClient:
@@ -173,12 +182,37 @@ class RegistryClient:
     def bundles(
         self, *, task_id: str = "", site_id: str = "", include_revoked: bool = False
     ) -> list[BundleRef]:
-        """Published bundles."""
+        """Published bundles (entries that do not decode are left out; see :meth:`listing`)."""
+        return self.listing(
+            task_id=task_id, site_id=site_id, include_revoked=include_revoked
+        ).bundles
+
+    def listing(
+        self, *, task_id: str = "", site_id: str = "", include_revoked: bool = False
+    ) -> BundleListing:
+        """Published bundles, and the entries that cannot be used.
+
+        An entry that does not decode into a valid :class:`BundleRef` (a
+        registry older than the schema's bounds, say) is reported in
+        ``unreadable`` instead of failing the whole listing, so that one bad
+        row never stops a hub's sync.
+        """
         request = pb.ListBundlesRequest(
             task_id=task_id, site_id=site_id, include_revoked=include_revoked
         )
         response = self._call(lambda: self._stub.ListBundles(request, timeout=self.timeout_s))
-        return [bundle_ref_from_pb(b) for b in response.bundles]
+        refs: list[BundleRef] = []
+        unreadable = [unreadable_from_pb(u) for u in response.unreadable]
+        for message in response.bundles:
+            try:
+                refs.append(bundle_ref_from_pb(message))
+            except SchemaError as exc:
+                unreadable.append(
+                    UnreadableBundle(
+                        bundle_digest=message.bundle_digest[:200], problem=str(exc)[:2000]
+                    )
+                )
+        return BundleListing(refs, unreadable)
 
     def fetch(self, bundle_digest: str) -> dict[str, bytes]:
         """A bundle's files as ``{name: bytes}`` (verify them with :func:`verify_publication`)."""

@@ -10,6 +10,7 @@ event lines, so an interrupted publication leaves nothing behind.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,15 +18,25 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from protocol import BundleRef, GscoError, SiteKey
+from pydantic import ValidationError
+
+from protocol import UINT32_MAX, BundleRef, GscoError, SiteKey, UnreadableBundle
 from registry._blobs import BlobStore
 from registry._events import GENESIS, EventLog, verify_event_log
 from registry._tuf import TufRepository
-from registry._verify import AcceptedBundle, Limits, verify_publication
-from registry.errors import ConflictError, NotFoundError, RejectedError, StoreError
+from registry._verify import (
+    AcceptedBundle,
+    Limits,
+    check_names_and_sizes,
+    verify_publication,
+    verify_signed_digests,
+)
+from registry.errors import ConflictError, NotFoundError, RejectCode, RejectedError, StoreError
 from signing import KeyRing, PublicKey, TrustedKey
 
 __all__ = ["Registry", "keyring_of"]
+
+log = logging.getLogger(__name__)
 
 
 def keyring_of(sites: Iterable[SiteKey]) -> KeyRing:
@@ -166,7 +177,16 @@ class Registry:
             orphans = [d for d in self.blobs.digests() if d not in referenced]
             for orphan in orphans:
                 self.blobs.delete(orphan)
+            recorded: dict[str, set[str]] = {}
+            for site_id, digest in self._db.execute("SELECT site_id, digest FROM bundles"):
+                recorded.setdefault(site_id, set()).add(digest)
+            reverted = self.tuf.revert_unrecorded_site_targets(recorded)
+            for site_id in reverted:
+                log.warning(
+                    "recovery: reverted %s's TUF targets of an unfinished publication", site_id
+                )
             return {
+                "reverted_site_targets": len(reverted),
                 "temporary_files": self.blobs.clear_tmp(),
                 "unreferenced_blobs": len(orphans),
                 "unacknowledged_events": dropped_events,
@@ -232,10 +252,15 @@ class Registry:
     # -- bundles ------------------------------------------------------------------
 
     def last_version(self, site_id: str, task_id: str, backbone: str) -> int | None:
-        """The site's highest version for the task and backbone (revoked ones included)."""
+        """The site's highest version for the task and backbone (revoked ones included).
+
+        A row whose version the wire cannot carry (stored before the schema
+        bounded it) is never served, so it does not block the site's next version.
+        """
         row = self._db.execute(
-            "SELECT MAX(version) FROM bundles WHERE site_id = ? AND task_id = ? AND backbone = ?",
-            (site_id, task_id, backbone),
+            "SELECT MAX(version) FROM bundles WHERE site_id = ? AND task_id = ? AND backbone = ? "
+            "AND version BETWEEN 1 AND ?",
+            (site_id, task_id, backbone, UINT32_MAX),
         ).fetchone()
         return None if row[0] is None else int(row[0])
 
@@ -249,6 +274,75 @@ class Registry:
                 sites[ref.site_id][1].append(ref.bundle_digest)
         published = {ref.site_id for ref in self.bundles(include_revoked=True)}
         self.tuf.sync(sites, published)
+
+    def authenticate_upload(
+        self, site_targets: bytes, declared: Mapping[str, tuple[int, str]]
+    ) -> str:
+        """Checks a publish header before a byte of the body is accepted; returns the site.
+
+        The header's site metadata must be signed by an enrolled, unrevoked key
+        of the site whose paths it lists, be that site's next version, and
+        announce exactly the files, sizes and hashes the header declares. Pure
+        of writes: an unauthenticated sender leaves no trace in the event log.
+
+        Args:
+            site_targets: the site's next TUF delegated-targets metadata.
+            declared: ``{file name: (size in bytes, sha256)}`` from the header.
+
+        Raises:
+            RejectedError: ``BAD_FILE_NAME`` or ``TOO_LARGE`` (the declared
+                files), ``UNAUTHENTICATED``, ``UNKNOWN_KEY``, ``REVOKED_KEY`` or
+                ``INVALID_TUF_METADATA``.
+        """
+        check_names_and_sizes({name: size for name, (size, _) in declared.items()}, self.limits)
+        with self._lock:
+            site_id, digest, announced = self.tuf.announced_bundle(site_targets)
+            keys = [s for s in self.sites(include_revoked=True) if s.site_id == site_id]
+            active = [s.public_key_pem.encode() for s in keys if not s.revoked]
+            if not active:
+                code = RejectCode.REVOKED_KEY if keys else RejectCode.UNKNOWN_KEY
+                raise RejectedError(code, f"site {site_id!r} has no enrolled, unrevoked key")
+            if dict(announced) != dict(declared):
+                raise RejectedError(
+                    RejectCode.UNAUTHENTICATED,
+                    "the header declares other files, sizes or hashes than the site signed",
+                )
+            self.tuf.check_site_targets(
+                site_targets,
+                site_id,
+                active,
+                digest,
+                {name: sha256 for name, (_, sha256) in declared.items()},
+                {name: size for name, (size, _) in declared.items()},
+                unsigned_code=RejectCode.UNAUTHENTICATED,
+            )
+        return site_id
+
+    def check_signature(
+        self, signature: bytes | None, digests: Mapping[str, str], sizes: Mapping[str, int]
+    ) -> None:
+        """The signature stage of a publication, from digests alone (logged when refused).
+
+        What a receiver that hashed the body while streaming it to disk calls
+        before it reads any file into memory.
+
+        Raises:
+            RejectedError: see :func:`registry.verify_signed_digests`.
+        """
+        with self._lock:
+            try:
+                verify_signed_digests(
+                    signature,
+                    digests,
+                    sizes,
+                    self.keyring(),
+                    revoked_key_ids=self.revoked_key_ids(),
+                    limits=self.limits,
+                )
+            except RejectedError as exc:
+                with self._transaction() as db:
+                    self._event(db, "reject", code=exc.code.value, reason=str(exc)[:1000])
+                raise
 
     def publish(self, files: Mapping[str, bytes], site_targets: bytes) -> BundleRef:
         """Verifies and stores a bundle; a rejection is logged and stores nothing else.
@@ -354,21 +448,50 @@ class Registry:
                 args.append(value)
         if not include_revoked:
             query += " AND revoked_at IS NULL"
-        rows = self._db.execute(query + " ORDER BY published_at", args).fetchall()
-        return [
-            BundleRef(
-                task_id=r[0],
-                site_id=r[1],
-                backbone=r[2],
-                version=r[3],
-                bundle_digest=r[4],
-                key_id=r[5],
-                published_at=datetime.fromisoformat(r[6]),
-                size_bytes=r[7],
-                revoked=r[8] is not None,
-            )
-            for r in rows
-        ]
+        return self._bundle_rows(query, args)[0]
+
+    def unreadable_bundles(self) -> list[UnreadableBundle]:
+        """Stored rows that do not fit :class:`BundleRef`; :meth:`bundles` leaves them out.
+
+        Only a registry older than its schema's bounds (or an edited database)
+        holds such rows. They are never served, and ``gsco audit`` flags them.
+        """
+        query = (
+            "SELECT task_id, site_id, backbone, version, digest, key_id, published_at, "
+            "size_bytes, revoked_at FROM bundles"
+        )
+        return self._bundle_rows(query, [])[1]
+
+    def _bundle_rows(
+        self, query: str, args: list[str]
+    ) -> tuple[list[BundleRef], list[UnreadableBundle]]:
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY published_at", args).fetchall()
+        good: list[BundleRef] = []
+        bad: list[UnreadableBundle] = []
+        for r in rows:
+            try:
+                good.append(
+                    BundleRef(
+                        task_id=r[0],
+                        site_id=r[1],
+                        backbone=r[2],
+                        version=r[3],
+                        bundle_digest=r[4],
+                        key_id=r[5],
+                        published_at=datetime.fromisoformat(r[6]),
+                        size_bytes=r[7],
+                        revoked=r[8] is not None,
+                    )
+                )
+            except (ValidationError, ValueError, TypeError) as exc:
+                problem = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                    for e in (exc.errors() if isinstance(exc, ValidationError) else [])
+                ) or str(exc)
+                log.warning("stored bundle %s is unreadable and not served: %s", r[4], problem)
+                bad.append(UnreadableBundle(bundle_digest=str(r[4])[:200], problem=problem[:2000]))
+        return good, bad
 
     def bundle_files(self, digest: str) -> dict[str, str]:
         """``{file name: blob sha256}`` of a bundle."""

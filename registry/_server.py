@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -12,6 +12,7 @@ import grpc
 from protocol._pb import registry_pb2_grpc as pb_grpc
 from registry._core import Registry
 from registry._service import CHUNK_BYTES, RegistryServicer
+from registry._uploads import UploadLimits
 from registry._verify import Limits
 from registry.errors import StoreError
 
@@ -29,7 +30,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_bundle_bytes: int = 1024**3
-    workers: int = 8
+    workers: int = 8  # gRPC threads; more than uploads.max_uploads_total, so reads always get one
+    uploads: UploadLimits = field(default_factory=UploadLimits)
 
 
 def admin_token_for(root: Path, given: str | None) -> str:
@@ -48,6 +50,11 @@ def start_server(config: ServerConfig) -> tuple[grpc.Server, Registry, int]:
     """Opens the store (recovering it), binds and starts; returns the bound port."""
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.tls_cert is None:
         raise StoreError("serving beyond loopback needs --tls-cert and --tls-key")
+    if config.uploads.max_uploads_total >= config.workers:
+        raise StoreError(
+            f"max_uploads_total ({config.uploads.max_uploads_total}) must be below the "
+            f"number of workers ({config.workers}), so that reads are always served"
+        )
     registry = Registry(config.root, Limits(max_bundle_bytes=config.max_bundle_bytes))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
@@ -57,7 +64,10 @@ def start_server(config: ServerConfig) -> tuple[grpc.Server, Registry, int]:
         ],
     )
     pb_grpc.add_RegistryServicer_to_server(  # type: ignore[no-untyped-call]
-        RegistryServicer(registry, admin_token_for(config.root, config.admin_token)), server
+        RegistryServicer(
+            registry, admin_token_for(config.root, config.admin_token), config.uploads
+        ),
+        server,
     )
     address = f"{config.host}:{config.port}"
     if config.tls_cert is not None and config.tls_key is not None:

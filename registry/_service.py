@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -12,9 +11,9 @@ import grpc
 from protocol import GscoError, SchemaError
 from protocol._pb import registry_pb2 as pb
 from protocol._pb import registry_pb2_grpc as pb_grpc
-from protocol.serde import bundle_ref_to_pb, site_key_to_pb
+from protocol.serde import bundle_ref_to_pb, site_key_to_pb, unreadable_to_pb
 from registry._core import Registry
-from registry._verify import check_names_and_sizes
+from registry._uploads import UploadGate, UploadLimits, receive_upload
 from registry.errors import (
     ConflictError,
     NotFoundError,
@@ -36,7 +35,7 @@ def _status(exc: GscoError) -> grpc.StatusCode:
     if isinstance(exc, RejectedError):
         return (
             grpc.StatusCode.RESOURCE_EXHAUSTED
-            if exc.code is RejectCode.TOO_LARGE
+            if exc.code in (RejectCode.TOO_LARGE, RejectCode.BUSY, RejectCode.TIMED_OUT)
             else grpc.StatusCode.INVALID_ARGUMENT
         )
     for kind, code in (
@@ -55,9 +54,12 @@ def _status(exc: GscoError) -> grpc.StatusCode:
 class RegistryServicer(pb_grpc.RegistryServicer):
     """Serves one :class:`Registry`."""
 
-    def __init__(self, registry: Registry, admin_token: str) -> None:
+    def __init__(
+        self, registry: Registry, admin_token: str, uploads: UploadLimits | None = None
+    ) -> None:
         self._registry = registry
         self._admin_token = admin_token.encode()
+        self._uploads = UploadGate(uploads or UploadLimits())
 
     def _call(self, context: grpc.ServicerContext, work: Callable[[], _T]) -> _T:
         try:
@@ -90,42 +92,11 @@ class RegistryServicer(pb_grpc.RegistryServicer):
 
     def Publish(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Receives a bundle (header, then chunks), verifies it and stores it."""
-        return self._call(context, lambda: self._publish(request_iterator))
+        return self._call(context, lambda: self._publish(request_iterator, context))
 
-    def _publish(self, messages: Iterator[Any]) -> Any:
-        limits = self._registry.limits
-        first = next(messages, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise RejectedError(RejectCode.MISSING_FILE, "a publication starts with its header")
-        declared = {entry.name: entry for entry in first.header.files}
-        # Refuse before receiving a byte; verify_publication checks the bytes again.
-        check_names_and_sizes({n: e.size_bytes for n, e in declared.items()}, limits)
-        buffers = {name: bytearray() for name in declared}
-        for message in messages:
-            chunk = message.chunk
-            if message.WhichOneof("part") != "chunk" or chunk.name not in buffers:
-                raise RejectedError(
-                    RejectCode.BAD_FILE_NAME, f"a chunk of an undeclared file {chunk.name!r}"
-                )
-            buffer = buffers[chunk.name]
-            if (
-                chunk.offset != len(buffer)
-                or len(buffer) + len(chunk.data) > declared[chunk.name].size_bytes
-            ):
-                raise RejectedError(RejectCode.TOO_LARGE, f"{chunk.name}: more bytes than declared")
-            buffer.extend(chunk.data)
-        files = {}
-        for name, buffer in buffers.items():
-            entry = declared[name]
-            if (
-                len(buffer) != entry.size_bytes
-                or hashlib.sha256(buffer).hexdigest() != entry.sha256
-            ):
-                raise RejectedError(
-                    RejectCode.FILE_CHANGED, f"{name} arrived incomplete or altered"
-                )
-            files[name] = bytes(buffer)
-        ref = self._registry.publish(files, first.header.site_targets_metadata)
+    def _publish(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        with receive_upload(messages, context, self._registry, self._uploads) as upload:
+            ref = self._registry.publish(upload.read(), upload.site_targets)
         return pb.PublishResponse(bundle=bundle_ref_to_pb(ref))
 
     def ListBundles(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -135,7 +106,10 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             site_id=request.site_id or None,
             include_revoked=request.include_revoked,
         )
-        return pb.ListBundlesResponse(bundles=[bundle_ref_to_pb(r) for r in refs])
+        return pb.ListBundlesResponse(
+            bundles=[bundle_ref_to_pb(r) for r in refs],
+            unreadable=[unreadable_to_pb(u) for u in self._registry.unreadable_bundles()],
+        )
 
     def FetchBundle(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
         """Streams a bundle's files in chunks."""

@@ -37,7 +37,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from registry.errors import NotFoundError, RejectCode, RejectedError
+from registry.errors import ConflictError, NotFoundError, RejectCode, RejectedError
 from signing import PublicKey, load_private_key
 
 __all__ = ["EXPIRY", "TufRepository", "build_site_targets", "site_tuf_key", "target_path"]
@@ -101,6 +101,17 @@ def build_site_targets(
     metadata.signatures.clear()
     metadata.sign(CryptoSigner(private, site_tuf_key(public_pem)))
     return metadata.to_bytes(JSONSerializer(compact=True))
+
+
+def _parse_site_targets(data: bytes, code: RejectCode) -> Metadata[Targets]:
+    """A site's delegated-targets metadata, parsed but not verified."""
+    try:
+        metadata = Metadata[Targets].from_bytes(data)
+    except (DeserializationError, ValueError, TypeError) as exc:
+        raise RejectedError(code, f"the site's targets metadata does not parse: {exc}") from exc
+    if not isinstance(metadata.signed, Targets):
+        raise RejectedError(code, "the site's metadata is not targets metadata")
+    return metadata
 
 
 class TufRepository:
@@ -200,6 +211,8 @@ class TufRepository:
         bundle_digest: str,
         files: Mapping[str, str],
         sizes: Mapping[str, int],
+        *,
+        unsigned_code: RejectCode = RejectCode.INVALID_TUF_METADATA,
     ) -> None:
         """Checks a site's new delegated metadata before the bundle is accepted (pure of writes).
 
@@ -207,18 +220,14 @@ class TufRepository:
         exactly the previous targets plus this bundle's files, and not expire.
 
         Raises:
-            RejectedError: code ``INVALID_TUF_METADATA``.
+            RejectedError: code ``INVALID_TUF_METADATA`` (``unsigned_code`` when
+                no key of the site signed it).
         """
 
         def reject(message: str) -> RejectedError:
             return RejectedError(RejectCode.INVALID_TUF_METADATA, message)
 
-        try:
-            metadata = Metadata[Targets].from_bytes(data)
-        except (DeserializationError, ValueError, TypeError) as exc:
-            raise reject(f"the site's targets metadata does not parse: {exc}") from exc
-        if not isinstance(metadata.signed, Targets):
-            raise reject("the site's metadata is not targets metadata")
+        metadata = _parse_site_targets(data, RejectCode.INVALID_TUF_METADATA)
         keys = [site_tuf_key(pem) for pem in site_keys]
         delegator = Targets(
             delegations=Delegations(
@@ -229,7 +238,9 @@ class TufRepository:
         try:
             delegator.verify_delegate(site_id, metadata.signed_bytes, metadata.signatures)
         except UnsignedMetadataError as exc:
-            raise reject("the site's targets metadata is not signed by the site's key") from exc
+            raise RejectedError(
+                unsigned_code, "the site's targets metadata is not signed by the site's key"
+            ) from exc
         previous_path = self.metadata_dir / f"{site_id}.json"
         previous = (
             Metadata[Targets].from_file(str(previous_path)) if previous_path.exists() else None
@@ -255,9 +266,103 @@ class TufRepository:
                 "this bundle's files"
             )
 
+    def announced_bundle(self, data: bytes) -> tuple[str, str, Mapping[str, tuple[int, str]]]:
+        """Which bundle a site's new delegated metadata announces (unverified; pure of writes).
+
+        Returns ``(site, bundle digest, {file name: (length, sha256)})`` of the
+        targets that the stored metadata of that site does not list yet. The
+        caller verifies the signature with :meth:`check_site_targets`.
+
+        Raises:
+            RejectedError: ``UNAUTHENTICATED`` when the metadata is absent, does
+                not parse, or does not announce exactly one bundle of one site.
+            ConflictError: it announces no new bundle (a repeated publication).
+        """
+
+        def reject(message: str) -> RejectedError:
+            return RejectedError(RejectCode.UNAUTHENTICATED, message)
+
+        if not data:
+            raise reject("the publish header carries no signed site metadata")
+        metadata = _parse_site_targets(data, RejectCode.UNAUTHENTICATED)
+        parts = [path.split("/") for path in metadata.signed.targets]
+        sites = {p[0] for p in parts}
+        if len(sites) != 1 or any(len(p) != 3 for p in parts):
+            raise reject("the site's targets metadata must list paths <site>/<digest>/<file>")
+        (site_id,) = sites
+        if not _METADATA_NAME.match(f"{site_id}.json") or site_id in TOP_ROLES:
+            raise reject(f"not a site id: {site_id[:80]!r}")
+        stored = self.metadata_dir / f"{site_id}.json"
+        previous = (
+            set(Metadata[Targets].from_file(str(stored)).signed.targets)
+            if stored.exists()
+            else set()
+        )
+        new = {
+            path: target for path, target in metadata.signed.targets.items() if path not in previous
+        }
+        digests = {path.split("/")[1] for path in new}
+        if not digests:
+            raise ConflictError(f"site {site_id} has published this bundle already")
+        if len(digests) != 1:
+            raise reject("the site's targets metadata must add exactly one bundle")
+        (digest,) = digests
+        files = {}
+        for path, target in new.items():
+            sha256 = target.hashes.get("sha256")
+            if sha256 is None:
+                raise reject(f"target {path} has no sha256")
+            files[path.split("/")[2]] = (target.length, sha256)
+        return site_id, digest, files
+
     def store_site_targets(self, site_id: str, data: bytes) -> None:
         """Stores a checked site's delegated metadata."""
         self._write(f"{site_id}.json", Metadata[Targets].from_bytes(data))
+
+    def site_target_digests(self, site_id: str, version: int | None = None) -> set[str]:
+        """The bundle digests a site's stored delegated metadata lists (that version, or now)."""
+        name = f"{site_id}.json" if version is None else f"{version}.{site_id}.json"
+        signed = self._load(name).signed
+        assert isinstance(signed, Targets)
+        return {path.split("/")[1] for path in signed.targets if path.count("/") == 2}
+
+    def revert_unrecorded_site_targets(self, recorded: Mapping[str, set[str]]) -> list[str]:
+        """Recovery: rolls back site metadata stored by a publication that never committed.
+
+        A publication writes the site's metadata just before its database
+        commit; a crash in between leaves metadata that lists a bundle the
+        database does not hold. Each such file goes back to the newest earlier
+        version whose bundles are all recorded (or away, if there is none).
+
+        Args:
+            recorded: ``{site: digests the database holds for it}``.
+
+        Returns:
+            The sites whose metadata was reverted.
+        """
+        reverted = []
+        for current in sorted(self.metadata_dir.glob("*.json")):
+            site_id = current.stem
+            if "." in site_id or site_id in TOP_ROLES:
+                continue
+            known = recorded.get(site_id, set())
+            version = self._load(current.name).signed.version
+            if self.site_target_digests(site_id) <= known:
+                continue
+            while version >= 1:
+                newer = self.metadata_dir / f"{version}.{site_id}.json"
+                if newer.exists() and self.site_target_digests(site_id, version) <= known:
+                    break
+                newer.unlink(missing_ok=True)
+                version -= 1
+            if version >= 1:
+                self._write_bytes(
+                    current.name, (self.metadata_dir / f"{version}.{site_id}.json").read_bytes()
+                )
+            else:
+                current.unlink()
+            reverted.append(site_id)
+        return reverted
 
     # -- top-level roles ----------------------------------------------------------
 

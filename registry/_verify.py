@@ -14,6 +14,7 @@ from types import MappingProxyType
 from protocol import (
     ArtifactError,
     GscoError,
+    SchemaError,
     SpecialistCard,
     check_index,
     check_onnx,
@@ -44,6 +45,7 @@ __all__ = [
     "Limits",
     "check_names_and_sizes",
     "verify_publication",
+    "verify_signed_digests",
 ]
 
 #: Every file a bundle may hold, and those it must hold.
@@ -105,6 +107,60 @@ def check_names_and_sizes(sizes: Mapping[str, int], limits: Limits) -> int:
     return total
 
 
+def verify_signed_digests(
+    signature: bytes | None,
+    digests: Mapping[str, str],
+    sizes: Mapping[str, int],
+    keyring: KeyRing,
+    *,
+    revoked_key_ids: frozenset[str] = frozenset(),
+    limits: Limits | None = None,
+) -> tuple[VerifiedManifest, int]:
+    """The first stage of :func:`verify_publication`: names, sizes and the signature.
+
+    It needs only each file's sha256 and size, not its bytes, so a receiver that
+    hashed a bundle while streaming it to disk can refuse an unsigned or
+    wrongly signed bundle before it reads any file into memory.
+
+    Args:
+        signature: ``model.sig``, or ``None`` if the bundle has none.
+        digests: ``{name: sha256}`` of every file but ``model.sig``.
+        sizes: ``{name: bytes}`` of every file, ``model.sig`` included.
+        keyring: the enrolled, unrevoked site keys.
+        revoked_key_ids: keys that were enrolled and then revoked.
+        limits: size limits.
+
+    Returns:
+        The verified manifest and the bundle's total size in bytes.
+
+    Raises:
+        RejectedError: ``BAD_FILE_NAME``, ``TOO_LARGE``, ``UNSIGNED`` or a signature code.
+    """
+    limits = limits or Limits()
+    size = check_names_and_sizes(sizes, limits)
+    if signature is None:
+        raise RejectedError(RejectCode.UNSIGNED, "the bundle has no model.sig")
+    try:
+        if signature_key_id(signature) in revoked_key_ids:
+            raise RejectedError(RejectCode.REVOKED_KEY, "signed by a revoked site key")
+        manifest = verify_manifest(signature, digests, keyring)
+    except MalformedSignatureError as exc:
+        raise RejectedError(RejectCode.MALFORMED_SIGNATURE, str(exc)) from exc
+    except UnknownKeyError as exc:
+        raise RejectedError(RejectCode.UNKNOWN_KEY, "signed by a key that is not enrolled") from exc
+    except BadSignatureError as exc:
+        raise RejectedError(RejectCode.BAD_SIGNATURE, str(exc)) from exc
+    except UnsupportedManifestError as exc:
+        raise RejectedError(RejectCode.UNSUPPORTED_MANIFEST, str(exc)) from exc
+    except FileChangedError as exc:
+        raise RejectedError(RejectCode.FILE_CHANGED, str(exc)) from exc
+    except FileMissingError as exc:
+        raise RejectedError(RejectCode.FILE_MISSING, str(exc)) from exc
+    except FileAddedError as exc:
+        raise RejectedError(RejectCode.FILE_ADDED, str(exc)) from exc
+    return manifest, size
+
+
 def verify_publication(
     files: Mapping[str, bytes],
     keyring: KeyRing,
@@ -127,29 +183,19 @@ def verify_publication(
         RejectedError: with the :class:`RejectCode` of the first rule that failed.
     """
     limits = limits or Limits()
-    size = check_names_and_sizes({name: len(data) for name, data in files.items()}, limits)
     if SIGNATURE_FILE not in files:
+        check_names_and_sizes({name: len(data) for name, data in files.items()}, limits)
         raise RejectedError(RejectCode.UNSIGNED, "the bundle has no model.sig")
     signature = files[SIGNATURE_FILE]
     digests = digest_files(files)
-    try:
-        if signature_key_id(signature) in revoked_key_ids:
-            raise RejectedError(RejectCode.REVOKED_KEY, "signed by a revoked site key")
-        manifest = verify_manifest(signature, digests, keyring)
-    except MalformedSignatureError as exc:
-        raise RejectedError(RejectCode.MALFORMED_SIGNATURE, str(exc)) from exc
-    except UnknownKeyError as exc:
-        raise RejectedError(RejectCode.UNKNOWN_KEY, "signed by a key that is not enrolled") from exc
-    except BadSignatureError as exc:
-        raise RejectedError(RejectCode.BAD_SIGNATURE, str(exc)) from exc
-    except UnsupportedManifestError as exc:
-        raise RejectedError(RejectCode.UNSUPPORTED_MANIFEST, str(exc)) from exc
-    except FileChangedError as exc:
-        raise RejectedError(RejectCode.FILE_CHANGED, str(exc)) from exc
-    except FileMissingError as exc:
-        raise RejectedError(RejectCode.FILE_MISSING, str(exc)) from exc
-    except FileAddedError as exc:
-        raise RejectedError(RejectCode.FILE_ADDED, str(exc)) from exc
+    manifest, size = verify_signed_digests(
+        signature,
+        digests,
+        {name: len(data) for name, data in files.items()},
+        keyring,
+        revoked_key_ids=revoked_key_ids,
+        limits=limits,
+    )
     unexpected = sorted(set(files) - BUNDLE_FILES)
     if unexpected:
         raise RejectedError(
@@ -160,6 +206,14 @@ def verify_publication(
         raise RejectedError(RejectCode.MISSING_FILE, f"the bundle lacks {', '.join(missing)}")
     try:
         card = SpecialistCard.parse(files["card.json"])
+    except SchemaError as exc:
+        if exc.wire_overflows:
+            raise RejectedError(
+                RejectCode.OUT_OF_RANGE,
+                f"card.json: {', '.join(exc.wire_overflows)} larger than the registry's "
+                f"messages can carry ({exc})",
+            ) from exc
+        raise RejectedError(RejectCode.INVALID_CARD, str(exc)) from exc
     except GscoError as exc:
         raise RejectedError(RejectCode.INVALID_CARD, str(exc)) from exc
     if card.site_id != manifest.site_id:

@@ -51,10 +51,14 @@ class RejectCode(StrEnum):
     MISSING_FILE = "MISSING_FILE"  # a required bundle file (model.onnx, card.json, ...) is absent
     SITE_MISMATCH = "SITE_MISMATCH"  # signed by one site, card names another
     INVALID_CARD = "INVALID_CARD"  # card.json fails its schema
+    OUT_OF_RANGE = "OUT_OF_RANGE"  # card.json holds a value the wire protocol cannot carry
     INVALID_MODEL = "INVALID_MODEL"  # model.onnx breaks the ONNX contract
     INVALID_INDEX = "INVALID_INDEX"  # index.npz breaks its contract or contradicts the card
     STALE_VERSION = "STALE_VERSION"  # not newer than the site's last version (a replay)
     INVALID_TUF_METADATA = "INVALID_TUF_METADATA"  # the site's delegated targets metadata is wrong
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # the publish header is not signed by the site's key
+    BUSY = "BUSY"  # too many uploads in progress (for the site or in total); retry later
+    TIMED_OUT = "TIMED_OUT"  # the header or the body did not arrive in time
 
 
 class RegistryError(GscoError):

@@ -50,9 +50,19 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key.")] = None,
     admin_token_file: TokenFileOption = None,
     max_bundle_mb: Annotated[int, typer.Option(min=1, help="Largest bundle accepted.")] = 1024,
+    max_uploads: Annotated[
+        int, typer.Option(min=1, help="Uploads received at once, all sites together.")
+    ] = 4,
+    max_uploads_per_site: Annotated[
+        int, typer.Option(min=1, help="Uploads received at once from one site.")
+    ] = 1,
 ) -> None:
-    """Run the registry's gRPC service until interrupted."""
-    from registry import ServerConfig, start_server
+    """Run the registry's gRPC service until interrupted.
+
+    An upload is authenticated from its header (the site's signed TUF metadata)
+    before a byte of its body is accepted, then streamed to ROOT/tmp.
+    """
+    from registry import ServerConfig, UploadLimits, start_server
 
     config = ServerConfig(
         root=root,
@@ -62,6 +72,9 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         max_bundle_bytes=max_bundle_mb * 1024 * 1024,
+        uploads=UploadLimits(
+            max_uploads_total=max_uploads, max_uploads_per_site=max_uploads_per_site
+        ),
     )
     server, registry, bound = start_server(config)
     recovered = {k: v for k, v in registry.recovered.items() if v}

@@ -115,10 +115,20 @@ class ListBundlesRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., site_id: _Optional[str] = ..., include_revoked: _Optional[bool] = ...) -> None: ...
 
 class ListBundlesResponse(_message.Message):
-    __slots__ = ("bundles",)
+    __slots__ = ("bundles", "unreadable")
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     bundles: _containers.RepeatedCompositeFieldContainer[BundleRefMessage]
-    def __init__(self, bundles: _Optional[_Iterable[_Union[BundleRefMessage, _Mapping]]] = ...) -> None: ...
+    unreadable: _containers.RepeatedCompositeFieldContainer[UnreadableBundleMessage]
+    def __init__(self, bundles: _Optional[_Iterable[_Union[BundleRefMessage, _Mapping]]] = ..., unreadable: _Optional[_Iterable[_Union[UnreadableBundleMessage, _Mapping]]] = ...) -> None: ...
+
+class UnreadableBundleMessage(_message.Message):
+    __slots__ = ("bundle_digest", "problem")
+    BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    bundle_digest: str
+    problem: str
+    def __init__(self, bundle_digest: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class FetchBundleRequest(_message.Message):
     __slots__ = ("bundle_digest",)

@@ -176,6 +176,7 @@ def test_reopen_recovers_from_an_interrupted_publish(
     registry.close()
     reopened = Registry(root)
     assert reopened.recovered == {
+        "reverted_site_targets": 0,
         "temporary_files": 1,
         "unreferenced_blobs": 1,
         "unacknowledged_events": 1,
@@ -183,6 +184,54 @@ def test_reopen_recovers_from_an_interrupted_publish(
     assert orphan not in set(reopened.blobs.digests())
     assert [r.bundle_digest for r in reopened.bundles()] == [ref.bundle_digest]
     assert reopened.verify_events() == 2
+
+
+def test_recovery_reverts_site_targets_of_an_uncommitted_publish(
+    registry: Registry, tmp_path: Path, site_a: SiteKeys
+) -> None:
+    from registry import build_site_targets
+    from signing import bundle_digest, digest_files
+
+    first = publish_to(registry, read_files(_bundle(tmp_path, site_a, "v1")), site_a)
+    v1_metadata = registry.tuf.metadata_bytes("site-a.json")
+    # A crash after the site's new targets were stored but before the database
+    # commit: the metadata lists a bundle that the registry never recorded.
+    files = read_files(_bundle(tmp_path, site_a, "v2", version=2))
+    digest = bundle_digest(digest_files(files))
+    registry.tuf.store_site_targets(
+        "site-a", build_site_targets(v1_metadata, "site-a", digest, files, site_a.private)
+    )
+    assert digest in registry.tuf.site_target_digests("site-a")
+    registry.close()
+    reopened = Registry(registry.root)
+    assert reopened.recovered["reverted_site_targets"] == 1
+    assert reopened.tuf.metadata_bytes("site-a.json") == v1_metadata
+    assert reopened.tuf.site_target_digests("site-a") == {first.bundle_digest}
+    # The site can publish that version again: nothing of the failed attempt remains.
+    again = publish_to(reopened, files, site_a)
+    assert again.bundle_digest == digest
+    assert reopened.tuf.site_target_digests("site-a") == {first.bundle_digest, digest}
+
+
+def test_recovery_removes_the_first_site_targets_of_an_uncommitted_publish(
+    tmp_path: Path, site_a: SiteKeys
+) -> None:
+    from registry import build_site_targets
+    from signing import bundle_digest, digest_files
+
+    store = Registry(tmp_path / "store")
+    store.enroll("site-a", site_a.public.pem)
+    files = read_files(_bundle(tmp_path, site_a))
+    digest = bundle_digest(digest_files(files))
+    store.tuf.store_site_targets(
+        "site-a", build_site_targets(None, "site-a", digest, files, site_a.private)
+    )
+    store.close()
+    reopened = Registry(store.root)
+    assert reopened.recovered["reverted_site_targets"] == 1
+    with pytest.raises(NotFoundError):
+        reopened.tuf.metadata_bytes("site-a.json")
+    assert publish_to(reopened, files, site_a).bundle_digest == digest
 
 
 def test_reopen_refuses_a_tampered_log(registry: Registry) -> None:

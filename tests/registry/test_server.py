@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from registry import (
     RegistryClient,
     RejectCode,
     RejectedError,
+    build_site_targets,
     keyring_of,
     verify_publication,
 )
-from signing import sign_bundle
+from signing import bundle_digest, digest_files, sign_bundle
 from tests.bundles import external_data_onnx, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
 from tests.servers import RunningRegistry, start_registry
@@ -96,6 +99,14 @@ def _unknown_card_field(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) ->
     return read_files(write_bundle_files(d, a, card_overrides={"mrn": "12345678"}))
 
 
+def _version_2_40(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
+    return read_files(write_bundle_files(d, a, card_overrides={"version": 2**40}))
+
+
+def _version_true(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
+    return read_files(write_bundle_files(d, a, card_overrides={"version": True}))
+
+
 def _external_data(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
     return read_files(write_bundle_files(d, a, model=external_data_onnx("/etc/shadow")))
 
@@ -112,12 +123,17 @@ SCENARIOS: list[tuple[str, Scenario, RejectCode]] = [
     ("unsigned", _unsigned, RejectCode.UNSIGNED),
     ("unenrolled-key", _unenrolled, RejectCode.UNKNOWN_KEY),
     ("revoked-key", _revoked, RejectCode.REVOKED_KEY),
-    ("a-key-naming-b", _a_naming_b, RejectCode.SITE_MISMATCH),
+    # Site a's key cannot sign the header of site b's publication (the registry
+    # core still checks the card against the bundle signature: test_core).
+    ("a-key-naming-b", _a_naming_b, RejectCode.UNAUTHENTICATED),
     ("tampered-after-signing", _tampered, RejectCode.FILE_CHANGED),
     ("extra-file", _extra_file, RejectCode.FILE_ADDED),
     ("replayed-older-version", _replayed, RejectCode.STALE_VERSION),
     ("oversized", _oversized, RejectCode.TOO_LARGE),
     ("card-unknown-field", _unknown_card_field, RejectCode.INVALID_CARD),
+    # A uint32 on the wire: stored, it once broke listing and every hub's sync.
+    ("card-version-2^40", _version_2_40, RejectCode.OUT_OF_RANGE),
+    ("card-version-true", _version_true, RejectCode.INVALID_CARD),
     ("onnx-external-data", _external_data, RejectCode.INVALID_MODEL),
     ("dotdot-name", _dotdot, RejectCode.BAD_FILE_NAME),
     ("absolute-name", _absolute, RejectCode.BAD_FILE_NAME),
@@ -171,15 +187,47 @@ def test_revoked_bundle_leaves_the_listing(
         assert client.bundles(include_revoked=True)[0].revoked
 
 
-def _stalling_upload(files: dict[str, bytes], sent: threading.Event) -> Iterator[Any]:
-    yield pb.PublishMessage(
+def _signed_header(
+    files: dict[str, bytes], site: SiteKeys, sizes: dict[str, tuple[int, str]] | None = None
+) -> Any:
+    """A publish header for site a's first publication, authenticated by its key."""
+    digest = bundle_digest(digest_files(files))
+    return pb.PublishMessage(
         header=pb.PublishHeader(
-            files=[pb.FileEntry(name="model.onnx", size_bytes=10_000_000, sha256="0" * 64)]
+            files=[
+                pb.FileEntry(
+                    name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+                )
+                for name, data in sorted(files.items())
+            ],
+            site_targets_metadata=build_site_targets(None, "site-a", digest, files, site.private),
         )
     )
-    yield pb.PublishMessage(chunk=pb.FileChunk(name="model.onnx", offset=0, data=b"\x01" * 500_000))
+
+
+def _stalling_upload(
+    site: SiteKeys, sent: threading.Event, previous: bytes | None
+) -> Iterator[Any]:
+    model = bytes(range(256)) * 40_000  # 10 MB, declared in an authenticated header
+    files = {"model.onnx": model}
+    digest = bundle_digest(digest_files(files))
+    yield pb.PublishMessage(
+        header=pb.PublishHeader(
+            files=[
+                pb.FileEntry(
+                    name="model.onnx",
+                    size_bytes=len(model),
+                    sha256=hashlib.sha256(model).hexdigest(),
+                )
+            ],
+            site_targets_metadata=build_site_targets(
+                previous, "site-a", digest, files, site.private
+            ),
+        )
+    )
+    yield pb.PublishMessage(chunk=pb.FileChunk(name="model.onnx", offset=0, data=model[:500_000]))
     sent.set()
-    time.sleep(30)  # the server dies before the rest arrives
+    time.sleep(30)  # the server dies (or is given up on) before the rest arrives
 
 
 def test_killed_mid_upload_then_restarted(tmp_path: Path, site_a: SiteKeys) -> None:
@@ -190,13 +238,16 @@ def test_killed_mid_upload_then_restarted(tmp_path: Path, site_a: SiteKeys) -> N
             kept = client.publish_files(
                 read_files(write_bundle_files(tmp_path / "v1", site_a)), site_a.private
             )
+            previous = client.fetch_metadata("site-a.json")
         blobs = server.blob_count()
         sent, failed = threading.Event(), threading.Event()
 
         def upload() -> None:
             with grpc.insecure_channel(server.address) as channel:
                 try:
-                    pb_grpc.RegistryStub(channel).Publish(_stalling_upload({}, sent), timeout=60)
+                    pb_grpc.RegistryStub(channel).Publish(
+                        _stalling_upload(site_a, sent, previous), timeout=60
+                    )
                 except grpc.RpcError:
                     failed.set()
 
@@ -231,5 +282,149 @@ def test_acknowledged_publish_survives_a_kill(tmp_path: Path, site_a: SiteKeys) 
     try:
         with server.client() as client:
             assert client.fetch(ref.bundle_digest) == read_files(tmp_path / "b")
+    finally:
+        server.stop()
+
+
+# -- uploads: authenticated before the body, streamed to disk, bounded --------------------
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def _site_targets(site: SiteKeys, files: dict[str, tuple[int, str]]) -> bytes:
+    """Site a's first delegated metadata for files known only by size and sha256."""
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata, TargetFile, Targets
+    from tuf.api.serialization.json import JSONSerializer
+
+    from registry._tuf import site_tuf_key
+    from signing import load_private_key
+
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    metadata = Metadata(Targets(version=1, expires=expires))
+    for name, (size, sha256) in files.items():
+        path = f"site-a/{'ab' * 32}/{name}"
+        metadata.signed.targets[path] = TargetFile(size, {"sha256": sha256}, path)
+    metadata.sign(CryptoSigner(load_private_key(site.private), site_tuf_key(site.public.pem)))
+    return metadata.to_bytes(JSONSerializer(compact=True))
+
+
+def _flood(header: Any, name: str, total_bytes: int) -> Iterator[Any]:
+    """A header, then ``total_bytes`` of chunks for ``name``, made on the fly."""
+    yield header
+    block = b"\x5a" * CHUNK
+    for offset in range(0, total_bytes, CHUNK):
+        yield pb.PublishMessage(chunk=pb.FileChunk(name=name, offset=offset, data=block))
+
+
+CHUNK = 1024 * 1024
+BIG = 300 * CHUNK
+
+
+def _send(address: str, messages: Iterator[Any]) -> grpc.RpcError:
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.RegistryStub(channel).Publish(messages, timeout=120)
+    return caught.value
+
+
+def test_unauthenticated_300mb_upload_is_refused_at_its_header(
+    tmp_path: Path, site_a: SiteKeys
+) -> None:
+    server = start_registry(tmp_path / "registry")  # the default 1 GB bundle limit
+    try:
+        with server.client() as client:
+            client.enroll("site-a", site_a.public.pem)
+        before = _peak_rss_bytes(server.process.pid)
+        unsigned = pb.PublishMessage(
+            header=pb.PublishHeader(
+                files=[pb.FileEntry(name="model.onnx", size_bytes=BIG, sha256="0" * 64)]
+            )
+        )
+        error = _send(server.address, _flood(unsigned, "model.onnx", BIG))
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (error.details() or "").startswith("UNAUTHENTICATED")
+        # Headers signed by a key the registry does not hold for that site fare no better.
+        forged = _signed_header({"model.onnx": b"\x5a" * 1000}, SiteKeys(tmp_path, "forger"))
+        error = _send(server.address, _flood(forged, "model.onnx", 50 * CHUNK))
+        assert (error.details() or "").startswith("UNAUTHENTICATED")
+        grown = _peak_rss_bytes(server.process.pid) - before
+        assert grown < 64 * 1024 * 1024, f"the registry's peak RSS grew by {grown >> 20} MB"
+        assert not list((tmp_path / "registry" / "tmp").iterdir())
+        with server.client() as client:
+            assert client.bundles() == []
+    finally:
+        server.stop()
+
+
+def test_authenticated_unsigned_300mb_body_goes_to_disk_not_memory(
+    tmp_path: Path, site_a: SiteKeys
+) -> None:
+    server = start_registry(tmp_path / "registry")
+    try:
+        with server.client() as client:
+            client.enroll("site-a", site_a.public.pem)
+        before = _peak_rss_bytes(server.process.pid)
+        block = b"\x5a" * CHUNK
+        digest = hashlib.sha256()
+        for _ in range(BIG // CHUNK):
+            digest.update(block)
+        files_meta = {"model.onnx": (BIG, digest.hexdigest())}
+
+        metadata = _site_targets(site_a, files_meta)
+        header = pb.PublishMessage(
+            header=pb.PublishHeader(
+                files=[
+                    pb.FileEntry(
+                        name="model.onnx", size_bytes=BIG, sha256=files_meta["model.onnx"][1]
+                    )
+                ],
+                site_targets_metadata=metadata,
+            )
+        )
+        error = _send(server.address, _flood(header, "model.onnx", BIG))
+        assert (error.details() or "").startswith("UNSIGNED"), error.details()
+        grown = _peak_rss_bytes(server.process.pid) - before
+        assert grown < 64 * 1024 * 1024, f"the registry's peak RSS grew by {grown >> 20} MB"
+        assert not list((tmp_path / "registry" / "tmp").iterdir())
+        assert server.blob_count() == 0
+    finally:
+        server.stop()
+
+
+def test_one_upload_at_a_time_per_site(tmp_path: Path, site_a: SiteKeys) -> None:
+    server = start_registry(tmp_path / "registry")
+    try:
+        with server.client() as client:
+            client.enroll("site-a", site_a.public.pem)
+        sent = threading.Event()
+        outcome: list[grpc.RpcError] = []
+
+        def stall() -> None:
+            with grpc.insecure_channel(server.address) as channel:
+                try:
+                    pb_grpc.RegistryStub(channel).Publish(
+                        _stalling_upload(site_a, sent, None), timeout=8
+                    )
+                except grpc.RpcError as exc:
+                    outcome.append(exc)
+
+        thread = threading.Thread(target=stall, daemon=True)
+        thread.start()
+        assert sent.wait(timeout=30)
+        time.sleep(0.5)
+        files = read_files(write_bundle_files(tmp_path / "b", site_a))
+        with server.client() as client:
+            with pytest.raises(RejectedError) as caught:
+                client.publish_files(files, site_a.private)
+            assert caught.value.code is RejectCode.BUSY
+            thread.join(timeout=30)
+            # Once the stalled upload is gone, the site publishes normally.
+            assert client.publish_files(files, site_a.private).site_id == "site-a"
     finally:
         server.stop()

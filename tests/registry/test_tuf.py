@@ -125,5 +125,6 @@ def test_wrong_site_metadata_is_rejected(
     files = read_files(write_bundle_files(tmp_path / "b", site_a))
     with pytest.raises(RejectedError) as caught:
         client.publish_files(files, site_b.private)  # TUF metadata signed with another key
-    assert caught.value.code is RejectCode.INVALID_TUF_METADATA
+    # The header is what the site signed: signed by another key, it authenticates nobody.
+    assert caught.value.code is RejectCode.UNAUTHENTICATED
     assert running.row_count() == 0
