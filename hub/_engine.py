@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -32,6 +32,7 @@ from generalist import (
 from hub._catalog import Catalog
 from hub._runtime import LoadedSpecialist, Neighbour
 from protocol import (
+    DecodeLimits,
     DiagnoseResponse,
     GeneralistUse,
     MediaType,
@@ -58,7 +59,11 @@ _RETRIEVAL_MODES = frozenset({Mode.GSCO, Mode.RAD})
 class EngineOptions:
     """Bounds of one diagnosis."""
 
-    max_image_pixels: int = 16 * 1024 * 1024
+    decode_limits: DecodeLimits = field(
+        default_factory=lambda: DecodeLimits(
+            max_image_pixels=16 * 1024 * 1024, max_pixel_data_bytes=64 * 1024 * 1024
+        )
+    )
     generalist_timeout_s: float = 30.0
 
 
@@ -212,9 +217,9 @@ class DiagnosisEngine:
     async def _decode(
         self, image: bytes, channels: int, media_type: MediaType | None
     ) -> NDArray[np.uint8]:
-        limit = self.options.max_image_pixels
+        limits = self.options.decode_limits
         return await self._in_pool(
-            lambda: decode_image_bytes(image, channels, media_type=media_type, max_pixels=limit)
+            lambda: decode_image_bytes(image, channels, media_type=media_type, limits=limits)
         )
 
     async def _run_specialists(

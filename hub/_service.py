@@ -21,6 +21,7 @@ from hub._metrics import HubMetrics
 from hub._runtime import RuntimeOptions
 from hub._sync import RegistrySync, SyncReport
 from hub.errors import HubConfigError, OverloadedError
+from protocol import DecodeLimits
 
 if TYPE_CHECKING:
     from registry import RegistryClient
@@ -43,7 +44,9 @@ class HubConfig:
     generalist: OpenAIConfig | None = None  # None: every generalist mode degrades to ensemble
     sync_interval_s: float = 30.0
     max_body_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 16 * 1024 * 1024
+    max_image_pixels: int = 16 * 1024 * 1024  # width x height (x frames, for DICOM)
+    max_pixel_data_bytes: int = 64 * 1024 * 1024  # decoded: rows x cols x samples x frames x bits
+    max_dicom_header_bytes: int = 1024 * 1024  # DICOM elements before the pixels, inflated
     max_in_flight: int = 4  # diagnoses processed at once
     max_queue: int = 32  # admitted diagnoses waiting for a slot; more get 503
     retry_after_s: int = 2
@@ -65,7 +68,14 @@ class HubConfig:
             )
         if self.api_keys is not None and not self.api_keys.is_file():
             raise HubConfigError(f"API key file {self.api_keys} not found")
-        for name in ("max_body_bytes", "max_image_pixels", "max_in_flight", "workers"):
+        for name in (
+            "max_body_bytes",
+            "max_image_pixels",
+            "max_pixel_data_bytes",
+            "max_dicom_header_bytes",
+            "max_in_flight",
+            "workers",
+        ):
             if getattr(self, name) < 1:
                 raise HubConfigError(f"{name} must be at least 1")
         if self.max_queue < 0:
@@ -150,7 +160,11 @@ class Hub:
             self._generalist,
             self._executor,
             EngineOptions(
-                max_image_pixels=config.max_image_pixels,
+                decode_limits=DecodeLimits(
+                    max_image_pixels=config.max_image_pixels,
+                    max_pixel_data_bytes=config.max_pixel_data_bytes,
+                    max_dicom_header_bytes=config.max_dicom_header_bytes,
+                ),
                 generalist_timeout_s=config.generalist_timeout_s,
             ),
         )

@@ -49,6 +49,7 @@ from protocol._diagnosis import (
     SpecialistProvenance,
     StageTimings,
 )
+from protocol._dicom import DecodeLimits, DicomSize, bounded_dicom
 from protocol._images import (
     DICOM_PIXEL_TAGS,
     MAX_IMAGE_PIXELS,
@@ -81,8 +82,10 @@ __all__ = [
     "ChainError",
     "Count",
     "DataSummary",
+    "DecodeLimits",
     "DiagnoseRequest",
     "DiagnoseResponse",
+    "DicomSize",
     "DifferentialPrivacy",
     "EncodingError",
     "FederatedTraining",
@@ -115,6 +118,7 @@ __all__ = [
     "TaskType",
     "UnreadableBundle",
     "Version",
+    "bounded_dicom",
     "canonical_digest",
     "canonical_json",
     "check_index",

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
 from protocol._diagnosis import MediaType
+from protocol._dicom import DecodeLimits, bounded_dicom
 from protocol.errors import ImageDecodeError
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 #: Images with more pixels than this are refused before their pixels are decoded.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_IMAGE_PIXELS = DecodeLimits().max_image_pixels
 #: The only DICOM attributes ever read: the Image Pixel module and the
 #: modality/VOI LUT attributes needed to turn stored values into grey levels.
 DICOM_PIXEL_TAGS = (
@@ -77,7 +79,8 @@ def decode_image_bytes(
     channels: int,
     *,
     media_type: MediaType | None = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_pixels: int | None = None,
+    limits: DecodeLimits | None = None,
 ) -> NDArray[np.uint8]:
     """Decodes one image to ``uint8 [H, W, channels]``.
 
@@ -86,7 +89,10 @@ def decode_image_bytes(
         channels: 1 (grey) or 3 (RGB) in the result.
         media_type: what the sender declared; ``None`` trusts the content.
             A declaration that the content contradicts is an error.
-        max_pixels: the largest ``H * W`` accepted (checked before decoding pixels).
+        max_pixels: the largest ``H * W`` (times frames, for DICOM) accepted;
+            overrides ``limits.max_image_pixels``.
+        limits: every bound of decoding (see :class:`DecodeLimits`), checked
+            from the header before any pixel is decoded.
 
     Raises:
         ImageDecodeError: corrupt, truncated, too large, unsupported, or not
@@ -94,6 +100,10 @@ def decode_image_bytes(
     """
     if channels not in (1, 3):
         raise ImageDecodeError(f"channels must be 1 or 3, not {channels}")
+    limits = limits or DecodeLimits()
+    if max_pixels is not None:
+        limits = replace(limits, max_image_pixels=max_pixels)
+    max_pixels = limits.max_image_pixels
     found = sniff_media_type(data)
     if found is None:
         # Pillow knows more formats (BMP, TIFF, ...) than the four the API names.
@@ -102,13 +112,17 @@ def decode_image_bytes(
     elif media_type is not None and found is not media_type:
         raise ImageDecodeError(f"declared {media_type.value}, but the content is {found.value}")
     if found is MediaType.DICOM:
-        pixels = _decode_dicom(data, max_pixels)
+        pixels = _decode_dicom(data, limits)
     elif found is MediaType.NPY:
         pixels = _decode_npy(data, max_pixels)
     else:
         pixels = _decode_pillow(data, channels, max_pixels)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3):
+        raise ImageDecodeError(
+            f"decoded pixels have shape {list(pixels.shape)}, not [H, W], [H, W, 1] or [H, W, 3]"
+        )
     if pixels.shape[-1] == channels:
         return np.ascontiguousarray(pixels)
     if channels == 3:
@@ -183,22 +197,22 @@ def _decode_npy(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
     return _to_uint8(array)
 
 
-def _decode_dicom(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+def _decode_dicom(data: bytes, limits: DecodeLimits) -> NDArray[np.uint8]:
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
     except ImportError as exc:  # pragma: no cover - pydicom is in every extra that decodes
         raise ImageDecodeError("DICOM support needs pydicom (pip install pydicom)") from exc
+    plain, size = bounded_dicom(data, limits)  # every bound checked from the header
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_PIXEL_TAGS))
-        _check_size(int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0)), max_pixels)
+        dataset = pydicom.dcmread(io.BytesIO(plain), specific_tags=list(DICOM_PIXEL_TAGS))
+        # A series: its middle frame only. Never more frames than the header declares.
+        dataset.pixel_array_options(
+            index=size.frames // 2 if size.frames > 1 else None, allow_excess_frames=False
+        )
         pixels = dataset.pixel_array.astype(np.float64)
-    except ImageDecodeError:
-        raise
     except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, KeyError) as exc:
         raise ImageDecodeError(f"DICOM pixel data cannot be decoded ({exc})") from exc
-    if pixels.ndim == 3 and dataset.get("SamplesPerPixel", 1) == 1:
-        pixels = pixels[pixels.shape[0] // 2]  # a multi-frame series: its middle frame
     pixels = pixels * float(dataset.get("RescaleSlope", 1) or 1) + float(
         dataset.get("RescaleIntercept", 0) or 0
     )

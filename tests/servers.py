@@ -153,3 +153,11 @@ def start_hub(registry: RunningRegistry, state_dir: Path, *extra: str) -> Runnin
         ready,
     )
     return RunningHub(process, url, state_dir)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident set size (VmHWM in /proc/PID/status), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")

@@ -78,7 +78,16 @@ def serve(
     ] = False,
     sync_interval: Annotated[float, typer.Option(min=0.5, help="Seconds between syncs.")] = 30.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 20.0,
-    max_image_megapixels: Annotated[float, typer.Option(min=0.001)] = 16.0,
+    max_image_megapixels: Annotated[
+        float,
+        typer.Option(min=0.001, help="Largest image, width x height x frames (DICOM), in MP."),
+    ] = 16.0,
+    max_pixel_data_mb: Annotated[
+        float,
+        typer.Option(
+            min=0.001, help="Largest decoded pixel data (rows x columns x samples x frames x bits)."
+        ),
+    ] = 64.0,
     max_in_flight: Annotated[int, typer.Option(min=1, help="Diagnoses processed at once.")] = 4,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503.")] = 32,
     workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
@@ -128,6 +137,7 @@ def serve(
         sync_interval_s=sync_interval,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_image_pixels=int(max_image_megapixels * 1_000_000),
+        max_pixel_data_bytes=int(max_pixel_data_mb * 1024 * 1024),
         max_in_flight=max_in_flight,
         max_queue=max_queue,
         workers=workers,

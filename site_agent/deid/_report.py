@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from protocol import DICOM_PIXEL_TAGS
+from protocol import DICOM_PIXEL_TAGS, GscoError
 from site_agent.deid._profile import PROFILE_NAME, describe_tag, format_tag, profile_entry
 
 __all__ = [
@@ -124,6 +124,16 @@ def _read_tags() -> dict[int, str]:
         assert tag is not None, keyword
         tags[int(tag)] = keyword
     return tags
+
+
+def _bounded(data: bytes) -> bytes | None:
+    """The file as pydicom may read it, or ``None`` when its header breaks the bounds."""
+    from protocol import DecodeLimits, bounded_dicom
+
+    try:
+        return bounded_dicom(data, DecodeLimits())[0]
+    except GscoError:
+        return None
 
 
 def _tags_present(data: bytes) -> list[int]:
@@ -262,7 +272,13 @@ def build_report(
     values: dict[str, set[str]] = {}
     unreadable = 0
     for path in dicom_files:
-        data = path.read_bytes()
+        # The same header-checked, bounded inflation as the decoder: a file the
+        # decoder refused never reaches here (ingestion stopped), and a deflated
+        # one is read inflated once, never past its header's size.
+        data = _bounded(path.read_bytes())
+        if data is None:
+            unreadable += 1
+            continue
         present.update(set(_tags_present(data)))
         found, failed = _identifying_values(data)
         unreadable += failed

@@ -404,3 +404,49 @@ def test_serve_refuses_unsafe_configurations(tmp_path: Path) -> None:
         assert result.returncode == 1, (extra, result.stderr)
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_decompression_and_frame_bombs_are_refused_from_the_header(
+    tmp_path: Path, site_a: SiteKeys
+) -> None:
+    """1 MB that inflates to 1 GB, and 100 RLE frames of 512x512: 422, the hub's RSS flat."""
+    from tests.dicom_bombs import deflate_bomb, multiframe_rle
+    from tests.servers import peak_rss_bytes
+
+    bombs = {
+        "deflate": deflate_bomb(rows=512, columns=512, inflated_bytes=1024**3),
+        "deflate-huge-header": deflate_bomb(rows=60000, columns=60000, inflated_bytes=64 << 20),
+        "rle-100-frames": multiframe_rle(frames=100, rows=512, columns=512),
+    }
+    assert len(bombs["deflate"]) < 1_100_000
+    registry = start_registry(tmp_path / "registry")
+    hub: RunningHub | None = None
+    try:
+        with registry.client() as client:
+            client.enroll("site-a", site_a.public.pem)
+        publish(registry, site_a, tmp_path)
+        hub = start_hub(registry, tmp_path / "hub", "--allow-anonymous", "--no-generalist")
+        # One ordinary request first, so that the baseline includes a real diagnosis.
+        ok = httpx.post(
+            hub.url + "/v1/diagnose",
+            files={"image": ("x.png", png(), "image/png")},
+            data={"task_id": "pneumonia-cxr", "mode": "ensemble"},
+            timeout=30,
+        )
+        assert ok.status_code == 200, ok.text
+        before = peak_rss_bytes(hub.process.pid)
+        for name, data in bombs.items():
+            answer = httpx.post(
+                hub.url + "/v1/diagnose",
+                files={"image": (f"{name}.dcm", data, "application/dicom")},
+                data={"task_id": "pneumonia-cxr", "mode": "ensemble"},
+                timeout=60,
+            )
+            assert answer.status_code == 422, (name, answer.text)
+            assert answer.json()["error"]["type"] == "ImageDecodeError"
+        grown = peak_rss_bytes(hub.process.pid) - before
+        assert grown < 64 * 1024 * 1024, f"the hub's peak RSS grew by {grown >> 20} MB"
+    finally:
+        if hub is not None:
+            hub.stop()
+        registry.stop()

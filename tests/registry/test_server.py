@@ -28,7 +28,7 @@ from registry import (
 from signing import bundle_digest, digest_files, sign_bundle
 from tests.bundles import external_data_onnx, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
-from tests.servers import RunningRegistry, start_registry
+from tests.servers import RunningRegistry, peak_rss_bytes, start_registry
 
 
 def test_publish_fetch_and_verify(
@@ -289,14 +289,6 @@ def test_acknowledged_publish_survives_a_kill(tmp_path: Path, site_a: SiteKeys) 
 # -- uploads: authenticated before the body, streamed to disk, bounded --------------------
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    """The process's peak resident set (VmHWM), from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
-
-
 def _site_targets(site: SiteKeys, files: dict[str, tuple[int, str]]) -> bytes:
     """Site a's first delegated metadata for files known only by size and sha256."""
     from securesystemslib.signer import CryptoSigner
@@ -340,7 +332,7 @@ def test_unauthenticated_300mb_upload_is_refused_at_its_header(
     try:
         with server.client() as client:
             client.enroll("site-a", site_a.public.pem)
-        before = _peak_rss_bytes(server.process.pid)
+        before = peak_rss_bytes(server.process.pid)
         unsigned = pb.PublishMessage(
             header=pb.PublishHeader(
                 files=[pb.FileEntry(name="model.onnx", size_bytes=BIG, sha256="0" * 64)]
@@ -353,7 +345,7 @@ def test_unauthenticated_300mb_upload_is_refused_at_its_header(
         forged = _signed_header({"model.onnx": b"\x5a" * 1000}, SiteKeys(tmp_path, "forger"))
         error = _send(server.address, _flood(forged, "model.onnx", 50 * CHUNK))
         assert (error.details() or "").startswith("UNAUTHENTICATED")
-        grown = _peak_rss_bytes(server.process.pid) - before
+        grown = peak_rss_bytes(server.process.pid) - before
         assert grown < 64 * 1024 * 1024, f"the registry's peak RSS grew by {grown >> 20} MB"
         assert not list((tmp_path / "registry" / "tmp").iterdir())
         with server.client() as client:
@@ -369,7 +361,7 @@ def test_authenticated_unsigned_300mb_body_goes_to_disk_not_memory(
     try:
         with server.client() as client:
             client.enroll("site-a", site_a.public.pem)
-        before = _peak_rss_bytes(server.process.pid)
+        before = peak_rss_bytes(server.process.pid)
         block = b"\x5a" * CHUNK
         digest = hashlib.sha256()
         for _ in range(BIG // CHUNK):
@@ -389,7 +381,7 @@ def test_authenticated_unsigned_300mb_body_goes_to_disk_not_memory(
         )
         error = _send(server.address, _flood(header, "model.onnx", BIG))
         assert (error.details() or "").startswith("UNSIGNED"), error.details()
-        grown = _peak_rss_bytes(server.process.pid) - before
+        grown = peak_rss_bytes(server.process.pid) - before
         assert grown < 64 * 1024 * 1024, f"the registry's peak RSS grew by {grown >> 20} MB"
         assert not list((tmp_path / "registry" / "tmp").iterdir())
         assert server.blob_count() == 0
