@@ -10,7 +10,7 @@ evidence and provenance; every request is in a hash-chained access log.
 
 from hub._access_log import AccessLog, AccessRecord, verify_access_log
 from hub._app import create_app
-from hub._auth import ApiKeys, ClientKey, create_client_key
+from hub._auth import ApiKeys, ClientKey, KeyFile, create_client_key, remove_client_key
 from hub._catalog import Catalog
 from hub._client import HubClient, HubRequestError, HubUnavailableError
 from hub._engine import GENERALIST_MODES, Diagnosis, DiagnosisEngine, EngineOptions
@@ -34,6 +34,7 @@ from hub.errors import (
     HubError,
     OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     SpecialistLoadError,
     SpecialistRuntimeError,
     UnknownTaskError,
@@ -62,11 +63,13 @@ __all__ = [
     "HubMetrics",
     "HubRequestError",
     "HubUnavailableError",
+    "KeyFile",
     "LoadedSpecialist",
     "Neighbour",
     "OverloadedError",
     "PayloadTooLargeError",
     "RegistrySync",
+    "RequestTimeoutError",
     "RuntimeOptions",
     "SpecialistLoadError",
     "SpecialistRuntimeError",
@@ -78,5 +81,6 @@ __all__ = [
     "faiss_uses_gpu",
     "load_specialist",
     "onnx_providers",
+    "remove_client_key",
     "verify_access_log",
 ]

@@ -122,8 +122,6 @@ class DiagnosisEngine:
         catalog = self._catalog()  # this request's snapshot, whatever syncs meanwhile
         specialists = catalog.for_task(task_id)
         task = catalog.task_spec(task_id)
-        image_sha256 = hashlib.sha256(image).hexdigest()
-
         stage = time.perf_counter()
         channel_counts = {s.card.preprocessing.channels for s in specialists}
         sends_image = bool(
@@ -131,13 +129,27 @@ class DiagnosisEngine:
         )
         if sends_image:
             channel_counts.add(3)  # the generalist is sent an RGB PNG
-        decoded: dict[int, NDArray[np.uint8]] = {}
-        for channels in channel_counts:
-            decoded[channels] = await self._decode(image, channels, media_type)
+        limits = self.options.decode_limits
+
+        def decode() -> tuple[str, dict[int, NDArray[np.uint8]], dict[str, NDArray[np.float32]]]:
+            # All of it in the pool: hashing, decoding and preprocessing cost CPU.
+            decoded: dict[int, NDArray[np.uint8]] = {
+                channels: decode_image_bytes(image, channels, media_type=media_type, limits=limits)
+                for channels in channel_counts
+            }
+            inputs: dict[str, NDArray[np.float32]] = {}
+            for s in specialists:
+                key = s.card.preprocessing.model_dump_json()
+                if key not in inputs:
+                    pixels = decoded[s.card.preprocessing.channels][None]
+                    inputs[key] = preprocess(pixels, s.card.preprocessing)
+            return hashlib.sha256(image).hexdigest(), decoded, inputs
+
+        image_sha256, decoded, inputs = await self._in_pool(decode)
         decode_ms = _ms(stage)
 
         stage = time.perf_counter()
-        outputs = await self._run_specialists(specialists, decoded)
+        outputs = await self._run_specialists(specialists, inputs)
         specialists_ms = _ms(stage)
 
         labels = task.labels
@@ -167,9 +179,8 @@ class DiagnosisEngine:
         scores: dict[str, float] | None
         if mode in GENERALIST_MODES:
             stage = time.perf_counter()
-            result, problem = await self._arbitrate(
-                task, mode, moed, rad, encode_png(decoded[3]) if sends_image else None
-            )
+            png = await self._in_pool(lambda: encode_png(decoded[3])) if sends_image else None
+            result, problem = await self._arbitrate(task, mode, moed, rad, png)
             generalist_ms = _ms(stage)
             if result is not None:
                 label, scores = result.label, result.scores
@@ -214,26 +225,12 @@ class DiagnosisEngine:
         )
         return Diagnosis(response, image_sha256)
 
-    async def _decode(
-        self, image: bytes, channels: int, media_type: MediaType | None
-    ) -> NDArray[np.uint8]:
-        limits = self.options.decode_limits
-        return await self._in_pool(
-            lambda: decode_image_bytes(image, channels, media_type=media_type, limits=limits)
-        )
-
     async def _run_specialists(
         self,
         specialists: tuple[LoadedSpecialist, ...],
-        decoded: dict[int, NDArray[np.uint8]],
+        inputs: dict[str, NDArray[np.float32]],
     ) -> list[tuple[NDArray[np.float64], NDArray[np.float32]]]:
-        """Every specialist at once; one preprocessed batch per distinct preprocessing."""
-        inputs: dict[str, NDArray[np.float32]] = {}
-        for s in specialists:
-            key = s.card.preprocessing.model_dump_json()
-            if key not in inputs:
-                pixels = decoded[s.card.preprocessing.channels][None]
-                inputs[key] = preprocess(pixels, s.card.preprocessing)
+        """Every specialist at once, each on the batch of its preprocessing."""
 
         def runner(
             s: LoadedSpecialist,

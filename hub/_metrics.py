@@ -35,6 +35,12 @@ class HubMetrics:
             ["type"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "gsco_hub_auth_failures",
+            "Requests refused for a missing or unknown API key, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.degraded = Counter(
             "gsco_hub_degraded",
             "Answers that fell back to the ensemble because the generalist failed.",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from generalist import GeneralistBackend, OpenAICompatibleBackend, OpenAIConfig
 from hub._access_log import AccessLog
-from hub._auth import ApiKeys
+from hub._auth import KeyFile
 from hub._catalog import Catalog
 from hub._engine import DiagnosisEngine, EngineOptions
 from hub._metrics import HubMetrics
@@ -54,6 +54,7 @@ class HubConfig:
     generalist_timeout_s: float = 30.0
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     access_log_fsync: bool = True
+    body_timeout_s: float = 30.0  # a request body must arrive within this
 
     def check(self) -> None:
         """Raises :class:`HubConfigError` for an unusable configuration."""
@@ -114,7 +115,7 @@ class Hub:
         config.check()
         self.config = config
         self.metrics = HubMetrics()
-        self.api_keys = ApiKeys.load(config.api_keys) if config.api_keys else None
+        self.api_keys = KeyFile(config.api_keys) if config.api_keys else None
         self._generalist = generalist
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="gsco-hub")
         self._stop = threading.Event()
@@ -123,6 +124,11 @@ class Hub:
         self._sync: RegistrySync | None = None
         self.access_log: AccessLog | None = None
         self.engine: DiagnosisEngine | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The worker pool for CPU work (decoding, onnxruntime, faiss, the access log)."""
+        return self._executor
 
     @property
     def catalog(self) -> Catalog:

@@ -7,18 +7,24 @@
     ├── AuthenticationError     a missing or unknown API key
     ├── UnknownTaskError        no such task, or no verified specialist serves it yet
     ├── BadRequestError         a request the API refuses (wrong content type, bad fields)
-    │   └── PayloadTooLargeError    the body or the image exceeds the configured bounds
+    │   ├── PayloadTooLargeError    the body or the image exceeds the configured bounds
+    │   └── RequestTimeoutError     the body did not arrive in time (408)
     ├── SpecialistLoadError     a verified bundle cannot be turned into a runtime session
     ├── SpecialistRuntimeError  a loaded specialist failed on an input
     ├── OverloadedError         the request queue is full (HTTP 503 with Retry-After)
     └── AccessLogError          the access log is unreadable or its hash chain is broken
 
-Image decoding errors are :class:`protocol.ImageDecodeError`; generalist
+Every class knows its HTTP status once (``http_status``); the API's handlers
+are registered once, at the seam (``hub._app``), and an error that is not a
+:class:`protocol.GscoError` is a bug: logged with its traceback, answered 500.
+Image decoding errors are :class:`protocol.ImageDecodeError` (422); generalist
 failures are :class:`generalist.GeneralistError` and never reach a client:
 they turn the answer into a degraded ``ensemble``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from protocol.errors import GscoError
 
@@ -30,6 +36,7 @@ __all__ = [
     "HubError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "SpecialistLoadError",
     "SpecialistRuntimeError",
     "UnknownTaskError",
@@ -37,7 +44,13 @@ __all__ = [
 
 
 class HubError(GscoError):
-    """Root of the hub's errors."""
+    """Root of the hub's errors.
+
+    Attributes:
+        http_status: the status the API answers this error with.
+    """
+
+    http_status: ClassVar[int] = 500
 
 
 class HubConfigError(HubError):
@@ -47,30 +60,36 @@ class HubConfigError(HubError):
 class AuthenticationError(HubError):
     """A missing or unknown API key."""
 
+    http_status = 401
+
 
 class UnknownTaskError(HubError):
     """No such task, or no verified specialist for it is loaded yet."""
 
+    http_status = 404
+
 
 class BadRequestError(HubError):
-    """A request the API refuses.
+    """A request the API refuses: 400, or the status given (415 for a wrong content type)."""
 
-    Attributes:
-        status: the HTTP status it answers with (400, or 415 for a wrong content type).
-    """
-
-    status = 400
+    http_status = 400
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         if status is not None:
-            self.status = status
+            self.http_status = status  # type: ignore[misc]
 
 
 class PayloadTooLargeError(BadRequestError):
     """The request body or the image is larger than the configured bounds."""
 
-    status = 413
+    http_status = 413
+
+
+class RequestTimeoutError(BadRequestError):
+    """The request body did not arrive within the body timeout."""
+
+    http_status = 408
 
 
 class SpecialistLoadError(HubError):
@@ -87,6 +106,8 @@ class OverloadedError(HubError):
     Attributes:
         retry_after_s: how long the client should wait before retrying.
     """
+
+    http_status = 503
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)

@@ -40,6 +40,8 @@ from protocol._chain import GENESIS, ChainError, line_hash, walk_chain
 from protocol._diagnosis import (
     DiagnoseRequest,
     DiagnoseResponse,
+    ErrorDetail,
+    ErrorResponse,
     GeneralistUse,
     ImagePayload,
     MediaType,
@@ -88,6 +90,8 @@ __all__ = [
     "DicomSize",
     "DifferentialPrivacy",
     "EncodingError",
+    "ErrorDetail",
+    "ErrorResponse",
     "FederatedTraining",
     "GeneralistUse",
     "GscoError",

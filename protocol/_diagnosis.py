@@ -14,6 +14,8 @@ from protocol._base import Count, Identifier, Label, Sha256Hex, StrictModel, Uni
 __all__ = [
     "DiagnoseRequest",
     "DiagnoseResponse",
+    "ErrorDetail",
+    "ErrorResponse",
     "GeneralistUse",
     "ImagePayload",
     "MediaType",
@@ -148,3 +150,17 @@ class DiagnoseResponse(StrictModel):
     generalist: GeneralistUse | None = None
     timings: StageTimings
     warnings: tuple[str, ...] = ()
+
+
+class ErrorDetail(StrictModel):
+    """What went wrong: the error's type name and a message for people."""
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    message: Annotated[str, StringConstraints(max_length=4000)]
+
+
+class ErrorResponse(StrictModel):
+    """The body of every error the diagnosis API answers with, 4xx and 5xx alike."""
+
+    error: ErrorDetail
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]

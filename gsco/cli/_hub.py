@@ -89,6 +89,9 @@ def serve(
         ),
     ] = 64.0,
     max_in_flight: Annotated[int, typer.Option(min=1, help="Diagnoses processed at once.")] = 4,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request body may take to arrive (then 408).")
+    ] = 30.0,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503.")] = 32,
     workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
     gpu: Annotated[
@@ -139,6 +142,7 @@ def serve(
         max_image_pixels=int(max_image_megapixels * 1_000_000),
         max_pixel_data_bytes=int(max_pixel_data_mb * 1024 * 1024),
         max_in_flight=max_in_flight,
+        body_timeout_s=body_timeout,
         max_queue=max_queue,
         workers=workers,
         generalist_timeout_s=generalist_timeout,
@@ -160,6 +164,7 @@ def serve(
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=5,  # an idle connection is closed after 5 s
         )
     )
     server.run(sockets=[listener])
@@ -176,6 +181,18 @@ def add_client(
     key = create_client_key(keys, client_id)
     typer.echo(key)
     typer.echo(f"(stored as a sha256 hash in {keys}; this key is not shown again)", err=True)
+
+
+@app.command("remove-client")
+def remove_client(
+    client_id: Annotated[str, typer.Argument(help="The client whose key to revoke.")],
+    keys: Annotated[Path, typer.Option(help="The hub's API key file.")],
+) -> None:
+    """Revoke a client's API key. A running hub refuses it within a second, no restart needed."""
+    from hub import remove_client_key
+
+    remove_client_key(keys, client_id)
+    typer.echo(f"removed {client_id} from {keys}; running hubs reload it within a second")
 
 
 def diagnose(

@@ -264,7 +264,11 @@ def test_the_server_survives_and_logs_every_request(world: dict[str, Any]) -> No
     ok = [r for r in records if r.outcome == "ok"]
     refused = {r.outcome for r in records if r.outcome != "ok"}
     assert {"UnknownTaskError", "ImageDecodeError"} <= refused
-    assert all(r.client_id == "radiology-viewer" for r in records)
+    assert {r.client_id for r in records} <= {"radiology-viewer", "unauthenticated"}
+    # Failed authentications are logged too, under no client's name.
+    failed_auth = [r for r in records if r.client_id == "unauthenticated"]
+    assert failed_auth
+    assert all(r.outcome == "AuthenticationError" for r in failed_auth)
     assert all(len(r.specialist_digests) == 2 for r in ok)
     assert all(r.image_sha256 for r in ok)
     text = log.read_text()
@@ -277,6 +281,7 @@ def test_the_server_survives_and_logs_every_request(world: dict[str, Any]) -> No
         in (metrics)
     )
     assert 'gsco_hub_errors_total{type="UnknownTaskError"}' in metrics
+    assert 'gsco_hub_auth_failures_total{endpoint="/v1/diagnose"}' in metrics
     assert 'gsco_hub_specialists_loaded{task="pneumonia-cxr"} 2.0' in metrics
     assert 'gsco_hub_stage_seconds_count{stage="specialists"}' in metrics
 
