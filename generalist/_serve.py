@@ -82,16 +82,54 @@ print(f"converted {source.name} ({sum(t.numel() for t in state.values())} parame
 
 @dataclass(frozen=True)
 class ServerState:
-    """A started server (``state.json``)."""
+    """A started server (``state.json``).
+
+    ``started`` is the process's start time in clock ticks since boot (field 22
+    of ``/proc/PID/stat``): with the PID, what tells this server from an
+    unrelated process that was given the same PID after it exited.
+    """
 
     pid: int
     port: int
     log: str
+    started: int | None = None
 
     @property
     def url(self) -> str:
         """The OpenAI base URL."""
         return f"http://127.0.0.1:{self.port}/v1"
+
+
+#: What the server's command line holds: a process without it is not ours.
+_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks since boot), or ``None`` if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19])
+
+
+def _command_line(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_our_server(state: ServerState) -> bool:
+    """Whether ``state.pid`` is still the server that wrote ``state`` (never a reused PID)."""
+    if _start_ticks(state.pid) is None:
+        return False
+    if state.started is not None and _start_ticks(state.pid) != state.started:
+        return False
+    return _SERVER_MODULE in _command_line(state.pid)
 
 
 def _key(*parts: str) -> str:
@@ -178,10 +216,12 @@ class EmbeddedServer:
         path = self.state_dir / "state.json"
         if not path.exists():
             return None
-        state = ServerState(**json.loads(path.read_text()))
         try:
-            os.kill(state.pid, 0)
-        except ProcessLookupError:
+            state = ServerState(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            path.unlink(missing_ok=True)
+            return None
+        if not is_our_server(state):  # exited, or its PID now belongs to another process
             path.unlink(missing_ok=True)
             return None
         return state
@@ -223,7 +263,7 @@ class EmbeddedServer:
             process = subprocess.Popen(  # noqa: S603  (our own fixed argument list)
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        state = ServerState(process.pid, port, str(log_path))
+        state = ServerState(process.pid, port, str(log_path), _start_ticks(process.pid))
         (self.state_dir / "state.json").write_text(json.dumps(vars(state)))
         self._log(
             f"starting vLLM on {state.url} (the first start compiles: 2-4 minutes); log: {log_path}"
@@ -241,7 +281,12 @@ class EmbeddedServer:
         raise ServeError(f"vLLM did not answer within {timeout_s:g} s; see {log_path}")
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """Stops the server and everything it started; returns whether one was running."""
+        """Stops the server and everything it started; returns whether one was running.
+
+        The process group is signalled only after the PID is checked to still be
+        the server the state file names (its start time and command line): a
+        PID reused by another process is never killed.
+        """
         state = self.state()
         if state is None:
             return False
@@ -253,7 +298,8 @@ class EmbeddedServer:
                     break
                 time.sleep(0.5)
             else:
-                os.killpg(state.pid, signal.SIGKILL)
+                if is_our_server(state):
+                    os.killpg(state.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self._forget()

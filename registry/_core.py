@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -507,7 +508,15 @@ class Registry:
         Raises:
             NotFoundError: no such bundle, site or file.
         """
-        site_id, digest, name = [*path.split("/"), "", "", ""][:3]
+        parts = path.split("/")
+        # Only the canonical form: three plain components, no '..', '.', or empty ones.
+        if (
+            len(parts) != 3
+            or posixpath.normpath(path) != path
+            or any(part in ("", ".", "..") or "\\" in part for part in parts)
+        ):
+            raise NotFoundError(f"not a target path: {path[:200]!r}")
+        site_id, digest, name = parts
         files = self.bundle_files(digest)
         if self.bundle(digest).site_id != site_id or name not in files:
             raise NotFoundError(f"no target {path!r}")

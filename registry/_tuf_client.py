@@ -21,7 +21,12 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from registry._tuf import target_path
 from registry._verify import BUNDLE_FILES, REQUIRED_FILES
-from registry.errors import NotFoundError, RegistryError, UntrustedMetadataError
+from registry.errors import (
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    UntrustedMetadataError,
+)
 from signing import SIGNATURE_FILE
 
 __all__ = ["TrustedRegistry", "TufSource"]
@@ -42,6 +47,24 @@ class TufSource(Protocol):
         ...
 
 
+class _Unreachable(tuf_errors.DownloadError):
+    """The registry could not be reached: a transport failure, not bad metadata."""
+
+    def __init__(self, cause: RegistryUnavailableError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _download_failed(exc: tuf_errors.DownloadError, what: str) -> RegistryError:
+    """Keeps "the registry is unreachable" apart from "what it served is not trusted"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _Unreachable):
+            return RegistryUnavailableError(f"{what}: {seen.cause}")
+        seen = seen.__cause__ or seen.__context__
+    return UntrustedMetadataError(f"{what}: {exc}")
+
+
 class _GrpcFetcher(FetcherInterface):
     """Maps ngclient's URLs onto the registry's FetchMetadata and FetchTarget calls."""
 
@@ -58,6 +81,8 @@ class _GrpcFetcher(FetcherInterface):
                 raise tuf_errors.DownloadError(f"unexpected URL {url}")
         except NotFoundError as exc:
             raise tuf_errors.DownloadHTTPError(str(exc), 404) from exc
+        except RegistryUnavailableError as exc:
+            raise _Unreachable(exc) from exc
         except RegistryError as exc:
             raise tuf_errors.DownloadError(str(exc)) from exc
         return iter([data])
@@ -97,7 +122,7 @@ class TrustedRegistry:
         except tuf_errors.RepositoryError as exc:
             raise UntrustedMetadataError(f"TUF refused the registry's metadata: {exc}") from exc
         except tuf_errors.DownloadError as exc:
-            raise UntrustedMetadataError(f"TUF could not fetch metadata: {exc}") from exc
+            raise _download_failed(exc, "TUF could not fetch metadata") from exc
         self._updater = updater
         snapshot = self._metadata_dir / "snapshot.json"
         return int(json.loads(snapshot.read_bytes())["signed"]["version"])
@@ -126,6 +151,7 @@ class TrustedRegistry:
 
         Raises:
             UntrustedMetadataError: the site's delegated metadata is refused.
+            RegistryUnavailableError: the registry cannot be reached.
         """
         try:
             info = self._refreshed().get_targetinfo(
@@ -134,9 +160,7 @@ class TrustedRegistry:
         except tuf_errors.RepositoryError as exc:
             raise UntrustedMetadataError(f"TUF refused site {site_id}'s metadata: {exc}") from exc
         except tuf_errors.DownloadError as exc:
-            raise UntrustedMetadataError(
-                f"TUF could not fetch site {site_id}'s metadata: {exc}"
-            ) from exc
+            raise _download_failed(exc, f"TUF could not fetch site {site_id}'s metadata") from exc
         return info is not None
 
     def bundle_files(self, site_id: str, bundle_digest: str) -> dict[str, bytes]:
@@ -146,6 +170,7 @@ class TrustedRegistry:
             NotFoundError: the trusted metadata does not resolve the bundle
                 (never published, revoked, or its key revoked).
             UntrustedMetadataError: a file's length or hash differs (a swapped file).
+            RegistryUnavailableError: the registry cannot be reached.
         """
         updater = self._refreshed()
         files: dict[str, bytes] = {}
@@ -161,7 +186,7 @@ class TrustedRegistry:
             except tuf_errors.RepositoryError as exc:
                 raise UntrustedMetadataError(f"TUF refused {path}: {exc}") from exc
             except tuf_errors.DownloadError as exc:
-                raise UntrustedMetadataError(f"TUF could not fetch {path}: {exc}") from exc
+                raise _download_failed(exc, f"TUF could not fetch {path}") from exc
         if not set(files) >= REQUIRED_FILES:
             raise NotFoundError(
                 f"bundle {bundle_digest[:16]}… of site {site_id} is not in the trusted metadata "

@@ -46,7 +46,9 @@ def build_report(result: Any) -> Report:
             probs = evaluation.site_probs[best.method]
             methods.append(
                 score_method(
-                    f"best single specialist ({best.method})",
+                    # Chosen on the very images it is scored on: an upper bound, not a
+                    # method a consortium could run (it would not know which one is best).
+                    f"best single specialist, oracle ({best.method})",
                     truth,
                     probs.argmax(axis=1),
                     probs,
@@ -202,7 +204,7 @@ def _markdown(report: Report, plots: list[str]) -> str:
             else []
         ),
         f"- Generalist: {scenario['generalist']}"
-        + (" (stopped before the evaluation)" if scenario["generalist_down"] else ""),
+        + (" (unreachable during the evaluation)" if scenario["generalist_down"] else ""),
         f"- Test images evaluated through the hub: {report['test_images']}",
         "- Wall time per stage (s): "
         + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()),
@@ -227,6 +229,12 @@ def _markdown(report: Report, plots: list[str]) -> str:
             + " for every image. The generalist decided those answers; the CPU stand-in "
             "(SmolLM2-135M, text only) does not follow the evidence well enough to arbitrate. "
             "Real arbitration needs MedDr.",
+        ]
+    if any(m["method"].startswith("best single specialist, oracle") for m in report["methods"]):
+        lines += [
+            "",
+            "The *oracle* row is the specialist that scored best on these same test images: "
+            "an upper bound for choosing one site's model, not a method (chosen on test).",
         ]
     lines += [
         "",

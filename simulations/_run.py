@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -56,7 +57,7 @@ class Scenario:
     seed: int = 0
     faults: dict[int, str] = field(default_factory=dict)
     generalist: str = "embedded"  # "embedded", "none", or an OpenAI-compatible base URL
-    generalist_down: bool = False  # stop the generalist before the evaluation
+    generalist_down: bool = False  # the generalist refuses connections during the evaluation
     concurrency: int = 4
     fedavg_rounds: int = 0  # > 0: the sites also co-train one shared specialist
     fedavg_local_epochs: int = 1
@@ -138,6 +139,17 @@ def _generalist(scenario: Scenario, progress: Progress) -> Iterator[Any]:
     if scenario.generalist == "none":
         yield None
         return
+    if scenario.generalist_down:
+        # "Down" is a generalist that refuses connections: a loopback port held
+        # bound, never listening. A shared server (the embedded one may serve
+        # other processes too) is never stopped for this.
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+            yield OpenAIConfig(
+                base_url=f"http://127.0.0.1:{port}/v1", model=MODEL_NAME, timeout_s=10.0
+            )
+        return
     if scenario.generalist != "embedded":
         yield OpenAIConfig(base_url=scenario.generalist, model=MODEL_NAME, timeout_s=120.0)
         return
@@ -148,10 +160,8 @@ def _generalist(scenario: Scenario, progress: Progress) -> Iterator[Any]:
     try:
         yield OpenAIConfig(base_url=state.url, model=MODEL_NAME, timeout_s=120.0)
     finally:
-        if not already or scenario.generalist_down:
-            server.stop()
-        if already and scenario.generalist_down:
-            server.start(port=state.port, timeout_s=900)  # leave it as we found it
+        if not already:
+            server.stop()  # only what this run started
 
 
 @contextmanager
@@ -334,11 +344,6 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         hub_sites = sorted({specialist_name(s.provenance) for s in hub.catalog.all})
         refused = dict(report.rejected) if report else {}
         lap("hub")
-        if scenario.generalist_down and scenario.generalist == "embedded":
-            progress.stage("stopping the generalist (scenario: generalist down)")
-            from generalist import EmbeddedServer
-
-            EmbeddedServer().stop()
 
         evaluation = _evaluate(scenario, dataset, url, progress)
         lap("evaluation")

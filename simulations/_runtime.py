@@ -9,6 +9,7 @@ a free loopback port, telemetry off and no runtime dependency installation
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ import httpx
 
 from simulations.errors import SimulationFailed
 
-__all__ = ["APP_DIR", "FlowerRuntime"]
+__all__ = ["APP_DIR", "FlowerRuntime", "run_config_toml"]
 
 #: The Flower app folder shipped with this package.
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
@@ -43,12 +44,25 @@ def _bin(name: str) -> str:
 
 
 def _toml_value(value: object) -> str:
+    """One TOML value; a string in any characters (apostrophes, quotes, newlines) round-trips."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "")
-    return f"'{text}'"
+    # A JSON string is a TOML basic string (same escapes); ensure_ascii=False keeps
+    # characters outside the BMP whole (TOML has no surrogate-pair escapes).
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def run_config_toml(run_config: Mapping[str, object]) -> str:
+    """A Flower run config as a TOML document (what ``flwr run --run-config FILE`` reads).
+
+    Flower's inline ``k=v`` form cannot carry a value that holds both kinds of
+    quotes (its parser splits on them), so the run config goes in a file.
+    """
+    return "".join(
+        f"{json.dumps(key)} = {_toml_value(value)}\n" for key, value in run_config.items()
+    )
 
 
 class FlowerRuntime:
@@ -123,7 +137,8 @@ class FlowerRuntime:
         Raises:
             SimulationFailed: the run did not complete.
         """
-        overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
+        config_file = self.home / f"run-config-{time.time_ns()}.toml"
+        config_file.write_text(run_config_toml(run_config), encoding="utf-8")
         command = [
             _bin("flwr"),
             "run",
@@ -132,7 +147,7 @@ class FlowerRuntime:
             "--federation-config",
             f"num-supernodes={num_supernodes}",
             "--run-config",
-            overrides,
+            str(config_file),
             "--stream",
         ]
         process = subprocess.Popen(  # noqa: S603 - our own fixed argument list

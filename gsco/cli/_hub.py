@@ -92,6 +92,12 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request body may take to arrive (then 408).")
     ] = 30.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds a request's headers may take (then the connection closes)."
+        ),
+    ] = 10.0,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503.")] = 32,
     workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
     gpu: Annotated[
@@ -104,6 +110,7 @@ def serve(
 
     from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
     from hub import Hub, HubConfig, RuntimeOptions, create_app
+    from hub._http import with_header_timeout
     from hub.errors import HubConfigError
 
     if (tls_cert is None) != (tls_key is None):
@@ -165,6 +172,7 @@ def serve(
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=10,
             timeout_keep_alive=5,  # an idle connection is closed after 5 s
+            http=with_header_timeout(header_timeout),  # and one that never completes its headers
         )
     )
     server.run(sockets=[listener])

@@ -147,7 +147,7 @@ def simulate(
         str, typer.Option(help="embedded (the CPU vLLM server) | none | an OpenAI base URL.")
     ] = "embedded",
     generalist_down: Annotated[
-        bool, typer.Option(help="Stop the generalist before the evaluation (a fault).")
+        bool, typer.Option(help="The generalist is unreachable during the evaluation (a fault).")
     ] = False,
     fedavg_rounds: Annotated[
         int,

@@ -222,106 +222,111 @@ def train_specialist(
             generator=generator,
         )
         steps, train_net, step_optimizer = dp.steps_per_epoch, dp.module, dp.optimizer
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, config.epochs * steps)
-    )
+    try:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, config.epochs * steps)
+        )
 
-    if checkpoint_dir is not None:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
-    best_loss, best_epoch, stale = math.inf, 0, 0
-    history: list[EpochReport] = []
-    stop_reason = (
-        f"finished {config.epochs} epochs"
-        if config.epochs
-        else "no training: the initial weights were calibrated and evaluated"
-    )
-    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
-    started = time.monotonic()
-    observer.on_start(config.epochs, steps)
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.monotonic()
-        train_net.train()
-        total, seen = 0.0, 0
-        for step, rows in enumerate(_batches(len(y_train), batch_size, steps, generator, dp)):
-            if not len(rows):  # Poisson sampling drew nobody: nothing to learn from
-                continue
-            inputs = x_train[rows]
-            if config.augment:
-                inputs = _shift(inputs, generator)
-            if config.flip:
-                inputs = _flip(inputs, generator)
-            try:
-                logits, _ = train_net(inputs)
-            except RuntimeError as exc:
-                if dp is None:
-                    raise
-                raise _dp_failure(spec.name, exc) from exc
-            if dp is None:
-                loss = loss_fn(logits, y_train[rows])
-            else:  # each example's loss depends on that example alone (per-example clipping)
-                per_example = F.cross_entropy(logits, y_train[rows], reduction="none")
-                loss = (per_example * class_weights[y_train[rows]]).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss diverged at epoch {epoch} (try a lower learning rate)"
-                )
-            step_optimizer.zero_grad(set_to_none=True)
-            try:
-                loss.backward()
-            except RuntimeError as exc:
-                if dp is None:
-                    raise
-                raise _dp_failure(spec.name, exc) from exc
-            step_optimizer.step()
-            scheduler.step()
-            loss_value = loss.item()
-            total += loss_value * len(rows)
-            seen += len(rows)
-            observer.on_step(epoch, step + 1, loss_value)
-            if time.monotonic() > deadline:
-                break
-        val_logits, _ = _predict(net, x_val, 256)
-        val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
-        val_eval = evaluate(softmax(val_logits), y_val, dataset.task.labels)
-        improved = val_loss < best_loss
-        if improved:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
-            best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
-            if checkpoint_dir is not None:
-                save_model(net, str(checkpoint_dir / "best.safetensors"))
-        else:
-            stale += 1
-        report = EpochReport(
-            epoch,
-            total / max(seen, 1),
-            val_loss,
-            val_eval.accuracy,
-            val_eval.macro_auc,
-            time.monotonic() - epoch_start,
-            improved,
-        )
-        history.append(report)
-        observer.on_epoch(report)
         if checkpoint_dir is not None:
-            save_model(net, str(checkpoint_dir / "last.safetensors"))
-        if time.monotonic() > deadline:
-            stop_reason = f"time budget of {config.max_minutes} min reached after epoch {epoch}"
-            break
-        if stale >= config.patience:
-            stop_reason = f"early stop: no better validation loss for {config.patience} epochs"
-            break
-    train_seconds = time.monotonic() - started
-    privacy = None
-    if dp is not None:
-        privacy = DifferentialPrivacy(
-            epsilon=max(dp.spent(), 1e-6),
-            delta=dp.config.delta,
-            accountant=dp.accountant_name,
-            max_grad_norm=dp.config.max_grad_norm,
-            noise_multiplier=dp.noise_multiplier,
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
+        best_loss, best_epoch, stale = math.inf, 0, 0
+        history: list[EpochReport] = []
+        stop_reason = (
+            f"finished {config.epochs} epochs"
+            if config.epochs
+            else "no training: the initial weights were calibrated and evaluated"
         )
-        dp.close()
+        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
+        started = time.monotonic()
+        observer.on_start(config.epochs, steps)
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.monotonic()
+            train_net.train()
+            total, seen = 0.0, 0
+            for step, rows in enumerate(_batches(len(y_train), batch_size, steps, generator, dp)):
+                if not len(rows) and dp is None:
+                    continue
+                # DP-SGD: a Poisson batch that drew nobody is still a step (noise only), as
+                # the accountant assumes; skipping it would spend less than is reported.
+                inputs = x_train[rows]
+                if config.augment:
+                    inputs = _shift(inputs, generator)
+                if config.flip:
+                    inputs = _flip(inputs, generator)
+                try:
+                    logits, _ = train_net(inputs)
+                except RuntimeError as exc:
+                    if dp is None:
+                        raise
+                    raise _dp_failure(spec.name, exc) from exc
+                if dp is None:
+                    loss = loss_fn(logits, y_train[rows])
+                else:  # each example's loss depends on that example alone (per-example clipping)
+                    per_example = F.cross_entropy(logits, y_train[rows], reduction="none")
+                    loss = (per_example * class_weights[y_train[rows]]).sum() / max(len(rows), 1)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss diverged at epoch {epoch} (try a lower learning rate)"
+                    )
+                step_optimizer.zero_grad(set_to_none=True)
+                try:
+                    loss.backward()
+                except RuntimeError as exc:
+                    if dp is None:
+                        raise
+                    raise _dp_failure(spec.name, exc) from exc
+                step_optimizer.step()
+                scheduler.step()
+                loss_value = loss.item()
+                total += loss_value * len(rows)
+                seen += len(rows)
+                observer.on_step(epoch, step + 1, loss_value)
+                if time.monotonic() > deadline:
+                    break
+            val_logits, _ = _predict(net, x_val, 256)
+            val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
+            val_eval = evaluate(softmax(val_logits), y_val, dataset.task.labels)
+            improved = val_loss < best_loss
+            if improved:
+                best_loss, best_epoch, stale = val_loss, epoch, 0
+                best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
+                if checkpoint_dir is not None:
+                    save_model(net, str(checkpoint_dir / "best.safetensors"))
+            else:
+                stale += 1
+            report = EpochReport(
+                epoch,
+                total / max(seen, 1),
+                val_loss,
+                val_eval.accuracy,
+                val_eval.macro_auc,
+                time.monotonic() - epoch_start,
+                improved,
+            )
+            history.append(report)
+            observer.on_epoch(report)
+            if checkpoint_dir is not None:
+                save_model(net, str(checkpoint_dir / "last.safetensors"))
+            if time.monotonic() > deadline:
+                stop_reason = f"time budget of {config.max_minutes} min reached after epoch {epoch}"
+                break
+            if stale >= config.patience:
+                stop_reason = f"early stop: no better validation loss for {config.patience} epochs"
+                break
+        train_seconds = time.monotonic() - started
+        privacy = None
+        if dp is not None:
+            privacy = DifferentialPrivacy(
+                epsilon=max(dp.spent(), 1e-6),
+                delta=dp.config.delta,
+                accountant=dp.accountant_name,
+                max_grad_norm=dp.config.max_grad_norm,
+                noise_multiplier=dp.noise_multiplier,
+            )
+    finally:
+        if dp is not None:  # Opacus's hooks off the model, whatever happened
+            dp.close()
     net.load_state_dict(best_state)
     net.eval()
     val_logits, _ = _predict(net, x_val, 256)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -115,3 +116,32 @@ def test_unconstrained_free_text_is_parsed() -> None:
     result = _arbitrate(config, httpx.MockTransport(lambda r: _reply("Answer: Pneumonia.")))
     assert result.label == "pneumonia"  # type: ignore[attr-defined]
     assert result.scores is None  # type: ignore[attr-defined]
+
+
+def test_stop_never_kills_a_process_that_reused_the_servers_pid(tmp_path: Path) -> None:
+    """The state file names a PID; a PID that now belongs to someone else is left alone."""
+    import json
+    import subprocess
+    import sys
+
+    from generalist import EmbeddedServer, ServerState
+
+    bystander = subprocess.Popen(  # another user's process, in a process group of its own
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    try:
+        server = EmbeddedServer(cache_dir=tmp_path)
+        server.state_dir.mkdir(parents=True)
+        for state in (
+            ServerState(bystander.pid, 1, "x.log"),  # an old state file: no start time
+            ServerState(bystander.pid, 1, "x.log", started=1),  # a start time that differs
+        ):
+            (server.state_dir / "state.json").write_text(json.dumps(vars(state)))
+            assert server.state() is None  # not our server: a stale file, removed
+            assert not (server.state_dir / "state.json").exists()
+            (server.state_dir / "state.json").write_text(json.dumps(vars(state)))
+            assert server.stop() is False
+            assert bystander.poll() is None, "stop() killed a process that was not the server"
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -47,6 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, site_a: SiteKeys) -> Iterato
         "--api-keys", str(keys),
         "--no-generalist",
         "--body-timeout", "2",
+        "--header-timeout", "2",
         "--max-body-mb", "2",
         "--max-queue", "64",
     )  # fmt: skip
@@ -160,6 +161,14 @@ def test_an_oversized_chunked_body_is_413(world: dict[str, Any]) -> None:
     assert _error_body(answer).error.type == "PayloadTooLargeError"
 
 
+def _until_closed(connection: socket.socket) -> bytes:
+    """Everything the hub sends until it closes the connection."""
+    data = b""
+    while piece := connection.recv(65536):
+        data += piece
+    return data
+
+
 def test_a_half_sent_body_is_cut_off_with_408(world: dict[str, Any]) -> None:
     host, port = world["hub"].url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=20) as connection:
@@ -169,12 +178,41 @@ def test_a_half_sent_body_is_cut_off_with_408(world: dict[str, Any]) -> None:
             + b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"task'
         )
         started = time.monotonic()
-        reply = connection.recv(65536)
+        reply = _until_closed(connection)
         waited = time.monotonic() - started
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert waited < 15  # the body timeout is 2 s; without one the hub waits forever
     _, _, body = reply.partition(b"\r\n\r\n")
     assert ErrorResponse.parse(body).error.type == "RequestTimeoutError"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /v1/diagnose HTTP/1.1\r\nHost: x\r\n"],
+    ids=["silent", "half-sent-headers"],
+)
+def test_a_connection_that_never_completes_its_headers_is_closed(
+    world: dict[str, Any], sent: bytes
+) -> None:
+    host, port = world["hub"].url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as connection:
+        connection.sendall(sent)
+        started = time.monotonic()
+        assert connection.recv(65536) == b""  # closed by the hub, not by our timeout
+        assert time.monotonic() - started < 15  # header timeout 2 s (none at all before)
+    # Kept-alive connections get the same deadline for their next request.
+    with socket.create_connection((host, int(port)), timeout=20) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while b'{"status":"ok"}' not in reply:
+            piece = connection.recv(65536)
+            assert piece, reply
+            reply += piece
+        assert reply.startswith(b"HTTP/1.1 200")
+        connection.sendall(b"GET /hea")
+        started = time.monotonic()
+        assert _until_closed(connection) == b""
+        assert time.monotonic() - started < 15
 
 
 # -- API keys ----------------------------------------------------------------------------

@@ -128,3 +128,45 @@ def test_wrong_site_metadata_is_rejected(
     # The header is what the site signed: signed by another key, it authenticates nobody.
     assert caught.value.code is RejectCode.UNAUTHENTICATED
     assert running.row_count() == 0
+
+
+def test_an_unreachable_registry_is_not_reported_as_untrusted_metadata(
+    running: RunningRegistry, tmp_path: Path, site_a: SiteKeys
+) -> None:
+    """Transport failure and bad metadata stay apart, as registry/errors.py promises."""
+    from registry import RegistryUnavailableError
+
+    with running.client() as client:
+        digest, _ = _publish(client, tmp_path, site_a, 1)
+    client = RegistryClient(running.address, timeout_s=3)
+    try:
+        hub = _hub(running, client, tmp_path / "hub")
+        hub.refresh()
+        running.stop()  # the registry goes away
+        with pytest.raises(RegistryUnavailableError) as caught:
+            hub.refresh()
+        assert not isinstance(caught.value, UntrustedMetadataError)
+        fresh = _hub(running, client, tmp_path / "hub-2")
+        with pytest.raises(RegistryUnavailableError):
+            fresh.bundle_files("site-a", digest)
+    finally:
+        client.close()
+
+
+def test_only_canonical_target_paths_are_served(
+    running: RunningRegistry, client: RegistryClient, tmp_path: Path, site_a: SiteKeys
+) -> None:
+    digest, files = _publish(client, tmp_path, site_a, 1)
+    assert client.fetch_target(f"site-a/{digest}/model.sig") == files["model.sig"]
+    for path in (
+        f"site-a/{digest}/model.sig/../../x",
+        f"site-a/{digest}/model.sig/..",
+        f"site-a/{digest}/./model.sig",
+        f"site-a//{digest}/model.sig",
+        f"site-a/{digest}/model.sig/",
+        f"/site-a/{digest}/model.sig",
+        f"site-a/{digest}/model.sig/extra",
+        f"site-a/{digest}",
+    ):
+        with pytest.raises(NotFoundError):
+            client.fetch_target(path)

@@ -121,6 +121,30 @@ def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
     assert metrics["export"]["max_abs_diff_probabilities"] < 1e-4  # frozen norms export fine
 
 
+def test_empty_poisson_batches_are_steps_and_the_budget_is_spent_as_planned(
+    tmp_path: Path,
+) -> None:
+    """At a sample rate of 2/128, about a third of the 64 Poisson batches draw nobody.
+
+    Each is a step of noise alone, as the accountant assumes: skipping them
+    spent (and reported) less than the planned epsilon.
+    """
+    home = tmp_path / "home"
+    assert gsco("site", "init", "--site-id", "st-marys", home=home).returncode == 0
+    out = tmp_path / "bundle"
+    result = gsco(
+        "site", "train", "--task", "pneumonia-cxr",
+        "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(out),
+        "--epochs", "1", "--max-train-images", "128", "--max-eval-images", "24",
+        "--input-size", "32", "--batch-size", "2", "--dp-epsilon", "8",
+        home=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    card = SpecialistCard.parse((out / "card.json").read_bytes())
+    assert card.training_privacy is not None
+    assert card.training_privacy.epsilon == pytest.approx(8.0, abs=0.1)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

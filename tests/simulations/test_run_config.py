@@ -1,0 +1,29 @@
+"""The run config reaches Flower's ServerApp whole: paths with apostrophes, quotes, spaces."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from flwr.common.config import parse_config_args
+
+from simulations._runtime import run_config_toml
+
+AWKWARD = {
+    "data-dir": '/srv/St Mary\'s "East" wing/medmnist',
+    "out": "C:\\reports\\o'brien",
+    "note": "line one\nline two\ttabbed, ünïcode, 🩻",
+    "sites": 3,
+    "fraction": 0.5,
+    "fedavg": True,
+}
+
+
+def test_every_value_round_trips_through_the_toml_document() -> None:
+    assert tomllib.loads(run_config_toml(AWKWARD)) == AWKWARD
+
+
+def test_flower_reads_the_file_as_it_was_written(tmp_path: Path) -> None:
+    path = tmp_path / "run-config.toml"
+    path.write_text(run_config_toml(AWKWARD), encoding="utf-8")
+    assert parse_config_args([str(path)]) == AWKWARD
