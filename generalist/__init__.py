@@ -12,6 +12,12 @@ from generalist._backend import (
     OpenAIConfig,
     label_scores,
 )
+from generalist._calibration import (
+    CalibrationCache,
+    CalibrationMethod,
+    LabelCalibration,
+    content_free,
+)
 from generalist._meddr import meddr_backend_config, meddr_serve_command
 from generalist._parse import ParsedAnswer, parse_answer
 from generalist._prompts import PROMPTS, MoedEvidence, RadEvidence, render_prompt
@@ -28,11 +34,14 @@ __all__ = [
     "PROMPTS",
     "ArbitrationRequest",
     "ArbitrationResult",
+    "CalibrationCache",
+    "CalibrationMethod",
     "EmbeddedServer",
     "GeneralistBackend",
     "GeneralistError",
     "GeneralistResponseError",
     "GeneralistUnavailableError",
+    "LabelCalibration",
     "MoedEvidence",
     "OpenAICompatibleBackend",
     "OpenAIConfig",
@@ -40,6 +49,7 @@ __all__ = [
     "RadEvidence",
     "ServeError",
     "ServerState",
+    "content_free",
     "label_scores",
     "meddr_backend_config",
     "meddr_serve_command",

@@ -16,6 +16,7 @@ from hub._client import HubClient, HubRequestError, HubUnavailableError
 from hub._engine import GENERALIST_MODES, Diagnosis, DiagnosisEngine, EngineOptions
 from hub._fhir import FHIR_MEDIA_TYPE, diagnostic_report
 from hub._metrics import HubMetrics
+from hub._policy import POLICY_WEIGHTS, fit_mode, fit_policy, fuse, load_policies
 from hub._runtime import (
     LoadedSpecialist,
     Neighbour,
@@ -43,6 +44,7 @@ from hub.errors import (
 __all__ = [
     "FHIR_MEDIA_TYPE",
     "GENERALIST_MODES",
+    "POLICY_WEIGHTS",
     "AccessLog",
     "AccessLogError",
     "AccessRecord",
@@ -79,6 +81,10 @@ __all__ = [
     "create_client_key",
     "diagnostic_report",
     "faiss_uses_gpu",
+    "fit_mode",
+    "fit_policy",
+    "fuse",
+    "load_policies",
     "load_specialist",
     "onnx_providers",
     "remove_client_key",

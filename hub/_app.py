@@ -537,12 +537,28 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
         """Tasks in service, with their verified specialists and the sites that published them."""
         authenticate(request, "/v1/tasks")
         catalog = hub.catalog
+        engine = hub.engine
+        policies = engine.policies if engine is not None else {}
+        calibrations = engine.calibrations.known() if engine is not None else {}
         body = {
             "registry_snapshot_version": catalog.snapshot_version,
             "synced_at": catalog.synced_at.isoformat() if catalog.synced_at else None,
             "tasks": [
                 {
                     "task": catalog.task_spec(task).model_dump(mode="json"),
+                    "arbitration_policy": (
+                        policies[task].model_dump(mode="json") if task in policies else None
+                    ),
+                    "calibrations": [
+                        {
+                            "mode": mode,
+                            "model": model,
+                            "method": c.method.value,
+                            "content_free": dict(zip(c.labels, c.content_free or (), strict=False)),
+                        }
+                        for (task_id, mode, model), c in sorted(calibrations.items())
+                        if task_id == task
+                    ],
                     "sites": sorted({s.card.site_id for s in group}),
                     "specialists": [
                         {

@@ -24,14 +24,18 @@ from numpy.typing import NDArray
 from generalist import (
     ArbitrationRequest,
     ArbitrationResult,
+    CalibrationCache,
     GeneralistBackend,
     GeneralistError,
+    LabelCalibration,
     MoedEvidence,
     RadEvidence,
 )
 from hub._catalog import Catalog
+from hub._policy import fuse
 from hub._runtime import LoadedSpecialist, Neighbour
 from protocol import (
+    ArbitrationPolicy,
     DecodeLimits,
     DiagnoseResponse,
     GeneralistUse,
@@ -97,6 +101,8 @@ class DiagnosisEngine:
         self.generalist = generalist
         self._executor = executor
         self.options = options or EngineOptions()
+        self.calibrations = CalibrationCache()
+        self.policies: dict[str, ArbitrationPolicy] = {}  # by task; see hub._policy
 
     async def _in_pool(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -183,13 +189,25 @@ class DiagnosisEngine:
             result, problem = await self._arbitrate(task, mode, moed, rad, png)
             generalist_ms = _ms(stage)
             if result is not None:
-                label, scores = result.label, result.scores
+                calibration = await self._calibration(task, mode, result)
+                label, calibrated = _calibrated_answer(result, calibration)
+                scores = calibrated
+                weight = self._policy_weight(task, mode)
+                if weight is not None and calibrated is not None:
+                    fused = fuse(ensemble, [calibrated[name] for name in labels], weight)
+                    label = _label_of(fused, labels)
+                    scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
                 generalist_use = GeneralistUse(
                     model=result.model,
                     saw_image=result.saw_image,
                     prompt=result.prompt,
                     raw_answer=result.raw_text[:2000],
                     latency_ms=result.latency_ms,
+                    raw_scores=result.scores,
+                    calibration=calibration.method.value,
+                    calibrated_scores=calibrated,
+                    policy_weight=weight,
+                    overturned_ensemble=label != _label_of(ensemble, labels),
                 )
             else:
                 degraded, mode_used = True, Mode.ENSEMBLE
@@ -267,6 +285,35 @@ class DiagnosisEngine:
 
         return tuple(await self._in_pool(work))
 
+    def _policy_weight(self, task: TaskSpec, mode: Mode) -> float | None:
+        """The task's fitted generalist weight for ``mode`` (None: no policy applies)."""
+        policy = self.policies.get(task.task_id)
+        if policy is None or policy.labels != task.labels or mode not in policy.modes:
+            return None
+        return policy.modes[mode].generalist_weight
+
+    async def _calibration(
+        self, task: TaskSpec, mode: Mode, result: ArbitrationResult
+    ) -> LabelCalibration:
+        """The (task, template, model) contextual calibration, measured on first use."""
+        generalist = self.generalist
+        if generalist is None or result.scores is None:
+            return LabelCalibration(task.labels)
+
+        async def measure() -> dict[str, float] | None:
+            # The content-free input: the same template with no evidence and no image.
+            try:
+                answer = await asyncio.wait_for(
+                    generalist.arbitrate(ArbitrationRequest(task=task, mode=mode)),
+                    self.options.generalist_timeout_s,
+                )
+            except (TimeoutError, GeneralistError):
+                return None
+            return answer.scores
+
+        key = (task.task_id, mode.value, result.model)
+        return await self.calibrations.get(key, task.labels, measure)
+
     async def _arbitrate(
         self,
         task: TaskSpec,
@@ -298,6 +345,19 @@ class DiagnosisEngine:
         except GeneralistError as exc:
             return None, f"the generalist failed: {exc}"
         return result, ""
+
+
+def _calibrated_answer(
+    result: ArbitrationResult, calibration: LabelCalibration
+) -> tuple[str, dict[str, float] | None]:
+    """The best calibrated label and the calibrated scores (the generated label without scores)."""
+    if result.scores is None:
+        return result.label, None
+    scores = calibration.apply(result.scores)
+    best = max(scores.values())
+    if best - min(scores.values()) < 1e-9:  # no evidence either way: the model's own answer
+        return result.label, scores
+    return max(calibration.labels, key=lambda label: scores[label]), scores
 
 
 def _vote(

@@ -18,10 +18,11 @@ from hub._auth import KeyFile
 from hub._catalog import Catalog
 from hub._engine import DiagnosisEngine, EngineOptions
 from hub._metrics import HubMetrics
+from hub._policy import load_policies
 from hub._runtime import RuntimeOptions
 from hub._sync import RegistrySync, SyncReport
 from hub.errors import HubConfigError, OverloadedError
-from protocol import DecodeLimits
+from protocol import ArbitrationPolicy, DecodeLimits
 
 if TYPE_CHECKING:
     from registry import RegistryClient
@@ -55,6 +56,9 @@ class HubConfig:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     access_log_fsync: bool = True
     body_timeout_s: float = 30.0  # a request body must arrive within this
+    policies: Path | None = (
+        None  # arbitration policies (JSON; see hub._policy), fitted on validation
+    )
 
     def check(self) -> None:
         """Raises :class:`HubConfigError` for an unusable configuration."""
@@ -69,6 +73,8 @@ class HubConfig:
             )
         if self.api_keys is not None and not self.api_keys.is_file():
             raise HubConfigError(f"API key file {self.api_keys} not found")
+        if self.policies is not None and not self.policies.is_file():
+            raise HubConfigError(f"policy file {self.policies} not found")
         for name in (
             "max_body_bytes",
             "max_image_pixels",
@@ -125,6 +131,16 @@ class Hub:
         self.access_log: AccessLog | None = None
         self.engine: DiagnosisEngine | None = None
 
+    def set_policy(self, policy: ArbitrationPolicy) -> None:
+        """Puts a task's arbitration policy in service (replacing the one it had)."""
+        assert self.engine is not None, "start() first"
+        self.engine.policies[policy.task_id] = policy
+        log.info(
+            "arbitration policy for %s: %s",
+            policy.task_id,
+            ", ".join(f"{m.value} w={p.generalist_weight:g}" for m, p in policy.modes.items()),
+        )
+
     @property
     def executor(self) -> ThreadPoolExecutor:
         """The worker pool for CPU work (decoding, onnxruntime, faiss, the access log)."""
@@ -174,6 +190,8 @@ class Hub:
                 generalist_timeout_s=config.generalist_timeout_s,
             ),
         )
+        if config.policies is not None:
+            self.engine.policies.update(load_policies(config.policies))
         report = self.sync_now()
         self._thread = threading.Thread(target=self._loop, name="gsco-hub-sync", daemon=True)
         self._thread.start()

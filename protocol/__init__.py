@@ -38,6 +38,7 @@ from protocol._card import (
 )
 from protocol._chain import GENESIS, ChainError, line_hash, walk_chain
 from protocol._diagnosis import (
+    ArbitrationPolicy,
     DiagnoseRequest,
     DiagnoseResponse,
     ErrorDetail,
@@ -46,6 +47,7 @@ from protocol._diagnosis import (
     ImagePayload,
     MediaType,
     Mode,
+    ModePolicy,
     RetrievedCase,
     SpecialistPrediction,
     SpecialistProvenance,
@@ -79,6 +81,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "UINT32_MAX",
     "UINT64_MAX",
+    "ArbitrationPolicy",
     "ArtifactError",
     "BundleRef",
     "ChainError",
@@ -104,6 +107,7 @@ __all__ = [
     "Label",
     "MediaType",
     "Mode",
+    "ModePolicy",
     "OnnxSummary",
     "PositiveCount",
     "Preprocessing",

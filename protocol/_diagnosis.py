@@ -12,6 +12,7 @@ from pydantic import Field, PositiveFloat, Strict, StrictBool, StringConstraints
 from protocol._base import Count, Identifier, Label, Sha256Hex, StrictModel, UnitFloat, Version
 
 __all__ = [
+    "ArbitrationPolicy",
     "DiagnoseRequest",
     "DiagnoseResponse",
     "ErrorDetail",
@@ -20,6 +21,7 @@ __all__ = [
     "ImagePayload",
     "MediaType",
     "Mode",
+    "ModePolicy",
     "RetrievedCase",
     "SpecialistPrediction",
     "SpecialistProvenance",
@@ -112,13 +114,25 @@ class RetrievedCase(StrictModel):
 
 
 class GeneralistUse(StrictModel):
-    """What the generalist was asked and how."""
+    """What the generalist was asked and how, and how its label scores were calibrated.
+
+    ``raw_scores`` are the label probabilities the model gave (under the
+    label-set constraint); the response's ``scores`` are those after
+    ``calibration`` (``none``, ``contextual`` or ``contextual+bias``; see
+    :mod:`generalist._calibration`). The answer is the best calibrated label.
+    """
 
     model: Annotated[str, StringConstraints(max_length=200)]
     saw_image: bool
     prompt: str
     raw_answer: str
     latency_ms: Annotated[float, Field(ge=0.0)]
+    raw_scores: dict[Label, UnitFloat] | None = None
+    calibration: Literal["none", "contextual", "contextual+bias"] = "none"
+    calibrated_scores: dict[Label, UnitFloat] | None = None
+    # The task's arbitration policy, when one weighed this answer against the ensemble:
+    policy_weight: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    overturned_ensemble: bool = False  # the answer differs from the ensemble's
 
 
 class StageTimings(StrictModel):
@@ -164,3 +178,28 @@ class ErrorResponse(StrictModel):
 
     error: ErrorDetail
     request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ModePolicy(StrictModel):
+    """How far one mode's generalist answer is trusted against the ensemble.
+
+    The answer is ``argmax log p_ensemble + generalist_weight * log q_generalist``
+    (``q`` calibrated); a weight of 0 is the ensemble itself.
+    """
+
+    generalist_weight: Annotated[float, Field(ge=0.0, le=100.0)]
+    validation_accuracy: dict[Annotated[str, StringConstraints(max_length=40)], UnitFloat]
+    weights_tried: dict[Annotated[str, StringConstraints(max_length=20)], UnitFloat]
+
+
+class ArbitrationPolicy(StrictModel):
+    """A task's arbitration policy, fitted on validation evidence, never on test."""
+
+    schema_version: Literal[1] = 1
+    task_id: Identifier
+    labels: Annotated[tuple[Label, ...], Field(min_length=2, max_length=256)]
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]  # the generalist
+    fitted_on: Literal["validation"] = "validation"
+    n_examples: Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
+    modes: dict[Mode, ModePolicy]
+    recommended_mode: Mode = Mode.GSCO  # the best on validation (ensemble if none beat it)

@@ -37,6 +37,9 @@ class Evaluation:
     site_probs: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    generalist_model: str = ""
+    # Per generalist mode: answers that differed from the ensemble's, and how many were right.
+    overturned: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def without(self, site: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
         """Ensemble probabilities and majority votes of every site but ``site``."""
@@ -48,6 +51,66 @@ class Evaluation:
         # ties go to the higher mean probability, as in the hub
         voted = np.argmax(votes + 1e-6 * mean, axis=1)
         return mean, voted.astype(np.int64)
+
+
+_GENERALIST_MODES = (Mode.GSCO, Mode.MOED, Mode.RAD, Mode.GENERALIST)
+
+
+def _derived(
+    evaluation: Evaluation,
+    mode: Mode,
+    responses: Sequence[DiagnoseResponse],
+    index: dict[str, int],
+) -> None:
+    """The zero-shot and calibrated answers inside one mode's responses, and the overturns.
+
+    Every answer carries the generalist's raw label scores, its calibrated
+    ones and the ensemble's evidence, so one request per image gives the
+    ablation: ``MODE (zero-shot)`` is the label the generalist generated,
+    ``MODE (calibrated)`` the best calibrated label, and ``MODE`` the hub's
+    answer (with the fitted policy when one is in service). A degraded answer
+    counts as the ensemble's in every row, as the hub answered it.
+    """
+    labels = evaluation.labels
+    zero_shot, calibrated = [], []
+    zero_scores: list[list[float]] = []
+    calibrated_scores: list[list[float]] = []
+    complete = True
+    for response in responses:
+        used = response.generalist
+        generated = used.raw_answer.strip() if used is not None else ""
+        zero_shot.append(index.get(generated, index[response.label]))
+        best = response.label
+        if used is not None and used.calibrated_scores:
+            best = max(labels, key=lambda name: used.calibrated_scores.get(name, 0.0))  # type: ignore[union-attr]
+            calibrated_scores.append([used.calibrated_scores.get(name, 0.0) for name in labels])
+        else:
+            complete = False
+        calibrated.append(index[best])
+        raw = used.raw_scores if used is not None else None
+        if raw:
+            zero_scores.append([raw.get(name, 0.0) for name in labels])
+    evaluation.predicted[f"{mode.value} (zero-shot)"] = np.array(zero_shot, dtype=np.int64)
+    evaluation.scores[f"{mode.value} (zero-shot)"] = (
+        np.asarray(zero_scores) if len(zero_scores) == len(responses) else None
+    )
+    evaluation.predicted[f"{mode.value} (calibrated)"] = np.array(calibrated, dtype=np.int64)
+    evaluation.scores[f"{mode.value} (calibrated)"] = (
+        np.asarray(calibrated_scores) if complete and responses else None
+    )
+    ensemble_labels = [
+        int(np.argmax(np.mean([[p.probabilities.get(n, 0.0) for n in labels] for p in r.moed], 0)))
+        if r.moed
+        else index[r.label]
+        for r in responses
+    ]
+    answered = [index[r.label] for r in responses]
+    truth = evaluation.truth
+    flips = [i for i, (a, e) in enumerate(zip(answered, ensemble_labels, strict=True)) if a != e]
+    evaluation.overturned[mode.value] = {
+        "overturned": len(flips),
+        "right": sum(int(answered[i] == truth[i]) for i in flips),
+    }
 
 
 def specialist_name(provenance: SpecialistProvenance) -> str:
@@ -97,6 +160,10 @@ def evaluate_through_hub(
         evaluation.degraded[mode.value] = sum(r.degraded for r in responses)
         for response in responses:
             evaluation.warnings.extend(response.warnings)
+            if response.generalist is not None:
+                evaluation.generalist_model = response.generalist.model
+        if mode in _GENERALIST_MODES:
+            _derived(evaluation, mode, responses, index)
     reference = Mode.ENSEMBLE if Mode.ENSEMBLE in modes else modes[0]
     sites = sorted({specialist_name(p.specialist) for p in answers[0][reference].moed}) if n else []
     for site in sites:

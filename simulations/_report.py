@@ -63,14 +63,18 @@ def build_report(result: Any) -> Report:
                     f"fedavg shared specialist ({shared[0]})", truth, probs.argmax(axis=1), probs, k
                 )
             )
-        for mode in HUB_MODES:
-            if mode.value in evaluation.predicted:
+        names = [m.value for m in HUB_MODES]
+        # The ablation of the hub's default: what the generalist generated, its calibrated
+        # answer, and the answer with the fitted policy (the "gsco" row itself).
+        names[names.index("gsco") : names.index("gsco")] = ["gsco (zero-shot)", "gsco (calibrated)"]
+        for name in names:
+            if name in evaluation.predicted:
                 methods.append(
                     score_method(
-                        mode.value,
+                        name,
                         truth,
-                        evaluation.predicted[mode.value],
-                        evaluation.scores.get(mode.value),
+                        evaluation.predicted[name],
+                        evaluation.scores.get(name),
                         k,
                     )
                 )
@@ -116,6 +120,10 @@ def build_report(result: Any) -> Report:
         "methods": [_score_dict(m) for m in methods],
         "per_site": [_score_dict(s) for s in site_scores],
         "degraded_answers": evaluation.degraded if evaluation else {},
+        "overturned_ensemble": evaluation.overturned if evaluation else {},
+        "arbitration_policy": (
+            result.policy.model_dump(mode="json") if result.policy is not None else None
+        ),
         "fault_effects": effects,
         "constant_answers": {}
         if evaluation is None
@@ -125,7 +133,7 @@ def build_report(result: Any) -> Report:
             if len(predicted) > 1
             and len(set(predicted.tolist())) == 1
             and evaluation.degraded.get(mode, 0) == 0
-            and mode in ("moed", "rad", "generalist", "gsco")
+            and mode in ("moed", "rad", "generalist", "gsco", "gsco (zero-shot)")
         },
         "federation_privacy": _federation_privacy(result),
         "timings_s": result.timings_s,
@@ -229,6 +237,34 @@ def _markdown(report: Report, plots: list[str]) -> str:
             + " for every image. The generalist decided those answers; the CPU stand-in "
             "(SmolLM2-135M, text only) does not follow the evidence well enough to arbitrate. "
             "Real arbitration needs MedDr.",
+        ]
+    policy = report.get("arbitration_policy")
+    if policy:
+        lines += [
+            "",
+            f"The arbitration policy was fitted on {policy['n_examples']} validation images "
+            "(never on test): each generalist mode's calibrated scores weigh "
+            "`w x log q` against the ensemble's `log p`; `w = 0` is the ensemble itself.",
+            "",
+            "| mode | weight w | validation ACC: ensemble | generalist (calibrated) | policy |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for mode, fitted in policy["modes"].items():
+            accuracy = fitted["validation_accuracy"]
+            lines.append(
+                f"| {mode} | {fitted['generalist_weight']:g} | {accuracy['ensemble']:.3f} | "
+                f"{accuracy['generalist (calibrated)']:.3f} | {accuracy['policy']:.3f} |"
+            )
+    overturned = report.get("overturned_ensemble") or {}
+    if overturned:
+        lines += [
+            "",
+            "How often the generalist overturned the ensemble, and was right: "
+            + "; ".join(
+                f"`{mode}` {o['overturned']} times, right {o['right']}"
+                for mode, o in overturned.items()
+            )
+            + ".",
         ]
     if any(m["method"].startswith("best single specialist, oracle") for m in report["methods"]):
         lines += [

@@ -64,6 +64,7 @@ class Scenario:
     dp_noise_multiplier: float = 0.0  # > 0: DP-FedAvg (server-side clipping and noise)
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
+    policy_images: int = 200  # validation images the arbitration policy is fitted on (0: none)
 
     def check(self) -> None:
         """Raises :class:`ScenarioError` for a scenario that cannot run."""
@@ -113,6 +114,7 @@ class SimulationResult:
     evaluation: Evaluation | None
     timings_s: dict[str, float]
     out_dir: Path
+    policy: Any = None  # the ArbitrationPolicy fitted on validation, if any
 
 
 def _site_id(number: int) -> str:
@@ -344,6 +346,12 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         hub_sites = sorted({specialist_name(s.provenance) for s in hub.catalog.all})
         refused = dict(report.rejected) if report else {}
         lap("hub")
+        policy = None
+        if generalist is not None and not scenario.generalist_down and scenario.policy_images:
+            policy = _fit_policy(scenario, dataset, url, progress)
+            hub.set_policy(policy)
+            (out / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
+            lap("policy")
 
         evaluation = _evaluate(scenario, dataset, url, progress)
         lap("evaluation")
@@ -359,6 +367,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         evaluation=evaluation,
         timings_s=timings,
         out_dir=out,
+        policy=policy,
     )
 
 
@@ -398,6 +407,54 @@ def _evaluate(scenario: Scenario, dataset: Any, url: str, progress: Progress) ->
         dataset.task.labels,
         concurrency=scenario.concurrency,
         on_image=tick,
+    )
+
+
+#: The generalist modes a policy weighs against the ensemble.
+POLICY_MODES = (Mode.GSCO, Mode.MOED, Mode.RAD)
+
+
+def _fit_policy(scenario: Scenario, dataset: Any, url: str, progress: Progress) -> Any:
+    """The task's arbitration policy, fitted on validation images through the hub.
+
+    The specialists' temperatures were fitted on this same validation split,
+    which flatters the ensemble there: the bias is towards trusting the
+    generalist less, never more. Test images are never used.
+    """
+    from hub import HubClient, fit_policy
+
+    n = len(dataset.val)
+    rows = np.sort(
+        np.random.default_rng(scenario.seed + 1).permutation(n)[: scenario.policy_images]
+    )
+    progress.stage(
+        f"fitting the arbitration policy on {len(rows)} validation images "
+        f"({', '.join(m.value for m in POLICY_MODES)})"
+    )
+    clients = threading.local()
+
+    def diagnose(png: bytes, mode: Mode) -> Any:
+        if not hasattr(clients, "client"):
+            clients.client = HubClient(url, timeout_s=300)
+        return clients.client.diagnose(png, dataset.task.task_id, mode=mode)
+
+    evaluation = evaluate_through_hub(
+        diagnose,
+        dataset.val.images[rows],
+        dataset.val.labels[rows],
+        dataset.task.labels,
+        modes=(Mode.ENSEMBLE, *POLICY_MODES),
+        concurrency=scenario.concurrency,
+    )
+    ensemble = evaluation.scores[Mode.ENSEMBLE.value]
+    assert ensemble is not None
+    calibrated = {
+        mode: scores
+        for mode in POLICY_MODES
+        if (scores := evaluation.scores.get(f"{mode.value} (calibrated)")) is not None
+    }
+    return fit_policy(
+        dataset.task, ensemble, calibrated, evaluation.truth, model=evaluation.generalist_model
     )
 
 

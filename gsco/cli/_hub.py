@@ -92,6 +92,10 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request body may take to arrive (then 408).")
     ] = 30.0,
+    policies: Annotated[
+        Path | None,
+        typer.Option(help="Arbitration policies fitted on validation (JSON, from gsco simulate)."),
+    ] = None,
     header_timeout: Annotated[
         float,
         typer.Option(
@@ -150,6 +154,7 @@ def serve(
         max_pixel_data_bytes=int(max_pixel_data_mb * 1024 * 1024),
         max_in_flight=max_in_flight,
         body_timeout_s=body_timeout,
+        policies=policies,
         max_queue=max_queue,
         workers=workers,
         generalist_timeout_s=generalist_timeout,

@@ -120,6 +120,7 @@ def test_both_sites_specialists_are_in_service(world: dict[str, Any]) -> None:
         tasks = client.tasks()["tasks"]
     (task,) = tasks
     assert task["sites"] == sorted(SITES)
+    assert task["arbitration_policy"] is None  # none given to this hub
     assert {s["backbone"] for s in task["specialists"]} == {b for b, _ in SITES.values()}
 
 
@@ -151,6 +152,15 @@ def test_every_mode_answers_with_evidence_and_provenance(world: dict[str, Any], 
                 assert "reference answers by other models" in generalist.prompt
             if mode in (Mode.GSCO, Mode.RAD):
                 assert "most similar cases" in generalist.prompt
+            # Raw and calibrated label scores, and which calibration was applied.
+            assert generalist.raw_scores is not None
+            assert set(generalist.raw_scores) == {"normal", "pneumonia"}
+            assert generalist.calibration == "contextual"
+            assert generalist.calibrated_scores is not None
+            assert response.scores == generalist.calibrated_scores  # no policy in service here
+            best = max(generalist.calibrated_scores, key=generalist.calibrated_scores.__getitem__)
+            if len(set(generalist.calibrated_scores.values())) > 1:
+                assert response.label == best
         else:
             assert response.generalist is None
 
@@ -179,3 +189,55 @@ def test_a_stopped_generalist_degrades_and_a_restarted_one_recovers(
     records = verify_access_log(world["hub"].state_dir / "access.jsonl")
     assert any(r.degraded for r in records)
     assert records[-1].mode_used is Mode.GSCO
+
+
+def test_a_fitted_policy_weighs_the_generalist_against_the_ensemble(
+    world: dict[str, Any], vllm_url: str, tmp_path: Path
+) -> None:
+    """A policy file in service: weight 0 is the ensemble exactly; the weights are in provenance."""
+    import json
+
+    from protocol import ArbitrationPolicy, ModePolicy
+
+    def mode_policy(weight: float) -> ModePolicy:
+        return ModePolicy(
+            generalist_weight=weight, validation_accuracy={"policy": 0.9}, weights_tried={}
+        )
+
+    policy = ArbitrationPolicy(
+        task_id="pneumonia-cxr",
+        labels=("normal", "pneumonia"),
+        model=MODEL_NAME,
+        n_examples=100,
+        modes={Mode.GSCO: mode_policy(0.0), Mode.MOED: mode_policy(4.0)},
+        recommended_mode=Mode.MOED,
+    )
+    path = tmp_path / "policies.json"
+    path.write_text(json.dumps([policy.model_dump(mode="json")]))
+    hub = start_hub(
+        world["registry"],
+        tmp_path / "hub",
+        "--allow-anonymous",
+        "--generalist-url", vllm_url,
+        "--generalist-timeout", "120",
+        "--policies", str(path),
+    )  # fmt: skip
+    try:
+        with HubClient(hub.url, timeout_s=300) as client:
+            (task,) = client.tasks()["tasks"]
+            assert ArbitrationPolicy.parse(task["arbitration_policy"]) == policy
+            for image in world["pngs"][:4]:
+                ensemble = client.diagnose(image, "pneumonia-cxr", mode=Mode.ENSEMBLE)
+                gsco = client.diagnose(image, "pneumonia-cxr", mode=Mode.GSCO)
+                assert gsco.generalist is not None
+                assert gsco.generalist.policy_weight == 0.0
+                assert gsco.label == ensemble.label  # weight 0: the ensemble's answer
+                assert gsco.generalist.overturned_ensemble is False
+                moed = client.diagnose(image, "pneumonia-cxr", mode=Mode.MOED)
+                assert moed.generalist is not None
+                assert moed.generalist.policy_weight == 4.0
+                assert moed.generalist.overturned_ensemble == (moed.label != ensemble.label)
+            (task,) = client.tasks()["tasks"]
+            assert {c["mode"] for c in task["calibrations"]} >= {"gsco", "moed"}
+    finally:
+        hub.stop()

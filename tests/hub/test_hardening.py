@@ -420,3 +420,57 @@ def test_a_bounded_schemathesis_run_finds_no_5xx_and_no_schema_violation(
     print(result.stdout[-3000:])
     report = json.loads((tmp_path / "schemathesis.json").read_text())
     assert report, "schemathesis wrote no report"
+
+
+def test_a_bug_is_a_logged_500_in_the_error_shape_not_a_400(
+    tmp_path: Path, site_a: SiteKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An internal ValueError used to be answered 400 by a blanket catch."""
+    import asyncio
+    import base64
+
+    from hub import Hub, create_app
+    from tests.hub.conftest import hub_config
+
+    registry = start_registry(tmp_path / "registry")
+    try:
+        with registry.client() as client:
+            client.enroll("site-a", site_a.public.pem)
+        publish(registry, site_a, tmp_path)
+        hub = Hub(hub_config(registry, tmp_path / "hub"))
+
+        async def broken(**_: Any) -> Any:
+            raise ValueError("an internal invariant broke")
+
+        async def run() -> httpx.Response:
+            app = create_app(hub)
+            lifespan = app.app.router.lifespan_context(app.app)
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                base_url="http://hub",
+            )
+            async with lifespan, client as http:
+                assert hub.engine is not None
+                hub.engine.diagnose = broken  # type: ignore[method-assign]
+                return await http.post(
+                    "/v1/diagnose",
+                    json={
+                        "task_id": "pneumonia-cxr",
+                        "image": {
+                            "media_type": "image/png",
+                            "data_base64": base64.b64encode(png()).decode(),
+                        },
+                    },
+                )
+
+        with caplog.at_level("ERROR"):
+            answer = asyncio.run(run())
+    finally:
+        registry.stop()
+    assert answer.status_code == 500
+    body = _error_body(answer)
+    assert body.error.type == "InternalError"
+    assert "invariant" not in body.error.message  # no internals to the client ...
+    assert any(
+        r.exc_info and "invariant" in str(r.exc_info[1]) for r in caplog.records
+    )  # ... all of them, with the traceback, in the log

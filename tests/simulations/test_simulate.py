@@ -24,7 +24,9 @@ from tests.site_agent.conftest import medmnist_dir
 
 pytestmark = pytest.mark.slow
 
-METHODS = ["voting", "ensemble", "moed", "rad", "generalist", "gsco"]
+MODES = ["voting", "ensemble", "moed", "rad", "generalist", "gsco"]
+#: The report's rows after the oracle: the modes, with the gsco ablation before gsco itself.
+METHODS = [*MODES[:5], "gsco (zero-shot)", "gsco (calibrated)", "gsco"]
 
 
 def _simulate(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -86,7 +88,14 @@ def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> No
     # hub's access log every request, and each site's egress ledger what it sent.
     events, _ = verify_event_log((out / "registry" / "events.jsonl").read_bytes().splitlines())
     assert sum(e.kind == "reject" for e in events) == 2
-    assert len(verify_access_log(out / "hub" / "access.jsonl")) == 16 * len(METHODS)
+    # Every evaluation request, and those that fitted the policy on validation images.
+    policy = report["arbitration_policy"]
+    assert policy["fitted_on"] == "validation"
+    assert set(policy["modes"]) == {"gsco", "moed", "rad"}
+    fitting = policy["n_examples"] * 4  # ensemble, gsco, moed, rad
+    assert len(verify_access_log(out / "hub" / "access.jsonl")) == 16 * len(MODES) + fitting
+    assert set(report["overturned_ensemble"]) == {"moed", "rad", "generalist", "gsco"}
+    assert "The arbitration policy was fitted on" in text
     assert (out / "sites" / "hospital-01" / "egress.jsonl").read_text().count("\n") == 1
     assert not (out / "sites" / "hospital-03" / "egress.jsonl").exists()
     # And the compliance audit of all of it passes (its tamper cases: tests/audit).

@@ -145,6 +145,42 @@ def test_empty_poisson_batches_are_steps_and_the_budget_is_spent_as_planned(
     assert card.training_privacy.epsilon == pytest.approx(8.0, abs=0.1)
 
 
+def test_a_failed_dp_run_still_takes_opacus_off_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session is closed in ``finally``: a run that fails mid-epoch leaves no hooks."""
+    import site_agent.train._loop as loop
+    from site_agent.data import default_catalog
+    from site_agent.data._medmnist import load_medmnist
+
+    closed: list[bool] = []
+
+    class Recording(loop.DPSession):  # type: ignore[misc, valid-type]
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    class Failing:
+        def on_start(self, epochs: int, steps_per_epoch: int) -> None:
+            pass
+
+        def on_step(self, epoch: int, step: int, loss: float) -> None:
+            raise RuntimeError("the disk filled up")  # anything, mid-epoch
+
+        def on_epoch(self, report: object) -> None:
+            pass
+
+    monkeypatch.setattr(loop, "DPSession", Recording)
+    task = default_catalog().get("pneumonia-cxr").task
+    dataset = load_medmnist(medmnist_dir() / "pneumoniamnist.npz", task).subsample(64, 16)
+    config = loop.TrainConfig(
+        epochs=1, input_size=32, batch_size=32, dp=DPConfig(epsilon=8.0, delta=1e-3)
+    )
+    with pytest.raises(RuntimeError, match="disk filled up"):
+        loop.train_specialist(dataset, config, default_zoo(), observer=Failing())  # type: ignore[arg-type]
+    assert closed == [True]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,0 +1,169 @@
+"""The per-task arbitration policy: how far the generalist is trusted against the ensemble.
+
+The hub does not trust a generalist blindly. For each task a policy fitted on
+validation evidence (never on test) says how much the generalist's calibrated
+label scores weigh against the specialists' ensemble::
+
+    answer = argmax_k  log p_ensemble[k] + w * log q_generalist[k]
+
+``w = 0`` is the ensemble itself: a generalist that does not help cannot make
+answers worse than the specialists did on validation. :func:`fit_policy`
+chooses ``w`` from a small grid by validation accuracy, and only a weight
+whose gain over the ensemble is beyond chance (McNemar's exact test on the
+cases it fixed and broke, one-sided, at ``SIGNIFICANCE``) is ever chosen:
+a few lucky validation cases are not evidence. It records what each
+candidate scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hub.errors import HubConfigError
+from protocol import ArbitrationPolicy, GscoError, Mode, ModePolicy, TaskSpec
+
+__all__ = ["POLICY_WEIGHTS", "fit_mode", "fit_policy", "fuse", "load_policies"]
+
+#: The generalist weights a fit considers (0: the ensemble alone).
+POLICY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+_FLOOR = 1e-6
+
+
+def _log(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.log(np.clip(values, _FLOOR, None))
+
+
+def fuse(
+    ensemble: Sequence[float], generalist: Sequence[float] | None, weight: float
+) -> NDArray[np.float64]:
+    """The fused label probabilities of one case (label order of the task)."""
+    logs = _log(np.asarray(ensemble, dtype=np.float64))
+    if generalist is not None and weight > 0:
+        logs = logs + weight * _log(np.asarray(generalist, dtype=np.float64))
+    logs = logs - logs.max()
+    fused = np.exp(logs)
+    return np.asarray(fused / fused.sum(), dtype=np.float64)
+
+
+#: The largest chance probability at which a weight's validation gain counts.
+SIGNIFICANCE = 0.05
+
+
+def _significant(fixed: int, broken: int) -> bool:
+    """Whether fixing ``fixed`` and breaking ``broken`` cases is unlikely under chance."""
+    n = fixed + broken
+    if fixed <= broken:
+        return False
+    tail = sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n
+    return bool(tail <= SIGNIFICANCE)
+
+
+def fit_mode(
+    ensemble: NDArray[np.float64],
+    generalist: NDArray[np.float64],
+    truth: NDArray[np.int64],
+    *,
+    weights: Sequence[float] = POLICY_WEIGHTS,
+) -> ModePolicy:
+    """One mode's generalist weight from validation evidence.
+
+    Args:
+        ensemble: ``[N, K]`` the specialists' mean calibrated probabilities.
+        generalist: ``[N, K]`` the generalist's calibrated label scores in that mode.
+        truth: ``[N]`` the true label indices.
+        weights: the candidate generalist weights.
+    """
+    n = len(truth)
+    tried: dict[str, float] = {}
+    base_right = ensemble.argmax(axis=1) == truth
+    base_correct = int(base_right.sum())
+    best_weight, best_correct = 0.0, base_correct
+    for weight in sorted(weights):
+        fused = _log(ensemble) + weight * _log(generalist)
+        right = fused.argmax(axis=1) == truth
+        correct = int(right.sum())
+        tried[f"{weight:g}"] = correct / n
+        # Trusted only when it beats the ensemble beyond chance on validation (McNemar's
+        # exact one-sided test on the cases it fixed and broke), and beats smaller weights.
+        fixed = int((right & ~base_right).sum())
+        broken = int((base_right & ~right).sum())
+        if weight > 0 and correct > best_correct and _significant(fixed, broken):
+            best_weight, best_correct = weight, correct
+    return ModePolicy(
+        generalist_weight=best_weight,
+        validation_accuracy={
+            "ensemble": base_correct / n,
+            "generalist (calibrated)": float((generalist.argmax(axis=1) == truth).mean()),
+            "policy": best_correct / n,
+        },
+        weights_tried=tried,
+    )
+
+
+def fit_policy(
+    task: TaskSpec,
+    ensemble: NDArray[np.float64],
+    generalist: Mapping[Mode, NDArray[np.float64]],
+    truth: NDArray[np.int64],
+    *,
+    model: str,
+    weights: Sequence[float] = POLICY_WEIGHTS,
+) -> ArbitrationPolicy:
+    """The policy of ``task``: one weight per generalist mode, fitted on validation evidence.
+
+    ``generalist`` holds each mode's ``[N, K]`` calibrated scores for the same
+    ``N`` validation cases as ``ensemble`` and ``truth``.
+    """
+    modes = {
+        mode: fit_mode(ensemble, scores, truth, weights=weights)
+        for mode, scores in generalist.items()
+    }
+    best = max(
+        modes.items(),
+        key=lambda item: (item[1].validation_accuracy["policy"], -item[1].generalist_weight),
+        default=None,
+    )
+    base = float((ensemble.argmax(axis=1) == truth).mean())
+    recommended = Mode.ENSEMBLE
+    if best is not None and best[1].validation_accuracy["policy"] > base:
+        recommended = best[0]
+    return ArbitrationPolicy(
+        task_id=task.task_id,
+        labels=task.labels,
+        model=model[:200],
+        fitted_on="validation",
+        n_examples=len(truth),
+        modes=modes,
+        recommended_mode=recommended,
+    )
+
+
+def load_policies(
+    path: Path, tasks: Mapping[str, TaskSpec] | None = None
+) -> dict[str, ArbitrationPolicy]:
+    """Policies by task from a JSON file (one policy, or a list of them).
+
+    Raises:
+        HubConfigError: unreadable, malformed, or two policies for one task.
+    """
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise HubConfigError(f"cannot read the policy file {path}: {exc}") from exc
+    items = document if isinstance(document, list) else [document]
+    policies: dict[str, ArbitrationPolicy] = {}
+    for item in items:
+        try:
+            policy = ArbitrationPolicy.parse(item if isinstance(item, dict) else {})
+        except GscoError as exc:
+            raise HubConfigError(f"policy file {path}: {exc}") from exc
+        if policy.task_id in policies:
+            raise HubConfigError(f"policy file {path}: two policies for task {policy.task_id}")
+        policies[policy.task_id] = policy
+    return policies
