@@ -234,9 +234,9 @@ def _markdown(report: Report, plots: list[str]) -> str:
             "",
             "Note: "
             + ", ".join(f"`{mode}` answered `{label}`" for mode, label in constant.items())
-            + " for every image. The generalist decided those answers; the CPU stand-in "
-            "(SmolLM2-135M, text only) does not follow the evidence well enough to arbitrate. "
-            "Real arbitration needs MedDr.",
+            + " for every image. A label the generalist generates whatever the evidence is its "
+            "label bias (the CPU stand-in, SmolLM2-135M, text only, has a strong one): the "
+            "calibrated and policy rows show what the hub makes of its label scores instead.",
         ]
     policy = report.get("arbitration_policy")
     if policy:

@@ -294,64 +294,78 @@ def test_parsing_decoding_and_preprocessing_run_in_the_worker_pool(
     tmp_path: Path, site_a: SiteKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The heavy steps of a request are called from the hub's pool, never the loop's thread."""
-    import asyncio
-    import base64
     import threading
 
     import hub._engine as engine_module
-    from hub import Hub, create_app
     from protocol import DiagnoseRequest
-    from tests.hub.conftest import hub_config
 
-    registry = start_registry(tmp_path / "registry")
-    try:
-        with registry.client() as client:
-            client.enroll("site-a", site_a.public.pem)
-        publish(registry, site_a, tmp_path)
-        threads: dict[str, set[str]] = {}
+    threads: dict[str, set[str]] = {}
 
-        def spy(name: str, function: Any) -> Any:
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                threads.setdefault(name, set()).add(threading.current_thread().name)
-                return function(*args, **kwargs)
+    def spy(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return function(*args, **kwargs)
 
-            return wrapper
+        return wrapper
 
-        monkeypatch.setattr(
-            engine_module, "decode_image_bytes", spy("decode", engine_module.decode_image_bytes)
-        )
-        monkeypatch.setattr(
-            engine_module, "preprocess", spy("preprocess", engine_module.preprocess)
-        )
-        original_parse = DiagnoseRequest.parse.__func__  # type: ignore[attr-defined]
-        monkeypatch.setattr(DiagnoseRequest, "parse", classmethod(spy("parse", original_parse)))
-        hub = Hub(hub_config(registry, tmp_path / "hub"))
-
-        async def run() -> None:
-            app = create_app(hub)
-            transport = httpx.ASGITransport(app=app)
-            lifespan = app.app.router.lifespan_context(app.app)
-            client = httpx.AsyncClient(transport=transport, base_url="http://hub")
-            async with lifespan, client as http:
-                request = {
-                    "task_id": "pneumonia-cxr",
-                    "mode": "ensemble",
-                    "image": {
-                        "media_type": "image/png",
-                        "data_base64": base64.b64encode(png()).decode(),
-                    },
-                }
-                answer = await http.post("/v1/diagnose", json=request)
-                assert answer.status_code == 200, answer.text
-
-        asyncio.run(run())
-    finally:
-        registry.stop()
+    monkeypatch.setattr(
+        engine_module, "decode_image_bytes", spy("decode", engine_module.decode_image_bytes)
+    )
+    monkeypatch.setattr(engine_module, "preprocess", spy("preprocess", engine_module.preprocess))
+    original_parse = DiagnoseRequest.parse.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(DiagnoseRequest, "parse", classmethod(spy("parse", original_parse)))
+    answer = _in_process_post(tmp_path, site_a)
+    assert answer.status_code == 200, answer.text
     loop_thread = threading.main_thread().name
     assert set(threads) == {"decode", "parse", "preprocess"}
     for name, seen in threads.items():
         assert loop_thread not in seen, f"{name} ran on the event loop's thread"
         assert all(t.startswith("gsco-hub") for t in seen), (name, seen)
+
+
+def _in_process_post(
+    tmp_path: Path, site: SiteKeys, prepare: Any = None, *, raise_app_exceptions: bool = True
+) -> httpx.Response:
+    """One JSON diagnosis through an in-process hub (its lifespan run) over a real registry.
+
+    ``prepare(hub)`` runs once the hub has started, before the request.
+    """
+    import asyncio
+    import base64
+
+    from hub import Hub, create_app
+    from tests.hub.conftest import hub_config
+
+    registry = start_registry(tmp_path / "registry")
+    try:
+        with registry.client() as client:
+            client.enroll("site-a", site.public.pem)
+        publish(registry, site, tmp_path)
+        hub = Hub(hub_config(registry, tmp_path / "hub"))
+
+        async def run() -> httpx.Response:
+            app = create_app(hub)
+            lifespan = app.app.router.lifespan_context(app.app)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+            client = httpx.AsyncClient(transport=transport, base_url="http://hub")
+            async with lifespan, client as http:
+                if prepare is not None:
+                    prepare(hub)
+                return await http.post(
+                    "/v1/diagnose",
+                    json={
+                        "task_id": "pneumonia-cxr",
+                        "mode": "ensemble",
+                        "image": {
+                            "media_type": "image/png",
+                            "data_base64": base64.b64encode(png()).decode(),
+                        },
+                    },
+                )
+
+        return asyncio.run(run())
+    finally:
+        registry.stop()
 
 
 # -- OpenAPI ------------------------------------------------------------------------------
@@ -426,47 +440,15 @@ def test_a_bug_is_a_logged_500_in_the_error_shape_not_a_400(
     tmp_path: Path, site_a: SiteKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An internal ValueError used to be answered 400 by a blanket catch."""
-    import asyncio
-    import base64
 
-    from hub import Hub, create_app
-    from tests.hub.conftest import hub_config
+    async def broken(**_: Any) -> Any:
+        raise ValueError("an internal invariant broke")
 
-    registry = start_registry(tmp_path / "registry")
-    try:
-        with registry.client() as client:
-            client.enroll("site-a", site_a.public.pem)
-        publish(registry, site_a, tmp_path)
-        hub = Hub(hub_config(registry, tmp_path / "hub"))
+    def break_engine(hub: Any) -> None:
+        hub.engine.diagnose = broken
 
-        async def broken(**_: Any) -> Any:
-            raise ValueError("an internal invariant broke")
-
-        async def run() -> httpx.Response:
-            app = create_app(hub)
-            lifespan = app.app.router.lifespan_context(app.app)
-            client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                base_url="http://hub",
-            )
-            async with lifespan, client as http:
-                assert hub.engine is not None
-                hub.engine.diagnose = broken  # type: ignore[method-assign]
-                return await http.post(
-                    "/v1/diagnose",
-                    json={
-                        "task_id": "pneumonia-cxr",
-                        "image": {
-                            "media_type": "image/png",
-                            "data_base64": base64.b64encode(png()).decode(),
-                        },
-                    },
-                )
-
-        with caplog.at_level("ERROR"):
-            answer = asyncio.run(run())
-    finally:
-        registry.stop()
+    with caplog.at_level("ERROR"):
+        answer = _in_process_post(tmp_path, site_a, break_engine, raise_app_exceptions=False)
     assert answer.status_code == 500
     body = _error_body(answer)
     assert body.error.type == "InternalError"

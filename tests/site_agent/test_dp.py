@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,18 +94,24 @@ def test_bad_budgets_are_refused() -> None:
 
 
 @pytest.mark.slow
-def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
+def _dp_train(tmp_path: Path, *args: str) -> tuple[Any, Path]:
+    """``gsco site train`` at epsilon 8 on a PneumoniaMNIST subset; (result, bundle folder)."""
     home = tmp_path / "home"
     assert gsco("site", "init", "--site-id", "st-marys", home=home).returncode == 0
     out = tmp_path / "bundle"
     result = gsco(
         "site", "train", "--task", "pneumonia-cxr",
         "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(out),
-        "--epochs", "1", "--max-train-images", "64", "--max-eval-images", "24",
-        "--input-size", "32", "--batch-size", "32", "--dp-epsilon", "8", "--sign",
+        "--epochs", "1", "--max-eval-images", "24", "--input-size", "32", "--dp-epsilon", "8",
+        *args,
         home=home,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    return result, out
+
+
+def test_dp_training_through_the_cli_records_the_budget(tmp_path: Path) -> None:
+    result, out = _dp_train(tmp_path, "--max-train-images", "64", "--batch-size", "32", "--sign")
     assert "DP-SGD: epsilon" in result.stdout
     assert "epsilon covers the weights, not the retrieval index" in result.stdout
     card = SpecialistCard.parse((out / "card.json").read_bytes())
@@ -129,17 +136,7 @@ def test_empty_poisson_batches_are_steps_and_the_budget_is_spent_as_planned(
     Each is a step of noise alone, as the accountant assumes: skipping them
     spent (and reported) less than the planned epsilon.
     """
-    home = tmp_path / "home"
-    assert gsco("site", "init", "--site-id", "st-marys", home=home).returncode == 0
-    out = tmp_path / "bundle"
-    result = gsco(
-        "site", "train", "--task", "pneumonia-cxr",
-        "--data", str(medmnist_dir() / "pneumoniamnist.npz"), "--out", str(out),
-        "--epochs", "1", "--max-train-images", "128", "--max-eval-images", "24",
-        "--input-size", "32", "--batch-size", "2", "--dp-epsilon", "8",
-        home=home,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    _, out = _dp_train(tmp_path, "--max-train-images", "128", "--batch-size", "2")
     card = SpecialistCard.parse((out / "card.json").read_bytes())
     assert card.training_privacy is not None
     assert card.training_privacy.epsilon == pytest.approx(8.0, abs=0.1)
