@@ -149,9 +149,12 @@ class _BodyLimit:
             await _error(too_large, "-")(scope, receive, send)
             return
         seen = 0
+        body_done = False
 
         async def counted() -> _Message:
-            nonlocal seen
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() only waits for a disconnect: no deadline
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.timeout_s)
             except TimeoutError:
@@ -162,6 +165,9 @@ class _BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise too_large
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         # The endpoint that reads the body answers these errors (413, 408) in the error shape.
