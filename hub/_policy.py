@@ -39,15 +39,24 @@ def _log(values: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.log(np.clip(values, _FLOOR, None))
 
 
+def _fused_logs(
+    ensemble: Sequence[float] | NDArray[np.float64],
+    generalist: Sequence[float] | NDArray[np.float64] | None,
+    weight: float,
+) -> NDArray[np.float64]:
+    """``log p_ensemble + weight * log q_generalist``, over the last axis (one case or many)."""
+    logs = _log(np.asarray(ensemble, dtype=np.float64))
+    if generalist is not None and weight > 0:
+        logs = logs + weight * _log(np.asarray(generalist, dtype=np.float64))
+    return logs
+
+
 def fuse(
     ensemble: Sequence[float], generalist: Sequence[float] | None, weight: float
 ) -> NDArray[np.float64]:
     """The fused label probabilities of one case (label order of the task)."""
-    logs = _log(np.asarray(ensemble, dtype=np.float64))
-    if generalist is not None and weight > 0:
-        logs = logs + weight * _log(np.asarray(generalist, dtype=np.float64))
-    logs = logs - logs.max()
-    fused = np.exp(logs)
+    logs = _fused_logs(ensemble, generalist, weight)
+    fused = np.exp(logs - logs.max())
     return np.asarray(fused / fused.sum(), dtype=np.float64)
 
 
@@ -85,8 +94,7 @@ def fit_mode(
     base_correct = int(base_right.sum())
     best_weight, best_correct = 0.0, base_correct
     for weight in sorted(weights):
-        fused = _log(ensemble) + weight * _log(generalist)
-        right = fused.argmax(axis=1) == truth
+        right = _fused_logs(ensemble, generalist, weight).argmax(axis=1) == truth
         correct = int(right.sum())
         tried[f"{weight:g}"] = correct / n
         # Trusted only when it beats the ensemble beyond chance on validation (McNemar's

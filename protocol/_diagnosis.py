@@ -9,7 +9,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, Strict, StrictBool, StringConstraints, field_validator
 
-from protocol._base import Count, Identifier, Label, Sha256Hex, StrictModel, UnitFloat, Version
+from protocol._base import (
+    Count,
+    Identifier,
+    Label,
+    PositiveCount,
+    Sha256Hex,
+    StrictModel,
+    UnitFloat,
+    Version,
+)
 
 __all__ = [
     "ArbitrationPolicy",
@@ -200,6 +209,6 @@ class ArbitrationPolicy(StrictModel):
     labels: Annotated[tuple[Label, ...], Field(min_length=2, max_length=256)]
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)]  # the generalist
     fitted_on: Literal["validation"] = "validation"
-    n_examples: Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
+    n_examples: PositiveCount
     modes: dict[Mode, ModePolicy]
     recommended_mode: Mode = Mode.GSCO  # the best on validation (ensemble if none beat it)

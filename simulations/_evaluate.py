@@ -98,18 +98,16 @@ def _derived(
     evaluation.scores[f"{mode.value} (calibrated)"] = (
         np.asarray(calibrated_scores) if complete and responses else None
     )
-    ensemble_labels = [
-        int(np.argmax(np.mean([[p.probabilities.get(n, 0.0) for n in labels] for p in r.moed], 0)))
-        if r.moed
-        else index[r.label]
-        for r in responses
+    # The hub says which answers differ from the ensemble's; a degraded one is the ensemble's.
+    flips = [
+        i
+        for i, r in enumerate(responses)
+        if r.generalist is not None and r.generalist.overturned_ensemble
     ]
-    answered = [index[r.label] for r in responses]
     truth = evaluation.truth
-    flips = [i for i, (a, e) in enumerate(zip(answered, ensemble_labels, strict=True)) if a != e]
     evaluation.overturned[mode.value] = {
         "overturned": len(flips),
-        "right": sum(int(answered[i] == truth[i]) for i in flips),
+        "right": sum(int(index[responses[i].label] == truth[i]) for i in flips),
     }
 
 

@@ -88,3 +88,23 @@ def png(seed: int = 0, size: int = 28, channels: int = 1) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def post_image(
+    url: str,
+    image: bytes,
+    *,
+    filename: str = "x.png",
+    media_type: str = "image/png",
+    mode: str = "ensemble",
+    timeout_s: float = 30,
+) -> Any:
+    """``POST /v1/diagnose`` of one image as multipart to an anonymous hub at ``url``."""
+    import httpx
+
+    return httpx.post(
+        url + "/v1/diagnose",
+        files={"image": (filename, image, media_type)},
+        data={"task_id": "pneumonia-cxr", "mode": mode},
+        timeout=timeout_s,
+    )

@@ -27,7 +27,7 @@ from pydicom.data import get_testdata_file
 from hub import create_client_key, verify_access_log
 from protocol import DiagnoseResponse
 from tests.conftest import SiteKeys
-from tests.hub.conftest import png, publish
+from tests.hub.conftest import png, post_image, publish
 from tests.servers import GSCO, RunningHub, start_hub, start_registry
 
 pytestmark = pytest.mark.slow
@@ -432,20 +432,12 @@ def test_decompression_and_frame_bombs_are_refused_from_the_header(
         publish(registry, site_a, tmp_path)
         hub = start_hub(registry, tmp_path / "hub", "--allow-anonymous", "--no-generalist")
         # One ordinary request first, so that the baseline includes a real diagnosis.
-        ok = httpx.post(
-            hub.url + "/v1/diagnose",
-            files={"image": ("x.png", png(), "image/png")},
-            data={"task_id": "pneumonia-cxr", "mode": "ensemble"},
-            timeout=30,
-        )
+        ok = post_image(hub.url, png())
         assert ok.status_code == 200, ok.text
         before = peak_rss_bytes(hub.process.pid)
         for name, data in bombs.items():
-            answer = httpx.post(
-                hub.url + "/v1/diagnose",
-                files={"image": (f"{name}.dcm", data, "application/dicom")},
-                data={"task_id": "pneumonia-cxr", "mode": "ensemble"},
-                timeout=60,
+            answer = post_image(
+                hub.url, data, filename=f"{name}.dcm", media_type="application/dicom", timeout_s=60
             )
             assert answer.status_code == 422, (name, answer.text)
             assert answer.json()["error"]["type"] == "ImageDecodeError"

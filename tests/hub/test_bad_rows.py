@@ -15,7 +15,7 @@ import pytest
 
 from audit import LocalRegistry, RemoteRegistry, Severity, run_audit
 from tests.conftest import SiteKeys
-from tests.hub.conftest import png, publish
+from tests.hub.conftest import png, post_image, publish
 from tests.servers import start_hub, start_registry
 
 pytestmark = pytest.mark.slow
@@ -55,12 +55,7 @@ def test_a_row_the_wire_cannot_carry_is_skipped_everywhere(
         assert body["tasks"] == {"pneumonia-cxr": 2}
         assert body["last_sync"]["ok"] is True
         assert list(body["last_sync"]["unreadable"]) == [bad]
-        answer = httpx.post(
-            hub.url + "/v1/diagnose",
-            files={"image": ("x.png", png(), "image/png")},
-            data={"task_id": "pneumonia-cxr", "mode": "ensemble"},
-            timeout=30,
-        )
+        answer = post_image(hub.url, png())
         assert answer.status_code == 200, answer.text
         assert bad not in {s["bundle_digest"] for s in answer.json()["specialists"]}
         # The audit flags the row, from the running registry ...
