@@ -47,6 +47,8 @@ _PERSONAL_KEY = re.compile(
 )
 #: JSON paths whose values are timestamps by the schema, not personal dates.
 _TIMESTAMP_PATHS = frozenset({"created_at"})
+#: JSON paths whose values are sha256 hex digests by the schema (an adapter's base model).
+_DIGEST_PATHS = frozenset({"base_model_sha256"})
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,9 @@ def scan_json_strings(document: Any, file_name: str) -> list[PhiHit]:
         if is_key and _PERSONAL_KEY.search(text):
             hits.append(PhiHit(where, f"a key naming a personal attribute ({text!r})"))
             continue
-        if path in _TIMESTAMP_PATHS:
+        if path in _TIMESTAMP_PATHS or (
+            path in _DIGEST_PATHS and re.fullmatch(r"[0-9a-f]{64}", text)
+        ):
             continue
         hits += [PhiHit(where, f"{what} ({_redact(text)})") for what in _matches(text)]
     return hits

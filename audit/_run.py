@@ -12,12 +12,16 @@ from pathlib import Path
 from audit._phi import PhiHit, scan_card, scan_json_strings, scan_onnx_metadata
 from audit._report import AuditReport, Severity
 from audit._sources import RegistrySource
-from protocol import BundleRef, GscoError, IndexMode, SiteKey, SpecialistCard
+from protocol import AdapterCard, BundleRef, GscoError, IndexMode, SiteKey, SpecialistCard
 from registry import (
+    AcceptedAdapter,
+    AcceptedBundle,
+    AdapterLimits,
     RegistryError,
     RejectedError,
     TrustedRegistry,
     keyring_of,
+    verify_adapter,
     verify_event_log,
     verify_publication,
 )
@@ -162,6 +166,7 @@ def _check_bundles(
             "version": ref.version,
             "bundle_digest": ref.bundle_digest,
             "status": "revoked" if ref.revoked else "active",
+            "kind": ref.kind,
             "published_at": ref.published_at.isoformat(timespec="seconds"),
         }
         inventory.append(entry)
@@ -179,7 +184,11 @@ def _check_bundles(
             # Revoked keys still verify what they signed before; revocation is
             # shown in the status column, not as a broken signature.
             try:
-                accepted = verify_publication(files, keyring_of([key]))
+                accepted: AcceptedBundle | AcceptedAdapter = (
+                    verify_adapter(files, keyring_of([key]), limits=AdapterLimits(max_rank=256))
+                    if ref.kind == "adapter"
+                    else verify_publication(files, keyring_of([key]))
+                )
                 if accepted.digest != ref.bundle_digest:
                     report.add(
                         Severity.FAIL, "bundle-signature", subject,
@@ -212,6 +221,29 @@ def _check_contents(
             )
             entry["federated"] = card.federation is not None
             _check_index_privacy(report, subject, card, files.get("index.npz"))
+    if "adapter_card.json" in files:
+        try:
+            document = json.loads(files["adapter_card.json"])
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            report.add(Severity.FAIL, "card-schema", subject, f"adapter_card.json: {exc}")
+        else:
+            hits += scan_json_strings(document, "adapter_card.json")
+            try:
+                adapter = AdapterCard.model_validate(document)
+            except ValueError as exc:
+                report.add(Severity.FAIL, "card-schema", subject, f"adapter_card.json: {exc}")
+            else:
+                entry["adapter"] = {
+                    "base_model": adapter.base_model,
+                    "rank": adapter.lora.rank,
+                    "sites": list(adapter.training.sites),
+                    "examples": adapter.training.examples,
+                    "differential_privacy": (
+                        adapter.training.differential_privacy.model_dump(mode="json")
+                        if adapter.training.differential_privacy
+                        else None
+                    ),
+                }
     if "metrics.json" in files:
         try:
             hits += scan_json_strings(json.loads(files["metrics.json"]), "metrics.json")
@@ -326,7 +358,9 @@ def _check_tuf(
                 )  # fmt: skip
                 continue
             try:
-                served = trusted.bundle_files(ref.site_id, ref.bundle_digest)
+                served = trusted.bundle_files(
+                    ref.site_id, ref.bundle_digest, adapter=ref.kind == "adapter"
+                )
             except RegistryError as exc:
                 report.add(Severity.FAIL, "tuf-targets", subject, str(exc))
                 continue

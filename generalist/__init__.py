@@ -20,9 +20,17 @@ from generalist._calibration import (
 )
 from generalist._meddr import meddr_backend_config, meddr_serve_command
 from generalist._parse import ParsedAnswer, parse_answer
-from generalist._prompts import PROMPTS, MoedEvidence, RadEvidence, render_prompt
-from generalist._serve import MODEL_NAME, EmbeddedServer, ServerState
+from generalist._prompts import (
+    PROMPT_TEMPLATE_VERSION,
+    PROMPTS,
+    SYSTEM,
+    MoedEvidence,
+    RadEvidence,
+    render_prompt,
+)
+from generalist._serve import MAX_LORA_RANK, MODEL_NAME, EmbeddedServer, ServerState, cpu_dtype
 from generalist.errors import (
+    AdapterLoadError,
     GeneralistError,
     GeneralistResponseError,
     GeneralistUnavailableError,
@@ -30,8 +38,12 @@ from generalist.errors import (
 )
 
 __all__ = [
+    "MAX_LORA_RANK",
     "MODEL_NAME",
     "PROMPTS",
+    "PROMPT_TEMPLATE_VERSION",
+    "SYSTEM",
+    "AdapterLoadError",
     "ArbitrationRequest",
     "ArbitrationResult",
     "CalibrationCache",
@@ -50,6 +62,7 @@ __all__ = [
     "ServeError",
     "ServerState",
     "content_free",
+    "cpu_dtype",
     "label_scores",
     "meddr_backend_config",
     "meddr_serve_command",

@@ -14,7 +14,11 @@ import httpx
 
 from generalist._parse import parse_answer
 from generalist._prompts import SYSTEM, MoedEvidence, RadEvidence, render_prompt
-from generalist.errors import GeneralistResponseError, GeneralistUnavailableError
+from generalist.errors import (
+    AdapterLoadError,
+    GeneralistResponseError,
+    GeneralistUnavailableError,
+)
 from protocol import Mode, TaskSpec
 
 __all__ = [
@@ -36,6 +40,7 @@ class ArbitrationRequest:
     moed: tuple[MoedEvidence, ...] = ()
     rad: tuple[RadEvidence, ...] = ()
     image_png: bytes | None = field(default=None, repr=False)
+    adapter: str | None = None  # the LoRA adapter to answer with (a name the server holds)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,12 @@ class ArbitrationResult:
 
 
 class GeneralistBackend(Protocol):
-    """A generalist model. ``sees_images`` says whether it receives the image."""
+    """A generalist model. ``sees_images`` says whether it receives the image.
+
+    ``model`` is the base model; a request may name a LoRA adapter the server
+    holds (``ArbitrationRequest.adapter``), and the result's ``model`` says
+    which answered.
+    """
 
     model: str
     sees_images: bool
@@ -149,7 +159,7 @@ class OpenAICompatibleBackend:
             content.append({"type": "image_url", "image_url": {"url": url}})
         content.append({"type": "text", "text": prompt})
         payload: dict[str, Any] = {
-            "model": self.model,
+            "model": request.adapter or self.model,
             "messages": [
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": content},
@@ -163,6 +173,47 @@ class OpenAICompatibleBackend:
             # vLLM >= 0.12 reads structured_outputs; the old guided_choice is ignored silently.
             payload["structured_outputs"] = {"choice": list(request.task.labels)}
         return payload, prompt
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Loads the LoRA adapter in folder ``path`` (on the server's machine) as ``name``.
+
+        vLLM's ``POST /v1/load_lora_adapter``: the server must run with
+        ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``. Loading a
+        name it already holds succeeds (the adapter is the same one). A blocking
+        call, for control paths (start-up, sync), on a client of its own.
+
+        Raises:
+            AdapterLoadError: the server refused the adapter (rank too large, an
+                unsupported PEFT feature, LoRA off, unreadable files) or is down.
+        """
+        response = self._control("/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        if response.status_code >= 400 and "already been loaded" not in response.text:
+            raise AdapterLoadError(
+                f"the generalist refused adapter {name!r} ({response.status_code}): "
+                f"{response.text[:500]}"
+            )
+
+    def unload_adapter(self, name: str) -> None:
+        """Unloads adapter ``name`` (``POST /v1/unload_lora_adapter``); absent is not an error.
+
+        Raises:
+            AdapterLoadError: the server could not be reached.
+        """
+        self._control("/unload_lora_adapter", {"lora_name": name})
+
+    def _control(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        try:
+            return httpx.post(
+                self.config.base_url.rstrip("/") + path,
+                json=body,
+                headers=headers,
+                timeout=max(self.config.timeout_s, 60.0),
+            )
+        except httpx.HTTPError as exc:
+            raise AdapterLoadError(
+                f"{path}: the generalist at {self.config.base_url} is unreachable: {exc}"
+            ) from exc
 
     async def arbitrate(self, request: ArbitrationRequest) -> ArbitrationResult:
         """Asks the server; raises GeneralistUnavailableError within ``timeout_s`` if it cannot."""
@@ -234,7 +285,7 @@ class OpenAICompatibleBackend:
             scores=label_scores(positions, labels),
             raw_text=text,
             prompt=prompt,
-            model=str(body.get("model", self.model)),
+            model=str(body.get("model", request.adapter or self.model)),
             saw_image=self.sees_images and request.image_png is not None,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),

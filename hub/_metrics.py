@@ -41,6 +41,11 @@ class HubMetrics:
             ["endpoint"],
             registry=self.registry,
         )
+        self.adapter_refusals = Counter(
+            "gsco_hub_adapter_refusals",
+            "Verified LoRA adapters the generalist would not load (the base model answered).",
+            registry=self.registry,
+        )
         self.degraded = Counter(
             "gsco_hub_degraded",
             "Answers that fell back to the ensemble because the generalist failed.",

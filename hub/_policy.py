@@ -28,7 +28,14 @@ from numpy.typing import NDArray
 from hub.errors import HubConfigError
 from protocol import ArbitrationPolicy, GscoError, Mode, ModePolicy, TaskSpec
 
-__all__ = ["POLICY_WEIGHTS", "fit_mode", "fit_policy", "fuse", "load_policies"]
+__all__ = [
+    "POLICY_WEIGHTS",
+    "fit_mode",
+    "fit_policy",
+    "fuse",
+    "load_policies",
+    "with_modes_of",
+]
 
 #: The generalist weights a fit considers (0: the ensemble alone).
 POLICY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -150,6 +157,24 @@ def fit_policy(
         modes=modes,
         recommended_mode=recommended,
     )
+
+
+def with_modes_of(policy: ArbitrationPolicy, other: ArbitrationPolicy) -> ArbitrationPolicy:
+    """``policy`` with ``other``'s modes in place of its own, each naming ``other``'s model.
+
+    How a policy fitted for an adapter (on the modes it learnt) joins the base
+    model's policy of the same task: every mode keeps the generalist it was
+    fitted on.
+
+    Raises:
+        ValueError: the two are for different tasks or label sets.
+    """
+    if (policy.task_id, policy.labels) != (other.task_id, other.labels):
+        raise ValueError("the policies are for different tasks or label sets")
+    modes = dict(policy.modes)
+    for mode, fitted in other.modes.items():
+        modes[mode] = fitted.model_copy(update={"model": fitted.model or other.model})
+    return policy.model_copy(update={"modes": modes})
 
 
 def load_policies(

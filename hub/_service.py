@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generalist import GeneralistBackend, OpenAICompatibleBackend, OpenAIConfig
+from generalist import AdapterLoadError, GeneralistBackend, OpenAICompatibleBackend, OpenAIConfig
 from hub._access_log import AccessLog
+from hub._adapters import (
+    ServedAdapter,
+    adapter_name,
+    read_adapter_bundle,
+    verify_for_service,
+    write_verified_copy,
+)
 from hub._auth import KeyFile
 from hub._catalog import Catalog
 from hub._engine import DiagnosisEngine, EngineOptions
@@ -21,8 +28,9 @@ from hub._metrics import HubMetrics
 from hub._policy import load_policies
 from hub._runtime import RuntimeOptions
 from hub._sync import RegistrySync, SyncReport
-from hub.errors import HubConfigError, OverloadedError
-from protocol import ArbitrationPolicy, DecodeLimits
+from hub.errors import AdapterRefusedError, HubConfigError, OverloadedError
+from protocol import ArbitrationPolicy, BundleRef, DecodeLimits, GscoError
+from registry import AdapterLimits
 
 if TYPE_CHECKING:
     from registry import RegistryClient
@@ -59,6 +67,10 @@ class HubConfig:
     policies: Path | None = (
         None  # arbitration policies (JSON; see hub._policy), fitted on validation
     )
+    # Signed LoRA adapter bundles of the generalist (folders; see hub._adapters), loaded
+    # into vLLM at start. The verified copies go to STATE/adapters, which vLLM must read.
+    adapters: tuple[Path, ...] = ()
+    max_lora_rank: int = 16  # the generalist's --max-lora-rank
 
     def check(self) -> None:
         """Raises :class:`HubConfigError` for an unusable configuration."""
@@ -75,6 +87,11 @@ class HubConfig:
             raise HubConfigError(f"API key file {self.api_keys} not found")
         if self.policies is not None and not self.policies.is_file():
             raise HubConfigError(f"policy file {self.policies} not found")
+        for folder in self.adapters:
+            if not folder.is_dir():
+                raise HubConfigError(f"adapter bundle {folder} is not a folder")
+        if self.adapters and self.generalist is None:
+            raise HubConfigError("adapters need a generalist (--generalist)")
         for name in (
             "max_body_bytes",
             "max_image_pixels",
@@ -130,6 +147,8 @@ class Hub:
         self._sync: RegistrySync | None = None
         self.access_log: AccessLog | None = None
         self.engine: DiagnosisEngine | None = None
+        self.adapter_warnings: dict[str, str] = {}  # by task: why its adapter is not in use
+        self._adapter_refused: dict[str, str] = {}  # registry adapter digest -> why
 
     def set_policy(self, policy: ArbitrationPolicy) -> None:
         """Puts a task's arbitration policy in service (replacing the one it had)."""
@@ -140,6 +159,158 @@ class Hub:
             policy.task_id,
             ", ".join(f"{m.value} w={p.generalist_weight:g}" for m, p in policy.modes.items()),
         )
+
+    def load_adapter(self, folder: Path) -> ServedAdapter | None:
+        """Verifies the adapter bundle in ``folder`` and puts it in service for its task.
+
+        An adapter given by the operator (``--adapter``) is pinned: the
+        registry's adapters for its task do not replace it. See
+        :meth:`_serve_adapter` for the checks and what a refusal does.
+
+        Raises:
+            AdapterRefusedError: the bundle fails verification or does not fit.
+            HubConfigError: no generalist that can load adapters, or not started.
+        """
+        backend = self._adapter_backend()
+        files = read_adapter_bundle(folder, AdapterLimits(max_rank=self.config.max_lora_rank))
+        return self._serve_adapter(backend, files, source="operator")
+
+    def _adapter_backend(self) -> OpenAICompatibleBackend:
+        if self.engine is None or self._sync is None:
+            raise HubConfigError("the hub is not started: call start() first")
+        backend = self._generalist
+        if not isinstance(backend, OpenAICompatibleBackend):
+            raise HubConfigError("the generalist in service cannot load LoRA adapters")
+        return backend
+
+    def _serve_adapter(
+        self,
+        backend: OpenAICompatibleBackend,
+        files: dict[str, bytes],
+        *,
+        source: str,
+        expected_digest: str | None = None,
+    ) -> ServedAdapter | None:
+        """Verifies ``files`` and, if vLLM loads them, serves the adapter for its task.
+
+        The bundle is verified against the keys of the sites the registry
+        delegates to (as of the last sync) and against the generalist in
+        service; the verified bytes are copied to ``STATE/adapters/DIGEST``
+        and vLLM loads that copy. When vLLM refuses it, the base model goes on
+        answering: a warning is logged and shown in ``/v1/tasks``, and ``None``
+        is returned.
+
+        Raises:
+            AdapterRefusedError: the bundle fails verification or does not fit.
+        """
+        assert self.engine is not None and self._sync is not None  # noqa: PT018
+        limits = AdapterLimits(max_rank=self.config.max_lora_rank)
+        accepted = verify_for_service(
+            files,
+            self._sync.keyring,
+            base_model=backend.config.model,
+            sees_images=backend.sees_images,
+            limits=limits,
+        )
+        if expected_digest is not None and accepted.digest != expected_digest:
+            raise AdapterRefusedError(
+                f"the registry lists adapter {expected_digest[:12]} but its files are "
+                f"{accepted.digest[:12]}"
+            )
+        card = accepted.card
+        copy = write_verified_copy(files, self.config.state_dir / "adapters", accepted.digest)
+        name = adapter_name(card, accepted.digest)
+        try:
+            backend.load_adapter(name, str(copy.resolve()))
+        except AdapterLoadError as exc:
+            self.adapter_warnings[card.task_id] = str(exc)
+            self.metrics.adapter_refusals.inc()
+            log.warning(
+                "the generalist refused adapter %s for %s; the base model answers: %s",
+                accepted.digest[:12],
+                card.task_id,
+                exc,
+            )
+            return None
+        served = ServedAdapter(
+            name=name, digest=accepted.digest, card=card, path=copy, source=source
+        )
+        previous = self.engine.adapters.get(card.task_id)
+        self.engine.adapters[card.task_id] = served
+        self.adapter_warnings.pop(card.task_id, None)
+        if previous is not None and previous.name != name:
+            self._unload(backend, previous)
+        log.info(
+            "adapter %s of %s in service for %s as %s (rank %d, %d examples from %d sites)",
+            accepted.digest[:12],
+            card.site_id,
+            card.task_id,
+            name,
+            card.lora.rank,
+            card.training.examples,
+            len(card.training.sites),
+        )
+        return served
+
+    def _unload(self, backend: OpenAICompatibleBackend, served: ServedAdapter) -> None:
+        try:
+            backend.unload_adapter(served.name)
+        except AdapterLoadError as exc:
+            log.warning("could not unload adapter %s: %s", served.name, exc)
+
+    def _reconcile_adapters(self) -> None:
+        """After a sync: the registry's newest verified adapter per task in service.
+
+        A registry adapter that is no longer listed (revoked, or its site's key
+        revoked) is taken out of service at once; operator-pinned ones stay.
+        Refusals are remembered by digest and not retried.
+        """
+        if self.engine is None or self._sync is None:
+            return
+        backend = self._generalist
+        if not isinstance(backend, OpenAICompatibleBackend):
+            return
+        listed = {ref.bundle_digest: ref for ref in self._sync.adapters}
+        for task_id, served in list(self.engine.adapters.items()):
+            if served.source == "registry" and served.digest not in listed:
+                del self.engine.adapters[task_id]
+                self._unload(backend, served)
+                log.warning(
+                    "adapter %s of %s is no longer in the registry (revoked): the base model "
+                    "answers",
+                    served.digest[:12],
+                    task_id,
+                )
+        newest: dict[str, BundleRef] = {}
+        for ref in listed.values():
+            if ref.bundle_digest in self._adapter_refused:
+                continue
+            held = newest.get(ref.task_id)
+            if held is None or (ref.version, ref.published_at) > (held.version, held.published_at):
+                newest[ref.task_id] = ref
+        for task_id, ref in newest.items():
+            current = self.engine.adapters.get(task_id)
+            if current is not None and (
+                current.source == "operator" or current.digest == ref.bundle_digest
+            ):
+                continue
+            try:
+                files = self._sync.adapter_files(ref)
+                if (
+                    self._serve_adapter(
+                        backend, files, source="registry", expected_digest=ref.bundle_digest
+                    )
+                    is None
+                ):
+                    self._adapter_refused[ref.bundle_digest] = self.adapter_warnings.get(
+                        task_id, "refused by the generalist"
+                    )
+            except GscoError as exc:
+                self._adapter_refused[ref.bundle_digest] = str(exc)
+                self.adapter_warnings[task_id] = f"adapter {ref.bundle_digest[:12]}: {exc}"
+                log.warning(
+                    "refused adapter %s of %s: %s", ref.bundle_digest[:12], ref.site_id, exc
+                )
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -193,6 +364,8 @@ class Hub:
         if config.policies is not None:
             self.engine.policies.update(load_policies(config.policies))
         report = self.sync_now()
+        for folder in config.adapters:
+            self.load_adapter(folder)
         self._thread = threading.Thread(target=self._loop, name="gsco-hub-sync", daemon=True)
         self._thread.start()
         return report
@@ -201,6 +374,8 @@ class Hub:
         """Syncs with the registry now (also what the background thread does)."""
         assert self._sync is not None, "start() first"
         report = self._sync.sync()
+        if report.ok:
+            self._reconcile_adapters()
         self.metrics.syncs.labels(result="ok" if report.ok else "failed").inc()
         self.metrics.observe_catalog(self.catalog, len(report.rejected))
         if report.loaded or report.unloaded:

@@ -74,6 +74,8 @@ class RegistrySync:
         self._on_catalog = on_catalog
         self._lock = threading.Lock()  # one sync at a time
         self._catalog = Catalog()
+        self._keyring = KeyRing(())
+        self._adapters: tuple[BundleRef, ...] = ()
         # Refusals are remembered per snapshot: a bundle is retried when the registry changes.
         self._rejected: dict[str, str] = {}
         self._rejected_at: int | None = None
@@ -83,6 +85,20 @@ class RegistrySync:
     def catalog(self) -> Catalog:
         """The catalog in service (a snapshot; never mutated)."""
         return self._catalog
+
+    @property
+    def adapters(self) -> tuple[BundleRef, ...]:
+        """Adapter bundles listed, unrevoked and in trusted metadata at the last sync."""
+        return self._adapters
+
+    def adapter_files(self, ref: BundleRef) -> dict[str, bytes]:
+        """An adapter bundle's files, fetched and checked against TUF's hashes (unverified)."""
+        return self._trusted.bundle_files(ref.site_id, ref.bundle_digest, adapter=True)
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The keys of the sites enrolled, unrevoked and delegated in TUF at the last sync."""
+        return self._keyring
 
     def sync(self) -> SyncReport:
         """One sync (see the module docstring). Never raises for registry problems."""
@@ -112,6 +128,7 @@ class RegistrySync:
             if not s.revoked and s.key_id in delegated.get(s.site_id, frozenset())
         ]
         keyring = keyring_of(sites)
+        self._keyring = keyring
         current = {s.bundle_digest: s for s in self._catalog.all}
         candidates: dict[str, LoadedSpecialist] = {}
         rejected: dict[str, str] = {}
@@ -119,11 +136,15 @@ class RegistrySync:
         unreadable = {u.bundle_digest: u.problem for u in listing.unreadable}
         for digest, problem in unreadable.items():
             log.warning("registry lists bundle %s unreadably, skipped: %s", digest[:16], problem)
+        adapters: list[BundleRef] = []
         for ref in listing.bundles:
             if ref.revoked or ref.bundle_digest in self._rejected:
                 continue
             if not self._trusted.resolves(ref.site_id, ref.bundle_digest):
                 continue  # listed by the registry but not in trusted metadata
+            if ref.kind == "adapter":
+                adapters.append(ref)  # verified and loaded by the hub (hub._adapters)
+                continue
             loaded = current.get(ref.bundle_digest)
             if loaded is None:
                 try:
@@ -138,6 +159,7 @@ class RegistrySync:
         catalog = Catalog.of(chosen, snapshot, started)
         before, after = set(current), {s.bundle_digest for s in chosen}
         self._catalog = catalog
+        self._adapters = tuple(adapters)
         if self._on_catalog is not None:
             self._on_catalog(catalog)
         return SyncReport(

@@ -10,6 +10,7 @@
     │   ├── PayloadTooLargeError    the body or the image exceeds the configured bounds
     │   └── RequestTimeoutError     the body did not arrive in time (408)
     ├── SpecialistLoadError     a verified bundle cannot be turned into a runtime session
+    ├── AdapterRefusedError     an adapter bundle fails verification or does not fit the generalist
     ├── SpecialistRuntimeError  a loaded specialist failed on an input
     ├── OverloadedError         the request queue is full (HTTP 503 with Retry-After)
     └── AccessLogError          the access log is unreadable or its hash chain is broken
@@ -30,6 +31,7 @@ from protocol.errors import GscoError
 
 __all__ = [
     "AccessLogError",
+    "AdapterRefusedError",
     "AuthenticationError",
     "BadRequestError",
     "HubConfigError",
@@ -94,6 +96,12 @@ class RequestTimeoutError(BadRequestError):
 
 class SpecialistLoadError(HubError):
     """A verified bundle cannot be loaded into onnxruntime or faiss."""
+
+
+class AdapterRefusedError(HubError):
+    """An adapter bundle failed verification, or was tuned for another generalist or prompt."""
+
+    http_status = 422
 
 
 class SpecialistRuntimeError(HubError):

@@ -4,6 +4,7 @@ Everything that crosses a process or trust boundary is one of these models:
 strict (unknown fields are errors), versioned (``schema_version``) and immutable.
 """
 
+from protocol._adapter import AdapterCard, AdapterTraining, LoraSpec
 from protocol._artifacts import (
     INDEX_KEYS,
     ArtifactError,
@@ -63,7 +64,13 @@ from protocol._images import (
     sniff_media_type,
 )
 from protocol._preprocess import preprocess
-from protocol._registry import BundleRef, SiteKey, UnreadableBundle
+from protocol._registry import (
+    ADAPTER_BACKBONE,
+    BundleKind,
+    BundleRef,
+    SiteKey,
+    UnreadableBundle,
+)
 from protocol._task import TaskSpec, TaskType
 from protocol.errors import (
     EncodingError,
@@ -74,6 +81,7 @@ from protocol.errors import (
 )
 
 __all__ = [
+    "ADAPTER_BACKBONE",
     "DICOM_PIXEL_TAGS",
     "GENESIS",
     "INDEX_KEYS",
@@ -81,8 +89,11 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "UINT32_MAX",
     "UINT64_MAX",
+    "AdapterCard",
+    "AdapterTraining",
     "ArbitrationPolicy",
     "ArtifactError",
+    "BundleKind",
     "BundleRef",
     "ChainError",
     "Count",
@@ -105,6 +116,7 @@ __all__ = [
     "IndexMode",
     "IndexPrivacy",
     "Label",
+    "LoraSpec",
     "MediaType",
     "Mode",
     "ModePolicy",

@@ -142,6 +142,8 @@ class GeneralistUse(StrictModel):
     # The task's arbitration policy, when one weighed this answer against the ensemble:
     policy_weight: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
     overturned_ensemble: bool = False  # the answer differs from the ensemble's
+    # The signed LoRA adapter that answered (its bundle digest); None: the base model.
+    adapter_digest: Sha256Hex | None = None
 
 
 class StageTimings(StrictModel):
@@ -199,6 +201,9 @@ class ModePolicy(StrictModel):
     generalist_weight: Annotated[float, Field(ge=0.0, le=100.0)]
     validation_accuracy: dict[Annotated[str, StringConstraints(max_length=40)], UnitFloat]
     weights_tried: dict[Annotated[str, StringConstraints(max_length=20)], UnitFloat]
+    # The generalist this mode was fitted on, when not the policy's ``model`` (an adapter
+    # that learnt only this mode's prompts).
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 class ArbitrationPolicy(StrictModel):

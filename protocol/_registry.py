@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, StringConstraints
 
 from protocol._base import Count, Identifier, Sha256Hex, StrictModel, Version
 
-__all__ = ["BundleRef", "SiteKey", "UnreadableBundle"]
+__all__ = ["ADAPTER_BACKBONE", "BundleKind", "BundleRef", "SiteKey", "UnreadableBundle"]
 
 #: Upper bound on an encoded P-256 public key (PEM is about 180 bytes).
 MAX_PUBLIC_KEY_PEM = 4096
@@ -24,6 +24,12 @@ class SiteKey(StrictModel):
     revoked: bool = False
 
 
+#: What a registry bundle holds.
+BundleKind = Literal["specialist", "adapter"]
+#: The ``backbone`` of adapter bundles: their version line per (site, task).
+ADAPTER_BACKBONE = "generalist-lora"
+
+
 class BundleRef(StrictModel):
     """One published bundle as the registry lists it."""
 
@@ -36,6 +42,9 @@ class BundleRef(StrictModel):
     published_at: AwareDatetime
     size_bytes: Count
     revoked: bool = False
+    # What the bundle holds: a specialist (backbone: its architecture) or a LoRA adapter of
+    # the generalist (backbone: ADAPTER_BACKBONE; see registry.verify_adapter).
+    kind: BundleKind = "specialist"
 
 
 class UnreadableBundle(StrictModel):

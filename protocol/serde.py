@@ -82,6 +82,7 @@ def bundle_ref_to_pb(ref: BundleRef) -> pb.BundleRefMessage:
         published_at_unix_ms=_to_ms(ref.published_at),
         size_bytes=ref.size_bytes,
         revoked=ref.revoked,
+        kind=ref.kind,
     )
 
 
@@ -99,6 +100,7 @@ def bundle_ref_from_pb(message: pb.BundleRefMessage) -> BundleRef:
             "published_at": _from_ms(message.published_at_unix_ms),
             "size_bytes": message.size_bytes,
             "revoked": message.revoked,
+            "kind": message.kind or "specialist",
         },
     )
     return ref

@@ -6,6 +6,14 @@ event log, the gRPC service and its client, TUF metadata (registry side) and
 :class:`TrustedRegistry` (client side, through ``tuf.ngclient``).
 """
 
+from registry._adapter import (
+    ADAPTER_BUNDLE_FILES,
+    AcceptedAdapter,
+    AdapterLimits,
+    check_adapter_config,
+    check_adapter_weights,
+    verify_adapter,
+)
 from registry._client import BundleListing, RegistryClient
 from registry._core import Registry, keyring_of
 from registry._events import Event, verify_event_log
@@ -36,9 +44,12 @@ from registry.errors import (
 )
 
 __all__ = [
+    "ADAPTER_BUNDLE_FILES",
     "BUNDLE_FILES",
     "REQUIRED_FILES",
+    "AcceptedAdapter",
     "AcceptedBundle",
+    "AdapterLimits",
     "BundleListing",
     "ConflictError",
     "Event",
@@ -60,10 +71,13 @@ __all__ = [
     "UploadLimits",
     "admin_token_for",
     "build_site_targets",
+    "check_adapter_config",
+    "check_adapter_weights",
     "check_names_and_sizes",
     "keyring_of",
     "start_server",
     "target_path",
+    "verify_adapter",
     "verify_event_log",
     "verify_publication",
     "verify_signed_digests",

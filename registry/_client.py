@@ -249,9 +249,13 @@ class RegistryClient:
 
 
 def _claimed_site(files: dict[str, bytes]) -> str | None:
-    """The site id card.json names, if readable (the registry checks it properly)."""
+    """The site id the card names, if readable (the registry checks it properly).
+
+    ``card.json`` for a specialist, ``adapter_card.json`` for an adapter.
+    """
+    card = files.get("card.json", files.get("adapter_card.json", b""))
     try:
-        site = json.loads(files.get("card.json", b"")).get("site_id")
+        site = json.loads(card).get("site_id")
     except (ValueError, AttributeError):
         return None
     return (

@@ -21,7 +21,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from protocol import UINT32_MAX, BundleRef, GscoError, SiteKey, UnreadableBundle
+from protocol import (
+    ADAPTER_BACKBONE,
+    UINT32_MAX,
+    BundleRef,
+    GscoError,
+    SiteKey,
+    UnreadableBundle,
+)
+from registry._adapter import CARD_FILE as ADAPTER_CARD
+from registry._adapter import AcceptedAdapter, AdapterLimits, verify_adapter
 from registry._blobs import BlobStore
 from registry._events import GENESIS, EventLog, verify_event_log
 from registry._tuf import TufRepository
@@ -66,6 +75,7 @@ CREATE TABLE IF NOT EXISTS bundles (
     size_bytes INTEGER NOT NULL,
     files TEXT NOT NULL,
     revoked_at TEXT,
+    kind TEXT NOT NULL DEFAULT 'specialist',
     UNIQUE (site_id, task_id, backbone, version)
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -93,8 +103,13 @@ class Registry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            if not _has_kind(self._db):  # a database from before adapters
+                self._db.execute(
+                    "ALTER TABLE bundles ADD COLUMN kind TEXT NOT NULL DEFAULT 'specialist'"
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the registry database in {root}: {exc}") from exc
+        self._kind = "kind"
         self.tuf = TufRepository(root / "tuf")
         self.recovered = self._recover()
         self._sync_tuf()
@@ -127,6 +142,8 @@ class Registry:
                 check_same_thread=False,
             )
             store._db.execute("SELECT 1 FROM sites LIMIT 1")
+            # A database from before adapters holds specialists only.
+            store._kind = "kind" if _has_kind(store._db) else "'specialist'"
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the registry database in {root}: {exc}") from exc
         store.recovered = {}
@@ -373,6 +390,10 @@ class Registry:
                 with self._transaction() as db:
                     self._event(db, "reject", code=exc.code.value, reason=str(exc)[:1000])
                 raise
+            if isinstance(accepted, AcceptedAdapter):
+                kind, backbone = "adapter", ADAPTER_BACKBONE
+            else:
+                kind, backbone = "specialist", accepted.card.backbone
             stored = {name: self.blobs.put(files[name]) for name in sorted(files)}
             if stored != dict(accepted.files):
                 raise StoreError("stored blobs do not match the verified digests")
@@ -380,17 +401,20 @@ class Registry:
             published = datetime.now(UTC)
             with self._transaction() as db:
                 db.execute(
-                    "INSERT INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    "INSERT INTO bundles (digest, task_id, site_id, backbone, version, key_id, "
+                    "published_at, size_bytes, files, revoked_at, kind) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                     (
                         accepted.digest,
                         card.task_id,
                         card.site_id,
-                        card.backbone,
+                        backbone,
                         card.version,
                         accepted.manifest.key_id,
                         published.isoformat(),
                         accepted.size_bytes,
                         json.dumps(dict(accepted.files), sort_keys=True),
+                        kind,
                     ),
                 )
                 self._event(
@@ -400,13 +424,15 @@ class Registry:
                     key_id=accepted.manifest.key_id,
                     bundle_digest=accepted.digest,
                     task_id=card.task_id,
-                    backbone=card.backbone,
-                    version=card.version,
+                    backbone=backbone,
+                    version=card.version,  # an adapter's backbone is ADAPTER_BACKBONE
                 )
             self._sync_tuf()
             return self.bundle(accepted.digest)
 
-    def _check(self, files: Mapping[str, bytes]) -> AcceptedBundle:
+    def _check(self, files: Mapping[str, bytes]) -> AcceptedBundle | AcceptedAdapter:
+        if ADAPTER_CARD in files:
+            return self._check_adapter(files)
         card_site = _claimed(files)
         last = self.last_version(*card_site) if card_site else None
         accepted = verify_publication(
@@ -420,6 +446,33 @@ class Registry:
             "SELECT 1 FROM bundles WHERE digest = ?", (accepted.digest,)
         ).fetchone():
             raise ConflictError(f"bundle {accepted.digest[:16]}… is published already")
+        return accepted
+
+    def _check_adapter(self, files: Mapping[str, bytes]) -> AcceptedAdapter:
+        """The adapter check (any rank a generalist could serve; the hub holds its own limit)."""
+        accepted = verify_adapter(
+            files,
+            self.keyring(),
+            revoked_key_ids=self.revoked_key_ids(),
+            limits=AdapterLimits(
+                max_weights_bytes=min(self.limits.max_bundle_bytes, 2 * 1024**3),
+                max_card_bytes=self.limits.max_card_bytes,
+                max_signature_bytes=self.limits.max_signature_bytes,
+                max_rank=256,
+            ),
+        )
+        card = accepted.card
+        last = self.last_version(card.site_id, card.task_id, ADAPTER_BACKBONE)
+        if last is not None and card.version <= last:
+            raise RejectedError(
+                RejectCode.STALE_VERSION,
+                f"adapter version {card.version} is not newer than {last}, the last that site "
+                f"{card.site_id} published for {card.task_id}",
+            )
+        if self._db.execute(
+            "SELECT 1 FROM bundles WHERE digest = ?", (accepted.digest,)
+        ).fetchone():
+            raise ConflictError(f"adapter {accepted.digest[:16]}… is published already")
         return accepted
 
     def bundle(self, digest: str) -> BundleRef:
@@ -437,11 +490,8 @@ class Registry:
         digest: str | None = None,
         include_revoked: bool = False,
     ) -> list[BundleRef]:
-        """Published bundles, oldest first, filtered."""
-        query = (
-            "SELECT task_id, site_id, backbone, version, digest, key_id, published_at, "
-            "size_bytes, revoked_at FROM bundles WHERE 1=1"
-        )
+        """Published bundles (specialists and adapters), oldest first, filtered."""
+        query = self._select() + " WHERE 1=1"
         args: list[str] = []
         for column, value in (("task_id", task_id), ("site_id", site_id), ("digest", digest)):
             if value:
@@ -457,11 +507,14 @@ class Registry:
         Only a registry older than its schema's bounds (or an edited database)
         holds such rows. They are never served, and ``gsco audit`` flags them.
         """
-        query = (
-            "SELECT task_id, site_id, backbone, version, digest, key_id, published_at, "
-            "size_bytes, revoked_at FROM bundles"
+        return self._bundle_rows(self._select(), [])[1]
+
+    def _select(self) -> str:
+        # self._kind is the column name or a constant, never input.
+        return (
+            "SELECT task_id, site_id, backbone, version, digest, key_id, published_at, "  # noqa: S608
+            f"size_bytes, revoked_at, {self._kind} FROM bundles"
         )
-        return self._bundle_rows(query, [])[1]
 
     def _bundle_rows(
         self, query: str, args: list[str]
@@ -483,6 +536,7 @@ class Registry:
                         published_at=datetime.fromisoformat(r[6]),
                         size_bytes=r[7],
                         revoked=r[8] is not None,
+                        kind=r[9],
                     )
                 )
             except (ValidationError, ValueError, TypeError) as exc:
@@ -557,6 +611,10 @@ class Registry:
     def close(self) -> None:
         """Closes the database."""
         self._db.close()
+
+
+def _has_kind(db: sqlite3.Connection) -> bool:
+    return any(row[1] == "kind" for row in db.execute("PRAGMA table_info(bundles)"))
 
 
 def _claimed(files: Mapping[str, bytes]) -> tuple[str, str, str] | None:

@@ -19,6 +19,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from registry._adapter import ADAPTER_BUNDLE_FILES
 from registry._tuf import target_path
 from registry._verify import BUNDLE_FILES, REQUIRED_FILES
 from registry.errors import (
@@ -163,8 +164,10 @@ class TrustedRegistry:
             raise _download_failed(exc, f"TUF could not fetch site {site_id}'s metadata") from exc
         return info is not None
 
-    def bundle_files(self, site_id: str, bundle_digest: str) -> dict[str, bytes]:
-        """A bundle's files, each verified against the trusted metadata.
+    def bundle_files(
+        self, site_id: str, bundle_digest: str, *, adapter: bool = False
+    ) -> dict[str, bytes]:
+        """A bundle's files (an adapter bundle's with ``adapter``), each verified against TUF.
 
         Raises:
             NotFoundError: the trusted metadata does not resolve the bundle
@@ -174,7 +177,12 @@ class TrustedRegistry:
         """
         updater = self._refreshed()
         files: dict[str, bytes] = {}
-        for name in sorted(BUNDLE_FILES):
+        names, required = (
+            (ADAPTER_BUNDLE_FILES, ADAPTER_BUNDLE_FILES)
+            if adapter
+            else (BUNDLE_FILES, REQUIRED_FILES)
+        )
+        for name in sorted(names):
             path = target_path(site_id, bundle_digest, name)
             try:
                 info = updater.get_targetinfo(path)
@@ -187,7 +195,7 @@ class TrustedRegistry:
                 raise UntrustedMetadataError(f"TUF refused {path}: {exc}") from exc
             except tuf_errors.DownloadError as exc:
                 raise _download_failed(exc, f"TUF could not fetch {path}") from exc
-        if not set(files) >= REQUIRED_FILES:
+        if not set(files) >= required:
             raise NotFoundError(
                 f"bundle {bundle_digest[:16]}… of site {site_id} is not in the trusted metadata "
                 "(never published, or revoked)"

@@ -54,6 +54,7 @@ class RejectCode(StrEnum):
     OUT_OF_RANGE = "OUT_OF_RANGE"  # card.json holds a value the wire protocol cannot carry
     INVALID_MODEL = "INVALID_MODEL"  # model.onnx breaks the ONNX contract
     INVALID_INDEX = "INVALID_INDEX"  # index.npz breaks its contract or contradicts the card
+    INVALID_ADAPTER = "INVALID_ADAPTER"  # a LoRA adapter vLLM would not serve, or not as declared
     STALE_VERSION = "STALE_VERSION"  # not newer than the site's last version (a replay)
     INVALID_TUF_METADATA = "INVALID_TUF_METADATA"  # the site's delegated targets metadata is wrong
     UNAUTHENTICATED = "UNAUTHENTICATED"  # the publish header is not signed by the site's key

@@ -40,6 +40,27 @@ class Evaluation:
     generalist_model: str = ""
     # Per generalist mode: answers that differed from the ensemble's, and how many were right.
     overturned: dict[str, dict[str, int]] = field(default_factory=dict)
+    adapter_model: str = ""  # the adapter that answered the merged modes (merge_adapter)
+
+    def merge_adapter(self, adapted: Evaluation, modes: Sequence[Mode]) -> None:
+        """Takes ``modes`` as answered with the tuned adapter in service, from ``adapted``.
+
+        ``MODE (adapter)`` is the adapter's calibrated answer (no policy);
+        ``MODE`` becomes the hub's answer with the adapter and its policy, as
+        served; the base model's ``(zero-shot)`` and ``(calibrated)`` rows stay.
+        """
+        for mode in modes:
+            name = mode.value
+            self.predicted[f"{name} (adapter)"] = adapted.predicted[f"{name} (calibrated)"]
+            self.scores[f"{name} (adapter)"] = adapted.scores.get(f"{name} (calibrated)")
+            self.predicted[name] = adapted.predicted[name]
+            self.scores[name] = adapted.scores.get(name)
+            self.degraded[name] = adapted.degraded.get(name, 0)
+            if name in adapted.overturned:
+                self.overturned[name] = adapted.overturned[name]
+        self.warnings.extend(adapted.warnings)
+        self.adapter_model = adapted.generalist_model
+        self.seconds += adapted.seconds
 
     def without(self, site: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
         """Ensemble probabilities and majority votes of every site but ``site``."""

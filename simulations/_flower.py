@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
+if TYPE_CHECKING:
+    from site_agent.adapter import AdapterRecipe
+
 from simulations._site_job import SiteJob, SiteOutcome, local_update, run_site_job
+from simulations._tune_job import TuneJob, adapter_examples, adapter_update, publish_adapter
 
 __all__ = ["client_app", "server_app"]
 
@@ -37,6 +43,67 @@ server_app = ServerApp()
 def _job(context: Context) -> SiteJob:
     jobs = json.loads(Path(str(context.run_config["jobs-file"])).read_text())
     return SiteJob.from_json(jobs[int(context.node_config["partition-id"])])
+
+
+def _tune_job(context: Context) -> TuneJob:
+    jobs = json.loads(Path(str(context.run_config["tune-jobs-file"])).read_text())
+    return TuneJob.from_json(jobs[int(context.node_config["partition-id"])])
+
+
+@client_app.query("adapter_examples")
+def adapter_examples_query(message: Message, context: Context) -> Message:
+    """Builds this site's evidence examples (kept at the site) and says how many."""
+    job = _tune_job(context)
+    examples = adapter_examples(job)
+    return Message(
+        RecordDict({"examples": ConfigRecord({"site-id": job.site_id, "count": len(examples)})}),
+        reply_to=message,
+    )
+
+
+@client_app.train("adapter")
+def adapter_train(message: Message, context: Context) -> Message:
+    """One FedAvg round of the generalist's LoRA adapter at this site."""
+    import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
+    job = _tune_job(context)
+    return _fedavg_round(message, lambda state, epochs: adapter_update(job, state, epochs))
+
+
+def _fedavg_round(
+    message: Message, update: Callable[[Any, int], tuple[dict[str, Any], int, float]]
+) -> Message:
+    """One FedAvg round: ``update(global weights, local epochs)``, answered as FedAvg expects."""
+    epochs = int(str(message.content.config_records["config"]["local-epochs"]))
+    state, examples, loss = update(
+        message.content.array_records["arrays"].to_torch_state_dict(), epochs
+    )
+    return Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord(state),
+                "metrics": MetricRecord({"num-examples": examples, "train-loss": loss}),
+            }
+        ),
+        reply_to=message,
+    )
+
+
+@client_app.query("publish_adapter")
+def publish_adapter_query(message: Message, context: Context) -> Message:
+    """Writes, signs and publishes the federated adapter under this site's key."""
+    import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
+    job = _tune_job(context)
+    training = json.loads(str(message.content["adapter"]["training"]))
+    state = message.content.array_records["arrays"].to_torch_state_dict()
+    folder, digest = publish_adapter(job, state, training)
+    return Message(
+        RecordDict(
+            {"adapter": ConfigRecord({"bundle": folder, "digest": digest, "site-id": job.site_id})}
+        ),
+        reply_to=message,
+    )
 
 
 @client_app.query()
@@ -65,19 +132,9 @@ def train(message: Message, context: Context) -> Message:
     """
     job = _job(context)
     if "arrays" in message.content:  # a FedAvg round from the strategy
-        epochs = int(str(message.content.config_records["config"]["local-epochs"]))
-        state, examples, loss = local_update(
-            job, message.content.array_records["arrays"].to_torch_state_dict(), epochs
-        )
-        return Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord(state),
-                    "metrics": MetricRecord({"num-examples": examples, "train-loss": loss}),
-                }
-            ),
-            reply_to=message,
-        )
+        import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
+        return _fedavg_round(message, lambda state, epochs: local_update(job, state, epochs))
     outcome = run_site_job(job)
     return Message(
         RecordDict({"outcome": ConfigRecord({"json": outcome.to_json()})}), reply_to=message
@@ -103,7 +160,10 @@ def _wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Coordinates one round: identify every site, then train and publish everywhere."""
+    """Coordinates one run: the sites' specialists, or (``stage = "tune"``) the adapter."""
+    if str(context.run_config.get("stage", "sites")) == "tune":
+        _tune(grid, context)
+        return
     jobs = json.loads(Path(str(context.run_config["jobs-file"])).read_text())
     results_file = Path(str(context.run_config["results-file"]))
     timeout_s = float(context.run_config["timeout-s"])
@@ -217,3 +277,142 @@ def _federated(
         shared[f"{site} (fedavg)"] = json.loads(outcome.to_json())
         log(INFO, "gsco: site %s shared specialist %s %s", site, outcome.status, outcome.detail)
     return shared
+
+
+def _tune(grid: Grid, context: Context) -> None:
+    """FedAvg of the generalist's LoRA adapter; the first site signs the result.
+
+    Every site first builds its evidence examples (and says how many); then
+    ``tune-rounds`` FedAvg rounds (messages ``train.adapter``, weighted by
+    examples); then one site writes and signs the adapter bundle.
+    """
+    from flwr.app import MessageType
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+
+    from site_agent.adapter import AdapterTrainer
+
+    config = context.run_config
+    jobs = [
+        TuneJob.from_json(j) for j in json.loads(Path(str(config["tune-jobs-file"])).read_text())
+    ]
+    results_file = Path(str(config["results-file"]))
+    timeout_s = float(config["timeout-s"])
+    rounds = int(config.get("tune-rounds", 1))
+    local_epochs = int(config.get("tune-local-epochs", 1))
+    nodes = _wait_for_nodes(grid, len(jobs), 120.0)
+    log(INFO, "gsco: adapter tuning, %d sites connected", len(nodes))
+    replies = grid.send_and_receive(
+        [
+            Message(
+                RecordDict({"ask": ConfigRecord({"what": "examples"})}),
+                node,
+                "query.adapter_examples",
+            )
+            for node in nodes
+        ],
+        timeout=timeout_s,
+    )
+    counts: dict[str, int] = {}
+    live = []
+    for reply in replies:
+        if reply.has_content():
+            record = reply.content["examples"]
+            counts[str(record["site-id"])] = int(str(record["count"]))
+            live.append(reply.metadata.src_node_id)
+        else:
+            reason = (reply.error.reason if reply.has_error() else None) or "no reply"
+            log(WARNING, "gsco: a site could not build adapter examples: %s", reason[-300:])
+    live = [n for n in live if counts]
+    log(INFO, "gsco: adapter examples per site: %s", counts)
+    outcome: dict[str, object] = {"examples_per_site": counts, "rounds": rounds}
+    if not live:
+        outcome["error"] = "no site could build evidence examples"
+        results_file.write_text(json.dumps(outcome))
+        return
+
+    class AdapterFedAvg(FedAvg):
+        """FedAvg whose rounds go to the ClientApp's ``train.adapter`` action."""
+
+        def _construct_messages(self, record, node_ids, message_type):  # type: ignore[no-untyped-def]
+            if message_type == MessageType.TRAIN:
+                message_type = f"{MessageType.TRAIN}.adapter"
+            return super()._construct_messages(record, node_ids, message_type)
+
+    first = jobs[0]
+    initial = AdapterTrainer(Path(first.model_dir), _recipe(first)).state()
+    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = AdapterFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=len(live),
+        min_available_nodes=len(live),
+    )
+    noise = float(config.get("tune-dp-noise-multiplier", 0.0))
+    clip = float(config.get("tune-dp-clipping-norm", 1.0))
+    if noise > 0:  # Flower's DP wrapper: the server clips each site's update and adds noise
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise, clip, num_sampled_clients=len(live)
+        )
+    started = time.monotonic()
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial),
+        num_rounds=rounds,
+        timeout=timeout_s,
+        train_config=ConfigRecord({"local-epochs": local_epochs}),
+    )
+    losses = [
+        float(str(metrics.get("train-loss", "nan")))
+        for metrics in (result.train_metrics_clientapp or {}).values()
+    ]
+    outcome["tuning_seconds"] = round(time.monotonic() - started, 1)
+    outcome["losses"] = losses
+    log(INFO, "gsco: adapter FedAvg done in %.0f s; losses %s", outcome["tuning_seconds"], losses)
+    training = json.loads(str(config["adapter-card"]))
+    training["training"]["examples"] = sum(counts.values())
+    training["training"]["examples_per_site"] = counts
+    training["training"]["sites"] = sorted(counts)
+    training["training"]["rounds"] = rounds
+    training["training"]["local_epochs"] = local_epochs
+    if losses and losses[-1] == losses[-1]:
+        training["training"]["final_loss"] = max(0.0, losses[-1])
+    if noise > 0:
+        from simulations._fedavg import federation_card
+
+        privacy = federation_card(
+            rounds, len(live), local_epochs, noise, clip, float(config.get("dp-delta", 1e-5))
+        ).differential_privacy
+        assert privacy is not None
+        training["training"]["differential_privacy"] = privacy.model_dump(mode="json")
+    signer = live[0]
+    replies = grid.send_and_receive(
+        [
+            Message(
+                RecordDict(
+                    {
+                        "adapter": ConfigRecord({"training": json.dumps(training)}),
+                        "arrays": result.arrays,
+                    }
+                ),
+                signer,
+                "query.publish_adapter",
+            )
+        ],
+        timeout=timeout_s,
+    )
+    for reply in replies:
+        if reply.has_content():
+            outcome["bundle"] = str(reply.content["adapter"]["bundle"])
+            outcome["published"] = str(reply.content["adapter"]["digest"])
+            outcome["signed_by"] = str(reply.content["adapter"]["site-id"])
+        else:
+            reason = (reply.error.reason if reply.has_error() else None) or "no reply"
+            outcome["error"] = reason[-500:]
+    log(INFO, "gsco: adapter bundle %s", outcome.get("bundle", outcome.get("error")))
+    results_file.write_text(json.dumps(outcome, indent=2))
+
+
+def _recipe(job: TuneJob) -> AdapterRecipe:
+    from simulations._tune_job import recipe_of
+
+    recipe: AdapterRecipe = recipe_of(job.recipe)
+    return recipe

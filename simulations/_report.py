@@ -66,7 +66,14 @@ def build_report(result: Any) -> Report:
         names = [m.value for m in HUB_MODES]
         # The ablation of the hub's default: what the generalist generated, its calibrated
         # answer, and the answer with the fitted policy (the "gsco" row itself).
-        names[names.index("gsco") : names.index("gsco")] = ["gsco (zero-shot)", "gsco (calibrated)"]
+        names[names.index("gsco") : names.index("gsco")] = [
+            "gsco (zero-shot)",
+            "gsco (calibrated)",
+            "gsco (adapter)",
+        ]
+        for mode in ("moed", "rad"):  # when the adapter learnt their prompts too
+            if f"{mode} (adapter)" in evaluation.predicted:
+                names.insert(names.index(mode) + 1, f"{mode} (adapter)")
         for name in names:
             if name in evaluation.predicted:
                 methods.append(
@@ -124,6 +131,7 @@ def build_report(result: Any) -> Report:
         "arbitration_policy": (
             result.policy.model_dump(mode="json") if result.policy is not None else None
         ),
+        "adapter": getattr(result, "adapter", None),
         "fault_effects": effects,
         "constant_answers": {}
         if evaluation is None
@@ -246,14 +254,45 @@ def _markdown(report: Report, plots: list[str]) -> str:
             "(never on test): each generalist mode's calibrated scores weigh "
             "`w x log q` against the ensemble's `log p`; `w = 0` is the ensemble itself.",
             "",
-            "| mode | weight w | validation ACC: ensemble | generalist (calibrated) | policy |",
-            "| --- | --- | --- | --- | --- |",
+            "| mode | generalist | weight w | validation ACC: ensemble | generalist (calibrated) "
+            "| policy |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for mode, fitted in policy["modes"].items():
             accuracy = fitted["validation_accuracy"]
             lines.append(
-                f"| {mode} | {fitted['generalist_weight']:g} | {accuracy['ensemble']:.3f} | "
+                f"| {mode} | `{fitted.get('model') or policy['model']}` | "
+                f"{fitted['generalist_weight']:g} | {accuracy['ensemble']:.3f} | "
                 f"{accuracy['generalist (calibrated)']:.3f} | {accuracy['policy']:.3f} |"
+            )
+    adapter = report.get("adapter")
+    if adapter:
+        lines += ["", "## The generalist's evidence-tuned adapter", ""]
+        if adapter.get("digest"):
+            card = adapter["card"]
+            training = card["training"]
+            lines += [
+                f"A LoRA adapter (rank {card['lora']['rank']}, "
+                f"{', '.join(card['lora']['target_modules'])}, "
+                f"{len(card['lora']['layers']) or 'all'} layers) was tuned with FedAvg over "
+                f"{len(training['sites'])} sites ({training['rounds']} rounds of "
+                f"{training['local_epochs']} local epoch(s), "
+                f"{training['examples']} evidence examples: "
+                + ", ".join(f"{k} {v}" for k, v in training["examples_per_site"].items())
+                + f") in {adapter.get('tuning_seconds', '?')} s, signed by "
+                f"{card['site_id']} (bundle `{adapter['digest'][:16]}`), verified by the hub and "
+                f"loaded into vLLM as `{adapter['name']}`. It learnt the prompts of "
+                + ", ".join(f"`{m}`" for m in training["prompt_modes"])
+                + ": their `MODE (adapter)` rows are its calibrated answers, and their own "
+                "rows the hub's answers with it and the weight fitted for it. The other modes "
+                "are answered by the base model.",
+                "",
+                f"Evidence split: {training['evidence_split']}.",
+            ]
+        else:
+            lines.append(
+                "Adapter tuning did not give an adapter in service: "
+                + str(adapter.get("refused") or adapter.get("error") or "unknown")
             )
     overturned = report.get("overturned_ensemble") or {}
     if overturned:

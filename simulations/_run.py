@@ -34,6 +34,7 @@ from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, s
 from simulations._partition import PartitionSpec, partition
 from simulations._runtime import FlowerRuntime, free_port
 from simulations._site_job import FAULTS, SiteJob, SiteOutcome
+from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError, SimulationFailed
 
 __all__ = ["Progress", "Scenario", "SimulationResult", "run_scenario"]
@@ -65,6 +66,14 @@ class Scenario:
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
     policy_images: int = 200  # validation images the arbitration policy is fitted on (0: none)
+    # The generalist's evidence-tuned LoRA adapter, federated over the sites (see _tune_job).
+    tune_generalist: bool = False
+    tune_rounds: int = 2
+    tune_local_epochs: int = 1
+    tune_examples_per_site: int = 120
+    tune_modes: tuple[str, ...] = ("gsco",)  # the prompts the adapter learns (and serves)
+    tune_dp_noise_multiplier: float = 0.0  # > 0: DP-FedAvg of the adapter (server-side clipping)
+    tune_dp_clipping_norm: float = 1.0
 
     def check(self) -> None:
         """Raises :class:`ScenarioError` for a scenario that cannot run."""
@@ -84,6 +93,25 @@ class Scenario:
             raise ScenarioError("DP needs a noise multiplier >= 0 and a positive clipping norm")
         if self.dp_noise_multiplier > 0 and self.fedavg_rounds == 0:
             raise ScenarioError("DP noise applies to FedAvg: pass --fedavg-rounds too")
+        if self.tune_generalist:
+            if self.tune_rounds < 1 or self.tune_local_epochs < 1:
+                raise ScenarioError("adapter tuning needs rounds >= 1 and local epochs >= 1")
+            if self.tune_examples_per_site < 1:
+                raise ScenarioError("adapter tuning needs at least one example per site")
+            unknown = set(self.tune_modes) - {m.value for m in POLICY_MODES}
+            if unknown or not self.tune_modes:
+                raise ScenarioError(
+                    f"adapter modes {sorted(unknown) or '(none)'}: use some of gsco, moed, rad"
+                )
+            if self.tune_dp_noise_multiplier < 0 or self.tune_dp_clipping_norm <= 0:
+                raise ScenarioError(
+                    "adapter DP needs a noise multiplier >= 0 and a positive clipping norm"
+                )
+            if self.generalist != "embedded":
+                raise ScenarioError(
+                    "--tune-generalist tunes the embedded generalist (its weights are here); "
+                    "a remote generalist's adapter is tuned where its weights are"
+                )
 
 
 class Progress(Protocol):
@@ -115,6 +143,7 @@ class SimulationResult:
     timings_s: dict[str, float]
     out_dir: Path
     policy: Any = None  # the ArbitrationPolicy fitted on validation, if any
+    adapter: dict[str, Any] | None = None  # the tuned adapter: digest, card, tuning outcome
 
 
 def _site_id(number: int) -> str:
@@ -346,14 +375,46 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         hub_sites = sorted({specialist_name(s.provenance) for s in hub.catalog.all})
         refused = dict(report.rejected) if report else {}
         lap("hub")
-        policy = None
-        if generalist is not None and not scenario.generalist_down and scenario.policy_images:
-            policy = _fit_policy(scenario, dataset, url, progress)
+        policy, adapter = None, None
+        usable = generalist is not None and not scenario.generalist_down
+        policy_rows, tune_rows = _validation_rows(scenario, len(dataset.val))
+        if usable and len(policy_rows):
+            policy = _fit_policy(scenario, dataset, url, progress, policy_rows)
             hub.set_policy(policy)
-            (out / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
             lap("policy")
+        served = adapter_policy = None
+        adapter_modes = tuple(Mode(m) for m in scenario.tune_modes)
+        if usable and scenario.tune_generalist:
+            adapter = _tune_adapter(
+                scenario, dataset, work, out, published, address, tune_rows, progress, on_line
+            )
+            lap("tuning")
+            if adapter.get("published"):
+                served = _serve_adapter(hub, dataset.task.task_id, adapter, progress)
+                lap("adapter sync")
+            if served is not None and len(policy_rows):
+                fitted = _fit_policy(
+                    scenario, dataset, url, progress, policy_rows, modes=adapter_modes
+                )
+                from hub import with_modes_of
 
-        evaluation = _evaluate(scenario, dataset, url, progress)
+                adapter_policy = with_modes_of(policy, fitted) if policy is not None else fitted
+                lap("adapter policy")
+        if served is not None:
+            # The base model's rows first, then the adapter's (gsco, moed, rad).
+            task_id = dataset.task.task_id
+            hub.engine.adapters.pop(task_id, None)
+            evaluation = _evaluate(scenario, dataset, url, progress)
+            hub.engine.adapters[task_id] = served
+            if adapter_policy is not None:
+                hub.set_policy(adapter_policy)
+                policy = adapter_policy
+            adapted = _evaluate(scenario, dataset, url, progress, modes=adapter_modes)
+            evaluation.merge_adapter(adapted, adapter_modes)
+        else:
+            evaluation = _evaluate(scenario, dataset, url, progress)
+        if policy is not None:
+            (out / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
         lap("evaluation")
     return SimulationResult(
         scenario=scenario,
@@ -368,6 +429,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         timings_s=timings,
         out_dir=out,
         policy=policy,
+        adapter=adapter,
     )
 
 
@@ -375,7 +437,13 @@ def _squeeze(images: np.ndarray) -> np.ndarray:
     return images[..., 0] if images.shape[-1] == 1 else images
 
 
-def _evaluate(scenario: Scenario, dataset: Any, url: str, progress: Progress) -> Evaluation:
+def _evaluate(
+    scenario: Scenario,
+    dataset: Any,
+    url: str,
+    progress: Progress,
+    modes: tuple[Mode, ...] = HUB_MODES,
+) -> Evaluation:
     from hub import HubClient
 
     n = len(dataset.test)
@@ -383,7 +451,10 @@ def _evaluate(scenario: Scenario, dataset: Any, url: str, progress: Progress) ->
     if scenario.test_images is not None and scenario.test_images < n:
         rng = np.random.default_rng(scenario.seed)
         rows = np.sort(rng.permutation(n)[: scenario.test_images])
-    progress.stage(f"evaluating {len(rows)} test images through the hub in {len(HUB_MODES)} modes")
+    progress.stage(
+        f"evaluating {len(rows)} test images through the hub in {len(modes)} modes"
+        + (" (the adapter)" if modes != HUB_MODES else "")
+    )
     done = 0
     lock = threading.Lock()
 
@@ -405,6 +476,7 @@ def _evaluate(scenario: Scenario, dataset: Any, url: str, progress: Progress) ->
         dataset.test.images[rows],
         dataset.test.labels[rows],
         dataset.task.labels,
+        modes=modes,
         concurrency=scenario.concurrency,
         on_image=tick,
     )
@@ -414,7 +486,137 @@ def _evaluate(scenario: Scenario, dataset: Any, url: str, progress: Progress) ->
 POLICY_MODES = (Mode.GSCO, Mode.MOED, Mode.RAD)
 
 
-def _fit_policy(scenario: Scenario, dataset: Any, url: str, progress: Progress) -> Any:
+def _validation_rows(scenario: Scenario, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The validation rows the policy is fitted on, and those the adapter is tuned on.
+
+    Disjoint: a policy fitted on the adapter's own training cases would trust
+    it more than it deserves. Without tuning the policy takes up to
+    ``policy_images``; with it, at most half of the split.
+    """
+    order = np.random.default_rng(scenario.seed + 1).permutation(n)
+    take = min(scenario.policy_images, n // 2 if scenario.tune_generalist else n)
+    return np.sort(order[:take]), np.sort(order[take:])
+
+
+def _tune_adapter(
+    scenario: Scenario,
+    dataset: Any,
+    work: Path,
+    out: Path,
+    published: list[SiteOutcome],
+    address: str,
+    rows: np.ndarray,
+    progress: Progress,
+    on_line: Any,
+) -> dict[str, Any]:
+    """Federated tuning of the generalist's adapter (a second Flower run); its outcome."""
+    from generalist import MODEL_NAME, EmbeddedServer
+    from site_agent.adapter import AdapterRecipe
+
+    sites = sorted({o.site_id for o in published if "(fedavg)" not in o.site_id})
+    shares = np.array_split(np.random.default_rng(scenario.seed + 2).permutation(rows), len(sites))
+    recipe = AdapterRecipe(max_examples=scenario.tune_examples_per_site, seed=scenario.seed)
+    tune_dir = work / "tune"
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        TuneJob(
+            site_id=site,
+            home=str(out / "sites" / site),
+            data=str(work / f"{site}.npz"),
+            rows=tuple(int(r) for r in np.sort(share)[: scenario.tune_examples_per_site]),
+            task_id=dataset.task.task_id,
+            registry=address,
+            trusted_root=str(out / "registry" / "tuf" / "metadata" / "1.root.json"),
+            model_dir=str(EmbeddedServer().model_dir),
+            base_model=MODEL_NAME,
+            out_dir=str(out / "adapter"),
+            recipe=recipe.to_dict(),
+            modes=tuple(scenario.tune_modes),
+        ).to_json()
+        for site, share in zip(sites, shares, strict=True)
+        if len(share)
+    ]
+    if not jobs:
+        return {"error": "no validation cases are left for tuning"}
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    (tune_dir / "jobs.json").write_text(json.dumps(jobs))
+    card_template = {
+        "modality": dataset.task.modality,
+        "labels": list(dataset.task.labels),
+        "task_type": dataset.task.task_type.value,
+        "version": 1,
+        "training": {
+            "framework": "flower",
+            "strategy": "fedavg",
+            "sites": [],
+            "examples": 1,
+            "examples_per_site": {},
+            "rounds": scenario.tune_rounds,
+            "local_epochs": scenario.tune_local_epochs,
+            "prompt_modes": list(scenario.tune_modes),
+            "evidence_split": (
+                f"each site's share of the validation split ({len(rows)} cases, disjoint "
+                f"from the {scenario.policy_images}-case share the arbitration policy is "
+                "fitted on); the specialists' temperatures were fitted on the whole split"
+            ),
+        },
+    }
+    progress.stage(
+        f"tuning the generalist's LoRA adapter: {len(jobs)} sites, "
+        f"{scenario.tune_rounds} FedAvg rounds (Flower)"
+    )
+    with FlowerRuntime(tune_dir) as runtime:
+        runtime.run(
+            len(jobs),
+            {
+                "stage": "tune",
+                "jobs-file": "",
+                "tune-jobs-file": str(tune_dir / "jobs.json"),
+                "results-file": str(tune_dir / "outcome.json"),
+                "timeout-s": 60.0 * (10 + 5 * len(jobs) * scenario.tune_rounds),
+                "tune-rounds": scenario.tune_rounds,
+                "tune-local-epochs": scenario.tune_local_epochs,
+                "tune-dp-noise-multiplier": scenario.tune_dp_noise_multiplier,
+                "tune-dp-clipping-norm": scenario.tune_dp_clipping_norm,
+                "dp-delta": scenario.dp_delta,
+                "adapter-card": json.dumps(card_template),
+            },
+            on_line,
+        )
+    if not (tune_dir / "outcome.json").is_file():
+        return {"error": "the tuning run ended without an outcome"}
+    outcome: dict[str, Any] = json.loads((tune_dir / "outcome.json").read_text())
+    outcome["per_site"] = {}
+    for site in sites:
+        stats = out / "sites" / site / "adapter" / f"stats-{dataset.task.task_id}.json"
+        if stats.is_file():
+            outcome["per_site"][site] = json.loads(stats.read_text())
+    return outcome
+
+
+def _serve_adapter(hub: Any, task_id: str, adapter: dict[str, Any], progress: Progress) -> Any:
+    """The hub's next sync takes the published adapter through its own checks (None: refused)."""
+    hub.sync_now()
+    served = hub.engine.adapters.get(task_id)
+    if served is None or served.digest != adapter["published"]:
+        adapter["refused"] = hub.adapter_warnings.get(task_id) or "the hub did not serve it"
+        progress.line(f"the hub does not serve the adapter: {adapter['refused']}")
+        return None
+    adapter["digest"] = served.digest
+    adapter["name"] = served.name
+    adapter["card"] = served.card.model_dump(mode="json")
+    progress.line(f"adapter {served.name} in service (bundle {served.digest[:12]})")
+    return served
+
+
+def _fit_policy(
+    scenario: Scenario,
+    dataset: Any,
+    url: str,
+    progress: Progress,
+    rows: np.ndarray,
+    modes: tuple[Mode, ...] = (Mode.GSCO, Mode.MOED, Mode.RAD),
+) -> Any:
     """The task's arbitration policy, fitted on validation images through the hub.
 
     The specialists' temperatures were fitted on this same validation split,
@@ -423,13 +625,9 @@ def _fit_policy(scenario: Scenario, dataset: Any, url: str, progress: Progress) 
     """
     from hub import HubClient, fit_policy
 
-    n = len(dataset.val)
-    rows = np.sort(
-        np.random.default_rng(scenario.seed + 1).permutation(n)[: scenario.policy_images]
-    )
     progress.stage(
         f"fitting the arbitration policy on {len(rows)} validation images "
-        f"({', '.join(m.value for m in POLICY_MODES)})"
+        f"({', '.join(m.value for m in modes)})"
     )
     clients = threading.local()
 
@@ -443,14 +641,14 @@ def _fit_policy(scenario: Scenario, dataset: Any, url: str, progress: Progress) 
         dataset.val.images[rows],
         dataset.val.labels[rows],
         dataset.task.labels,
-        modes=(Mode.ENSEMBLE, *POLICY_MODES),
+        modes=(Mode.ENSEMBLE, *modes),
         concurrency=scenario.concurrency,
     )
     ensemble = evaluation.scores[Mode.ENSEMBLE.value]
     assert ensemble is not None
     calibrated = {
         mode: scores
-        for mode in POLICY_MODES
+        for mode in modes
         if (scores := evaluation.scores.get(f"{mode.value} (calibrated)")) is not None
     }
     return fit_policy(

@@ -254,14 +254,8 @@ def run_site_job(
             except RejectedError as exc:
                 outcome.status, outcome.detail = "rejected", str(exc)
                 return outcome
-        site.ledger.append(
-            destination=job.registry,
-            bundle_digest=ref.bundle_digest,
-            task_id=ref.task_id,
-            site_id=ref.site_id,
-            backbone=ref.backbone,
-            version=ref.version,
-            files=dict(manifest.files) if manifest else digest_files(files),
+        site.ledger.record_publication(
+            job.registry, ref, dict(manifest.files) if manifest else digest_files(files)
         )
         outcome.status, outcome.bundle_digest = "published", ref.bundle_digest
         outcome.detail = f"{ref.backbone} v{ref.version}"

@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, Field
 
 from protocol import (
     GENESIS,
+    BundleRef,
     ChainError,
     Identifier,
     Sha256Hex,
@@ -102,6 +103,20 @@ class EgressLedger:
             handle.flush()
             os.fsync(handle.fileno())
         return record
+
+    def record_publication(
+        self, destination: str, ref: BundleRef, files: dict[str, str]
+    ) -> EgressRecord:
+        """Appends what a publication sent: the registry's :class:`BundleRef` and the files."""
+        return self.append(
+            destination=destination,
+            bundle_digest=ref.bundle_digest,
+            task_id=ref.task_id,
+            site_id=ref.site_id,
+            backbone=ref.backbone,
+            version=ref.version,
+            files=files,
+        )
 
     def last_version(self, task_id: str, backbone: str) -> int:
         """The highest version that left the site for this task and backbone (0 if none)."""

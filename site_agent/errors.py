@@ -16,6 +16,7 @@
     │   └── ParityError            onnxruntime disagrees with PyTorch beyond tolerance
     ├── PrivacyIndexError      the retrieval index cannot satisfy its privacy settings
     ├── DeidentificationError  a DICOM identifying value was found in an output
+    ├── AdapterTrainingError   the generalist's adapter cannot be trained (recipe, data, weights)
     ├── BundleExistsError      the output folder exists and is not empty
     └── LedgerError            the egress ledger is unreadable or its hash chain is broken
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 from protocol.errors import GscoError
 
 __all__ = [
+    "AdapterTrainingError",
     "BundleExistsError",
     "DataError",
     "DataFormatError",
@@ -106,3 +108,7 @@ class BundleExistsError(SiteError):
 
 class LedgerError(SiteError):
     """The egress ledger cannot be read, or its hash chain is broken."""
+
+
+class AdapterTrainingError(SiteError):
+    """The generalist's LoRA adapter cannot be trained: recipe, examples or weights."""

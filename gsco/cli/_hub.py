@@ -96,6 +96,17 @@ def serve(
         Path | None,
         typer.Option(help="Arbitration policies fitted on validation (JSON, from gsco simulate)."),
     ] = None,
+    adapter: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A signed LoRA adapter bundle of the generalist to serve (repeatable; pinned "
+            "for its task). Adapters published to the registry are served without this. The "
+            "verified copy goes to STATE/adapters: the vLLM server must read that folder."
+        ),
+    ] = None,
+    max_lora_rank: Annotated[
+        int, typer.Option(min=1, help="The generalist's --max-lora-rank.")
+    ] = 16,
     header_timeout: Annotated[
         float,
         typer.Option(
@@ -155,6 +166,8 @@ def serve(
         max_in_flight=max_in_flight,
         body_timeout_s=body_timeout,
         policies=policies,
+        adapters=tuple(adapter or ()),
+        max_lora_rank=max_lora_rank,
         max_queue=max_queue,
         workers=workers,
         generalist_timeout_s=generalist_timeout,

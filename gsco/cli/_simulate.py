@@ -158,6 +158,38 @@ def simulate(
         float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
     ] = 0.0,
     dp_clip: Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")] = 1.0,
+    tune_generalist: Annotated[
+        bool,
+        typer.Option(
+            help="Tune the generalist's LoRA adapter on the sites' validation evidence "
+            "(FedAvg with Flower), sign it, and serve it through the hub."
+        ),
+    ] = False,
+    tune_rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds of the adapter.")] = 2,
+    tune_mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A mode whose prompts the adapter learns and answers (repeatable: gsco, moed, "
+            "rad) [default: gsco]."
+        ),
+    ] = None,
+    tune_dp_noise: Annotated[
+        float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier of the adapter (0: no DP).")
+    ] = 0.0,
+    tune_dp_clip: Annotated[
+        float, typer.Option(min=0.0, help="DP-FedAvg clipping norm of the adapter's updates.")
+    ] = 1.0,
+    policy_images: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Validation images the arbitration policy is fitted on (0: no policy; with "
+            "--tune-generalist at most half the split, the rest tunes the adapter).",
+        ),
+    ] = 200,
+    tune_examples: Annotated[
+        int, typer.Option(min=1, help="Evidence examples per site and round (at most).")
+    ] = 120,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("gsco-report"),
 ) -> None:
@@ -181,6 +213,13 @@ def simulate(
         fedavg_local_epochs=fedavg_local_epochs,
         dp_noise_multiplier=dp_noise,
         dp_clipping_norm=dp_clip,
+        tune_generalist=tune_generalist,
+        tune_rounds=tune_rounds,
+        tune_examples_per_site=tune_examples,
+        policy_images=policy_images,
+        tune_modes=tuple(tune_mode or ("gsco",)),
+        tune_dp_noise_multiplier=tune_dp_noise,
+        tune_dp_clipping_norm=tune_dp_clip,
     )
     progress = ConsoleProgress()
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so every process started is stopped.
@@ -196,6 +235,9 @@ def simulate(
 def demo(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("gsco-demo-report"),
     test_images: Annotated[int, typer.Option(min=0, help="Test images to evaluate.")] = 200,
+    tune_generalist: Annotated[
+        bool, typer.Option(help="Tune, sign and serve the generalist's LoRA adapter (FedAvg).")
+    ] = True,
 ) -> None:
     """The whole system on this machine: 3 hospitals on PneumoniaMNIST, registry, hub, generalist.
 
@@ -223,6 +265,13 @@ def demo(
         fedavg_local_epochs=1,
         dp_noise=0.0,
         dp_clip=1.0,
+        tune_generalist=tune_generalist,
+        tune_rounds=2,
+        tune_examples=120,
+        tune_mode=None,
+        tune_dp_noise=0.0,
+        tune_dp_clip=1.0,
+        policy_images=200,
         seed=0,
         out=out,
     )

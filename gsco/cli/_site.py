@@ -289,15 +289,7 @@ def publish(
         registry, root_certificates=tls_ca.read_bytes() if tls_ca else None
     ) as client:
         ref = client.publish(bundle, site.private_key)
-    site.ledger.append(
-        destination=registry,
-        bundle_digest=ref.bundle_digest,
-        task_id=ref.task_id,
-        site_id=ref.site_id,
-        backbone=ref.backbone,
-        version=ref.version,
-        files=dict(manifest.files),
-    )
+    site.ledger.record_publication(registry, ref, dict(manifest.files))
     typer.echo(
         f"published {ref.task_id}/{ref.backbone} v{ref.version} as {ref.bundle_digest} "
         f"to {registry}; recorded in {site.ledger.path}"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eregistry.proto\x12\x10gsco.registry.v1\"w\n\x0eSiteKeyMessage\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\x12\x1b\n\x13\x65nrolled_at_unix_ms\x18\x04 \x01(\x03\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\"\xc1\x01\n\x10\x42undleRefMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x1c\n\x14published_at_unix_ms\x18\x07 \x01(\x03\x12\x12\n\nsize_bytes\x18\x08 \x01(\x04\x12\x0f\n\x07revoked\x18\t \x01(\x08\"+\n\x10ListSitesRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"D\n\x11ListSitesResponse\x12/\n\x05sites\x18\x01 \x03(\x0b\x32 .gsco.registry.v1.SiteKeyMessage\"<\n\x11\x45nrollSiteRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\"=\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\rPublishHeader\x12*\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1b.gsco.registry.v1.FileEntry\x12\x1d\n\x15site_targets_metadata\x18\x02 \x01(\x0c\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"y\n\x0ePublishMessage\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.gsco.registry.v1.PublishHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.gsco.registry.v1.FileChunkH\x00\x42\x06\n\x04part\"E\n\x0fPublishResponse\x12\x32\n\x06\x62undle\x18\x01 \x01(\x0b\x32\".gsco.registry.v1.BundleRefMessage\"O\n\x12ListBundlesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x03 \x01(\x08\"\x89\x01\n\x13ListBundlesResponse\x12\x33\n\x07\x62undles\x18\x01 \x03(\x0b\x32\".gsco.registry.v1.BundleRefMessage\x12=\n\nunreadable\x18\x02 \x03(\x0b\x32).gsco.registry.v1.UnreadableBundleMessage\"A\n\x17UnreadableBundleMessage\x12\x15\n\rbundle_digest\x18\x01 \x01(\t\x12\x0f\n\x07problem\x18\x02 \x01(\t\"+\n\x12\x46\x65tchBundleRequest\x12\x15\n\rbundle_digest\x18\x01 \x01(\t\"$\n\x14\x46\x65tchMetadataRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x46\x65tchMetadataResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"\"\n\x12\x46\x65tchTargetRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x16\n\x14\x46\x65tchEventLogRequest\"T\n\rEventLogChunk\x12\x12\n\nhead_count\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"T\n\rRevokeRequest\x12\x17\n\rbundle_digest\x18\x01 \x01(\tH\x00\x12\x10\n\x06key_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\tB\x08\n\x06target\"\'\n\x0eRevokeResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\r2\x96\x06\n\x08Registry\x12S\n\nEnrollSite\x12#.gsco.registry.v1.EnrollSiteRequest\x1a .gsco.registry.v1.SiteKeyMessage\x12T\n\tListSites\x12\".gsco.registry.v1.ListSitesRequest\x1a#.gsco.registry.v1.ListSitesResponse\x12P\n\x07Publish\x12 .gsco.registry.v1.PublishMessage\x1a!.gsco.registry.v1.PublishResponse(\x01\x12Z\n\x0bListBundles\x12$.gsco.registry.v1.ListBundlesRequest\x1a%.gsco.registry.v1.ListBundlesResponse\x12R\n\x0b\x46\x65tchBundle\x12$.gsco.registry.v1.FetchBundleRequest\x1a\x1b.gsco.registry.v1.FileChunk0\x01\x12`\n\rFetchMetadata\x12&.gsco.registry.v1.FetchMetadataRequest\x1a\'.gsco.registry.v1.FetchMetadataResponse\x12R\n\x0b\x46\x65tchTarget\x12$.gsco.registry.v1.FetchTargetRequest\x1a\x1b.gsco.registry.v1.FileChunk0\x01\x12K\n\x06Revoke\x12\x1f.gsco.registry.v1.RevokeRequest\x1a .gsco.registry.v1.RevokeResponse\x12Z\n\rFetchEventLog\x12&.gsco.registry.v1.FetchEventLogRequest\x1a\x1f.gsco.registry.v1.EventLogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eregistry.proto\x12\x10gsco.registry.v1\"w\n\x0eSiteKeyMessage\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\x12\x1b\n\x13\x65nrolled_at_unix_ms\x18\x04 \x01(\x03\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\"\xcf\x01\n\x10\x42undleRefMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x1c\n\x14published_at_unix_ms\x18\x07 \x01(\x03\x12\x12\n\nsize_bytes\x18\x08 \x01(\x04\x12\x0f\n\x07revoked\x18\t \x01(\x08\x12\x0c\n\x04kind\x18\n \x01(\t\"+\n\x10ListSitesRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"D\n\x11ListSitesResponse\x12/\n\x05sites\x18\x01 \x03(\x0b\x32 .gsco.registry.v1.SiteKeyMessage\"<\n\x11\x45nrollSiteRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\"=\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\rPublishHeader\x12*\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1b.gsco.registry.v1.FileEntry\x12\x1d\n\x15site_targets_metadata\x18\x02 \x01(\x0c\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"y\n\x0ePublishMessage\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.gsco.registry.v1.PublishHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.gsco.registry.v1.FileChunkH\x00\x42\x06\n\x04part\"E\n\x0fPublishResponse\x12\x32\n\x06\x62undle\x18\x01 \x01(\x0b\x32\".gsco.registry.v1.BundleRefMessage\"O\n\x12ListBundlesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x03 \x01(\x08\"\x89\x01\n\x13ListBundlesResponse\x12\x33\n\x07\x62undles\x18\x01 \x03(\x0b\x32\".gsco.registry.v1.BundleRefMessage\x12=\n\nunreadable\x18\x02 \x03(\x0b\x32).gsco.registry.v1.UnreadableBundleMessage\"A\n\x17UnreadableBundleMessage\x12\x15\n\rbundle_digest\x18\x01 \x01(\t\x12\x0f\n\x07problem\x18\x02 \x01(\t\"+\n\x12\x46\x65tchBundleRequest\x12\x15\n\rbundle_digest\x18\x01 \x01(\t\"$\n\x14\x46\x65tchMetadataRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x46\x65tchMetadataResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"\"\n\x12\x46\x65tchTargetRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x16\n\x14\x46\x65tchEventLogRequest\"T\n\rEventLogChunk\x12\x12\n\nhead_count\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"T\n\rRevokeRequest\x12\x17\n\rbundle_digest\x18\x01 \x01(\tH\x00\x12\x10\n\x06key_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\tB\x08\n\x06target\"\'\n\x0eRevokeResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\r2\x96\x06\n\x08Registry\x12S\n\nEnrollSite\x12#.gsco.registry.v1.EnrollSiteRequest\x1a .gsco.registry.v1.SiteKeyMessage\x12T\n\tListSites\x12\".gsco.registry.v1.ListSitesRequest\x1a#.gsco.registry.v1.ListSitesResponse\x12P\n\x07Publish\x12 .gsco.registry.v1.PublishMessage\x1a!.gsco.registry.v1.PublishResponse(\x01\x12Z\n\x0bListBundles\x12$.gsco.registry.v1.ListBundlesRequest\x1a%.gsco.registry.v1.ListBundlesResponse\x12R\n\x0b\x46\x65tchBundle\x12$.gsco.registry.v1.FetchBundleRequest\x1a\x1b.gsco.registry.v1.FileChunk0\x01\x12`\n\rFetchMetadata\x12&.gsco.registry.v1.FetchMetadataRequest\x1a\'.gsco.registry.v1.FetchMetadataResponse\x12R\n\x0b\x46\x65tchTarget\x12$.gsco.registry.v1.FetchTargetRequest\x1a\x1b.gsco.registry.v1.FileChunk0\x01\x12K\n\x06Revoke\x12\x1f.gsco.registry.v1.RevokeRequest\x1a .gsco.registry.v1.RevokeResponse\x12Z\n\rFetchEventLog\x12&.gsco.registry.v1.FetchEventLogRequest\x1a\x1f.gsco.registry.v1.EventLogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SITEKEYMESSAGE']._serialized_start=36
   _globals['_SITEKEYMESSAGE']._serialized_end=155
   _globals['_BUNDLEREFMESSAGE']._serialized_start=158
-  _globals['_BUNDLEREFMESSAGE']._serialized_end=351
-  _globals['_LISTSITESREQUEST']._serialized_start=353
-  _globals['_LISTSITESREQUEST']._serialized_end=396
-  _globals['_LISTSITESRESPONSE']._serialized_start=398
-  _globals['_LISTSITESRESPONSE']._serialized_end=466
-  _globals['_ENROLLSITEREQUEST']._serialized_start=468
-  _globals['_ENROLLSITEREQUEST']._serialized_end=528
-  _globals['_FILEENTRY']._serialized_start=530
-  _globals['_FILEENTRY']._serialized_end=591
-  _globals['_PUBLISHHEADER']._serialized_start=593
-  _globals['_PUBLISHHEADER']._serialized_end=683
-  _globals['_FILECHUNK']._serialized_start=685
-  _globals['_FILECHUNK']._serialized_end=740
-  _globals['_PUBLISHMESSAGE']._serialized_start=742
-  _globals['_PUBLISHMESSAGE']._serialized_end=863
-  _globals['_PUBLISHRESPONSE']._serialized_start=865
-  _globals['_PUBLISHRESPONSE']._serialized_end=934
-  _globals['_LISTBUNDLESREQUEST']._serialized_start=936
-  _globals['_LISTBUNDLESREQUEST']._serialized_end=1015
-  _globals['_LISTBUNDLESRESPONSE']._serialized_start=1018
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=1155
-  _globals['_UNREADABLEBUNDLEMESSAGE']._serialized_start=1157
-  _globals['_UNREADABLEBUNDLEMESSAGE']._serialized_end=1222
-  _globals['_FETCHBUNDLEREQUEST']._serialized_start=1224
-  _globals['_FETCHBUNDLEREQUEST']._serialized_end=1267
-  _globals['_FETCHMETADATAREQUEST']._serialized_start=1269
-  _globals['_FETCHMETADATAREQUEST']._serialized_end=1305
-  _globals['_FETCHMETADATARESPONSE']._serialized_start=1307
-  _globals['_FETCHMETADATARESPONSE']._serialized_end=1347
-  _globals['_FETCHTARGETREQUEST']._serialized_start=1349
-  _globals['_FETCHTARGETREQUEST']._serialized_end=1383
-  _globals['_FETCHEVENTLOGREQUEST']._serialized_start=1385
-  _globals['_FETCHEVENTLOGREQUEST']._serialized_end=1407
-  _globals['_EVENTLOGCHUNK']._serialized_start=1409
-  _globals['_EVENTLOGCHUNK']._serialized_end=1493
-  _globals['_REVOKEREQUEST']._serialized_start=1495
-  _globals['_REVOKEREQUEST']._serialized_end=1579
-  _globals['_REVOKERESPONSE']._serialized_start=1581
-  _globals['_REVOKERESPONSE']._serialized_end=1620
-  _globals['_REGISTRY']._serialized_start=1623
-  _globals['_REGISTRY']._serialized_end=2413
+  _globals['_BUNDLEREFMESSAGE']._serialized_end=365
+  _globals['_LISTSITESREQUEST']._serialized_start=367
+  _globals['_LISTSITESREQUEST']._serialized_end=410
+  _globals['_LISTSITESRESPONSE']._serialized_start=412
+  _globals['_LISTSITESRESPONSE']._serialized_end=480
+  _globals['_ENROLLSITEREQUEST']._serialized_start=482
+  _globals['_ENROLLSITEREQUEST']._serialized_end=542
+  _globals['_FILEENTRY']._serialized_start=544
+  _globals['_FILEENTRY']._serialized_end=605
+  _globals['_PUBLISHHEADER']._serialized_start=607
+  _globals['_PUBLISHHEADER']._serialized_end=697
+  _globals['_FILECHUNK']._serialized_start=699
+  _globals['_FILECHUNK']._serialized_end=754
+  _globals['_PUBLISHMESSAGE']._serialized_start=756
+  _globals['_PUBLISHMESSAGE']._serialized_end=877
+  _globals['_PUBLISHRESPONSE']._serialized_start=879
+  _globals['_PUBLISHRESPONSE']._serialized_end=948
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=950
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=1029
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=1032
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=1169
+  _globals['_UNREADABLEBUNDLEMESSAGE']._serialized_start=1171
+  _globals['_UNREADABLEBUNDLEMESSAGE']._serialized_end=1236
+  _globals['_FETCHBUNDLEREQUEST']._serialized_start=1238
+  _globals['_FETCHBUNDLEREQUEST']._serialized_end=1281
+  _globals['_FETCHMETADATAREQUEST']._serialized_start=1283
+  _globals['_FETCHMETADATAREQUEST']._serialized_end=1319
+  _globals['_FETCHMETADATARESPONSE']._serialized_start=1321
+  _globals['_FETCHMETADATARESPONSE']._serialized_end=1361
+  _globals['_FETCHTARGETREQUEST']._serialized_start=1363
+  _globals['_FETCHTARGETREQUEST']._serialized_end=1397
+  _globals['_FETCHEVENTLOGREQUEST']._serialized_start=1399
+  _globals['_FETCHEVENTLOGREQUEST']._serialized_end=1421
+  _globals['_EVENTLOGCHUNK']._serialized_start=1423
+  _globals['_EVENTLOGCHUNK']._serialized_end=1507
+  _globals['_REVOKEREQUEST']._serialized_start=1509
+  _globals['_REVOKEREQUEST']._serialized_end=1593
+  _globals['_REVOKERESPONSE']._serialized_start=1595
+  _globals['_REVOKERESPONSE']._serialized_end=1634
+  _globals['_REGISTRY']._serialized_start=1637
+  _globals['_REGISTRY']._serialized_end=2427
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ class SiteKeyMessage(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., key_id: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., enrolled_at_unix_ms: _Optional[int] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class BundleRefMessage(_message.Message):
-    __slots__ = ("task_id", "site_id", "backbone", "version", "bundle_digest", "key_id", "published_at_unix_ms", "size_bytes", "revoked")
+    __slots__ = ("task_id", "site_id", "backbone", "version", "bundle_digest", "key_id", "published_at_unix_ms", "size_bytes", "revoked", "kind")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class BundleRefMessage(_message.Message):
     PUBLISHED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     site_id: str
     backbone: str
@@ -40,7 +41,8 @@ class BundleRefMessage(_message.Message):
     published_at_unix_ms: int
     size_bytes: int
     revoked: bool
-    def __init__(self, task_id: _Optional[str] = ..., site_id: _Optional[str] = ..., backbone: _Optional[str] = ..., version: _Optional[int] = ..., bundle_digest: _Optional[str] = ..., key_id: _Optional[str] = ..., published_at_unix_ms: _Optional[int] = ..., size_bytes: _Optional[int] = ..., revoked: _Optional[bool] = ...) -> None: ...
+    kind: str
+    def __init__(self, task_id: _Optional[str] = ..., site_id: _Optional[str] = ..., backbone: _Optional[str] = ..., version: _Optional[int] = ..., bundle_digest: _Optional[str] = ..., key_id: _Optional[str] = ..., published_at_unix_ms: _Optional[int] = ..., size_bytes: _Optional[int] = ..., revoked: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ListSitesRequest(_message.Message):
     __slots__ = ("include_revoked",)

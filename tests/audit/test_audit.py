@@ -234,3 +234,47 @@ def test_the_report_is_built_in_process(
         source.close()
     assert report.passed
     assert [f.severity for f in report.findings].count(Severity.FLAG) == 1
+
+
+@pytest.mark.slow
+def test_adapter_bundles_are_audited_like_specialists(tmp_path: Path) -> None:
+    """A published LoRA adapter passes the audit; its weights swapped in storage fail it."""
+    from tests.adapters import adapter_bundle
+
+    (tmp_path / "keys").mkdir()
+    site = SiteKeys(tmp_path / "keys", "site-a")
+    server = start_registry(tmp_path / "registry")
+    try:
+        with server.client() as client:
+            client.enroll("site-a", site.public.pem)
+            client.publish_files(
+                read_files(write_bundle_files(tmp_path / "s1", site)), site.private
+            )
+            adapter = client.publish(adapter_bundle(tmp_path / "adapter", site), site.private)
+        anchor = tmp_path / "root.json"
+        anchor.write_bytes((server.root / "tuf" / "metadata" / "1.root.json").read_bytes())
+        code, output, report = _audit(
+            "--registry", server.address, "--trusted-root", str(anchor), out=tmp_path / "remote"
+        )
+        assert code == 0, output
+        kinds = {b["kind"]: b for b in report["inventory"]["bundles"]}
+        assert kinds["adapter"]["bundle_digest"] == adapter.bundle_digest
+        assert kinds["adapter"]["adapter"]["rank"] == 8
+        assert report["checks_run"]["tuf-targets"] == 2
+    finally:
+        server.stop()
+    root = tmp_path / "registry"
+    with sqlite3.connect(f"file:{root / 'registry.sqlite3'}?mode=ro", uri=True) as db:
+        files = db.execute(
+            "SELECT files FROM bundles WHERE digest = ?", (adapter.bundle_digest,)
+        ).fetchone()[0]
+    digest = json.loads(files)["adapter_model.safetensors"]
+    blob = root / "blobs" / digest[:2] / digest
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    code, output, report = _audit("--root", str(root), out=tmp_path / "folder")
+    assert code == 1
+    checks = {f["check"] for f in report["findings"] if f["severity"] == "fail"}
+    assert "bundle-signature" in checks
+    assert "FILE_CHANGED" in output

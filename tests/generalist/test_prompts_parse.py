@@ -171,6 +171,8 @@ def test_meddr_request_and_command() -> None:
     assert command[command.index("--tensor-parallel-size") + 1] == "4"
     assert "--trust-remote-code" in command
     assert "max_dynamic_patch" in command[command.index("--hf-overrides") + 1]
+    assert "--enable-lora" in command  # the hub hot-loads the consortium's adapters
+    assert command[command.index("--max-lora-rank") + 1] == "16"
 
 
 def test_text_only_backend_does_not_send_the_image() -> None:

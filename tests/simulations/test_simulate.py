@@ -43,6 +43,20 @@ def _simulate(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
     return result, json.loads((out / "results.json").read_text())
 
 
+def _audit(out: Path, tmp_path: Path) -> str:
+    """``gsco audit registry`` of a report folder's registry, ledgers and access log: it passes."""
+    audit = subprocess.run(
+        [
+            GSCO, "audit", "registry", "--root", str(out / "registry"),
+            "--ledger", str(out / "sites"), "--access-log", str(out / "hub"),
+            "--out", str(tmp_path / "audit"),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    return audit.stdout
+
+
 def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> None:
     out = tmp_path / "report"
     result, report = _simulate(
@@ -99,16 +113,7 @@ def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> No
     assert (out / "sites" / "hospital-01" / "egress.jsonl").read_text().count("\n") == 1
     assert not (out / "sites" / "hospital-03" / "egress.jsonl").exists()
     # And the compliance audit of all of it passes (its tamper cases: tests/audit).
-    audit = subprocess.run(
-        [
-            GSCO, "audit", "registry", "--root", str(out / "registry"),
-            "--ledger", str(out / "sites"), "--access-log", str(out / "hub"),
-            "--out", str(tmp_path / "audit"),
-        ],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "2 bundles, 2 egress ledgers, 1 access logs audited" in audit.stdout
+    assert "2 bundles, 2 egress ledgers, 1 access logs audited" in _audit(out, tmp_path)
 
 
 def test_dp_fedavg_and_the_generalist_going_down(tmp_path: Path, vllm_url: str) -> None:
@@ -169,3 +174,51 @@ def test_bad_scenarios_are_one_line_errors(tmp_path: Path) -> None:
         assert result.returncode == 1, (args, result.stderr)
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
+    tmp_path: Path, vllm_url: str
+) -> None:
+    """--tune-generalist: FedAvg of a LoRA adapter over the sites, through the registry to vLLM."""
+    out = tmp_path / "report"
+    result, report = _simulate(
+        out,
+        "--dataset", "breastmnist", "--sites", "2", "--test-images", "8",
+        "--generalist", "embedded", "--tune-generalist", "--tune-rounds", "1",
+        "--tune-examples", "12", "--policy-images", "8",
+        "--tune-dp-noise", "0.3", "--tune-dp-clip", "1.0",
+    )  # fmt: skip
+    adapter = report["adapter"]
+    assert adapter["digest"], adapter
+    card = adapter["card"]
+    assert card["kind"] == "generalist-lora"
+    assert card["training"]["sites"] == ["hospital-01", "hospital-02"]
+    assert card["training"]["examples"] == 24  # 12 per site
+    assert card["training"]["rounds"] == 1
+    assert "disjoint" in card["training"]["evidence_split"]
+    privacy = card["training"]["differential_privacy"]  # Flower's DP wrapper, budget recorded
+    assert privacy["noise_multiplier"] == 0.3
+    assert privacy["epsilon"] > 0
+    assert set(adapter["per_site"]) == {"hospital-01", "hospital-02"}
+    assert all(s["peak_rss_mb"] > 100 for s in adapter["per_site"].values())
+    names = [m["method"] for m in report["methods"]]
+    assert names[-4:] == ["gsco (zero-shot)", "gsco (calibrated)", "gsco (adapter)", "gsco"]
+    # The adapter learnt (and answers) gsco; its weight was fitted for it, on validation
+    # cases it was not tuned on; moed and rad keep the base model and its weights.
+    assert card["training"]["prompt_modes"] == ["gsco"]
+    modes = report["arbitration_policy"]["modes"]
+    assert modes["gsco"]["model"] == adapter["name"]
+    assert modes["moed"]["model"] is None
+    assert report["arbitration_policy"]["model"] == "smollm2-135m-instruct"
+    assert "evidence-tuned adapter" in (out / "report.md").read_text()
+    # Published like a specialist: in the registry's log, TUF, the signer's egress ledger.
+    events, _ = verify_event_log((out / "registry" / "events.jsonl").read_bytes().splitlines())
+    published = [e for e in events if e.kind == "publish" and e.backbone == "generalist-lora"]
+    assert [e.bundle_digest for e in published] == [adapter["digest"]]
+    signer = card["site_id"]
+    assert (out / "sites" / signer / "egress.jsonl").read_text().count("\n") == 2
+    # Every answer of the adapter's modes names it.
+    records = verify_access_log(out / "hub" / "access.jsonl")
+    assert records
+    assert "3 bundles" in _audit(out, tmp_path)
+    assert "gsco (adapter)" in result.stdout

@@ -1,0 +1,103 @@
+"""The adapter card: what a signed LoRA adapter of the generalist says about itself.
+
+An adapter bundle holds ``adapter_model.safetensors`` and ``adapter_config.json``
+(peft's format, which vLLM loads), this card as ``adapter_card.json``, and
+``model.sig`` over all of them (the same signature format as a specialist
+bundle). :func:`registry.verify_adapter` checks one; the hub loads only those
+that pass, into vLLM, and names the adapter's digest in every answer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+
+from protocol._base import (
+    Identifier,
+    Label,
+    PositiveCount,
+    Sha256Hex,
+    StrictModel,
+    UnitFloat,
+    Version,
+)
+from protocol._card import DifferentialPrivacy
+from protocol._diagnosis import Mode
+from protocol._task import Modality, TaskSpec, TaskType, check_label_set
+
+__all__ = ["AdapterCard", "AdapterTraining", "LoraSpec"]
+
+_MODULE = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,20}$")]
+_NOTE = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class LoraSpec(StrictModel):
+    """The adapter's shape, as ``adapter_config.json`` must also say."""
+
+    rank: Annotated[int, Field(strict=True, ge=1, le=256)]
+    alpha: Annotated[int, Field(strict=True, ge=1, le=4096)]
+    target_modules: Annotated[tuple[_MODULE, ...], Field(min_length=1, max_length=16)]
+    layers: Annotated[
+        tuple[Annotated[int, Field(strict=True, ge=0, le=1023)], ...], Field(max_length=1024)
+    ] = ()  # adapted layers; empty: all
+
+
+class AdapterTraining(StrictModel):
+    """Where and how the adapter was trained (FedAvg over sites, with Flower)."""
+
+    framework: Literal["flower", "local"] = "flower"
+    strategy: Literal["fedavg", "local"] = "fedavg"
+    sites: Annotated[tuple[Identifier, ...], Field(min_length=1, max_length=500)]
+    examples: PositiveCount  # evidence examples over all sites and one pass
+    examples_per_site: dict[Identifier, PositiveCount]
+    rounds: PositiveCount
+    local_epochs: PositiveCount
+    prompt_modes: Annotated[tuple[Mode, ...], Field(min_length=1, max_length=8)]
+    differential_privacy: DifferentialPrivacy | None = None
+    # What the examples were drawn from, and how the validation split was shared out
+    # (the specialists were calibrated on it; the policy must not be fitted on it).
+    evidence_split: _NOTE
+    final_loss: Annotated[float, Field(ge=0.0, le=1e6)] | None = None
+
+
+class AdapterCard(StrictModel):
+    """Everything a hub, a registry and an auditor need to know about one adapter."""
+
+    schema_version: Literal[1] = 1
+    kind: Literal["generalist-lora"] = "generalist-lora"
+    task_id: Identifier
+    modality: Modality
+    labels: Annotated[tuple[Label, ...], Field(min_length=2, max_length=256)]
+    task_type: TaskType
+    base_model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    base_model_sha256: Sha256Hex  # of the base model's weights file(s), as the site tuned it
+    prompt_template: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    sees_image: bool = False  # whether the prompts it learnt carried the image
+    lora: LoraSpec
+    training: AdapterTraining
+    validation_accuracy: UnitFloat | None = None  # on evidence held out from tuning
+    site_id: Identifier  # the signing site
+    version: Version
+    license: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    created_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdapterCard:
+        check_label_set(self.labels, self.task_type)
+        unknown = set(self.training.examples_per_site) - set(self.training.sites)
+        if unknown:
+            raise ValueError(f"examples_per_site names sites not in sites: {sorted(unknown)}")
+        if not re.fullmatch(r"[A-Za-z0-9._/-]+", self.prompt_template):
+            raise ValueError("prompt_template holds characters outside [A-Za-z0-9._/-]")
+        return self
+
+    def task_spec(self) -> TaskSpec:
+        """The task the adapter was tuned for."""
+        return TaskSpec(
+            task_id=self.task_id,
+            modality=self.modality,
+            labels=self.labels,
+            task_type=self.task_type,
+        )

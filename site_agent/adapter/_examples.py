@@ -1,0 +1,80 @@
+"""Evidence examples: a site's validation cases as the generalist's prompts, with the true label.
+
+The evidence comes from the task's verified specialists, run by the hub's own
+engine (:meth:`hub.DiagnosisEngine.evidence`) on a catalog the site synced
+from the registry through TUF, and is rendered with the hub's prompt template
+(:func:`generalist.render_prompt`). So an adapter learns from exactly the
+text it will be shown in service. Only the prompt strings and the labels
+enter training; the images never leave the site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from protocol import Mode
+
+__all__ = ["TUNING_MODES", "EvidenceExample", "evidence_examples"]
+
+#: The modes whose prompts the adapter learns, in rotation over the cases.
+TUNING_MODES = (Mode.GSCO, Mode.MOED, Mode.RAD)
+
+
+@dataclass(frozen=True)
+class EvidenceExample:
+    """One prompt (as the hub renders it) and the answer the generalist should give."""
+
+    prompt: str
+    target: str
+    system: str
+    mode: Mode
+
+
+def evidence_examples(
+    engine: object,
+    task_id: str,
+    images: Sequence[bytes],
+    labels: Sequence[str],
+    *,
+    modes: Sequence[Mode] = TUNING_MODES,
+    sees_image: bool = False,
+    top_k: int = 5,
+    on_case: Callable[[int], None] | None = None,
+) -> list[EvidenceExample]:
+    """One example per case, its mode taken in rotation from ``modes``.
+
+    ``engine`` is a :class:`hub.DiagnosisEngine` over the site's synced catalog;
+    ``images`` are encoded images (PNG), ``labels`` their true labels.
+
+    Raises:
+        UnknownTaskError: the catalog serves no specialist for ``task_id``.
+        ValueError: ``images`` and ``labels`` differ in length, or no mode is given.
+    """
+    from generalist import SYSTEM, render_prompt
+    from hub import DiagnosisEngine
+
+    if not isinstance(engine, DiagnosisEngine):
+        raise TypeError("engine must be a hub.DiagnosisEngine")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if not modes:
+        raise ValueError("at least one mode is needed")
+
+    async def gather() -> list[EvidenceExample]:
+        examples = []
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            mode = modes[i % len(modes)]
+            task, request = await engine.evidence(
+                task_id=task_id, image=image, mode=mode, top_k=top_k
+            )
+            if label not in task.labels:
+                raise ValueError(f"label {label!r} is not one of the task's {task.labels}")
+            prompt = render_prompt(task, mode, request.moed, request.rad, sees_image=sees_image)
+            examples.append(EvidenceExample(prompt, label, SYSTEM, mode))
+            if on_case is not None:
+                on_case(i + 1)
+        return examples
+
+    return asyncio.run(gather())
