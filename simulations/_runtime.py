@@ -81,6 +81,9 @@ class FlowerRuntime:
             FLWR_DISABLE_UPDATE_CHECK="1",
             RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
             PYTHONWARNINGS="ignore::FutureWarning",
+            # The SuperLink starts flower-superexec by name: find it beside this interpreter
+            # even when the environment is not activated (a venv's bin/gsco run by path).
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         )
 
     def __enter__(self) -> FlowerRuntime:

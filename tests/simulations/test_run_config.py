@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
 from flwr.common.config import parse_config_args
 
 from simulations._runtime import run_config_toml
@@ -27,3 +28,15 @@ def test_flower_reads_the_file_as_it_was_written(tmp_path: Path) -> None:
     path = tmp_path / "run-config.toml"
     path.write_text(run_config_toml(AWKWARD), encoding="utf-8")
     assert parse_config_args([str(path)]) == AWKWARD
+
+
+@pytest.mark.slow
+def test_the_runtime_starts_without_the_environment_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SuperLink finds flower-superexec beside this interpreter (a venv's gsco run by path)."""
+    from simulations._runtime import FlowerRuntime
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with FlowerRuntime(tmp_path) as runtime:
+        assert runtime.port > 0
