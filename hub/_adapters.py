@@ -59,12 +59,6 @@ def read_adapter_bundle(folder: Path, limits: AdapterLimits) -> dict[str, bytes]
     """
     if folder.is_symlink() or not folder.is_dir():
         raise AdapterRefusedError(f"{folder} is not an adapter bundle folder")
-    caps = {
-        "adapter_model.safetensors": limits.max_weights_bytes,
-        "adapter_config.json": limits.max_config_bytes,
-        "adapter_card.json": limits.max_card_bytes,
-        "model.sig": limits.max_signature_bytes,
-    }
     files: dict[str, bytes] = {}
     for entry in sorted(folder.iterdir()):
         mode = entry.lstat().st_mode
@@ -74,12 +68,11 @@ def read_adapter_bundle(folder: Path, limits: AdapterLimits) -> dict[str, bytes]
             raise AdapterRefusedError(
                 f"UNEXPECTED_FILE: an adapter bundle may not hold {entry.name!r}"
             )
-        if entry.stat().st_size > caps[entry.name]:
-            raise AdapterRefusedError(
-                f"TOO_LARGE: {entry.name} is larger than {caps[entry.name]} bytes"
-            )
+        cap = limits.for_file(entry.name)
+        if entry.stat().st_size > cap:
+            raise AdapterRefusedError(f"TOO_LARGE: {entry.name} is larger than {cap} bytes")
         with entry.open("rb") as handle:
-            files[entry.name] = handle.read(caps[entry.name] + 1)
+            files[entry.name] = handle.read(cap + 1)
     return files
 
 

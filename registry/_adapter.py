@@ -73,6 +73,15 @@ class AdapterLimits:
     max_signature_bytes: int = 1024 * 1024
     max_rank: int = 16
 
+    def for_file(self, name: str) -> int:
+        """The limit for one file of an adapter bundle (0 for a name no bundle holds)."""
+        return {
+            WEIGHTS_FILE: self.max_weights_bytes,
+            CONFIG_FILE: self.max_config_bytes,
+            CARD_FILE: self.max_card_bytes,
+            SIGNATURE_FILE: self.max_signature_bytes,
+        }.get(name, 0)
+
     def file_limits(self) -> Limits:
         """The per-file limits in the form the signature stage takes."""
         return Limits(

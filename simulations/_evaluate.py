@@ -40,7 +40,6 @@ class Evaluation:
     generalist_model: str = ""
     # Per generalist mode: answers that differed from the ensemble's, and how many were right.
     overturned: dict[str, dict[str, int]] = field(default_factory=dict)
-    adapter_model: str = ""  # the adapter that answered the merged modes (merge_adapter)
 
     def merge_adapter(self, adapted: Evaluation, modes: Sequence[Mode]) -> None:
         """Takes ``modes`` as answered with the tuned adapter in service, from ``adapted``.
@@ -59,7 +58,6 @@ class Evaluation:
             if name in adapted.overturned:
                 self.overturned[name] = adapted.overturned[name]
         self.warnings.extend(adapted.warnings)
-        self.adapter_model = adapted.generalist_model
         self.seconds += adapted.seconds
 
     def without(self, site: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:

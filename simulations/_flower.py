@@ -322,7 +322,6 @@ def _tune(grid: Grid, context: Context) -> None:
         else:
             reason = (reply.error.reason if reply.has_error() else None) or "no reply"
             log(WARNING, "gsco: a site could not build adapter examples: %s", reason[-300:])
-    live = [n for n in live if counts]
     log(INFO, "gsco: adapter examples per site: %s", counts)
     outcome: dict[str, object] = {"examples_per_site": counts, "rounds": rounds}
     if not live:
