@@ -25,10 +25,12 @@ from hub._fhir import FHIR_MEDIA_TYPE, diagnostic_report
 from hub._metrics import HubMetrics
 from hub._policy import (
     POLICY_WEIGHTS,
+    fit_label_bias,
     fit_mode,
     fit_policy,
     fuse,
     load_policies,
+    with_bias,
     with_modes_of,
 )
 from hub._runtime import (
@@ -99,6 +101,7 @@ __all__ = [
     "create_client_key",
     "diagnostic_report",
     "faiss_uses_gpu",
+    "fit_label_bias",
     "fit_mode",
     "fit_policy",
     "fuse",
@@ -107,5 +110,6 @@ __all__ = [
     "onnx_providers",
     "remove_client_key",
     "verify_access_log",
+    "with_bias",
     "with_modes_of",
 ]

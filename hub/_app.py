@@ -544,7 +544,6 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
         authenticate(request, "/v1/tasks")
         catalog = hub.catalog
         engine = hub.engine
-        policies = engine.policies if engine is not None else {}
         calibrations = engine.calibrations.known() if engine is not None else {}
         adapters = engine.adapters if engine is not None else {}
         body = {
@@ -554,7 +553,10 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
                 {
                     "task": catalog.task_spec(task).model_dump(mode="json"),
                     "arbitration_policy": (
-                        policies[task].model_dump(mode="json") if task in policies else None
+                        in_service.model_dump(mode="json")
+                        if engine is not None
+                        and (in_service := engine.policy_in_service(task)) is not None
+                        else None
                     ),
                     "adapter": (
                         {

@@ -43,6 +43,7 @@ from protocol import (
     GeneralistUse,
     MediaType,
     Mode,
+    ModePolicy,
     RetrievedCase,
     SpecialistPrediction,
     StageTimings,
@@ -159,11 +160,26 @@ class DiagnosisEngine:
             png = await self._in_pool(lambda: encode_png(decoded[3])) if sends_image else None
             result, problem = await self._arbitrate(task, mode, moed, rad, png)
             generalist_ms = _ms(stage)
+            fitted = None
             if result is not None:
                 calibration = await self._calibration(task, mode, result)
+                fitted = self._mode_policy(task, mode, result.model)
+                if fitted is not None and (result.scores is None or not calibration.content_free):
+                    # The policy weighs calibrated scores: without them, the ensemble answers.
+                    result, problem = (
+                        None,
+                        (
+                            "the generalist's label scores could not be calibrated "
+                            "(no scores, or no content-free answer), so its fitted policy cannot "
+                            "weigh them"
+                        ),
+                    )
+            if result is not None:
+                if fitted is not None and fitted.label_bias is not None:
+                    calibration = dataclasses.replace(calibration, bias=fitted.label_bias)
                 label, calibrated = _calibrated_answer(result, calibration)
                 scores = calibrated
-                weight = self._policy_weight(task, mode, result.model)
+                weight = fitted.generalist_weight if fitted is not None else None
                 if weight is not None and calibrated is not None:
                     fused = fuse(ensemble.tolist(), [calibrated[name] for name in labels], weight)
                     label = _label_of(fused, labels)
@@ -375,18 +391,49 @@ class DiagnosisEngine:
         served = self.adapters.get(task_id)
         return served.digest if served is not None and served.name == model else None
 
-    def _policy_weight(self, task: TaskSpec, mode: Mode, model: str) -> float | None:
-        """The task's fitted generalist weight for ``mode`` (None: no policy applies).
+    def _mode_policy(self, task: TaskSpec, mode: Mode, model: str) -> ModePolicy | None:
+        """The task's fitted policy for ``mode`` (None: no policy applies).
 
         A policy holds for the generalist it was fitted on (``model``: the base
         model or the adapter): another one's scores were never weighed.
         """
         policy = self.policies.get(task.task_id)
-        if policy is None or policy.labels != task.labels or mode not in policy.modes:
+        if (
+            policy is not None
+            and policy.labels == task.labels
+            and mode in policy.modes
+            and (policy.modes[mode].model or policy.model) == model
+        ):
+            return policy.modes[mode]  # the operator's, fitted for exactly this model
+        served = self.adapters.get(task.task_id)
+        if served is None or served.name != model or served.card.policy is None:
             return None
-        if (policy.modes[mode].model or policy.model) != model:
+        signed = served.card.policy  # published with the adapter, for its own answers
+        if signed.labels != task.labels or mode not in signed.modes:
             return None
-        return policy.modes[mode].generalist_weight
+        return signed.modes[mode]
+
+    def policy_in_service(self, task_id: str) -> ArbitrationPolicy | None:
+        """The task's policy as it is applied: the operator's, with the served adapter's modes.
+
+        Each mode names the generalist it holds for (``model``).
+        """
+        policy = self.policies.get(task_id)
+        served = self.adapters.get(task_id)
+        if served is None or served.card.policy is None:
+            return policy
+        signed = served.card.policy
+        named = {m: f.model_copy(update={"model": served.name}) for m, f in signed.modes.items()}
+        if policy is None:
+            return signed.model_copy(update={"model": served.name, "modes": named})
+        if policy.labels != signed.labels:
+            return policy
+        modes = dict(policy.modes)
+        for mode, fitted in named.items():
+            current = modes.get(mode)
+            if current is None or (current.model or policy.model) != served.name:
+                modes[mode] = fitted
+        return policy.model_copy(update={"modes": modes})
 
     async def _calibration(
         self, task: TaskSpec, mode: Mode, result: ArbitrationResult

@@ -13,6 +13,14 @@ whose gain over the ensemble is beyond chance (McNemar's exact test on the
 cases it fixed and broke, one-sided, at ``SIGNIFICANCE``) is ever chosen:
 a few lucky validation cases are not evidence. It records what each
 candidate scored.
+
+Before the weight, :func:`fit_label_bias` fits a per-label log bias ``b`` to
+the generalist's contextually calibrated scores on the same cases,
+``q' ∝ q · exp(b)`` (calibration ``contextual+bias``): a correction of the
+label preference contextual calibration leaves behind. It is fitted with a
+class-balanced loss, so that it removes the model's preference for a label
+without learning the validation split's prevalence, which a hospital's
+patients need not share.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from protocol import ArbitrationPolicy, GscoError, Mode, ModePolicy, TaskSpec
 
 __all__ = [
     "POLICY_WEIGHTS",
+    "fit_label_bias",
     "fit_mode",
     "fit_policy",
     "fuse",
     "load_policies",
+    "with_bias",
     "with_modes_of",
 ]
 
@@ -67,6 +77,85 @@ def fuse(
     return np.asarray(fused / fused.sum(), dtype=np.float64)
 
 
+#: The ridge on the label bias (per unit of class-balanced loss): a bias is not free.
+BIAS_RIDGE = 1e-2
+_BIAS_LIMIT = 20.0
+
+
+def fit_label_bias(
+    generalist: NDArray[np.float64], truth: NDArray[np.int64], *, ridge: float = BIAS_RIDGE
+) -> tuple[float, ...] | None:
+    """The per-label log bias that best corrects ``generalist``'s scores on validation.
+
+    Minimises the class-balanced cross-entropy of ``softmax(log q + b)`` (each
+    label present in ``truth`` weighs the same, whatever its count) plus
+    ``ridge · |b|²``, by Newton's method: convex, so the answer does not
+    depend on a starting point or a step size. ``b`` sums to zero.
+
+    Args:
+        generalist: ``[N, K]`` calibrated label probabilities.
+        truth: ``[N]`` true label indices.
+        ridge: the weight of ``|b|²`` in the loss.
+
+    Returns:
+        ``K`` biases, or ``None`` when fewer than two labels occur in ``truth``
+        (nothing to balance).
+    """
+    n, k = generalist.shape
+    counts = np.bincount(truth, minlength=k).astype(np.float64)
+    present = counts > 0
+    if n == 0 or int(present.sum()) < 2:
+        return None
+    logs = _log(generalist)
+    logs = logs - logs.mean(axis=1, keepdims=True)
+    weights = (1.0 / (present.sum() * counts))[truth]  # each present label sums to 1/|present|
+    onehot = np.eye(k)[truth]
+
+    def loss(b: NDArray[np.float64]) -> float:
+        z = logs + b
+        top = z.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+        nll = log_norm - (z * onehot).sum(axis=1)
+        return float((weights * nll).sum() + ridge * (b @ b))
+
+    bias = np.zeros(k)
+    current = loss(bias)
+    for _ in range(100):
+        z = logs + bias
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        gradient = (weights[:, None] * (p - onehot)).sum(axis=0) + 2 * ridge * bias
+        hessian = np.diag((weights[:, None] * p).sum(axis=0)) - np.einsum(
+            "n,ni,nj->ij", weights, p, p
+        )
+        step = np.linalg.solve(hessian + 2 * ridge * np.eye(k), gradient)
+        # Backtracking (Armijo): a full Newton step overshoots where the scores saturate.
+        size = 1.0
+        while size > 1e-8:
+            candidate = np.clip(bias - size * step, -_BIAS_LIMIT, _BIAS_LIMIT)
+            found = loss(candidate)
+            if found <= current - 1e-4 * size * float(gradient @ step):
+                break
+            size /= 2
+        else:
+            break
+        moved = float(np.abs(candidate - bias).max())
+        bias, current = candidate, found
+        if moved < 1e-9:
+            break
+    bias -= bias.mean()
+    return tuple(round(float(b), 6) for b in bias)
+
+
+def with_bias(generalist: NDArray[np.float64], bias: Sequence[float] | None) -> NDArray[np.float64]:
+    """``generalist``'s probabilities (``[N, K]`` or ``[K]``) times ``exp(bias)``, renormalised."""
+    if bias is None:
+        return generalist
+    logs = _log(generalist) + np.asarray(bias, dtype=np.float64)
+    p = np.exp(logs - logs.max(axis=-1, keepdims=True))
+    return np.asarray(p / p.sum(axis=-1, keepdims=True), dtype=np.float64)
+
+
 #: The largest chance probability at which a weight's validation gain counts.
 SIGNIFICANCE = 0.05
 
@@ -86,16 +175,22 @@ def fit_mode(
     truth: NDArray[np.int64],
     *,
     weights: Sequence[float] = POLICY_WEIGHTS,
+    label_bias: bool = True,
 ) -> ModePolicy:
-    """One mode's generalist weight from validation evidence.
+    """One mode's label bias and generalist weight from validation evidence.
 
     Args:
         ensemble: ``[N, K]`` the specialists' mean calibrated probabilities.
-        generalist: ``[N, K]`` the generalist's calibrated label scores in that mode.
+        generalist: ``[N, K]`` the generalist's (contextually) calibrated label scores
+            in that mode.
         truth: ``[N]`` the true label indices.
         weights: the candidate generalist weights.
+        label_bias: whether to fit a label bias (:func:`fit_label_bias`) first.
     """
     n = len(truth)
+    calibrated_accuracy = float((generalist.argmax(axis=1) == truth).mean())
+    bias = fit_label_bias(generalist, truth) if label_bias else None
+    generalist = with_bias(generalist, bias)
     tried: dict[str, float] = {}
     base_right = ensemble.argmax(axis=1) == truth
     base_correct = int(base_right.sum())
@@ -114,10 +209,16 @@ def fit_mode(
         generalist_weight=best_weight,
         validation_accuracy={
             "ensemble": base_correct / n,
-            "generalist (calibrated)": float((generalist.argmax(axis=1) == truth).mean()),
+            "generalist (calibrated)": calibrated_accuracy,
+            **(
+                {"generalist (calibrated+bias)": float((generalist.argmax(axis=1) == truth).mean())}
+                if bias is not None
+                else {}
+            ),
             "policy": best_correct / n,
         },
         weights_tried=tried,
+        label_bias=bias,
     )
 
 
@@ -129,6 +230,7 @@ def fit_policy(
     *,
     model: str,
     weights: Sequence[float] = POLICY_WEIGHTS,
+    label_bias: bool = True,
 ) -> ArbitrationPolicy:
     """The policy of ``task``: one weight per generalist mode, fitted on validation evidence.
 
@@ -136,7 +238,7 @@ def fit_policy(
     ``N`` validation cases as ``ensemble`` and ``truth``.
     """
     modes = {
-        mode: fit_mode(ensemble, scores, truth, weights=weights)
+        mode: fit_mode(ensemble, scores, truth, weights=weights, label_bias=label_bias)
         for mode, scores in generalist.items()
     }
     best = max(

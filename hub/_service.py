@@ -250,6 +250,14 @@ class Hub:
             card.training.examples,
             len(card.training.sites),
         )
+        if card.policy is not None:
+            log.info(
+                "adapter %s carries its arbitration policy: %s",
+                accepted.digest[:12],
+                ", ".join(
+                    f"{m.value} w={p.generalist_weight:g}" for m, p in card.policy.modes.items()
+                ),
+            )
         return served
 
     def _unload(self, backend: OpenAICompatibleBackend, served: ServedAdapter) -> None:

@@ -5,6 +5,13 @@ An adapter bundle holds ``adapter_model.safetensors`` and ``adapter_config.json`
 ``model.sig`` over all of them (the same signature format as a specialist
 bundle). :func:`registry.verify_adapter` checks one; the hub loads only those
 that pass, into vLLM, and names the adapter's digest in every answer.
+
+A card may carry the arbitration ``policy`` fitted for the adapter (its label
+bias and generalist weight per mode, :class:`protocol.ArbitrationPolicy`), so
+that the policy is signed and published with the weights it was fitted on.
+Fitting needs the adapter in service (the hub's own answers on validation
+cases), so a site publishes the adapter first and then a new version of the
+same bundle, the same weights and a card that adds the policy.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from protocol._base import (
     Version,
 )
 from protocol._card import DifferentialPrivacy
-from protocol._diagnosis import Mode
+from protocol._diagnosis import ArbitrationPolicy, Mode
 from protocol._task import Modality, TaskSpec, TaskType, check_label_set
 
 __all__ = ["AdapterCard", "AdapterTraining", "LoraSpec"]
@@ -82,6 +89,9 @@ class AdapterCard(StrictModel):
     version: Version
     license: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     created_at: AwareDatetime
+    # The arbitration policy fitted for this adapter's answers (on validation evidence, never
+    # its own tuning cases); it applies to this adapter whatever name it is served under.
+    policy: ArbitrationPolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> AdapterCard:
@@ -89,6 +99,17 @@ class AdapterCard(StrictModel):
         unknown = set(self.training.examples_per_site) - set(self.training.sites)
         if unknown:
             raise ValueError(f"examples_per_site names sites not in sites: {sorted(unknown)}")
+        if self.policy is not None:
+            if (self.policy.task_id, self.policy.labels) != (self.task_id, self.labels):
+                raise ValueError("the policy is for another task or label set than the adapter")
+            unlearnt = set(self.policy.modes) - set(self.training.prompt_modes)
+            if unlearnt:
+                raise ValueError(
+                    f"the policy weighs modes the adapter did not learn: "
+                    f"{sorted(m.value for m in unlearnt)}"
+                )
+            if any(fitted.model is not None for fitted in self.policy.modes.values()):
+                raise ValueError("an adapter's policy names no other model for its modes")
         if not re.fullmatch(r"[A-Za-z0-9._/-]+", self.prompt_template):
             raise ValueError("prompt_template holds characters outside [A-Za-z0-9._/-]")
         return self

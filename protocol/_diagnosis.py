@@ -7,7 +7,15 @@ import binascii
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, Strict, StrictBool, StringConstraints, field_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    Strict,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from protocol._base import (
     Count,
@@ -195,7 +203,11 @@ class ModePolicy(StrictModel):
     """How far one mode's generalist answer is trusted against the ensemble.
 
     The answer is ``argmax log p_ensemble + generalist_weight * log q_generalist``
-    (``q`` calibrated); a weight of 0 is the ensemble itself.
+    (``q`` calibrated); a weight of 0 is the ensemble itself. ``q`` is the
+    generalist's contextually calibrated scores, and where ``label_bias`` is
+    given, those times ``exp(label_bias)`` (renormalised): a per-label
+    correction fitted on the same validation evidence (calibration
+    ``contextual+bias``).
     """
 
     generalist_weight: Annotated[float, Field(ge=0.0, le=100.0)]
@@ -204,6 +216,14 @@ class ModePolicy(StrictModel):
     # The generalist this mode was fitted on, when not the policy's ``model`` (an adapter
     # that learnt only this mode's prompts).
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # Log bias per label (the policy's label order), added to the calibrated log scores.
+    label_bias: (
+        Annotated[
+            tuple[Annotated[float, Field(ge=-20.0, le=20.0, allow_inf_nan=False)], ...],
+            Field(min_length=2, max_length=256),
+        ]
+        | None
+    ) = None
 
 
 class ArbitrationPolicy(StrictModel):
@@ -217,3 +237,13 @@ class ArbitrationPolicy(StrictModel):
     n_examples: PositiveCount
     modes: dict[Mode, ModePolicy]
     recommended_mode: Mode = Mode.GSCO  # the best on validation (ensemble if none beat it)
+
+    @model_validator(mode="after")
+    def _bias_per_label(self) -> ArbitrationPolicy:
+        for mode, fitted in self.modes.items():
+            if fitted.label_bias is not None and len(fitted.label_bias) != len(self.labels):
+                raise ValueError(
+                    f"mode {mode.value}: {len(fitted.label_bias)} label biases for "
+                    f"{len(self.labels)} labels"
+                )
+        return self

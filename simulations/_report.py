@@ -251,19 +251,26 @@ def _markdown(report: Report, plots: list[str]) -> str:
         lines += [
             "",
             f"The arbitration policy was fitted on {policy['n_examples']} validation images "
-            "(never on test): each generalist mode's calibrated scores weigh "
-            "`w x log q` against the ensemble's `log p`; `w = 0` is the ensemble itself.",
+            "(never on test): each generalist mode's calibrated scores `q` (contextual "
+            "calibration, then a per-label log bias `b` fitted class-balanced on the same cases) "
+            "weigh `w x log q` against the ensemble's `log p`; `w = 0` is the ensemble itself. "
+            "Once the policy is in service, the `MODE (calibrated)` rows include the bias.",
             "",
-            "| mode | generalist | weight w | validation ACC: ensemble | generalist (calibrated) "
-            "| policy |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| mode | generalist | label bias b | weight w | validation ACC: ensemble "
+            "| generalist (calibrated) | (+ bias) | policy |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for mode, fitted in policy["modes"].items():
             accuracy = fitted["validation_accuracy"]
+            bias = fitted.get("label_bias")
+            biased = accuracy.get("generalist (calibrated+bias)")
             lines.append(
                 f"| {mode} | `{fitted.get('model') or policy['model']}` | "
-                f"{fitted['generalist_weight']:g} | {accuracy['ensemble']:.3f} | "
-                f"{accuracy['generalist (calibrated)']:.3f} | {accuracy['policy']:.3f} |"
+                + (", ".join(f"{b:+.2f}" for b in bias) if bias else "-")
+                + f" | {fitted['generalist_weight']:g} | {accuracy['ensemble']:.3f} | "
+                f"{accuracy['generalist (calibrated)']:.3f} | "
+                + (f"{biased:.3f}" if biased is not None else "-")
+                + f" | {accuracy['policy']:.3f} |"
             )
     adapter = report.get("adapter")
     if adapter:
@@ -289,6 +296,23 @@ def _markdown(report: Report, plots: list[str]) -> str:
                 "",
                 f"Evidence split: {training['evidence_split']}.",
             ]
+            published = adapter.get("policy_published")
+            if published:
+                lines += [
+                    "",
+                    f"Its arbitration policy, fitted on the hub's answers with it (validation "
+                    f"cases it was not tuned on), was signed by {published['signed_by']} and "
+                    f"published with it: version {published['version']} of the adapter (bundle "
+                    f"`{published['digest'][:16]}`), the same weights and a card that carries "
+                    "the policy. The hub applies it to the adapter's answers and shows it in "
+                    "`/v1/tasks`.",
+                ]
+            elif adapter.get("policy_error"):
+                lines += [
+                    "",
+                    "The adapter's policy was not published with it "
+                    f"({adapter['policy_error']}); the hub operator put it in service.",
+                ]
         else:
             lines.append(
                 "Adapter tuning did not give an adapter in service: "

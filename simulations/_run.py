@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protocol import Mode
+from protocol import GscoError, Mode
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
 from simulations._partition import PartitionSpec, partition
 from simulations._runtime import FlowerRuntime, free_port
@@ -396,10 +396,11 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
                 fitted = _fit_policy(
                     scenario, dataset, url, progress, policy_rows, modes=adapter_modes
                 )
-                from hub import with_modes_of
-
-                adapter_policy = with_modes_of(policy, fitted) if policy is not None else fitted
                 lap("adapter policy")
+                served, adapter_policy = _publish_adapter_policy(
+                    hub, address, out, adapter, served, fitted, policy, progress
+                )
+                lap("adapter policy publication")
         if served is not None:
             # The base model's rows first, then the adapter's (gsco, moed, rad).
             task_id = dataset.task.task_id
@@ -407,7 +408,6 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
             evaluation = _evaluate(scenario, dataset, url, progress)
             hub.engine.adapters[task_id] = served
             if adapter_policy is not None:
-                hub.set_policy(adapter_policy)
                 policy = adapter_policy
             adapted = _evaluate(scenario, dataset, url, progress, modes=adapter_modes)
             evaluation.merge_adapter(adapted, adapter_modes)
@@ -607,6 +607,55 @@ def _serve_adapter(hub: Any, task_id: str, adapter: dict[str, Any], progress: Pr
     adapter["card"] = served.card.model_dump(mode="json")
     progress.line(f"adapter {served.name} in service (bundle {served.digest[:12]})")
     return served
+
+
+def _publish_adapter_policy(
+    hub: Any,
+    address: str,
+    out: Path,
+    adapter: dict[str, Any],
+    served: Any,
+    fitted: Any,
+    policy: Any,
+    progress: Progress,
+) -> tuple[Any, Any]:
+    """The signing site publishes the adapter's next version with its fitted policy.
+
+    The hub's next sync serves that version, whose signed card carries the
+    policy (shown in ``/v1/tasks`` and applied to the adapter's answers).
+    Returns the adapter in service and the policy as the hub applies it. If
+    the publication fails, the hub operator puts the same policy in service
+    instead, and the outcome says so.
+    """
+    from hub import with_modes_of
+    from simulations._tune_job import publish_adapter_policy
+
+    task_id = fitted.task_id
+    signer = str(adapter.get("signed_by", ""))
+    try:
+        version, digest = publish_adapter_policy(
+            out / "sites" / signer,
+            address,
+            Path(adapter["bundle"]),
+            out / "adapter-policy",
+            fitted,
+        )
+    except (GscoError, OSError, KeyError) as exc:
+        adapter["policy_error"] = str(exc)[:500]
+        progress.line(f"the adapter's policy was not published ({exc}); the hub operator sets it")
+        merged = with_modes_of(policy, fitted) if policy is not None else fitted
+        hub.set_policy(merged)
+        return served, merged
+    adapter["policy_published"] = {"version": version, "digest": digest, "signed_by": signer}
+    refreshed = _serve_adapter(hub, task_id, {**adapter, "published": digest}, progress)
+    if refreshed is None:
+        adapter["policy_error"] = "the hub did not serve the adapter's policy version"
+        merged = with_modes_of(policy, fitted) if policy is not None else fitted
+        hub.set_policy(merged)
+        return served, merged
+    adapter.update(digest=refreshed.digest, name=refreshed.name)
+    adapter["card"] = refreshed.card.model_dump(mode="json")
+    return refreshed, hub.engine.policy_in_service(task_id)
 
 
 def _fit_policy(

@@ -15,6 +15,7 @@ Only adapter weights and example counts leave a site; images and prompts do not.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,13 @@ import numpy as np
 
 from simulations.errors import SimulationError
 
-__all__ = ["TuneJob", "adapter_examples", "adapter_update", "publish_adapter"]
+__all__ = [
+    "TuneJob",
+    "adapter_examples",
+    "adapter_update",
+    "publish_adapter",
+    "publish_adapter_policy",
+]
 
 
 @dataclass(frozen=True)
@@ -215,3 +222,29 @@ def publish_adapter(
         ref = client.publish(out, home.private_key)
     home.ledger.record_publication(job.registry, ref, dict(manifest.files))
     return str(out), ref.bundle_digest
+
+
+def publish_adapter_policy(
+    home_dir: Path, registry: str, source: Path, out_dir: Path, policy: Any
+) -> tuple[int, str]:
+    """The signing site publishes the next version of its adapter with ``policy`` in the card.
+
+    The same weights (see :func:`site_agent.adapter.write_policy_version`),
+    through the registry's checks, recorded in the site's egress ledger.
+    Returns the new version and its bundle digest.
+
+    Raises:
+        AdapterTrainingError: the policy does not fit the adapter.
+        RegistryError: the registry refused it.
+    """
+    from registry import RegistryClient
+    from site_agent import open_site
+    from site_agent.adapter import write_policy_version
+
+    home = open_site(home_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    card, manifest = write_policy_version(source, out_dir, policy, home.private_key)
+    with RegistryClient(registry, timeout_s=120.0) as client:
+        ref = client.publish(out_dir, home.private_key)
+    home.ledger.record_publication(registry, ref, dict(manifest.files))
+    return card.version, ref.bundle_digest

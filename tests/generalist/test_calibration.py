@@ -9,7 +9,6 @@ import pytest
 
 from generalist import (
     ArbitrationRequest,
-    ArbitrationResult,
     CalibrationCache,
     CalibrationMethod,
     LabelCalibration,
@@ -18,6 +17,7 @@ from generalist import (
 )
 from hub._engine import _calibrated_answer
 from protocol import Mode, TaskSpec
+from tests.generalists import ScriptedGeneralist
 
 TASK = TaskSpec(
     task_id="pneumonia-cxr",
@@ -27,38 +27,16 @@ TASK = TaskSpec(
 )
 
 
-class BiasedGeneralist:
+def _biased(request: ArbitrationRequest) -> dict[str, float]:
     """Like SmolLM2 on the GSCo prompt: "normal" always wins, but evidence moves the scores.
 
     Measured on the real server: content-free 0.87/0.13; all-pneumonia evidence
     0.79/0.21; all-normal 0.90/0.10.
     """
-
-    model = "scripted"
-    sees_images = False
-
-    def __init__(self) -> None:
-        self.calls: list[ArbitrationRequest] = []
-
-    async def arbitrate(self, request: ArbitrationRequest) -> ArbitrationResult:
-        self.calls.append(request)
-        votes = [e.label for e in request.moed]
-        share = votes.count("pneumonia") / len(votes) if votes else 0.5
-        pneumonia = 0.08 + 0.14 * share if votes else 0.13
-        return ArbitrationResult(
-            label="normal",
-            scores={"normal": 1 - pneumonia, "pneumonia": pneumonia},
-            raw_text="normal",
-            prompt="",
-            model=self.model,
-            saw_image=False,
-            prompt_tokens=None,
-            completion_tokens=None,
-            latency_ms=1.0,
-        )
-
-    async def aclose(self) -> None:
-        pass
+    votes = [e.label for e in request.moed]
+    share = votes.count("pneumonia") / len(votes) if votes else 0.5
+    pneumonia = 0.08 + 0.14 * share if votes else 0.13
+    return {"normal": 1 - pneumonia, "pneumonia": pneumonia}
 
 
 def _request(*labels: str) -> ArbitrationRequest:
@@ -68,7 +46,7 @@ def _request(*labels: str) -> ArbitrationRequest:
 
 
 def test_contextual_calibration_follows_the_evidence_the_raw_answer_ignores() -> None:
-    generalist = BiasedGeneralist()
+    generalist = ScriptedGeneralist(_biased)  # SmolLM2's measured label bias
     cache = CalibrationCache()
 
     async def answer(*labels: str) -> tuple[str, dict[str, float] | None, LabelCalibration]:

@@ -226,3 +226,63 @@ def test_the_registry_refuses_tampered_stale_and_unservable_adapters(
         with pytest.raises(RejectedError) as caught:
             client.publish(again, site_a.private)
         assert caught.value.code is RejectCode.STALE_VERSION
+
+
+def test_the_policy_published_with_an_adapter_weighs_its_answers(
+    hub: Hub, signed: Path, registry: RunningRegistry, site_a: SiteKeys, tmp_path: Path
+) -> None:
+    """Version 2 of the adapter carries its policy: served, shown, applied; revoked, gone."""
+    from protocol import ArbitrationPolicy, ModePolicy
+    from site_agent.adapter import write_policy_version
+
+    assert hub.engine is not None
+    with registry.client() as client:
+        first = client.publish(signed, site_a.private)
+    hub.sync_now()
+    v1 = hub.engine.adapters["pneumonia-cxr"]
+    assert v1.card.policy is None
+    assert hub.engine.policy_in_service("pneumonia-cxr") is None
+    (response,) = _diagnose(hub, (Mode.GSCO,))
+    assert response.generalist is not None
+    assert response.generalist.policy_weight is None  # no policy for this adapter yet
+
+    fitted = ModePolicy(
+        generalist_weight=2.0,
+        validation_accuracy={"policy": 0.9},
+        weights_tried={},
+        label_bias=(0.25, -0.25),
+    )
+    policy = ArbitrationPolicy(
+        task_id="pneumonia-cxr",
+        labels=("normal", "pneumonia"),
+        model=v1.name,  # fitted on the hub's answers with the first version
+        n_examples=40,
+        modes={Mode.GSCO: fitted},
+    )
+    write_policy_version(signed, tmp_path / "v2", policy, site_a.private)
+    with registry.client() as client:
+        second = client.publish(tmp_path / "v2", site_a.private)
+    hub.sync_now()
+    v2 = hub.engine.adapters["pneumonia-cxr"]
+    assert v2.digest == second.bundle_digest
+    assert v2.card.policy is not None
+    shown = hub.engine.policy_in_service("pneumonia-cxr")
+    assert shown is not None
+    assert shown.modes[Mode.GSCO].model == v2.name
+    assert shown.modes[Mode.GSCO].generalist_weight == 2.0
+    gsco, moed = _diagnose(hub)
+    assert gsco.generalist is not None
+    assert gsco.generalist.adapter_digest == v2.digest
+    assert gsco.generalist.policy_weight == 2.0
+    assert gsco.generalist.calibration == "contextual+bias"
+    assert moed.generalist is not None
+    assert moed.generalist.policy_weight is None  # the policy holds no moed weight
+
+    with registry.client() as client:
+        assert client.revoke_bundle(second.bundle_digest, "a test revokes it") == 1
+    hub.sync_now()
+    assert hub.engine.adapters["pneumonia-cxr"].digest == first.bundle_digest  # back to v1
+    assert hub.engine.policy_in_service("pneumonia-cxr") is None
+    (response,) = _diagnose(hub, (Mode.GSCO,))
+    assert response.generalist is not None
+    assert response.generalist.policy_weight is None

@@ -199,9 +199,12 @@ def test_a_fitted_policy_weighs_the_generalist_against_the_ensemble(
 
     from protocol import ArbitrationPolicy, ModePolicy
 
-    def mode_policy(weight: float) -> ModePolicy:
+    def mode_policy(weight: float, bias: tuple[float, float] | None = None) -> ModePolicy:
         return ModePolicy(
-            generalist_weight=weight, validation_accuracy={"policy": 0.9}, weights_tried={}
+            generalist_weight=weight,
+            validation_accuracy={"policy": 0.9},
+            weights_tried={},
+            label_bias=bias,
         )
 
     policy = ArbitrationPolicy(
@@ -209,7 +212,7 @@ def test_a_fitted_policy_weighs_the_generalist_against_the_ensemble(
         labels=("normal", "pneumonia"),
         model=MODEL_NAME,
         n_examples=100,
-        modes={Mode.GSCO: mode_policy(0.0), Mode.MOED: mode_policy(4.0)},
+        modes={Mode.GSCO: mode_policy(0.0), Mode.MOED: mode_policy(4.0, (1.5, -1.5))},
         recommended_mode=Mode.MOED,
     )
     path = tmp_path / "policies.json"
@@ -226,6 +229,7 @@ def test_a_fitted_policy_weighs_the_generalist_against_the_ensemble(
         with HubClient(hub.url, timeout_s=300) as client:
             (task,) = client.tasks()["tasks"]
             assert ArbitrationPolicy.parse(task["arbitration_policy"]) == policy
+            moeds = []
             for image in world["pngs"][:4]:
                 ensemble = client.diagnose(image, "pneumonia-cxr", mode=Mode.ENSEMBLE)
                 gsco = client.diagnose(image, "pneumonia-cxr", mode=Mode.GSCO)
@@ -237,7 +241,23 @@ def test_a_fitted_policy_weighs_the_generalist_against_the_ensemble(
                 assert moed.generalist is not None
                 assert moed.generalist.policy_weight == 4.0
                 assert moed.generalist.overturned_ensemble == (moed.label != ensemble.label)
+                assert gsco.generalist.calibration == "contextual"  # no bias fitted for gsco
+                assert moed.generalist.calibration == "contextual+bias"
+                moeds.append(moed)
             (task,) = client.tasks()["tasks"]
             assert {c["mode"] for c in task["calibrations"]} >= {"gsco", "moed"}
+            # The bias is applied on top of the contextual calibration, in label order.
+            (measured,) = [c for c in task["calibrations"] if c["mode"] == "moed"]
+            for moed in moeds:
+                assert moed.generalist is not None
+                assert moed.generalist.raw_scores is not None
+                raw, cf = moed.generalist.raw_scores, measured["content_free"]
+                logs = np.log(
+                    [max(raw[k], 1e-6) / max(cf[k], 1e-6) for k in ("normal", "pneumonia")]
+                ) + np.array([1.5, -1.5])
+                expected = np.exp(logs - logs.max()) / np.exp(logs - logs.max()).sum()
+                assert moed.generalist.calibrated_scores is not None
+                got = [moed.generalist.calibrated_scores[k] for k in ("normal", "pneumonia")]
+                assert got == pytest.approx(expected.tolist(), abs=1e-6)
     finally:
         hub.stop()

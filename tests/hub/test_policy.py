@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hub import HubConfigError, fit_mode, fit_policy, fuse, load_policies
-from protocol import ArbitrationPolicy, Mode, TaskSpec
+from hub import (
+    HubConfigError,
+    fit_label_bias,
+    fit_mode,
+    fit_policy,
+    fuse,
+    load_policies,
+    with_bias,
+)
+from protocol import ArbitrationPolicy, GscoError, Mode, TaskSpec
 
 TASK = TaskSpec(
     task_id="pneumonia-cxr", modality="chest X-ray", labels=("normal", "pneumonia"),
@@ -78,3 +86,63 @@ def test_a_policy_round_trips_and_refuses_what_it_should(tmp_path: Path) -> None
     with pytest.raises(HubConfigError):
         load_policies(path)
     assert ArbitrationPolicy.parse(policy.model_dump_json()) == policy
+
+
+def _biased(generalist: np.ndarray, bias: tuple[float, ...]) -> np.ndarray:
+    logs = np.log(generalist) + np.asarray(bias)
+    p = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_the_label_bias_undoes_a_label_preference() -> None:
+    _, generalist, truth = _evidence(600, 6, generalist_accuracy=0.85)
+    leaning = _biased(generalist, (1.5, -1.5))  # a model that prefers the first label
+    bias = fit_label_bias(leaning, truth)
+    assert bias is not None
+    assert bias[0] < -0.8
+    assert bias[1] > 0.8
+    assert sum(bias) == pytest.approx(0.0, abs=1e-6)
+    before = (leaning.argmax(1) == truth).mean()
+    after = (with_bias(leaning, bias).argmax(1) == truth).mean()
+    assert after > before + 0.1
+
+
+def test_the_label_bias_does_not_learn_the_validation_prevalence() -> None:
+    # An unbiased generalist on a validation split that is 85% one label: balanced, no bias.
+    _, generalist, truth = _evidence(3000, 7, generalist_accuracy=0.85)
+    keep = np.flatnonzero(truth == 1)[:2000].tolist() + np.flatnonzero(truth == 0)[:350].tolist()
+    bias = fit_label_bias(generalist[keep], truth[keep])
+    assert bias is not None
+    assert max(abs(b) for b in bias) < 0.25
+    # One label only: nothing to balance, no bias.
+    assert fit_label_bias(generalist[truth == 1], truth[truth == 1]) is None
+
+
+def test_a_biased_generalist_is_trusted_once_its_bias_is_fitted() -> None:
+    ensemble, generalist, truth = _evidence(400, 8, generalist_accuracy=0.9)
+    leaning = _biased(generalist, (2.5, -2.5))
+    plain = fit_mode(ensemble, leaning, truth, label_bias=False)
+    fitted = fit_mode(ensemble, leaning, truth)
+    assert plain.label_bias is None
+    assert fitted.label_bias is not None
+    accuracy = fitted.validation_accuracy
+    assert accuracy["generalist (calibrated+bias)"] > accuracy["generalist (calibrated)"]
+    assert fitted.validation_accuracy["policy"] > plain.validation_accuracy["policy"]
+    # On cases the fit never saw, the fitted bias and weight beat the ensemble.
+    e2, g2, t2 = _evidence(2000, 9, generalist_accuracy=0.9)
+    g2 = with_bias(_biased(g2, (2.5, -2.5)), fitted.label_bias)
+    fused = np.array([fuse(e, g, fitted.generalist_weight) for e, g in zip(e2, g2, strict=True)])
+    assert (fused.argmax(1) == t2).mean() > (e2.argmax(1) == t2).mean()
+
+
+def test_a_policy_refuses_a_bias_of_the_wrong_length() -> None:
+    ensemble, generalist, truth = _evidence(200, 10, 0.9)
+    policy = fit_policy(TASK, ensemble, {Mode.GSCO: generalist}, truth, model="smollm2")
+    document = policy.model_dump(mode="json")
+    assert len(document["modes"]["gsco"]["label_bias"]) == 2
+    document["modes"]["gsco"]["label_bias"] = [0.1, 0.2, -0.3]
+    with pytest.raises(GscoError, match="3 label biases for 2 labels"):
+        ArbitrationPolicy.parse(document)
+    document["modes"]["gsco"]["label_bias"] = [float("nan"), 0.0]
+    with pytest.raises(GscoError):
+        ArbitrationPolicy.parse(document)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol import ArbitrationPolicy, Mode, ModePolicy
 from registry import AdapterLimits, RejectCode, RejectedError, verify_adapter
 from signing import KeyRing
 from tests.adapters import adapter_bundle, edit_json, reranked_bundle, resign
@@ -177,3 +178,63 @@ def test_malformed_safetensors_are_refused_from_the_header(
         _rewrite_weights(bundle, header, body)
     resign(bundle, site_a)
     assert _refused(bundle, ring_a) is RejectCode.INVALID_ADAPTER
+
+
+def _policy(modes: tuple[str, ...] = ("gsco",)) -> ArbitrationPolicy:
+    fitted = ModePolicy(
+        generalist_weight=1.0,
+        validation_accuracy={"policy": 0.9},
+        weights_tried={"0": 0.8, "1": 0.9},
+        label_bias=(0.5, -0.5),
+    )
+    return ArbitrationPolicy(
+        task_id="pneumonia-cxr",
+        labels=("normal", "pneumonia"),
+        model="pneumonia-cxr-lora-0123456789ab",
+        n_examples=40,
+        modes={Mode(m): fitted for m in modes},
+    )
+
+
+def test_the_policy_version_of_an_adapter_passes_and_its_policy_is_signed(
+    signed: Path, ring_a: KeyRing, site_a: SiteKeys, tmp_path: Path
+) -> None:
+    from site_agent.adapter import write_policy_version
+
+    card, _ = write_policy_version(signed, tmp_path / "v2", _policy(), site_a.private)
+    assert card.version == 2
+    assert card.policy is not None
+    assert all(m.model is None for m in card.policy.modes.values())  # bound to this adapter
+    accepted = verify_adapter(_files(tmp_path / "v2"), ring_a)
+    assert accepted.card == card
+    # The same weights as the first version, under another digest.
+    first = verify_adapter(_files(signed), ring_a)
+    assert accepted.digest != first.digest
+    assert (tmp_path / "v2" / "adapter_model.safetensors").read_bytes() == (
+        signed / "adapter_model.safetensors"
+    ).read_bytes()
+    # A policy edited after signing is refused.
+    document = json.loads((tmp_path / "v2" / "adapter_card.json").read_text())
+    document["policy"]["modes"]["gsco"]["generalist_weight"] = 100.0
+    (tmp_path / "v2" / "adapter_card.json").write_text(json.dumps(document))
+    assert _refused(tmp_path / "v2", ring_a) is RejectCode.FILE_CHANGED
+
+
+def test_a_policy_that_does_not_fit_the_adapter_is_refused(
+    signed: Path, bundle: Path, ring_a: KeyRing, site_a: SiteKeys, tmp_path: Path, site_b: SiteKeys
+) -> None:
+    from site_agent.adapter import write_policy_version
+    from site_agent.errors import AdapterTrainingError
+
+    with pytest.raises(AdapterTrainingError, match="did not learn"):
+        write_policy_version(signed, tmp_path / "rad", _policy(("gsco", "rad")), site_a.private)
+    with pytest.raises(AdapterTrainingError, match="cannot add the policy"):
+        write_policy_version(signed, tmp_path / "foreign", _policy(), site_b.private)
+    # A card whose policy is for another label set, signed: the schema refuses it.
+    document = json.loads((bundle / "adapter_card.json").read_text())
+    policy = json.loads(_policy().model_dump_json())
+    policy["labels"] = ["pneumonia", "normal"]
+    document["policy"] = policy
+    (bundle / "adapter_card.json").write_text(json.dumps(document))
+    resign(bundle, site_a)
+    assert _refused(bundle, ring_a) is RejectCode.INVALID_CARD
