@@ -18,7 +18,13 @@ from generalist._calibration import (
     LabelCalibration,
     content_free,
 )
-from generalist._meddr import meddr_backend_config, meddr_serve_command
+from generalist._meddr import (
+    MEDDR_TEMPLATE_FILE,
+    VLLM_MIN_VERSION,
+    meddr_backend_config,
+    meddr_serve_command,
+    write_meddr_recipe,
+)
 from generalist._parse import ParsedAnswer, parse_answer
 from generalist._prompts import (
     PROMPT_TEMPLATE_VERSION,
@@ -39,10 +45,12 @@ from generalist.errors import (
 
 __all__ = [
     "MAX_LORA_RANK",
+    "MEDDR_TEMPLATE_FILE",
     "MODEL_NAME",
     "PROMPTS",
     "PROMPT_TEMPLATE_VERSION",
     "SYSTEM",
+    "VLLM_MIN_VERSION",
     "AdapterLoadError",
     "ArbitrationRequest",
     "ArbitrationResult",
@@ -68,4 +76,5 @@ __all__ = [
     "meddr_serve_command",
     "parse_answer",
     "render_prompt",
+    "write_meddr_recipe",
 ]

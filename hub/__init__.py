@@ -13,7 +13,7 @@ from hub._adapters import ServedAdapter
 from hub._app import create_app
 from hub._auth import ApiKeys, ClientKey, KeyFile, create_client_key, remove_client_key
 from hub._catalog import Catalog
-from hub._client import HubClient, HubRequestError, HubUnavailableError
+from hub._client import HubClient
 from hub._engine import (
     GENERALIST_MODES,
     Diagnosis,
@@ -50,6 +50,8 @@ from hub.errors import (
     BadRequestError,
     HubConfigError,
     HubError,
+    HubRequestError,
+    HubUnavailableError,
     OverloadedError,
     PayloadTooLargeError,
     RequestTimeoutError,

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 
-from hub.errors import HubError
+from hub.errors import HubRequestError, HubUnavailableError
 from protocol import DiagnoseResponse, GscoError, MediaType, Mode
 
-__all__ = ["HubClient", "HubRequestError", "HubUnavailableError"]
+__all__ = ["HubClient"]
 
 _SUFFIX_TYPES = {
     ".png": MediaType.PNG,
@@ -20,28 +20,6 @@ _SUFFIX_TYPES = {
     ".dcm": MediaType.DICOM,
     ".npy": MediaType.NPY,
 }
-
-
-class HubRequestError(HubError):
-    """The hub refused a request.
-
-    Attributes:
-        status: the HTTP status.
-        error_type: the hub's error type name (``UnknownTaskError``, ...).
-        retry_after_s: the ``Retry-After`` the hub sent with a 503, if any.
-    """
-
-    def __init__(
-        self, status: int, error_type: str, message: str, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(f"the hub answered {status} {error_type}: {message}")
-        self.status = status
-        self.error_type = error_type
-        self.retry_after_s = retry_after_s
-
-
-class HubUnavailableError(HubError):
-    """The hub cannot be reached."""
 
 
 class HubClient:

@@ -13,7 +13,9 @@
     ├── AdapterRefusedError     an adapter bundle fails verification or does not fit the generalist
     ├── SpecialistRuntimeError  a loaded specialist failed on an input
     ├── OverloadedError         the request queue is full (HTTP 503 with Retry-After)
-    └── AccessLogError          the access log is unreadable or its hash chain is broken
+    ├── AccessLogError          the access log is unreadable or its hash chain is broken
+    ├── HubRequestError         (client side) the hub refused a request: its status and reason
+    └── HubUnavailableError     (client side) the hub cannot be reached
 
 Every class knows its HTTP status once (``http_status``); the API's handlers
 are registered once, at the seam (``hub._app``), and an error that is not a
@@ -36,6 +38,8 @@ __all__ = [
     "BadRequestError",
     "HubConfigError",
     "HubError",
+    "HubRequestError",
+    "HubUnavailableError",
     "OverloadedError",
     "PayloadTooLargeError",
     "RequestTimeoutError",
@@ -124,3 +128,25 @@ class OverloadedError(HubError):
 
 class AccessLogError(HubError):
     """The access log is unreadable or its hash chain is broken."""
+
+
+class HubRequestError(HubError):
+    """The hub refused a request.
+
+    Attributes:
+        status: the HTTP status.
+        error_type: the hub's error type name (``UnknownTaskError``, ...).
+        retry_after_s: the ``Retry-After`` the hub sent with a 503, if any.
+    """
+
+    def __init__(
+        self, status: int, error_type: str, message: str, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(f"the hub answered {status} {error_type}: {message}")
+        self.status = status
+        self.error_type = error_type
+        self.retry_after_s = retry_after_s
+
+
+class HubUnavailableError(HubError):
+    """The hub cannot be reached."""

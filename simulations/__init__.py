@@ -30,7 +30,7 @@ from simulations._site_job import (
     run_site_job,
     usable_state,
 )
-from simulations.errors import ScenarioError, SimulationError, SimulationFailed
+from simulations.errors import ScenarioError, SimulationError, SimulationFailedError
 
 __all__ = [
     "APP_DIR",
@@ -47,7 +47,7 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "SimulationError",
-    "SimulationFailed",
+    "SimulationFailedError",
     "SimulationResult",
     "SiteDroppedOut",
     "SiteJob",

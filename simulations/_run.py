@@ -35,7 +35,7 @@ from simulations._partition import PartitionSpec, partition
 from simulations._runtime import FlowerRuntime, free_port
 from simulations._site_job import FAULTS, SiteJob, SiteOutcome
 from simulations._tune_job import TuneJob
-from simulations.errors import ScenarioError, SimulationFailed
+from simulations.errors import ScenarioError, SimulationFailedError
 
 __all__ = ["Progress", "Scenario", "SimulationResult", "run_scenario"]
 
@@ -224,7 +224,7 @@ def _hub(address: str, root: Path, state: Path, generalist: Any) -> Iterator[tup
         deadline = time.monotonic() + 300
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise SimulationFailed("the hub did not start")
+                raise SimulationFailedError("the hub did not start")
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", hub
     finally:
@@ -248,7 +248,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
 
     Raises:
         ScenarioError: the scenario cannot run.
-        SimulationFailed: a component did not start or the Flower run failed.
+        SimulationFailedError: a component did not start or the Flower run failed.
     """
     scenario.check()
     timings: dict[str, float] = {}
@@ -349,7 +349,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         )
         runtime.close()
         if not (work / "outcomes.json").is_file():
-            raise SimulationFailed(
+            raise SimulationFailedError(
                 f"the Flower run ended without the sites' outcomes; see {out / 'flower.log'}"
             )
         reported = json.loads((work / "outcomes.json").read_text())
@@ -362,7 +362,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         lap("flower")
         published = [o for o in outcomes if o.status == "published"]
         if not published:
-            raise SimulationFailed(
+            raise SimulationFailedError(
                 "no site published a specialist: "
                 + "; ".join(f"{o.site_id} {o.status} {o.detail}" for o in outcomes)
             )

@@ -22,7 +22,7 @@ from types import TracebackType
 
 import httpx
 
-from simulations.errors import SimulationFailed
+from simulations.errors import SimulationFailedError
 
 __all__ = ["APP_DIR", "FlowerRuntime", "run_config_toml"]
 
@@ -115,7 +115,7 @@ class FlowerRuntime:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise SimulationFailed(
+                raise SimulationFailedError(
                     f"Flower's SuperLink exited with {self._process.returncode}; "
                     f"see {self.log_path}"
                 )
@@ -126,7 +126,7 @@ class FlowerRuntime:
                 pass
             time.sleep(0.2)
         self.close()
-        raise SimulationFailed(f"Flower's SuperLink did not start; see {self.log_path}")
+        raise SimulationFailedError(f"Flower's SuperLink did not start; see {self.log_path}")
 
     def run(
         self,
@@ -138,7 +138,7 @@ class FlowerRuntime:
         """``flwr run`` of ``app_dir`` with ``num_supernodes`` simulated SuperNodes, streamed.
 
         Raises:
-            SimulationFailed: the run did not complete.
+            SimulationFailedError: the run did not complete.
         """
         config_file = self.home / f"run-config-{time.time_ns()}.toml"
         config_file.write_text(run_config_toml(run_config), encoding="utf-8")
@@ -166,7 +166,7 @@ class FlowerRuntime:
             on_line(line.rstrip("\n"))
             tail = [*tail[-29:], line.rstrip("\n")]
         if process.wait() != 0:
-            raise SimulationFailed(
+            raise SimulationFailedError(
                 f"flwr run exited with {process.returncode}:\n" + "\n".join(tail)
             )
 

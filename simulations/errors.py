@@ -4,14 +4,14 @@
 
     SimulationError
     ├── ScenarioError      a scenario that cannot run (bad partition, too few images, bad options)
-    └── SimulationFailed   the simulation ran but could not produce its report
+    └── SimulationFailedError   the simulation ran but could not produce its report
 """
 
 from __future__ import annotations
 
 from protocol.errors import GscoError
 
-__all__ = ["ScenarioError", "SimulationError", "SimulationFailed"]
+__all__ = ["ScenarioError", "SimulationError", "SimulationFailedError"]
 
 
 class SimulationError(GscoError):
@@ -22,5 +22,5 @@ class ScenarioError(SimulationError):
     """A scenario that cannot run as asked."""
 
 
-class SimulationFailed(SimulationError):  # noqa: N818 - reads as a state, like TimeoutExpired
+class SimulationFailedError(SimulationError):
     """The simulation ran but could not produce its report."""

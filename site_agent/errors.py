@@ -7,9 +7,8 @@
     ├── DataError              local data cannot be used
     │   ├── DataNotFoundError      no such file, and it cannot be downloaded here
     │   ├── DataFormatError        wrong npz keys, shapes, labels; unreadable manifest
-    │   ├── EmptyClassError        a class of the task has no training images
-    │   └── ImageDecodeError       a corrupt or unsupported image (PNG, JPEG, DICOM)
-    ├── UnknownTaskError       no such task in the catalog or task file
+    │   └── EmptyClassError        a class of the task has no training images
+    ├── TaskNotFoundError      no such task in the catalog or task file
     ├── UnknownBackboneError   no such backbone in the zoo
     ├── TrainingError          training could not run (no usable data, diverged)
     ├── ExportError            ONNX export failed its checks
@@ -19,11 +18,14 @@
     ├── AdapterTrainingError   the generalist's adapter cannot be trained (recipe, data, weights)
     ├── BundleExistsError      the output folder exists and is not empty
     └── LedgerError            the egress ledger is unreadable or its hash chain is broken
+
+A corrupt or unsupported image file is :class:`protocol.ImageDecodeError`
+(re-exported here): the site decodes images with the hub's own decoder.
 """
 
 from __future__ import annotations
 
-from protocol.errors import GscoError
+from protocol.errors import GscoError, ImageDecodeError
 
 __all__ = [
     "AdapterTrainingError",
@@ -40,9 +42,9 @@ __all__ = [
     "PrivacyIndexError",
     "SiteError",
     "SiteHomeError",
+    "TaskNotFoundError",
     "TrainingError",
     "UnknownBackboneError",
-    "UnknownTaskError",
 ]
 
 
@@ -70,11 +72,7 @@ class EmptyClassError(DataError):
     """A class of the task has no training images."""
 
 
-class ImageDecodeError(DataError):
-    """An image file is corrupt or in an unsupported encoding."""
-
-
-class UnknownTaskError(SiteError):
+class TaskNotFoundError(SiteError):
     """The task id is neither in the catalog nor in the given task file."""
 
 

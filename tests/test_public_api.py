@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import types
+from pathlib import Path
 
 import pytest
 
@@ -43,16 +44,19 @@ def test_all_matches_public_names(name: str) -> None:
     assert public <= exported, f"{name} exposes names missing from __all__: {public - exported}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "protocol.errors",
-        "signing.errors",
-        "site_agent.errors",
-        "registry.errors",
-        "generalist.errors",
-    ],
+#: Every package's errors module, found on disk: a new package cannot be left out.
+ERROR_MODULES = sorted(
+    f"{path.parent.name}.errors"
+    for path in Path(__file__).resolve().parents[1].glob("*/errors.py")
+    if (path.parent / "__init__.py").is_file()
 )
+
+
+def test_every_package_with_errors_is_covered() -> None:
+    assert {"hub.errors", "simulations.errors", "site_agent.errors"} <= set(ERROR_MODULES)
+
+
+@pytest.mark.parametrize("name", ERROR_MODULES)
 def test_error_trees_hang_from_gsco_error(name: str) -> None:
     from protocol.errors import GscoError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -49,3 +50,17 @@ def status() -> None:
         typer.echo("not running", err=True)
         raise typer.Exit(1)
     typer.echo(state.url)
+
+
+@app.command("meddr-recipe")
+def meddr_recipe(
+    model: Annotated[str, typer.Option(help="MedDr's weights on the GPU machine (a path).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the recipe into.")],
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs for tensor parallelism.")] = 2,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The server's port.")] = 8000,
+) -> None:
+    """Write what a GPU machine needs to serve MedDr for the hub (template, command, settings)."""
+    from generalist import write_meddr_recipe
+
+    for path in write_meddr_recipe(out, model, gpus, port):
+        typer.echo(path)

@@ -49,7 +49,7 @@ def evidence_examples(
     ``images`` are encoded images (PNG), ``labels`` their true labels.
 
     Raises:
-        UnknownTaskError: the catalog serves no specialist for ``task_id``.
+        hub.UnknownTaskError: the catalog serves no specialist for ``task_id``.
         ValueError: ``images`` and ``labels`` differ in length, or no mode is given.
     """
     from generalist import SYSTEM, render_prompt

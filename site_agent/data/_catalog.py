@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from protocol import GscoError, TaskSpec, TaskType
-from site_agent.errors import DataFormatError, UnknownTaskError
+from site_agent.errors import DataFormatError, TaskNotFoundError
 
 __all__ = ["CatalogEntry", "TaskCatalog", "default_catalog", "load_task_file"]
 
@@ -40,13 +40,13 @@ class TaskCatalog:
         """The entry for ``task_id``.
 
         Raises:
-            UnknownTaskError: no such task (the message lists the known ones).
+            TaskNotFoundError: no such task (the message lists the known ones).
         """
         try:
             return self._entries[task_id]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
-            raise UnknownTaskError(
+            raise TaskNotFoundError(
                 f"unknown task {task_id!r}; known tasks: {known} (or pass --task-file)"
             ) from None
 
@@ -55,7 +55,7 @@ class TaskCatalog:
         for entry in self._entries.values():
             if entry.medmnist == dataset:
                 return entry
-        raise UnknownTaskError(f"no task in the catalog uses MedMNIST dataset {dataset!r}")
+        raise TaskNotFoundError(f"no task in the catalog uses MedMNIST dataset {dataset!r}")
 
     def __iter__(self) -> Iterator[CatalogEntry]:
         return iter(self._entries.values())

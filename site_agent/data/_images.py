@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol import DICOM_PIXEL_TAGS, decode_image_bytes, is_dicom_bytes
-from protocol import ImageDecodeError as _ProtocolDecodeError
-from site_agent.errors import ImageDecodeError
+from protocol import DICOM_PIXEL_TAGS, ImageDecodeError, decode_image_bytes, is_dicom_bytes
 
 __all__ = ["DICOM_PIXEL_TAGS", "decode_image", "is_dicom"]
 
@@ -45,5 +43,5 @@ def decode_image(path: Path, channels: int) -> NDArray[np.uint8]:
         raise ImageDecodeError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     try:
         return decode_image_bytes(data, channels)
-    except _ProtocolDecodeError as exc:
+    except ImageDecodeError as exc:
         raise ImageDecodeError(f"{path}: {exc}") from exc

@@ -12,7 +12,6 @@ from site_agent.train._loop import (
     TrainConfig,
     TrainedSpecialist,
     TrainingObserver,
-    load_checkpoint,
     train_specialist,
 )
 from site_agent.train._metrics import (
@@ -49,7 +48,6 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "freeze_batchnorm",
-    "load_checkpoint",
     "prepare_for_dp",
     "replace_batchnorm",
     "softmax",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
 from protocol import DifferentialPrivacy, Preprocessing, ResizePolicy, preprocess
 from site_agent.data import LocalDataset
@@ -363,8 +363,3 @@ def _batches(
         return dp.batches()
     order = torch.randperm(n, generator=generator)
     return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
-
-
-def load_checkpoint(net: SpecialistNet, path: Path) -> None:
-    """Loads a safetensors checkpoint written by :func:`train_specialist` (no pickle)."""
-    load_model(net, str(path))

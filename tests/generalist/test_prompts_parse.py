@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +183,44 @@ def test_text_only_backend_does_not_send_the_image() -> None:
     payload, prompt = backend.build_payload(ArbitrationRequest(PNEUMONIA, image_png=b"\x89PNG"))
     assert [part["type"] for part in payload["messages"][1]["content"]] == ["text"]
     assert "not available to you" in prompt
+
+
+def test_the_meddr_recipe_writes_the_template_its_command_names(tmp_path: Path) -> None:
+    import json
+    import shlex
+
+    from jinja2 import Environment
+
+    from generalist import MEDDR_TEMPLATE_FILE, write_meddr_recipe
+
+    template, script, settings = write_meddr_recipe(tmp_path / "meddr", "/models/MedDr", gpus=2)
+    assert template.name == MEDDR_TEMPLATE_FILE
+    lines = script.read_text().splitlines()
+    assert "export VLLM_ALLOW_RUNTIME_LORA_UPDATING=1" in lines
+    command = shlex.split(lines[-1].removeprefix("exec "))
+    assert command[command.index("--chat-template") + 1] == str(template.resolve())
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    # The template renders a ChatML conversation with the image placeholder.
+    rendered = (
+        Environment(autoescape=False)
+        .from_string(template.read_text())
+        .render(
+            messages=[
+                {"role": "system", "content": "You are a radiologist."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:"}},
+                        {"type": "text", "text": "Which label?"},
+                    ],
+                },
+            ],
+            add_generation_prompt=True,
+        )
+    )
+    assert rendered.startswith("<|im_start|>system\nYou are a radiologist.<|im_end|>\n")
+    assert "<|im_start|>user\n<image>\nWhich label?<|im_end|>\n" in rendered
+    assert rendered.endswith("<|im_start|>assistant\n")
+    assert json.loads(settings.read_text())["model"] == "meddr"
+    with pytest.raises(ValueError, match="at least one GPU"):
+        write_meddr_recipe(tmp_path / "none", "/models/MedDr", gpus=0)

@@ -27,7 +27,7 @@ from site_agent.errors import (
     DataNotFoundError,
     EmptyClassError,
     ImageDecodeError,
-    UnknownTaskError,
+    TaskNotFoundError,
 )
 from tests.site_agent.conftest import write_npz, write_png
 
@@ -225,7 +225,7 @@ def test_corrupt_dicom_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_catalog_and_task_files(tmp_path: Path) -> None:
-    with pytest.raises(UnknownTaskError, match="known tasks: blood-cell, breast-us"):
+    with pytest.raises(TaskNotFoundError, match="known tasks: blood-cell, breast-us"):
         default_catalog().get("covid-ct")
     (tmp_path / "t.yaml").write_text(
         "task_id: knee-xr\nmodality: knee X-ray\nlabels: [healthy, osteoarthritis]\n"
