@@ -23,9 +23,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,9 @@ import numpy as np
 from protocol import encode_png
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the servers are started as the tests start them
+from tests.servers import start_hub, start_registry  # noqa: E402
+
 GSCO = shutil.which("gsco") or str(Path(sys.executable).parent / "gsco")
 COUNTS = (1, 3, 10)
 CONCURRENCY = (1, 4, 16)
@@ -54,53 +55,6 @@ def _gsco(*args: str, home: Path | None = None) -> str:
     if result.returncode != 0:
         raise SystemExit(f"gsco {' '.join(args)} failed:\n{result.stderr[-2000:]}")
     return result.stdout
-
-
-def _start(
-    command: list[str], pattern: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stderr is not None
-    for line in process.stderr:
-        found = re.search(pattern, line)
-        if found:
-            return process, found.group(1)
-    raise SystemExit(f"{command[1:3]} did not start (exit {process.wait()})")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-ADMIN_TOKEN = "bench-admin-token"
-
-
-def _start_registry(root: Path) -> tuple[subprocess.Popen[str], str]:
-    """A real ``gsco registry serve`` on loopback storing under ``root``; (process, address)."""
-    return _start(
-        [GSCO, "registry", "serve", "--root", str(root), "--port", "0"],
-        r"on (127\.0\.0\.1:\d+)",
-        env=dict(os.environ, GSCO_REGISTRY_ADMIN_TOKEN=ADMIN_TOKEN),
-    )
-
-
-def _start_hub(
-    address: str, registry_root: Path, state_dir: Path, *extra: str
-) -> tuple[subprocess.Popen[str], str]:
-    """A real anonymous ``gsco hub serve`` without a generalist; (process, base URL)."""
-    return _start(
-        [
-            GSCO, "hub", "serve", "--registry", address,
-            "--trusted-root", str(registry_root / "tuf/metadata/1.root.json"),
-            "--state-dir", str(state_dir), "--port", "0",
-            "--allow-anonymous", "--no-generalist", *extra,
-        ],
-        r"serving on (http://127\.0\.0\.1:\d+)",
-    )  # fmt: skip
 
 
 def _wait_for_specialists(url: str, count: int) -> None:
@@ -205,12 +159,10 @@ def main() -> int:
             "--max-train-images", "300", "--max-eval-images", "100",
             "--out", str(trained), "--no-sign", home=work / "site-00",
         )  # fmt: skip
-        registry, address = _start_registry(work / "registry")
-        from registry import RegistryClient
-
+        registry = start_registry(work / "registry")
+        address = registry.address
         try:
-            client = RegistryClient(address, admin_token=ADMIN_TOKEN)
-            client.wait_ready()
+            client = registry.client()
             published = 0
             images = _images(data, 32)
             for count in COUNTS:
@@ -229,9 +181,15 @@ def main() -> int:
                     _gsco("site", "publish", str(bundle), "--registry", address, home=home)
                     published += 1
                 print(f"{count} specialists: measuring ...", file=sys.stderr)
-                hub, url = _start_hub(
-                    address, work / "registry", work / f"hub-{count}", "--max-queue", "64"
+                hub = start_hub(
+                    registry,
+                    work / f"hub-{count}",
+                    "--allow-anonymous",
+                    "--no-generalist",
+                    "--max-queue",
+                    "64",
                 )
+                url = hub.url
                 try:
                     _wait_for_specialists(url, count)
                     entry: dict[str, object] = {"specialists": count}
@@ -242,10 +200,10 @@ def main() -> int:
                     results[str(count)] = entry
                     print(json.dumps(entry), file=sys.stderr)
                 finally:
-                    _stop(hub)
+                    hub.stop()
             client.close()
         finally:
-            _stop(registry)
+            registry.stop()
     import onnxruntime
 
     report = {

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from generalist.errors import ServeError
+from protocol import free_loopback_port
 
 __all__ = [
     "MAX_LORA_RANK",
@@ -172,12 +172,6 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class EmbeddedServer:
     """Prepares, starts and stops the embedded CPU generalist."""
 
@@ -280,7 +274,7 @@ class EmbeddedServer:
             )
             self.stop()
         self.prepare()
-        port = port or _free_port()
+        port = port or free_loopback_port()
         log_path = self.state_dir / "server.log"
         dtype = cpu_dtype()
         env = dict(

@@ -63,6 +63,7 @@ from protocol._images import (
     is_dicom_bytes,
     sniff_media_type,
 )
+from protocol._net import free_loopback_port
 from protocol._preprocess import preprocess
 from protocol._registry import (
     ADAPTER_BACKBONE,
@@ -145,6 +146,7 @@ __all__ = [
     "check_onnx",
     "decode_image_bytes",
     "encode_png",
+    "free_loopback_port",
     "is_dicom_bytes",
     "line_hash",
     "load_index",

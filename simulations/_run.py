@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protocol import GscoError, Mode
+from protocol import GscoError, Mode, free_loopback_port
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
 from simulations._partition import PartitionSpec, partition
-from simulations._runtime import FlowerRuntime, free_port
+from simulations._runtime import FlowerRuntime
 from simulations._site_job import FAULTS, SiteJob, SiteOutcome
 from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError, SimulationFailedError
@@ -214,7 +214,7 @@ def _hub(address: str, root: Path, state: Path, generalist: Any) -> Iterator[tup
             generalist_timeout_s=120.0,
         )
     )
-    port = free_port()
+    port = free_loopback_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from types import TracebackType
 
 import httpx
 
+from protocol import free_loopback_port
 from simulations.errors import SimulationFailedError
 
 __all__ = ["APP_DIR", "FlowerRuntime", "run_config_toml"]
@@ -29,13 +29,6 @@ __all__ = ["APP_DIR", "FlowerRuntime", "run_config_toml"]
 #: The Flower app folder shipped with this package.
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 _CONNECTION = "gsco"
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _bin(name: str) -> str:
@@ -88,7 +81,7 @@ class FlowerRuntime:
 
     def __enter__(self) -> FlowerRuntime:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_loopback_port()
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n'
             f'[superlink.{_CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -18,15 +17,10 @@ from generalist import (
     OpenAICompatibleBackend,
     OpenAIConfig,
 )
+from protocol import free_loopback_port
 from site_agent.data import default_catalog
 
 REQUEST = ArbitrationRequest(default_catalog().get("pneumonia-cxr").task)
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _arbitrate(config: OpenAIConfig, transport: httpx.AsyncBaseTransport | None = None) -> object:
@@ -41,7 +35,9 @@ def _arbitrate(config: OpenAIConfig, transport: httpx.AsyncBaseTransport | None 
 
 
 def test_server_down_is_unavailable() -> None:
-    config = OpenAIConfig(f"http://127.0.0.1:{_closed_port()}/v1", "m", timeout_s=5, retries=2)
+    config = OpenAIConfig(
+        f"http://127.0.0.1:{free_loopback_port()}/v1", "m", timeout_s=5, retries=2
+    )
     started = time.monotonic()
     with pytest.raises(GeneralistUnavailableError, match="unreachable"):
         _arbitrate(config)

@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from hub import create_client_key, verify_access_log
-from protocol import DiagnoseResponse
+from protocol import DiagnoseResponse, free_loopback_port
 from tests.conftest import SiteKeys
 from tests.hub.conftest import png, post_image, publish
 from tests.servers import GSCO, RunningHub, start_hub, start_registry
@@ -39,12 +39,6 @@ DP_BUDGET = {
     "max_grad_norm": 1.0,
     "noise_multiplier": 0.81,
 }
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def world(
         "--api-keys",
         str(keys),
         "--generalist-url",
-        f"http://127.0.0.1:{_closed_port()}/v1",
+        f"http://127.0.0.1:{free_loopback_port()}/v1",
         "--max-body-mb",
         "0.25",
         "--max-image-megapixels",
