@@ -24,6 +24,7 @@ from protocol import (
     IndexMode,
     SpecialistCard,
     SpecialistProvenance,
+    calibrated_softmax,
     check_index,
     check_onnx,
     load_index,
@@ -138,10 +139,7 @@ class LoadedSpecialist:
             raise SpecialistRuntimeError(
                 f"specialist {self.bundle_digest[:12]} ({self.card.site_id}) failed: {exc}"
             ) from exc
-        scaled = np.asarray(logits, dtype=np.float64) / self.card.calibration_temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        probs = np.exp(scaled)
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = calibrated_softmax(logits, self.card.calibration_temperature)
         return probs, np.asarray(embeddings, dtype=np.float32)
 
     def search(self, embeddings: NDArray[np.float32], k: int) -> list[list[Neighbour]]:

@@ -25,6 +25,7 @@ from protocol._base import (
     StrictModel,
     Version,
 )
+from protocol._calibrated import calibrated_softmax
 from protocol._canonical import canonical_digest, canonical_json
 from protocol._card import (
     DataSummary,
@@ -140,6 +141,7 @@ __all__ = [
     "UnreadableBundle",
     "Version",
     "bounded_dicom",
+    "calibrated_softmax",
     "canonical_digest",
     "canonical_json",
     "check_index",

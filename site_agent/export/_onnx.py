@@ -11,9 +11,15 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from protocol import ArtifactError, OnnxSummary, Preprocessing, check_onnx, preprocess
+from protocol import (
+    ArtifactError,
+    OnnxSummary,
+    Preprocessing,
+    calibrated_softmax,
+    check_onnx,
+    preprocess,
+)
 from site_agent.errors import ExportError, ParityError
-from site_agent.train._metrics import softmax
 from site_agent.train._zoo import SpecialistNet
 
 __all__ = ["OPSET", "PARITY_ATOL", "ExportReport", "export_onnx"]
@@ -151,7 +157,8 @@ def export_onnx(
         tuple(session.get_providers()),
         float(
             np.abs(
-                softmax(onnx_logits, temperature) - softmax(torch_logits.numpy(), temperature)
+                calibrated_softmax(onnx_logits, temperature)
+                - calibrated_softmax(torch_logits.numpy(), temperature)
             ).max()
         ),
         float64_errors,

@@ -19,7 +19,6 @@ from site_agent.train._metrics import (
     evaluate,
     expected_calibration_error,
     fit_temperature,
-    softmax,
 )
 from site_agent.train._zoo import (
     BackboneSpec,
@@ -50,6 +49,5 @@ __all__ = [
     "freeze_batchnorm",
     "prepare_for_dp",
     "replace_batchnorm",
-    "softmax",
     "train_specialist",
 ]

@@ -16,11 +16,17 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from safetensors.torch import save_model
 
-from protocol import DifferentialPrivacy, Preprocessing, ResizePolicy, preprocess
+from protocol import (
+    DifferentialPrivacy,
+    Preprocessing,
+    ResizePolicy,
+    calibrated_softmax,
+    preprocess,
+)
 from site_agent.data import LocalDataset
 from site_agent.errors import TrainingError
 from site_agent.train._dp import DPConfig, DPSession, prepare_for_dp
-from site_agent.train._metrics import evaluate, fit_temperature, softmax
+from site_agent.train._metrics import evaluate, fit_temperature
 from site_agent.train._zoo import BackboneZoo, SpecialistNet, WeightsPolicy, build_specialist
 
 __all__ = [
@@ -286,7 +292,7 @@ def train_specialist(
                     break
             val_logits, _ = _predict(net, x_val, 256)
             val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
-            val_eval = evaluate(softmax(val_logits), y_val, dataset.task.labels)
+            val_eval = evaluate(calibrated_softmax(val_logits), y_val, dataset.task.labels)
             improved = val_loss < best_loss
             if improved:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
@@ -341,7 +347,7 @@ def train_specialist(
         best_epoch=best_epoch,
         stop_reason=stop_reason,
         train_seconds=train_seconds,
-        test_probs=softmax(test_logits, temperature),
+        test_probs=calibrated_softmax(test_logits, temperature),
         privacy=privacy,
     )
 

@@ -11,20 +11,13 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import confusion_matrix, f1_score, recall_score, roc_auc_score
 
-__all__ = ["Evaluation", "evaluate", "expected_calibration_error", "fit_temperature", "softmax"]
+from protocol import calibrated_softmax
 
-
-def softmax(logits: NDArray[np.floating], temperature: float = 1.0) -> NDArray[np.float64]:
-    """Row-wise softmax of ``logits / temperature``."""
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    out: NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
-    return out
+__all__ = ["Evaluation", "evaluate", "expected_calibration_error", "fit_temperature"]
 
 
 def _nll(logits: NDArray[np.floating], labels: NDArray[np.int64], temperature: float) -> float:
-    probs = softmax(logits, temperature)
+    probs = calibrated_softmax(logits, temperature)  # the hub's, from protocol
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from site_agent.train import evaluate, expected_calibration_error, fit_temperature, softmax
+from protocol import calibrated_softmax as softmax
+from site_agent.train import evaluate, expected_calibration_error, fit_temperature
 
 
 def test_temperature_recovers_the_true_one() -> None:

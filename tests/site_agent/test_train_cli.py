@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,6 +135,7 @@ def test_tiny_train_sign_and_audit(tmp_path: Path) -> None:
         "confusion_matrix",
     }
     assert metrics["training"]["epochs_run"] == 2
+    _the_hub_agrees_with_the_sites_metrics(out, metrics)
     assert (tmp_path / "bundle.checkpoints" / "best.safetensors").is_file()
     card = json.loads((out / "card.json").read_text())
     assert card["site_id"] == "st-marys"
@@ -172,3 +174,26 @@ def test_a_dicom_folder_gets_a_deidentification_report(tmp_path: Path) -> None:
     assert report["dicom_files"] == 12
     assert "PatientName" in {row["keyword"] for row in report["dropped"]}
     assert not (out / "bundle.deidentification.json").exists()  # never inside the bundle
+
+
+def _the_hub_agrees_with_the_sites_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
+    """The calibrated softmax is one contract: the hub's runtime (onnxruntime, the card's
+    temperature) on the site's own held-out images gives the site's reported metrics."""
+    from hub import load_specialist
+    from protocol import SpecialistCard, preprocess
+    from site_agent.data import default_catalog, load_local_data
+    from site_agent.train import evaluate
+
+    entry = default_catalog().get("pneumonia-cxr")
+    data = load_local_data(medmnist_dir() / "pneumoniamnist.npz", entry, seed=0)
+    test = data.subsample(64, 32, 0).test  # what the command above held out
+    files = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    card = SpecialistCard.parse(files["card.json"])
+    specialist = load_specialist(card, "0" * 64, files)
+    probs, _ = specialist.run(preprocess(test.images, card.preprocessing))
+    hub = evaluate(probs, test.labels, card.labels)
+    assert hub.accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+    assert hub.macro_auc == pytest.approx(metrics["test"]["macro_auc"], abs=1e-3)
+    # The calibration error depends on the temperature (accuracy and AUC do not).
+    assert card.calibration_temperature != 1.0
+    assert hub.ece == pytest.approx(metrics["test"]["ece"], abs=1e-3)
