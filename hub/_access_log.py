@@ -9,25 +9,22 @@ second hub writing to it.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from hub.errors import AccessLogError
 from protocol import (
     GENESIS,
+    ChainedLog,
     ChainError,
     Label,
     Mode,
     Sha256Hex,
     StrictModel,
-    canonical_json,
-    line_hash,
     walk_chain,
 )
 
@@ -82,19 +79,20 @@ class AccessLog:
 
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
-        self._fsync = fsync
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: IO[bytes] = path.open("ab")
+        self._log = ChainedLog(path, AccessRecord, fsync=fsync)
         try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._log.lock(wait=False)
         except OSError as exc:
-            self._handle.close()
+            self._log.close()
             raise AccessLogError(f"{path} is in use by another hub") from exc
-        records = verify_access_log(path) if path.stat().st_size else []
-        lines = path.read_bytes().splitlines() if records else []
-        self._seq = len(records)
-        self._head = line_hash(lines[-1]) if lines else GENESIS
+        try:
+            if path.stat().st_size:
+                verify_access_log(path)  # a truncated last line, too
+            self._log.resume()
+        except (AccessLogError, ChainError) as exc:
+            self._log.close()
+            raise AccessLogError(str(exc)) from exc
 
     def append(
         self,
@@ -113,33 +111,24 @@ class AccessLog:
     ) -> AccessRecord:
         """Appends one record (flushed, and fsynced unless turned off)."""
         with self._lock:
-            record = AccessRecord(
-                seq=self._seq,
-                time=datetime.now(UTC),
-                request_id=request_id,
-                client_id=client_id,
-                image_sha256=image_sha256,
-                task_id=task_id,
-                mode_requested=mode_requested,
-                mode_used=mode_used,
-                degraded=degraded,
-                label=label,
-                specialist_digests=specialist_digests,
-                registry_snapshot_version=registry_snapshot_version,
-                outcome=outcome,
-                prev_hash=self._head,
+            return self._log.append(
+                {
+                    "time": datetime.now(UTC),
+                    "request_id": request_id,
+                    "client_id": client_id,
+                    "image_sha256": image_sha256,
+                    "task_id": task_id,
+                    "mode_requested": mode_requested,
+                    "mode_used": mode_used,
+                    "degraded": degraded,
+                    "label": label,
+                    "specialist_digests": specialist_digests,
+                    "registry_snapshot_version": registry_snapshot_version,
+                    "outcome": outcome,
+                }
             )
-            line = canonical_json(record)
-            self._handle.write(line + b"\n")
-            self._handle.flush()
-            if self._fsync:
-                os.fsync(self._handle.fileno())
-            self._seq += 1
-            self._head = line_hash(line)
-        return record
 
     def close(self) -> None:
         """Releases the file."""
         with self._lock:
-            if not self._handle.closed:
-                self._handle.close()
+            self._log.close()

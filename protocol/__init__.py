@@ -38,7 +38,7 @@ from protocol._card import (
     ResizePolicy,
     SpecialistCard,
 )
-from protocol._chain import GENESIS, ChainError, line_hash, walk_chain
+from protocol._chain import GENESIS, ChainedLog, ChainError, line_hash, walk_chain
 from protocol._diagnosis import (
     ArbitrationPolicy,
     DiagnoseRequest,
@@ -98,6 +98,7 @@ __all__ = [
     "BundleKind",
     "BundleRef",
     "ChainError",
+    "ChainedLog",
     "Count",
     "DataSummary",
     "DecodeLimits",

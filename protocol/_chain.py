@@ -1,22 +1,35 @@
-"""Hash-chained JSON-lines logs: one walker for the event log, egress ledgers and access log.
+"""Hash-chained JSON-lines logs: one walker and one writer for every such log.
+
+The registry's event log, the sites' egress ledgers and the hub's access log
+share this format.
 
 Each line is a canonical JSON document with ``seq`` (its 0-based position)
 and ``prev_hash`` (the sha256 of the line before it, :data:`GENESIS` for the
 first), so editing, removing or reordering any line but the last breaks the
 chain. The last line is anchored by whoever keeps the head (the registry's
 database, the auditor's cross-checks).
+
+:func:`walk_chain` reads and checks a log; :class:`ChainedLog` appends to one
+(each record validated, written as one canonical line, flushed and fsynced),
+and its callers decide where the head comes from: the file itself, or an
+anchor they keep (the registry's database).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-from collections.abc import Iterable
-from typing import Protocol, TypeVar
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 from protocol._base import StrictModel
+from protocol._canonical import canonical_json
 from protocol.errors import GscoError, ProtocolError
 
-__all__ = ["GENESIS", "ChainError", "line_hash", "walk_chain"]
+__all__ = ["GENESIS", "ChainError", "ChainedLog", "line_hash", "walk_chain"]
 
 GENESIS = "0" * 64
 
@@ -76,3 +89,75 @@ def walk_chain(lines: Iterable[bytes], model: type[_T]) -> tuple[list[_T], str]:
         previous = line_hash(line)
         records.append(record)
     return records, previous
+
+
+class ChainedLog(Generic[_T]):
+    """Appends ``model`` records to the hash-chained log at ``path``.
+
+    The head (how many records, the hash of the last line) is where the next
+    record chains on: :meth:`resume` reads it from the file, verifying every
+    line, or takes it from an anchor the caller keeps; :meth:`append` moves
+    it. ``fsync=False`` only flushes (for tests and throwaway logs).
+    """
+
+    def __init__(self, path: Path, model: type[_T], *, fsync: bool = True) -> None:
+        self.path = path
+        self.model = model
+        self._fsync = fsync
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: IO[bytes] = path.open("ab")
+        self.head: tuple[int, str] = (0, GENESIS)
+
+    def lock(self, *, wait: bool) -> None:
+        """Takes an exclusive lock on the file for as long as this object is open.
+
+        Raises:
+            BlockingIOError: ``wait`` is false and another process holds it.
+        """
+        fcntl.flock(self._handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+
+    def resume(self, head: tuple[int, str] | None = None) -> list[_T]:
+        """Sets the head from ``head``, or from the file after verifying it (its records).
+
+        Raises:
+            ChainError: the file's chain is broken or a line is malformed.
+        """
+        if head is not None:
+            self.head = head
+            return []
+        records, last = walk_chain(self.path.read_bytes().splitlines(keepends=True), self.model)
+        self.head = (len(records), last)
+        return records
+
+    def append(self, fields: Mapping[str, Any]) -> _T:
+        """Appends one record of ``fields`` (``seq`` and ``prev_hash`` from the head).
+
+        Raises:
+            pydantic.ValidationError: ``fields`` do not make a record.
+            OSError: the write or the fsync failed (the head does not move).
+        """
+        count, previous = self.head
+        record = self.model.model_validate({**fields, "seq": count, "prev_hash": previous})
+        line = canonical_json(record)
+        self._handle.write(line + b"\n")
+        self._handle.flush()
+        if self._fsync:
+            os.fsync(self._handle.fileno())
+        self.head = (count + 1, line_hash(line))
+        return record
+
+    def close(self) -> None:
+        """Closes the file (and so releases the lock)."""
+        if not self._handle.closed:
+            self._handle.close()
+
+    def __enter__(self) -> ChainedLog[_T]:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

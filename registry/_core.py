@@ -609,7 +609,8 @@ class Registry:
         return changed
 
     def close(self) -> None:
-        """Closes the database."""
+        """Closes the database and the event log."""
+        self.events.close()
         self._db.close()
 
 

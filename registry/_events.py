@@ -18,11 +18,11 @@ from pydantic import AwareDatetime, Field
 
 from protocol import (
     GENESIS,
+    ChainedLog,
     ChainError,
     Identifier,
     Sha256Hex,
     StrictModel,
-    canonical_json,
     line_hash,
     walk_chain,
 )
@@ -85,6 +85,7 @@ class EventLog:
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
+        self._log: ChainedLog[Event] | None = None
         if create:
             path.touch(exist_ok=True)
 
@@ -97,16 +98,21 @@ class EventLog:
     def append(
         self, count: int, previous: str, kind: EventKind, **fields: object
     ) -> tuple[int, str]:
-        """Appends the event after entry ``count`` (hash ``previous``); returns the new head."""
-        event = Event.model_validate(
-            {"seq": count, "time": datetime.now(UTC), "kind": kind, "prev_hash": previous, **fields}
-        )
-        line = canonical_json(event)
-        with self.path.open("ab") as handle:
-            handle.write(line + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        return count + 1, line_hash(line)
+        """Appends the event after entry ``count`` (hash ``previous``); returns the new head.
+
+        The head is the database's, not the file's: the database anchors the log.
+        """
+        if self._log is None:
+            self._log = ChainedLog(self.path, Event)
+        self._log.resume((count, previous))
+        self._log.append({"time": datetime.now(UTC), "kind": kind, **fields})
+        return self._log.head
+
+    def close(self) -> None:
+        """Closes the file if it was opened for appending."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def truncate(self, count: int) -> int:
         """Drops lines after the first ``count`` (never acknowledged); returns how many."""

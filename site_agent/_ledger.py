@@ -8,8 +8,6 @@ cross-checks every record against what the registry holds.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,12 +17,11 @@ from pydantic import AwareDatetime, Field
 from protocol import (
     GENESIS,
     BundleRef,
+    ChainedLog,
     ChainError,
     Identifier,
     Sha256Hex,
     StrictModel,
-    canonical_json,
-    line_hash,
     walk_chain,
 )
 from site_agent.errors import LedgerError
@@ -80,29 +77,30 @@ class EgressLedger:
         version: int,
         files: dict[str, str],
     ) -> EgressRecord:
-        """Appends one record (under an exclusive lock, fsynced)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            records = self.records()
-            lines = self.path.read_bytes().splitlines(keepends=True)
-            record = EgressRecord(
-                seq=len(records),
-                time=datetime.now(UTC),
-                action="publish",
-                destination=destination,
-                bundle_digest=bundle_digest,
-                task_id=task_id,
-                site_id=site_id,
-                backbone=backbone,
-                version=version,
-                files=files,
-                prev_hash=line_hash(lines[-1]) if lines else GENESIS,
+        """Appends one record (under an exclusive lock, fsynced).
+
+        Raises:
+            LedgerError: the ledger's chain is broken (nothing is appended).
+        """
+        with ChainedLog(self.path, EgressRecord) as log:
+            log.lock(wait=True)  # another process of this site may be appending
+            try:
+                log.resume()
+            except ChainError as exc:
+                raise LedgerError(f"{self.path.name}: {exc}") from exc
+            return log.append(
+                {
+                    "time": datetime.now(UTC),
+                    "action": "publish",
+                    "destination": destination,
+                    "bundle_digest": bundle_digest,
+                    "task_id": task_id,
+                    "site_id": site_id,
+                    "backbone": backbone,
+                    "version": version,
+                    "files": files,
+                }
             )
-            handle.write(canonical_json(record) + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        return record
 
     def record_publication(
         self, destination: str, ref: BundleRef, files: dict[str, str]
