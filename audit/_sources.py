@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from protocol import BundleRef, SiteKey, UnreadableBundle
-from registry import NotFoundError, Registry, RegistryClient
+from registry import NotFoundError, RegistryClient, RegistryReader
 
 __all__ = ["LocalRegistry", "RegistrySource", "RemoteRegistry"]
 
@@ -57,7 +57,7 @@ class LocalRegistry:
     """A registry storage folder, opened read-only: the audit repairs and re-signs nothing."""
 
     def __init__(self, root: Path) -> None:
-        self._store = Registry.open_read_only(root)
+        self._store = RegistryReader(root)
         self.description = f"registry storage folder {root}"
 
     def sites(self) -> list[SiteKey]:

@@ -15,8 +15,9 @@ from registry._adapter import (
     verify_adapter,
 )
 from registry._client import BundleListing, RegistryClient
-from registry._core import Registry, keyring_of
+from registry._core import Registry
 from registry._events import Event, verify_event_log
+from registry._reader import RegistryReader, keyring_of
 from registry._server import ServerConfig, admin_token_for, start_server
 from registry._tuf import build_site_targets, target_path
 from registry._tuf_client import TrustedRegistry, TufSource
@@ -60,6 +61,7 @@ __all__ = [
     "Registry",
     "RegistryClient",
     "RegistryError",
+    "RegistryReader",
     "RegistryUnavailableError",
     "RejectCode",
     "RejectedError",

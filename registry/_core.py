@@ -1,38 +1,38 @@
-"""The registry's state: enrolled keys, published bundles, revocations and the event log.
+"""The registry's writer: enrolment, publication, revocation, recovery and TUF.
 
 SQLite (WAL) holds the metadata, :class:`BlobStore` the files, :class:`EventLog`
 the history. A publication writes its blobs first, then appends its event and
 commits its rows in one transaction; :meth:`Registry.open` recovers from a crash
 at any point by removing temporary files, unreferenced blobs and unacknowledged
 event lines, so an interrupted publication leaves nothing behind.
+
+:class:`Registry` writes through a connection of its own and inherits every
+query from :class:`registry.RegistryReader`, whose connection sees only
+committed rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from protocol import (
     ADAPTER_BACKBONE,
-    UINT32_MAX,
     BundleRef,
     GscoError,
     SiteKey,
-    UnreadableBundle,
 )
 from registry._adapter import CARD_FILE as ADAPTER_CARD
 from registry._adapter import AcceptedAdapter, AdapterLimits, verify_adapter
 from registry._blobs import BlobStore
 from registry._events import GENESIS, EventLog, verify_event_log
+from registry._reader import DATABASE, RegistryReader, has_kind_column
 from registry._tuf import TufRepository
 from registry._verify import (
     AcceptedBundle,
@@ -42,18 +42,11 @@ from registry._verify import (
     verify_signed_digests,
 )
 from registry.errors import ConflictError, NotFoundError, RejectCode, RejectedError, StoreError
-from signing import KeyRing, PublicKey, TrustedKey
+from signing import PublicKey
 
-__all__ = ["Registry", "keyring_of"]
+__all__ = ["Registry"]
 
 log = logging.getLogger(__name__)
-
-
-def keyring_of(sites: Iterable[SiteKey]) -> KeyRing:
-    """A verifier's key ring from enrolled keys (as the registry lists them)."""
-    return KeyRing(
-        TrustedKey(s.site_id, PublicKey.from_pem(s.public_key_pem.encode())) for s in sites
-    )
 
 
 _SCHEMA = """
@@ -86,10 +79,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class Registry:
-    """One registry storage folder. Thread-safe; one process at a time."""
+class Registry(RegistryReader):
+    """One registry storage folder, open for writing. Thread-safe; one process at a time."""
 
     def __init__(self, root: Path, limits: Limits | None = None) -> None:
+        # Not RegistryReader.__init__: the writer creates what the reader only opens.
         self.root = root
         self.limits = limits or Limits()
         root.mkdir(parents=True, exist_ok=True)
@@ -98,61 +92,21 @@ class Registry:
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(
-                root / "registry.sqlite3", isolation_level=None, check_same_thread=False
+                root / DATABASE, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            if not _has_kind(self._db):  # a database from before adapters
+            if not has_kind_column(self._db):  # a database from before adapters
                 self._db.execute(
                     "ALTER TABLE bundles ADD COLUMN kind TEXT NOT NULL DEFAULT 'specialist'"
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the registry database in {root}: {exc}") from exc
-        self._kind = "kind"
+        self._open_reads(root / DATABASE)
         self.tuf = TufRepository(root / "tuf")
         self.recovered = self._recover()
         self._sync_tuf()
-
-    @classmethod
-    def open_read_only(cls, root: Path) -> Registry:
-        """Opens a storage folder for reading only: no recovery, no re-signing, no writes.
-
-        What auditors use: a tampered event log or a corrupt blob is reported by
-        the audit instead of refusing to open or being repaired.
-
-        Raises:
-            StoreError: ``root`` holds no registry database.
-        """
-        database = root / "registry.sqlite3"
-        if not database.is_file():
-            raise StoreError(f"{root} is not a registry storage folder (no registry.sqlite3)")
-        store = cls.__new__(cls)
-        store.root = root
-        store.limits = Limits()
-        store.blobs = BlobStore(root, create=False)
-        store.events = EventLog(root / "events.jsonl", create=False)
-        store.tuf = TufRepository(root / "tuf", read_only=True)
-        store._lock = threading.RLock()
-        try:
-            store._db = sqlite3.connect(
-                f"{database.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            store._db.execute("SELECT 1 FROM sites LIMIT 1")
-            # A database from before adapters holds specialists only.
-            store._kind = "kind" if _has_kind(store._db) else "'specialist'"
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the registry database in {root}: {exc}") from exc
-        store.recovered = {}
-        return store
-
-    def event_log(self) -> tuple[tuple[int, str], list[bytes]]:
-        """The committed head and the raw event-log lines, read together."""
-        with self._lock:
-            return self.event_head(), self.events.lines()
 
     # -- transactions and recovery ------------------------------------------------
 
@@ -167,16 +121,9 @@ class Registry:
                 raise
             self._db.execute("COMMIT")
 
-    def event_head(self) -> tuple[int, str]:
-        """(count, hash of the last line) of the committed event log."""
-        row = self._db.execute("SELECT v FROM meta WHERE k = 'event_head'").fetchone()
-        if row is None:
-            return 0, GENESIS
-        count, digest = json.loads(row[0])
-        return int(count), str(digest)
-
     def _event(self, db: sqlite3.Connection, kind: str, **fields: object) -> None:
-        count, previous = self.event_head()
+        row = db.execute("SELECT v FROM meta WHERE k = 'event_head'").fetchone()
+        count, previous = json.loads(row[0]) if row else (0, GENESIS)
         head = self.events.append(count, previous, kind, **fields)  # type: ignore[arg-type]
         db.execute(
             "INSERT OR REPLACE INTO meta (k, v) VALUES ('event_head', ?)", (json.dumps(head),)
@@ -210,11 +157,6 @@ class Registry:
                 "unacknowledged_events": dropped_events,
             }
 
-    def verify_events(self) -> int:
-        """Verifies the whole event log against the committed head; returns its length."""
-        events, _ = verify_event_log(self.events.lines(), self.event_head())
-        return len(events)
-
     # -- sites --------------------------------------------------------------------
 
     def enroll(self, site_id: str, public_key_pem: bytes) -> SiteKey:
@@ -241,46 +183,7 @@ class Registry:
             self._event(db, "enroll", site_id=site_id, key_id=key.key_id)
         return site
 
-    def sites(self, *, include_revoked: bool = False) -> list[SiteKey]:
-        """Enrolled keys, oldest first."""
-        rows = self._db.execute(
-            "SELECT site_id, key_id, public_key_pem, enrolled_at, revoked_at FROM sites "
-            "ORDER BY enrolled_at"
-        ).fetchall()
-        return [
-            SiteKey(
-                site_id=r[0],
-                key_id=r[1],
-                public_key_pem=r[2],
-                enrolled_at=datetime.fromisoformat(r[3]),
-                revoked=r[4] is not None,
-            )
-            for r in rows
-            if include_revoked or r[4] is None
-        ]
-
-    def keyring(self) -> KeyRing:
-        """The enrolled, unrevoked keys."""
-        return keyring_of(self.sites())
-
-    def revoked_key_ids(self) -> frozenset[str]:
-        """Keys that were enrolled and then revoked."""
-        return frozenset(s.key_id for s in self.sites(include_revoked=True) if s.revoked)
-
     # -- bundles ------------------------------------------------------------------
-
-    def last_version(self, site_id: str, task_id: str, backbone: str) -> int | None:
-        """The site's highest version for the task and backbone (revoked ones included).
-
-        A row whose version the wire cannot carry (stored before the schema
-        bounded it) is never served, so it does not block the site's next version.
-        """
-        row = self._db.execute(
-            "SELECT MAX(version) FROM bundles WHERE site_id = ? AND task_id = ? AND backbone = ? "
-            "AND version BETWEEN 1 AND ?",
-            (site_id, task_id, backbone, UINT32_MAX),
-        ).fetchone()
-        return None if row[0] is None else int(row[0])
 
     def _sync_tuf(self) -> None:
         """Brings the TUF top-level roles in line with the database."""
@@ -475,107 +378,6 @@ class Registry:
             raise ConflictError(f"adapter {accepted.digest[:16]}… is published already")
         return accepted
 
-    def bundle(self, digest: str) -> BundleRef:
-        """One bundle by digest."""
-        found = self.bundles(digest=digest, include_revoked=True)
-        if not found:
-            raise NotFoundError(f"no bundle {digest}")
-        return found[0]
-
-    def bundles(
-        self,
-        *,
-        task_id: str | None = None,
-        site_id: str | None = None,
-        digest: str | None = None,
-        include_revoked: bool = False,
-    ) -> list[BundleRef]:
-        """Published bundles (specialists and adapters), oldest first, filtered."""
-        query = self._select() + " WHERE 1=1"
-        args: list[str] = []
-        for column, value in (("task_id", task_id), ("site_id", site_id), ("digest", digest)):
-            if value:
-                query += f" AND {column} = ?"
-                args.append(value)
-        if not include_revoked:
-            query += " AND revoked_at IS NULL"
-        return self._bundle_rows(query, args)[0]
-
-    def unreadable_bundles(self) -> list[UnreadableBundle]:
-        """Stored rows that do not fit :class:`BundleRef`; :meth:`bundles` leaves them out.
-
-        Only a registry older than its schema's bounds (or an edited database)
-        holds such rows. They are never served, and ``gsco audit`` flags them.
-        """
-        return self._bundle_rows(self._select(), [])[1]
-
-    def _select(self) -> str:
-        # self._kind is the column name or a constant, never input.
-        return (
-            "SELECT task_id, site_id, backbone, version, digest, key_id, published_at, "  # noqa: S608
-            f"size_bytes, revoked_at, {self._kind} FROM bundles"
-        )
-
-    def _bundle_rows(
-        self, query: str, args: list[str]
-    ) -> tuple[list[BundleRef], list[UnreadableBundle]]:
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY published_at", args).fetchall()
-        good: list[BundleRef] = []
-        bad: list[UnreadableBundle] = []
-        for r in rows:
-            try:
-                good.append(
-                    BundleRef(
-                        task_id=r[0],
-                        site_id=r[1],
-                        backbone=r[2],
-                        version=r[3],
-                        bundle_digest=r[4],
-                        key_id=r[5],
-                        published_at=datetime.fromisoformat(r[6]),
-                        size_bytes=r[7],
-                        revoked=r[8] is not None,
-                        kind=r[9],
-                    )
-                )
-            except (ValidationError, ValueError, TypeError) as exc:
-                problem = "; ".join(
-                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                    for e in (exc.errors() if isinstance(exc, ValidationError) else [])
-                ) or str(exc)
-                log.warning("stored bundle %s is unreadable and not served: %s", r[4], problem)
-                bad.append(UnreadableBundle(bundle_digest=str(r[4])[:200], problem=problem[:2000]))
-        return good, bad
-
-    def bundle_files(self, digest: str) -> dict[str, str]:
-        """``{file name: blob sha256}`` of a bundle."""
-        row = self._db.execute("SELECT files FROM bundles WHERE digest = ?", (digest,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"no bundle {digest}")
-        files: dict[str, str] = json.loads(row[0])
-        return files
-
-    def target_blob(self, path: str) -> str:
-        """The blob digest behind a TUF target path ``<site>/<bundle digest>/<file>``.
-
-        Raises:
-            NotFoundError: no such bundle, site or file.
-        """
-        parts = path.split("/")
-        # Only the canonical form: three plain components, no '..', '.', or empty ones.
-        if (
-            len(parts) != 3
-            or posixpath.normpath(path) != path
-            or any(part in ("", ".", "..") or "\\" in part for part in parts)
-        ):
-            raise NotFoundError(f"not a target path: {path[:200]!r}")
-        site_id, digest, name = parts
-        files = self.bundle_files(digest)
-        if self.bundle(digest).site_id != site_id or name not in files:
-            raise NotFoundError(f"no target {path!r}")
-        return files[name]
-
     def revoke_bundle(self, digest: str, reason: str) -> int:
         """Revokes one bundle; returns 1, or 0 if it was revoked already."""
         self.bundle(digest)
@@ -609,13 +411,10 @@ class Registry:
         return changed
 
     def close(self) -> None:
-        """Closes the database and the event log."""
+        """Closes the database connections and the event log."""
         self.events.close()
+        super().close()
         self._db.close()
-
-
-def _has_kind(db: sqlite3.Connection) -> bool:
-    return any(row[1] == "kind" for row in db.execute("PRAGMA table_info(bundles)"))
 
 
 def _claimed(files: Mapping[str, bytes]) -> tuple[str, str, str] | None:

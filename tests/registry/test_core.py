@@ -252,3 +252,62 @@ def test_corrupt_blob_is_detected(registry: Registry, tmp_path: Path, site_a: Si
     with pytest.raises(NotFoundError):
         registry.bundle("f" * 64)
     assert SIGNATURE_FILE in registry.bundle_files(ref.bundle_digest)
+
+
+def test_reads_see_only_committed_rows(
+    registry: Registry, tmp_path: Path, site_b: SiteKeys
+) -> None:
+    """The writer's open transaction is invisible to every query, and to a reader."""
+    import threading
+
+    from registry import RegistryReader
+
+    inside, done = threading.Event(), threading.Event()
+
+    def enrol_slowly() -> None:
+        with registry._transaction() as db:  # what enroll() does, held open
+            db.execute(
+                "INSERT INTO sites VALUES (?, ?, ?, ?, NULL)",
+                (
+                    site_b.public.key_id,
+                    "site-b",
+                    site_b.public.pem.decode(),
+                    "2026-12-02T00:00:00+00:00",
+                ),
+            )
+            inside.set()
+            done.wait(10)
+
+    writer = threading.Thread(target=enrol_slowly)
+    writer.start()
+    inside.wait(10)
+    reader = RegistryReader(registry.root)  # another process's view: its own connection
+    assert [s.site_id for s in reader.sites()] == ["site-a"]
+    # The registry's own queries read through their own connection too (and, besides, wait
+    # for the writer's lock): that connection does not see the uncommitted row.
+    assert registry._read_db.execute("SELECT site_id FROM sites").fetchall() == [("site-a",)]
+    done.set()
+    writer.join(10)
+    assert {s.site_id for s in reader.sites()} == {"site-a", "site-b"}
+    assert {s.site_id for s in registry.sites()} == {"site-a", "site-b"}
+    reader.close()
+
+
+def test_a_reader_opens_only_a_registry_and_never_writes(
+    registry: Registry, tmp_path: Path
+) -> None:
+    from registry import RegistryReader
+
+    with pytest.raises(StoreError, match="not a registry storage folder"):
+        RegistryReader(tmp_path / "nothing")
+    before = {p: p.stat().st_mtime_ns for p in registry.root.rglob("*") if p.is_file()}
+    reader = RegistryReader(registry.root)
+    assert reader.verify_events() == 1  # the enrolment
+    assert not hasattr(reader, "publish")
+    assert not hasattr(reader, "enroll")
+    reader.close()
+    after = {p: p.stat().st_mtime_ns for p in registry.root.rglob("*") if p.is_file()}
+    kept = (".sqlite3-shm", ".sqlite3-wal")  # SQLite's own index of the WAL, not data
+    assert {p: t for p, t in after.items() if p.suffix not in kept} == {
+        p: t for p, t in before.items() if p.suffix not in kept
+    }
