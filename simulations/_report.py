@@ -300,12 +300,13 @@ def _markdown(report: Report, plots: list[str]) -> str:
             if published:
                 lines += [
                     "",
-                    f"Its arbitration policy, fitted on the hub's answers with it (validation "
-                    f"cases it was not tuned on), was signed by {published['signed_by']} and "
-                    f"published with it: version {published['version']} of the adapter (bundle "
+                    f"Its arbitration policy, fitted on the hub's answers with version 1 (bundle "
+                    f"`{str(adapter.get('published', ''))[:16]}`, on validation cases it was not "
+                    f"tuned on), was signed by {published['signed_by']} and published with it: "
+                    f"version {published['version']} of the adapter (bundle "
                     f"`{published['digest'][:16]}`), the same weights and a card that carries "
-                    "the policy. The hub applies it to the adapter's answers and shows it in "
-                    "`/v1/tasks`.",
+                    "the policy. The hub serves that version, applies the policy to its answers "
+                    "and shows it in `/v1/tasks`.",
                 ]
             elif adapter.get("policy_error"):
                 lines += [
