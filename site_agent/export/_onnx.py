@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from protocol import (
     check_onnx,
     preprocess,
 )
+from site_agent._compat import quiet_legacy_onnx_export
 from site_agent.errors import ExportError, ParityError
 from site_agent.train._zoo import SpecialistNet
 
@@ -113,8 +113,7 @@ def export_onnx(
     example = torch.zeros(2, channels, height, width)
     dynamic = {"image": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_legacy_onnx_export():
             torch.onnx.export(
                 net,
                 (example,),

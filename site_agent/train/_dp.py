@@ -24,14 +24,15 @@ temperature scaling.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from site_agent._compat import grouped_conv_sampler, quiet_opacus_accounting
 from site_agent.errors import TrainingError
 
 __all__ = [
@@ -192,24 +193,6 @@ def _grouped_conv_grad_sample(
     return out
 
 
-def _install_conv_sampler() -> None:
-    """Routes grouped 2-D convolutions to :func:`_grouped_conv_grad_sample`."""
-    from opacus import GradSampleModule
-    from opacus.grad_sample.conv import compute_conv_grad_sample
-
-    def sampler(
-        layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
-    ) -> dict[torch.Tensor, torch.Tensor]:
-        if layer.groups > 1 and len(backprops) and isinstance(layer.padding, tuple):
-            return _grouped_conv_grad_sample(layer, activations, backprops)
-        computed: dict[torch.Tensor, torch.Tensor] = compute_conv_grad_sample(
-            layer, activations, backprops
-        )
-        return computed
-
-    GradSampleModule.GRAD_SAMPLERS[nn.Conv2d] = sampler
-
-
 def prepare_for_dp(net: nn.Module, layers: DPLayers = "head") -> int:
     """Makes ``net`` trainable by Opacus, in place: no BatchNorm, no in-place ops.
 
@@ -262,7 +245,6 @@ class DPSession:
         from opacus.validators import ModuleValidator
 
         config.check_delta(n_train)
-        _install_conv_sampler()
         errors = ModuleValidator.validate(net, strict=False)
         if errors:
             raise TrainingError(
@@ -275,8 +257,7 @@ class DPSession:
         self.expected_batch = max(1, round(self.sample_rate * n_train))
         self.steps_per_epoch = max(1, round(1 / self.sample_rate))
         self._generator = generator
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # opacus warns about optimal-order choices
+        with quiet_opacus_accounting():
             self.noise_multiplier = float(
                 get_noise_multiplier(
                     target_epsilon=config.epsilon,
@@ -286,19 +267,25 @@ class DPSession:
                     accountant=config.accountant,
                 )
             )
-        self.module = GradSampleModule(net)
-        self.optimizer = DPOptimizer(
-            optimizer,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            expected_batch_size=self.expected_batch,
-            loss_reduction="mean",
-            generator=None,
-        )
-        self._accountant: Any = create_accountant(config.accountant)
-        self.optimizer.attach_step_hook(
-            self._accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
-        )
+        self._patches = ExitStack()  # Opacus's sampler table, restored by close()
+        self._patches.enter_context(grouped_conv_sampler(_grouped_conv_grad_sample))
+        try:
+            self.module = GradSampleModule(net)
+            self.optimizer = DPOptimizer(
+                optimizer,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=config.max_grad_norm,
+                expected_batch_size=self.expected_batch,
+                loss_reduction="mean",
+                generator=None,
+            )
+            self._accountant: Any = create_accountant(config.accountant)
+            self.optimizer.attach_step_hook(
+                self._accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
+            )
+        except BaseException:
+            self._patches.close()
+            raise
 
     def batches(self) -> list[torch.Tensor]:
         """One epoch of Poisson-sampled batches of row indices (may include empty ones)."""
@@ -312,8 +299,7 @@ class DPSession:
         """The epsilon spent so far at the configured delta."""
         if not self._accountant.history:
             return 0.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_opacus_accounting():
             return float(self._accountant.get_epsilon(delta=self.config.delta))
 
     @property
@@ -324,3 +310,4 @@ class DPSession:
     def close(self) -> None:
         """Removes Opacus's hooks and per-example gradients from the model."""
         self.module._close()
+        self._patches.close()

@@ -23,6 +23,7 @@ from protocol import (
     calibrated_softmax,
     preprocess,
 )
+from site_agent._compat import torch_threads
 from site_agent.data import LocalDataset
 from site_agent.errors import TrainingError
 from site_agent.train._dp import DPConfig, DPSession, prepare_for_dp
@@ -165,9 +166,28 @@ def train_specialist(
         UnknownBackboneError: the backbone is not in ``zoo``.
         TrainingError: the model cannot be built or the loss diverged.
     """
+    with torch_threads(config.threads or os.cpu_count() or 1):
+        return _train(
+            dataset,
+            config,
+            zoo,
+            checkpoint_dir=checkpoint_dir,
+            observer=observer,
+            initial_state=initial_state,
+        )
+
+
+def _train(
+    dataset: LocalDataset,
+    config: TrainConfig,
+    zoo: BackboneZoo,
+    *,
+    checkpoint_dir: Path | None,
+    observer: TrainingObserver | None,
+    initial_state: Mapping[str, torch.Tensor] | None,
+) -> TrainedSpecialist:
     observer = observer or _Silent()
     spec = zoo.get(config.backbone)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     size = config.input_size or spec.default_input_size

@@ -1,0 +1,155 @@
+"""Each workaround of a dependency: it still works, and it is still needed.
+
+When a dependency changes, one of these fails: then the workaround is
+revisited (kept, changed, or removed), never carried forward unexamined.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+
+def test_faiss_still_skips_blas_for_small_batches_and_is_told_not_to() -> None:
+    from hub._compat import FAISS_BLAS_THRESHOLD_CHECKED
+
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import faiss; print(faiss.cvar.distance_compute_blas_threshold)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(fresh.stdout) == FAISS_BLAS_THRESHOLD_CHECKED  # the default it was written for
+    import faiss
+
+    from hub._compat import faiss_blas_for_every_batch
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    try:
+        faiss_blas_for_every_batch(faiss)
+        assert faiss.cvar.distance_compute_blas_threshold == 1
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+
+
+def test_torch_threads_are_set_for_the_block_and_restored() -> None:
+    import torch
+
+    from site_agent._compat import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_the_grouped_conv_sampler_matches_opacus_and_is_removed_after() -> None:
+    import opacus
+    import torch
+    from opacus import GradSampleModule
+    from torch import nn
+
+    from site_agent._compat import OPACUS_CHECKED, grouped_conv_sampler
+    from site_agent.train._dp import _grouped_conv_grad_sample
+
+    assert opacus.__version__ == OPACUS_CHECKED  # re-check its own sampler's memory first
+
+    def per_example(module: nn.Module) -> torch.Tensor:
+        wrapped = GradSampleModule(module)
+        wrapped(
+            torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+        ).sum().backward()
+        grads = next(iter(wrapped.parameters())).grad_sample
+        wrapped._close()
+        return grads.detach().clone()
+
+    torch.manual_seed(0)
+    depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    theirs = per_example(depthwise)
+    original = GradSampleModule.GRAD_SAMPLERS.get(nn.Conv2d)
+    with grouped_conv_sampler(_grouped_conv_grad_sample):
+        assert GradSampleModule.GRAD_SAMPLERS[nn.Conv2d] is not original
+        ours = per_example(depthwise)
+    assert GradSampleModule.GRAD_SAMPLERS.get(nn.Conv2d) is original
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_opacus_still_warns_while_accounting_and_is_quietened() -> None:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from site_agent._compat import quiet_opacus_accounting
+
+    def noise() -> float:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=8.0, target_delta=1e-5, sample_rate=0.01, steps=1000,
+                accountant="rdp",
+            )
+        )  # fmt: skip
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        noise()
+    assert any("opacus" in w.filename for w in caught)  # still needed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_opacus_accounting():
+            noise()
+    assert not caught
+
+
+def test_the_legacy_onnx_exporter_still_warns_and_is_quietened() -> None:
+    import torch
+
+    from site_agent._compat import quiet_legacy_onnx_export
+
+    net = torch.nn.Linear(3, 2)
+
+    def export() -> None:
+        torch.onnx.export(net, (torch.zeros(1, 3),), io.BytesIO(), dynamo=False)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export()
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)  # still needed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_legacy_onnx_export():
+            export()
+    assert not caught
+
+
+@pytest.mark.slow
+def test_ray_still_warns_about_accelerators_unless_told() -> None:
+    """What FLOWER_QUIET_ENV's Ray setting is for (Ray 2.55, the simulation engine's)."""
+    from simulations._compat import FLOWER_QUIET_ENV
+
+    program = (
+        "import ray\n"
+        "ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)\n"
+        "@ray.remote(num_gpus=0)\n"
+        "def one(): return 1\n"
+        "assert ray.get(one.remote()) == 1\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"}
+    key = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
+
+    def run(extra: dict[str, str]) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return done.stderr
+
+    assert key in run({})  # still needed
+    assert key not in run({key: FLOWER_QUIET_ENV[key]})
