@@ -235,6 +235,13 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "datasets": {},
     }
+    target = ROOT / "bench" / "results" / "arbitration.json"
+    if target.is_file() and set(args.datasets) != set(SETTINGS):
+        # A partial rerun keeps the other datasets' earlier results (each with its own date).
+        earlier = json.loads(target.read_text())
+        for name, found in earlier.get("datasets", {}).items():
+            if name not in args.datasets:
+                results["datasets"][name] = {"date": earlier.get("date"), **found}
     bundle = None
     for dataset in args.datasets:
         found = _run_dataset(dataset, args.out, args.test_images)
@@ -243,7 +250,6 @@ def main() -> None:
         results["datasets"][dataset] = found
     if not args.skip_serving:
         results["serving"] = _serving(bundle, args.latency_requests)
-    target = ROOT / "bench" / "results" / "arbitration.json"
     target.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     print(f"wrote {target}", file=sys.stderr)

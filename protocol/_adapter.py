@@ -67,6 +67,9 @@ class AdapterTraining(StrictModel):
     # (the specialists were calibrated on it; the policy must not be fitted on it).
     evidence_split: _NOTE
     final_loss: Annotated[float, Field(ge=0.0, le=1e6)] | None = None
+    # How the options were listed in the tuning prompts: the task's order, or shuffled
+    # per example (so that the adapter reads the labels rather than their position).
+    option_order: Literal["task", "shuffled"] = "task"
 
 
 class AdapterCard(StrictModel):

@@ -554,6 +554,7 @@ def _tune_adapter(
             "rounds": scenario.tune_rounds,
             "local_epochs": scenario.tune_local_epochs,
             "prompt_modes": list(scenario.tune_modes),
+            "option_order": "shuffled",
             "evidence_split": (
                 f"each site's share of the validation split ({len(rows)} cases, disjoint "
                 f"from the {scenario.policy_images}-case share the arbitration policy is "

@@ -138,6 +138,8 @@ def adapter_examples(job: TuneJob) -> list[Any]:
                 [encode_png(image) for image in images],
                 [labels[int(y)] for y in truth],
                 modes=[Mode(m) for m in job.modes],
+                shuffle_options=True,
+                seed=sum(job.site_id.encode()),
             )
     finally:
         client.close()

@@ -6,11 +6,18 @@ from the registry through TUF, and is rendered with the hub's prompt template
 (:func:`generalist.render_prompt`). So an adapter learns from exactly the
 text it will be shown in service. Only the prompt strings and the labels
 enter training; the images never leave the site.
+
+By default the options are listed in a shuffled order in each example
+(``shuffle_options``): the hub lists them in the task's order, and an adapter
+that only ever saw that order learns where the answer stands, not what it
+says (reversing the options then flips most of its decisions). Shuffled, it
+has to read the labels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,8 +49,13 @@ def evidence_examples(
     sees_image: bool = False,
     top_k: int = 5,
     on_case: Callable[[int], None] | None = None,
+    shuffle_options: bool = True,
+    seed: int = 0,
 ) -> list[EvidenceExample]:
     """One example per case, its mode taken in rotation from ``modes``.
+
+    ``shuffle_options`` lists the task's labels in a random order (seeded by
+    ``seed``) in each prompt; the evidence and the target are unchanged.
 
     ``engine`` is a :class:`hub.DiagnosisEngine` over the site's synced catalog;
     ``images`` are encoded images (PNG), ``labels`` their true labels.
@@ -62,6 +74,8 @@ def evidence_examples(
     if not modes:
         raise ValueError("at least one mode is needed")
 
+    order = random.Random(seed)  # noqa: S311 (an example order, not a secret)
+
     async def gather() -> list[EvidenceExample]:
         examples = []
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
@@ -71,7 +85,12 @@ def evidence_examples(
             )
             if label not in task.labels:
                 raise ValueError(f"label {label!r} is not one of the task's {task.labels}")
-            prompt = render_prompt(task, mode, request.moed, request.rad, sees_image=sees_image)
+            shown = task
+            if shuffle_options:
+                options = list(task.labels)
+                order.shuffle(options)
+                shown = task.model_copy(update={"labels": tuple(options)})
+            prompt = render_prompt(shown, mode, request.moed, request.rad, sees_image=sees_image)
             examples.append(EvidenceExample(prompt, label, SYSTEM, mode))
             if on_case is not None:
                 on_case(i + 1)

@@ -196,6 +196,7 @@ def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
     assert card["training"]["examples"] == 24  # 12 per site
     assert card["training"]["rounds"] == 1
     assert "disjoint" in card["training"]["evidence_split"]
+    assert card["training"]["option_order"] == "shuffled"  # it reads labels, not positions
     privacy = card["training"]["differential_privacy"]  # Flower's DP wrapper, budget recorded
     assert privacy["noise_multiplier"] == 0.3
     assert privacy["epsilon"] > 0
