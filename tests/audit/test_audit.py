@@ -86,6 +86,26 @@ def _copy(populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], name: str
     return target
 
 
+SOURCES = ("folder", "remote")
+
+
+def _audit_source(source: str, root: Path, out: Path) -> tuple[int, str, dict]:
+    """Audits the (tampered) storage ``root``: read from its folder, or served by a registry.
+
+    The remote audit trusts the root metadata the copy was made with, handed over out of band.
+    """
+    if source == "folder":
+        return _audit("--root", str(root), out=out)
+    anchor = out.parent / f"{out.name}-root.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    anchor.write_bytes((root / "tuf" / "metadata" / "1.root.json").read_bytes())
+    server = start_registry(root)
+    try:
+        return _audit("--registry", server.address, "--trusted-root", str(anchor), out=out)
+    finally:
+        server.stop()
+
+
 def _blob(root: Path, file_name: str, version: int = 2) -> Path:
     with sqlite3.connect(f"file:{root / 'registry.sqlite3'}?mode=ro", uri=True) as db:
         files = db.execute(
@@ -135,35 +155,47 @@ def test_an_edited_event_log_line_fails(
     assert "FAIL event-log" in output
     assert "line 4 does not follow line 3" in output
     assert not report["passed"]
+    # Served remotely, the same folder never gets that far: the registry refuses to open it.
+    with pytest.raises(RuntimeError, match="did not start"):
+        start_registry(root)
 
 
+@pytest.mark.parametrize("source", SOURCES)
 def test_a_replaced_bundle_file_fails(
-    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path, source: str
 ) -> None:
-    root = _copy(populated, "replaced-file")
+    root = _copy(populated, f"replaced-file-{source}")
     _blob(root, "model.onnx").write_bytes(tiny_onnx(seed=99))
-    code, output, report = _audit("--root", str(root), out=tmp_path)
+    code, output, report = _audit_source(source, root, tmp_path / "out")
     assert code == 1
     checks = {f["check"] for f in report["findings"] if f["severity"] == "fail"}
-    assert {"bundle-signature", "tuf-targets"} <= checks
-    assert "FILE_CHANGED" in output
-    assert "model.onnx" in output
+    if source == "folder":
+        assert {"bundle-signature", "tuf-targets"} <= checks
+        assert "FILE_CHANGED" in output
+        assert "model.onnx" in output
+    else:  # the registry will not serve a blob that no longer matches its digest
+        assert {"bundle-files", "tuf-targets"} <= checks
+        assert "is corrupt (its content changed)" in output
 
 
+@pytest.mark.parametrize("source", SOURCES)
 def test_a_card_field_with_a_patient_name_fails(
-    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path
+    populated: tuple[RunningRegistry, Path, SiteKeys, SiteKeys], tmp_path: Path, source: str
 ) -> None:
-    root = _copy(populated, "patient-name")
+    root = _copy(populated, f"patient-name-{source}")
     blob = _blob(root, "card.json")
     card = json.loads(blob.read_bytes())
     card["referring_note"] = "Seen by Dr. Smith for DOE^JANE"
     blob.write_text(json.dumps(card))
-    code, output, report = _audit("--root", str(root), out=tmp_path)
+    code, output, report = _audit_source(source, root, tmp_path / "out")
     assert code == 1
-    messages = [f["message"] for f in report["findings"] if f["check"] == "phi-scan"]
-    assert any("a DICOM person name" in m for m in messages)
-    assert "field 'referring_note' is outside the card schema" in output
-    assert "DOE^JANE" not in (tmp_path / "report.md").read_text()  # the report holds no PHI
+    if source == "folder":
+        messages = [f["message"] for f in report["findings"] if f["check"] == "phi-scan"]
+        assert any("a DICOM person name" in m for m in messages)
+        assert "field 'referring_note' is outside the card schema" in output
+    else:  # the edited card is no longer the blob it was stored as: the registry refuses it
+        assert "is corrupt (its content changed)" in output
+    assert "DOE^JANE" not in (tmp_path / "out" / "report.md").read_text()  # no PHI in it
 
 
 def test_ledgers_and_access_logs_are_cross_checked(
