@@ -33,7 +33,7 @@ from protocol import ArbitrationPolicy, BundleRef, DecodeLimits, GscoError
 from registry import AdapterLimits
 
 if TYPE_CHECKING:
-    from registry import RegistryClient
+    from registry import RegistryReadAPI
 
 __all__ = ["Admission", "Hub", "HubConfig"]
 
@@ -134,7 +134,20 @@ class Admission:
 class Hub:
     """Registry sync, the engine, the access log and the metrics of one hub."""
 
-    def __init__(self, config: HubConfig, *, generalist: GeneralistBackend | None = None) -> None:
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        generalist: GeneralistBackend | None = None,
+        registry: RegistryReadAPI | None = None,
+    ) -> None:
+        """A hub of ``config``, not started.
+
+        ``generalist`` replaces the backend ``config.generalist`` describes, and
+        ``registry`` the client of ``config.registry`` (an
+        :class:`registry.InProcessRegistry`, say): what the hub syncs from. Its
+        TUF trust is the same either way.
+        """
         config.check()
         self.config = config
         self.metrics = HubMetrics()
@@ -143,7 +156,7 @@ class Hub:
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="gsco-hub")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: RegistryClient | None = None
+        self._client: RegistryReadAPI | None = registry
         self._sync: RegistrySync | None = None
         self.access_log: AccessLog | None = None
         self.engine: DiagnosisEngine | None = None
@@ -344,7 +357,7 @@ class Hub:
         self.access_log = AccessLog(
             config.state_dir / "access.jsonl", fsync=config.access_log_fsync
         )
-        client = RegistryClient(
+        client = self._client or RegistryClient(
             config.registry,
             root_certificates=config.registry_ca.read_bytes() if config.registry_ca else None,
             timeout_s=60.0,

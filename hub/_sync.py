@@ -29,7 +29,7 @@ from hub._catalog import Catalog
 from hub._runtime import LoadedSpecialist, RuntimeOptions, load_specialist
 from protocol import BundleRef, GscoError
 from registry import (
-    RegistryClient,
+    RegistryReadAPI,
     TrustedRegistry,
     UntrustedMetadataError,
     keyring_of,
@@ -62,7 +62,7 @@ class RegistrySync:
 
     def __init__(
         self,
-        client: RegistryClient,
+        client: RegistryReadAPI,
         trusted: TrustedRegistry,
         *,
         runtime: RuntimeOptions | None = None,

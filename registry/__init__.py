@@ -17,6 +17,7 @@ from registry._adapter import (
 from registry._client import BundleListing, RegistryClient
 from registry._core import Registry
 from registry._events import Event, verify_event_log
+from registry._inprocess import InProcessRegistry, RegistryReadAPI
 from registry._reader import RegistryReader, keyring_of
 from registry._server import ServerConfig, admin_token_for, start_server
 from registry._tuf import build_site_targets, target_path
@@ -55,12 +56,14 @@ __all__ = [
     "ConflictError",
     "Event",
     "EventLogError",
+    "InProcessRegistry",
     "Limits",
     "NotFoundError",
     "PermissionDeniedError",
     "Registry",
     "RegistryClient",
     "RegistryError",
+    "RegistryReadAPI",
     "RegistryReader",
     "RegistryUnavailableError",
     "RejectCode",

@@ -10,6 +10,7 @@ fixed label bias); the real server is tested end to end in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from generalist import ArbitrationRequest, ArbitrationResult
@@ -35,15 +36,19 @@ class ScriptedGeneralist:
         *,
         label: str = "normal",
         model: str = "scripted",
+        delay_s: float = 0.0,
     ) -> None:
         self.score = score
         self.label = label
         self.model = model
+        self.delay_s = delay_s  # how long each answer takes
         self.calls: list[ArbitrationRequest] = []
 
     async def arbitrate(self, request: ArbitrationRequest) -> ArbitrationResult:
         """The scripted answer; whatever ``score`` raises (a GeneralistError) propagates."""
         self.calls.append(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         scores = self.score(request)
         return ArbitrationResult(
             label=self.label,

@@ -1,0 +1,127 @@
+"""The diagnosis engine's paths in seconds: an in-process registry and a scripted generalist.
+
+No server is started: the hub syncs (through its own TUF client, as ever) from
+:class:`registry.InProcessRegistry` over a registry core in a temporary
+folder, and the generalist is :class:`tests.generalists.ScriptedGeneralist`.
+The same paths against the real gRPC registry and the real vLLM server are
+tested in ``test_end_to_end.py`` and ``test_adapters.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generalist import ArbitrationRequest, GeneralistResponseError
+from hub import Hub, HubConfig
+from protocol import Mode
+from registry import InProcessRegistry, Registry
+from tests.bundles import publish_to, read_files, tiny_onnx, write_bundle_files
+from tests.conftest import SiteKeys
+from tests.generalists import ScriptedGeneralist, is_content_free
+from tests.hub.conftest import png
+
+LABELS = ("normal", "pneumonia")
+
+
+def _follows_the_evidence(request: ArbitrationRequest) -> dict[str, float]:
+    """Scores that follow the specialists' vote, and the retrieval's when there is no vote."""
+    if is_content_free(request):
+        return {"normal": 0.5, "pneumonia": 0.5}
+    votes = [e.label for e in request.moed] or [c.label for c in request.rad]
+    share = votes.count("pneumonia") / max(1, len(votes))
+    return {"normal": 1 - 0.8 * share - 0.1, "pneumonia": 0.8 * share + 0.1}
+
+
+@pytest.fixture
+def store(tmp_path: Path, site_a: SiteKeys, site_b: SiteKeys) -> Iterator[Registry]:
+    registry = Registry(tmp_path / "registry")
+    for site, seed in ((site_a, 1), (site_b, 2)):
+        registry.enroll(site.site_id, site.public.pem)
+        folder = write_bundle_files(tmp_path / site.site_id, site, model=tiny_onnx(seed))
+        publish_to(registry, read_files(folder), site)
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def make_hub(store: Registry, tmp_path: Path) -> Iterator[Any]:
+    hubs: list[Hub] = []
+
+    def make(generalist: Any, **overrides: Any) -> Hub:
+        config = HubConfig(
+            **{
+                "registry": "in-process",
+                "trusted_root": store.root / "tuf" / "metadata" / "1.root.json",
+                "state_dir": tmp_path / f"hub-{len(hubs)}",
+                "allow_anonymous": True,
+                "sync_interval_s": 3600.0,
+                "access_log_fsync": False,
+                **overrides,
+            }
+        )
+        hub = Hub(config, generalist=generalist, registry=InProcessRegistry(store))
+        hubs.append(hub)
+        hub.start()
+        return hub
+
+    yield make
+    for hub in hubs:
+        asyncio.run(hub.aclose())
+
+
+def _diagnose(hub: Hub, mode: Mode, seed: int = 0) -> Any:
+    assert hub.engine is not None
+    return asyncio.run(
+        hub.engine.diagnose(
+            request_id="t", task_id="pneumonia-cxr", image=png(seed), media_type=None, mode=mode
+        )
+    ).response
+
+
+def test_the_hub_syncs_from_the_in_process_registry_through_tuf(make_hub: Any) -> None:
+    hub = make_hub(None)
+    assert hub.last_sync is not None and hub.last_sync.ok  # noqa: PT018
+    assert {s.card.site_id for s in hub.catalog.for_task("pneumonia-cxr")} == {"site-a", "site-b"}
+
+
+@pytest.mark.parametrize("mode", [Mode.GSCO, Mode.MOED, Mode.RAD])
+def test_each_generalist_mode_answers_with_its_evidence(make_hub: Any, mode: Mode) -> None:
+    generalist = ScriptedGeneralist(_follows_the_evidence)
+    hub = make_hub(generalist)
+    answer = _diagnose(hub, mode)
+    assert answer.mode_used is mode
+    assert not answer.degraded
+    assert answer.generalist.model == "scripted"
+    assert answer.generalist.calibration == "contextual"
+    asked = [r for r in generalist.calls if not is_content_free(r)][-1]
+    assert asked.mode is mode
+    assert bool(asked.moed) == (mode in (Mode.GSCO, Mode.MOED))  # rad sees no specialist votes
+    assert bool(asked.rad) == (mode in (Mode.GSCO, Mode.RAD))
+    assert answer.label in LABELS
+    assert answer.label == max(answer.scores, key=answer.scores.__getitem__)
+
+
+def test_a_generalist_that_times_out_gives_the_ensemble(make_hub: Any) -> None:
+    hub = make_hub(ScriptedGeneralist(_follows_the_evidence, delay_s=2.0), generalist_timeout_s=0.2)
+    ensemble = _diagnose(hub, Mode.ENSEMBLE)
+    answer = _diagnose(hub, Mode.GSCO)
+    assert answer.degraded
+    assert answer.mode_used is Mode.ENSEMBLE
+    assert answer.label == ensemble.label
+    assert any("did not answer within 0.2 s" in w for w in answer.warnings)
+
+
+def test_an_off_label_answer_gives_the_ensemble(make_hub: Any) -> None:
+    def off_label(request: ArbitrationRequest) -> dict[str, float]:
+        raise GeneralistResponseError("the answer 'maybe' is not one of the task's labels")
+
+    hub = make_hub(ScriptedGeneralist(off_label))
+    answer = _diagnose(hub, Mode.MOED)
+    assert answer.degraded
+    assert answer.mode_used is Mode.ENSEMBLE
+    assert any("the generalist failed" in w and "maybe" in w for w in answer.warnings)
