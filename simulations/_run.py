@@ -21,21 +21,28 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from protocol import GscoError, Mode, free_loopback_port
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
-from simulations._partition import PartitionSpec, partition
+from simulations._partition import Partition, PartitionSpec, partition
 from simulations._runtime import FlowerRuntime
 from simulations._site_job import FAULTS, SiteJob, SiteOutcome
 from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError, SimulationFailedError
+
+if TYPE_CHECKING:
+    from generalist import OpenAIConfig
+    from hub import Hub, ServedAdapter
+    from protocol import ArbitrationPolicy
+    from registry import Registry
+    from site_agent.data import LocalDataset
 
 __all__ = ["Progress", "Scenario", "SimulationResult", "run_scenario"]
 
@@ -142,7 +149,7 @@ class SimulationResult:
     evaluation: Evaluation | None
     timings_s: dict[str, float]
     out_dir: Path
-    policy: Any = None  # the ArbitrationPolicy fitted on validation, if any
+    policy: ArbitrationPolicy | None = None  # fitted on validation, if any
     adapter: dict[str, Any] | None = None  # the tuned adapter: digest, card, tuning outcome
 
 
@@ -151,7 +158,7 @@ def _site_id(number: int) -> str:
 
 
 @contextmanager
-def _registry(root: Path) -> Iterator[tuple[str, Any]]:
+def _registry(root: Path) -> Iterator[tuple[str, Registry]]:
     from registry import ServerConfig, start_server
 
     server, store, port = start_server(ServerConfig(root=root, port=0))
@@ -163,7 +170,7 @@ def _registry(root: Path) -> Iterator[tuple[str, Any]]:
 
 
 @contextmanager
-def _generalist(scenario: Scenario, progress: Progress) -> Iterator[Any]:
+def _generalist(scenario: Scenario, progress: Progress) -> Iterator[OpenAIConfig | None]:
     """The generalist's backend config (None without one); stops what it started."""
     from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
 
@@ -196,7 +203,9 @@ def _generalist(scenario: Scenario, progress: Progress) -> Iterator[Any]:
 
 
 @contextmanager
-def _hub(address: str, root: Path, state: Path, generalist: Any) -> Iterator[tuple[str, Any]]:
+def _hub(
+    address: str, root: Path, state: Path, generalist: OpenAIConfig | None
+) -> Iterator[tuple[str, Hub]]:
     import uvicorn
 
     from hub import Hub, HubConfig, create_app
@@ -232,7 +241,7 @@ def _hub(address: str, root: Path, state: Path, generalist: Any) -> Iterator[tup
         thread.join(timeout=60)
 
 
-def _load(scenario: Scenario) -> tuple[Any, Path]:
+def _load(scenario: Scenario) -> tuple[LocalDataset, Path]:
     from site_agent.data import default_catalog, find_medmnist, load_medmnist
 
     try:
@@ -243,6 +252,46 @@ def _load(scenario: Scenario) -> tuple[Any, Path]:
     return load_medmnist(path, entry.task, dataset=scenario.dataset), path
 
 
+class _Laps:
+    """Wall time per stage, in seconds, in the order the stages ran."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.timings[name] = round(now - self._clock, 1)
+        self._clock = now
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The dataset and its partition across the sites."""
+
+    dataset: LocalDataset
+    split: Partition
+    counts: list[list[int]]
+
+
+@dataclass(frozen=True)
+class _Sites:
+    """What the Flower run of the sites reported."""
+
+    outcomes: list[SiteOutcome]
+    published: list[SiteOutcome]
+
+
+@dataclass
+class _Arbitration:
+    """The policies fitted on validation and the adapter tuned, if any."""
+
+    policy: ArbitrationPolicy | None = None
+    adapter: dict[str, Any] | None = None
+    served: ServedAdapter | None = None
+    adapter_policy: ArbitrationPolicy | None = None
+
+
 def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> SimulationResult:
     """Runs ``scenario`` and returns what the report needs (``out`` keeps the evidence).
 
@@ -251,75 +300,19 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         SimulationFailedError: a component did not start or the Flower run failed.
     """
     scenario.check()
-    timings: dict[str, float] = {}
-    clock = time.monotonic()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.monotonic()
-        timings[name] = round(now - clock, 1)
-        clock = now
-
+    lap = _Laps()
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("registry", "hub", "sites"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    progress.stage(f"loading {scenario.dataset} and partitioning it across {scenario.sites} sites")
-    dataset, _ = _load(scenario)
-    labels = dataset.task.labels
-    split = partition(
-        dataset.train.labels,
-        scenario.sites,
-        PartitionSpec.parse(scenario.partition),
-        seed=scenario.seed,
-    )
-    counts = split.class_counts(dataset.train.labels, len(labels))
+    prepared = _prepare(scenario, progress)
     lap("prepare")
-
-    from site_agent import init_site
-
+    dataset = prepared.dataset
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gsco-sim-")))
         address, store = stack.enter_context(_registry(out / "registry"))
         progress.line(f"registry on {address}, storage {out / 'registry'}")
-        jobs = []
-        for number, rows in enumerate(split.sites, start=1):
-            site_id = _site_id(number)
-            home = init_site(out / "sites" / site_id, site_id)
-            store.enroll(site_id, home.public_key().pem)
-            data = work / f"{site_id}.npz"
-            np.savez(
-                data,
-                train_images=_squeeze(dataset.train.images[rows]),
-                train_labels=dataset.train.labels[rows][:, None],
-                val_images=_squeeze(dataset.val.images),
-                val_labels=dataset.val.labels[:, None],
-                test_images=_squeeze(dataset.test.images),
-                test_labels=dataset.test.labels[:, None],
-            )
-            jobs.append(
-                SiteJob(
-                    site_id=site_id,
-                    home=str(home.root),
-                    data=str(data),
-                    task_id=dataset.task.task_id,
-                    dataset=scenario.dataset,
-                    registry=address,
-                    out_dir=str(work / "bundles" / site_id),
-                    backbone=scenario.backbone,
-                    epochs=scenario.epochs,
-                    max_minutes=scenario.max_minutes_per_site,
-                    batch_size=scenario.batch_size,
-                    learning_rate=scenario.learning_rate,
-                    max_eval_images=scenario.max_val_images,
-                    seed=scenario.seed + number,
-                    fault=scenario.faults.get(number),
-                ).to_json()
-            )
-        (work / "jobs.json").write_text(json.dumps(jobs))
+        jobs = site_jobs(scenario, prepared, work, out, address, store)
         lap("sites")
-
-        progress.stage(f"Flower simulation: {scenario.sites} hospital sites train and publish")
-        runtime = stack.enter_context(FlowerRuntime(work))
         flower_log = stack.enter_context((out / "flower.log").open("w"))
 
         def on_line(line: str) -> None:
@@ -329,6 +322,126 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
             elif "ERROR" in line and "Traceback" not in line:
                 progress.line(line.replace("\x1b[91m", "").replace("\x1b[0m", ""))
 
+        sites = _train_sites(scenario, jobs, work, out, progress, on_line)
+        lap("flower")
+        generalist = stack.enter_context(_generalist(scenario, progress))
+        lap("generalist")
+        progress.stage("starting the hub and syncing the registry through TUF")
+        url, hub = stack.enter_context(_hub(address, out / "registry", out / "hub", generalist))
+        report = hub.last_sync
+        hub_sites = sorted({specialist_name(s.provenance) for s in hub.catalog.all})
+        refused = dict(report.rejected) if report else {}
+        lap("hub")
+        usable = generalist is not None and not scenario.generalist_down
+        arbitration = _arbitrate(
+            scenario, dataset, hub, url, address, work, out, sites, progress, on_line, lap, usable
+        )
+        evaluation, policy = _evaluate_all(scenario, dataset, hub, url, progress, arbitration)
+        if policy is not None:
+            (out / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
+        lap("evaluation")
+    return SimulationResult(
+        scenario=scenario,
+        task_id=dataset.task.task_id,
+        labels=dataset.task.labels,
+        sites=sites.outcomes,
+        partition_counts={_site_id(n): c for n, c in enumerate(prepared.counts, start=1)},
+        partition_moved=prepared.split.moved,
+        hub_sites=hub_sites,
+        hub_refused=refused,
+        evaluation=evaluation,
+        timings_s=lap.timings,
+        out_dir=out,
+        policy=policy,
+        adapter=arbitration.adapter,
+    )
+
+
+def _prepare(scenario: Scenario, progress: Progress) -> _Prepared:
+    """Loads the dataset and partitions its training split across the sites."""
+    progress.stage(f"loading {scenario.dataset} and partitioning it across {scenario.sites} sites")
+    dataset, _ = _load(scenario)
+    split = partition(
+        dataset.train.labels,
+        scenario.sites,
+        PartitionSpec.parse(scenario.partition),
+        seed=scenario.seed,
+    )
+    return _Prepared(
+        dataset, split, split.class_counts(dataset.train.labels, len(dataset.task.labels))
+    )
+
+
+def site_jobs(
+    scenario: Scenario,
+    prepared: _Prepared,
+    work: Path,
+    out: Path,
+    address: str,
+    store: Registry,
+) -> list[SiteJob]:
+    """Every site's job, from the scenario (the one place its settings reach the sites).
+
+    Each site gets a home folder (identity, key, ledger) enrolled in ``store``
+    and its share of the training split (with the shared validation and test
+    splits) as ``WORK/SITE.npz``; ``WORK/jobs.json`` holds the jobs for Flower.
+    """
+    from site_agent import init_site
+
+    dataset = prepared.dataset
+    jobs = []
+    for number, rows in enumerate(prepared.split.sites, start=1):
+        site_id = _site_id(number)
+        home = init_site(out / "sites" / site_id, site_id)
+        store.enroll(site_id, home.public_key().pem)
+        data = work / f"{site_id}.npz"
+        np.savez(
+            data,
+            train_images=_squeeze(dataset.train.images[rows]),
+            train_labels=dataset.train.labels[rows][:, None],
+            val_images=_squeeze(dataset.val.images),
+            val_labels=dataset.val.labels[:, None],
+            test_images=_squeeze(dataset.test.images),
+            test_labels=dataset.test.labels[:, None],
+        )
+        jobs.append(
+            SiteJob(
+                site_id=site_id,
+                home=str(home.root),
+                data=str(data),
+                task_id=dataset.task.task_id,
+                dataset=scenario.dataset,
+                registry=address,
+                out_dir=str(work / "bundles" / site_id),
+                backbone=scenario.backbone,
+                epochs=scenario.epochs,
+                max_minutes=scenario.max_minutes_per_site,
+                batch_size=scenario.batch_size,
+                learning_rate=scenario.learning_rate,
+                max_eval_images=scenario.max_val_images,
+                seed=scenario.seed + number,
+                fault=scenario.faults.get(number),
+            )
+        )
+    (work / "jobs.json").write_text(json.dumps([job.to_json() for job in jobs]))
+    return jobs
+
+
+def _train_sites(
+    scenario: Scenario,
+    jobs: list[SiteJob],
+    work: Path,
+    out: Path,
+    progress: Progress,
+    on_line: Callable[[str], None],
+) -> _Sites:
+    """The Flower run of the sites: each trains, signs and publishes (or acts out its fault).
+
+    Raises:
+        SimulationFailedError: the run gave no outcomes, or no site published.
+    """
+    progress.stage(f"Flower simulation: {scenario.sites} hospital sites train and publish")
+    with FlowerRuntime(work) as runtime:
         runtime.run(
             scenario.sites,
             {
@@ -347,90 +460,91 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
             },
             on_line,
         )
-        runtime.close()
-        if not (work / "outcomes.json").is_file():
-            raise SimulationFailedError(
-                f"the Flower run ended without the sites' outcomes; see {out / 'flower.log'}"
-            )
-        reported = json.loads((work / "outcomes.json").read_text())
-        outcomes = [
-            SiteOutcome(**reported[_site_id(n)])
-            if _site_id(n) in reported
-            else SiteOutcome(_site_id(n), "dropped-out", "no reply")
-            for n in range(1, scenario.sites + 1)
-        ] + [SiteOutcome(**value) for key, value in sorted(reported.items()) if "(fedavg)" in key]
-        lap("flower")
-        published = [o for o in outcomes if o.status == "published"]
-        if not published:
-            raise SimulationFailedError(
-                "no site published a specialist: "
-                + "; ".join(f"{o.site_id} {o.status} {o.detail}" for o in outcomes)
-            )
+    if not (work / "outcomes.json").is_file():
+        raise SimulationFailedError(
+            f"the Flower run ended without the sites' outcomes; see {out / 'flower.log'}"
+        )
+    reported = json.loads((work / "outcomes.json").read_text())
+    outcomes = [
+        SiteOutcome(**reported[_site_id(n)])
+        if _site_id(n) in reported
+        else SiteOutcome(_site_id(n), "dropped-out", "no reply")
+        for n in range(1, scenario.sites + 1)
+    ] + [SiteOutcome(**value) for key, value in sorted(reported.items()) if "(fedavg)" in key]
+    published = [o for o in outcomes if o.status == "published"]
+    if not published:
+        raise SimulationFailedError(
+            "no site published a specialist: "
+            + "; ".join(f"{o.site_id} {o.status} {o.detail}" for o in outcomes)
+        )
+    return _Sites(outcomes, published)
 
-        generalist = stack.enter_context(_generalist(scenario, progress))
-        lap("generalist")
-        progress.stage("starting the hub and syncing the registry through TUF")
-        url, hub = stack.enter_context(_hub(address, out / "registry", out / "hub", generalist))
-        report = hub.last_sync
-        hub_sites = sorted({specialist_name(s.provenance) for s in hub.catalog.all})
-        refused = dict(report.rejected) if report else {}
-        lap("hub")
-        policy, adapter = None, None
-        usable = generalist is not None and not scenario.generalist_down
-        policy_rows, tune_rows = _validation_rows(scenario, len(dataset.val))
-        if usable and len(policy_rows):
-            policy = _fit_policy(scenario, dataset, url, progress, policy_rows)
-            hub.set_policy(policy)
-            lap("policy")
-        served = adapter_policy = None
-        adapter_modes = tuple(Mode(m) for m in scenario.tune_modes)
-        if usable and scenario.tune_generalist:
-            adapter = _tune_adapter(
-                scenario, dataset, work, out, published, address, tune_rows, progress, on_line
-            )
-            lap("tuning")
-            if adapter.get("published"):
-                served = _serve_adapter(hub, dataset.task.task_id, adapter, progress)
-                lap("adapter sync")
-            if served is not None and len(policy_rows):
-                fitted = _fit_policy(
-                    scenario, dataset, url, progress, policy_rows, modes=adapter_modes
-                )
-                lap("adapter policy")
-                served, adapter_policy = _publish_adapter_policy(
-                    hub, address, out, adapter, served, fitted, policy, progress
-                )
-                lap("adapter policy publication")
-        if served is not None:
-            # The base model's rows first, then the adapter's (gsco, moed, rad).
-            task_id = dataset.task.task_id
-            hub.engine.adapters.pop(task_id, None)
-            evaluation = _evaluate(scenario, dataset, url, progress)
-            hub.engine.adapters[task_id] = served
-            if adapter_policy is not None:
-                policy = adapter_policy
-            adapted = _evaluate(scenario, dataset, url, progress, modes=adapter_modes)
-            evaluation.merge_adapter(adapted, adapter_modes)
-        else:
-            evaluation = _evaluate(scenario, dataset, url, progress)
-        if policy is not None:
-            (out / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
-        lap("evaluation")
-    return SimulationResult(
-        scenario=scenario,
-        task_id=dataset.task.task_id,
-        labels=labels,
-        sites=outcomes,
-        partition_counts={_site_id(n): c for n, c in enumerate(counts, start=1)},
-        partition_moved=split.moved,
-        hub_sites=hub_sites,
-        hub_refused=refused,
-        evaluation=evaluation,
-        timings_s=timings,
-        out_dir=out,
-        policy=policy,
-        adapter=adapter,
+
+def _arbitrate(
+    scenario: Scenario,
+    dataset: LocalDataset,
+    hub: Hub,
+    url: str,
+    address: str,
+    work: Path,
+    out: Path,
+    sites: _Sites,
+    progress: Progress,
+    on_line: Callable[[str], None],
+    lap: _Laps,
+    usable: bool,
+) -> _Arbitration:
+    """The base model's policy, then the adapter: tuned, served, its policy fitted and published."""
+    found = _Arbitration()
+    policy_rows, tune_rows = _validation_rows(scenario, len(dataset.val))
+    if usable and len(policy_rows):
+        found.policy = _fit_policy(scenario, dataset, url, progress, policy_rows)
+        hub.set_policy(found.policy)
+        lap("policy")
+    if not (usable and scenario.tune_generalist):
+        return found
+    adapter_modes = tuple(Mode(m) for m in scenario.tune_modes)
+    found.adapter = _tune_adapter(
+        scenario, dataset, work, out, sites.published, address, tune_rows, progress, on_line
     )
+    lap("tuning")
+    if found.adapter.get("published"):
+        found.served = _serve_adapter(hub, dataset.task.task_id, found.adapter, progress)
+        lap("adapter sync")
+    if found.served is not None and len(policy_rows):
+        fitted = _fit_policy(scenario, dataset, url, progress, policy_rows, modes=adapter_modes)
+        lap("adapter policy")
+        found.served, found.adapter_policy = _publish_adapter_policy(
+            hub, address, out, found.adapter, found.served, fitted, found.policy, progress
+        )
+        lap("adapter policy publication")
+    return found
+
+
+def _evaluate_all(
+    scenario: Scenario,
+    dataset: LocalDataset,
+    hub: Hub,
+    url: str,
+    progress: Progress,
+    arbitration: _Arbitration,
+) -> tuple[Evaluation, ArbitrationPolicy | None]:
+    """The test split through the hub: the base model's rows, then the adapter's, if one serves.
+
+    Returns the evaluation and the policy its answers were given under.
+    """
+    served = arbitration.served
+    if served is None:
+        return _evaluate(scenario, dataset, url, progress), arbitration.policy
+    assert hub.engine is not None
+    task_id = dataset.task.task_id
+    adapter_modes = tuple(Mode(m) for m in scenario.tune_modes)
+    hub.engine.adapters.pop(task_id, None)
+    evaluation = _evaluate(scenario, dataset, url, progress)
+    hub.engine.adapters[task_id] = served
+    adapted = _evaluate(scenario, dataset, url, progress, modes=adapter_modes)
+    evaluation.merge_adapter(adapted, adapter_modes)
+    return evaluation, arbitration.adapter_policy or arbitration.policy
 
 
 def _squeeze(images: np.ndarray) -> np.ndarray:
@@ -439,7 +553,7 @@ def _squeeze(images: np.ndarray) -> np.ndarray:
 
 def _evaluate(
     scenario: Scenario,
-    dataset: Any,
+    dataset: LocalDataset,
     url: str,
     progress: Progress,
     modes: tuple[Mode, ...] = HUB_MODES,
@@ -500,14 +614,14 @@ def _validation_rows(scenario: Scenario, n: int) -> tuple[np.ndarray, np.ndarray
 
 def _tune_adapter(
     scenario: Scenario,
-    dataset: Any,
+    dataset: LocalDataset,
     work: Path,
     out: Path,
     published: list[SiteOutcome],
     address: str,
     rows: np.ndarray,
     progress: Progress,
-    on_line: Any,
+    on_line: Callable[[str], None],
 ) -> dict[str, Any]:
     """Federated tuning of the generalist's adapter (a second Flower run); its outcome."""
     from generalist import MODEL_NAME, EmbeddedServer
@@ -595,9 +709,12 @@ def _tune_adapter(
     return outcome
 
 
-def _serve_adapter(hub: Any, task_id: str, adapter: dict[str, Any], progress: Progress) -> Any:
+def _serve_adapter(
+    hub: Hub, task_id: str, adapter: dict[str, Any], progress: Progress
+) -> ServedAdapter | None:
     """The hub's next sync takes the published adapter through its own checks (None: refused)."""
     hub.sync_now()
+    assert hub.engine is not None  # started
     served = hub.engine.adapters.get(task_id)
     if served is None or served.digest != adapter["published"]:
         adapter["refused"] = hub.adapter_warnings.get(task_id) or "the hub did not serve it"
@@ -611,15 +728,15 @@ def _serve_adapter(hub: Any, task_id: str, adapter: dict[str, Any], progress: Pr
 
 
 def _publish_adapter_policy(
-    hub: Any,
+    hub: Hub,
     address: str,
     out: Path,
     adapter: dict[str, Any],
-    served: Any,
-    fitted: Any,
-    policy: Any,
+    served: ServedAdapter,
+    fitted: ArbitrationPolicy,
+    policy: ArbitrationPolicy | None,
     progress: Progress,
-) -> tuple[Any, Any]:
+) -> tuple[ServedAdapter, ArbitrationPolicy | None]:
     """The signing site publishes the adapter's next version with its fitted policy.
 
     The hub's next sync serves that version, whose signed card carries the
@@ -656,17 +773,18 @@ def _publish_adapter_policy(
         return served, merged
     adapter.update(digest=refreshed.digest, name=refreshed.name)
     adapter["card"] = refreshed.card.model_dump(mode="json")
+    assert hub.engine is not None  # started
     return refreshed, hub.engine.policy_in_service(task_id)
 
 
 def _fit_policy(
     scenario: Scenario,
-    dataset: Any,
+    dataset: LocalDataset,
     url: str,
     progress: Progress,
     rows: np.ndarray,
     modes: tuple[Mode, ...] = (Mode.GSCO, Mode.MOED, Mode.RAD),
-) -> Any:
+) -> ArbitrationPolicy:
     """The task's arbitration policy, fitted on validation images through the hub.
 
     The specialists' temperatures were fitted on this same validation split,

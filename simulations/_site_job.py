@@ -72,6 +72,28 @@ class SiteJob:
         """The job as JSON."""
         return json.dumps(asdict(self))
 
+    def train_config(self, *, epochs: int | None = None, patience: int | None = None) -> Any:
+        """The site agent's :class:`site_agent.train.TrainConfig` for this job (one place).
+
+        ``epochs`` replaces the job's (a FedAvg round's local epochs, 0 to
+        calibrate a shared model only); ``patience`` replaces the default.
+        """
+        from site_agent.train import TrainConfig
+
+        settings: dict[str, Any] = {
+            "backbone": self.backbone,
+            "input_size": self.input_size,
+            "epochs": self.epochs if epochs is None else epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "max_minutes": self.max_minutes,
+            "seed": self.seed,
+            "threads": self.threads,
+        }
+        if patience is not None:
+            settings["patience"] = patience
+        return TrainConfig(**settings)
+
     @classmethod
     def from_json(cls, text: str) -> SiteJob:
         """The job from :meth:`to_json`."""
@@ -147,24 +169,14 @@ def local_update(
     Raises:
         SiteDroppedOut: the job's fault is ``drop-out``.
     """
-    from site_agent.train import TrainConfig, default_zoo, train_specialist
+    from site_agent.train import default_zoo, train_specialist
 
     if job.fault == "drop-out":
         raise SiteDroppedOut(f"{job.site_id} dropped out of federated training")
     dataset = _load_share(job)
     trained = train_specialist(
         dataset,
-        TrainConfig(
-            backbone=job.backbone,
-            input_size=job.input_size,
-            epochs=epochs,
-            batch_size=job.batch_size,
-            learning_rate=job.learning_rate,
-            patience=epochs + 1,
-            max_minutes=job.max_minutes,
-            seed=job.seed,
-            threads=job.threads,
-        ),
+        job.train_config(epochs=epochs, patience=epochs + 1),  # every local epoch runs
         default_zoo(),
         initial_state=usable_state(state),
     )
@@ -193,7 +205,6 @@ def run_site_job(
     from site_agent.data import default_catalog
     from site_agent.index import IndexSettings
     from site_agent.pipeline import write_bundle
-    from site_agent.train import TrainConfig
 
     started = time.monotonic()
     outcome = SiteOutcome(
@@ -220,16 +231,7 @@ def run_site_job(
             site_id=job.site_id,
             version=version,
             license_id="LicenseRef-Consortium-Agreement",
-            config=TrainConfig(
-                backbone=job.backbone,
-                input_size=job.input_size,
-                epochs=0 if shared_state is not None else job.epochs,
-                batch_size=job.batch_size,
-                learning_rate=job.learning_rate,
-                max_minutes=job.max_minutes,
-                seed=job.seed,
-                threads=job.threads,
-            ),
+            config=job.train_config(epochs=0 if shared_state is not None else None),
             index=IndexSettings(IndexMode.PROTOTYPE, 10, 0.0, job.seed),
             initial_state=usable_state(shared_state) if shared_state is not None else None,
             federation=federation,
