@@ -3,6 +3,7 @@
 ::
 
     SiteError
+    ├── OptionsError           training options that contradict each other (a usage error)
     ├── SiteHomeError          the site's home folder is missing, malformed or already set up
     ├── DataError              local data cannot be used
     │   ├── DataNotFoundError      no such file, and it cannot be downloaded here
@@ -38,6 +39,7 @@ __all__ = [
     "ExportError",
     "ImageDecodeError",
     "LedgerError",
+    "OptionsError",
     "ParityError",
     "PrivacyIndexError",
     "SiteError",
@@ -50,6 +52,10 @@ __all__ = [
 
 class SiteError(GscoError):
     """Root of the site agent's errors."""
+
+
+class OptionsError(SiteError):
+    """Options that contradict each other or lack one they need (a usage error)."""
 
 
 class SiteHomeError(SiteError):

@@ -69,8 +69,11 @@ class DPLayersOption(StrEnum):
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option(help="Task id from the catalog (or --task-file).")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write (must not exist).")],
+    task: Annotated[
+        str | None,
+        typer.Option(help="Task id from the catalog [default: the one --task-file declares]."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -146,7 +149,7 @@ def train(
     ] = None,
     license_id: Annotated[
         str, typer.Option("--license", help="SPDX id of the model's license.")
-    ] = ("LicenseRef-Consortium-Agreement"),
+    ] = "LicenseRef-Consortium-Agreement",
     site_id: Annotated[str | None, typer.Option(help="Site id [default: the site home's].")] = None,
     sign_bundle_too: Annotated[
         bool, typer.Option("--sign/--no-sign", help="Sign the bundle with the site key.")
@@ -159,76 +162,53 @@ def train(
     """
     from gsco.cli._progress import TrainingProgress
     from protocol import IndexMode
-    from site_agent.data import default_catalog, load_local_data, load_task_file
-    from site_agent.errors import SiteHomeError
-    from site_agent.index import IndexSettings
-    from site_agent.pipeline import (
-        deidentification_report_path,
-        ensure_new_output,
-        write_bundle,
-    )
-    from site_agent.train import DPConfig, TrainConfig, WeightsPolicy, default_zoo
+    from site_agent.errors import OptionsError
+    from site_agent.pipeline import deidentification_report_path
+    from site_agent.training import TrainingOptions, plan_training, run_training
 
-    root = home or default_site_home()
-    site = open_site(root) if (root / "site.json").is_file() else None
-    site_id = site_id or (site.config.site_id if site else None)
-    if site_id is None:
-        raise SiteHomeError(
-            "no site identity: run 'gsco site init --site-id ID' first, or pass --site-id"
-        )
-    if sign_bundle_too and site is None:
-        raise SiteHomeError(f"--sign needs a site home with a key ({root}): run 'gsco site init'")
-    ensure_new_output(out)
-    catalog = default_catalog()
-    if task_file is not None:
-        catalog = catalog.with_task(load_task_file(task_file))
-    entry = catalog.get(task)
-    default_zoo().get(backbone)  # an unknown backbone fails before the data is read
-    dataset = load_local_data(data, entry, image_size=image_size, seed=seed)
-    dataset = dataset.subsample(max_train_images, max_eval_images, seed)
-    dp = None
-    if dp_epsilon is not None:
-        delta = dp_delta if dp_delta is not None else 0.1 / len(dataset.train)
-        dp = DPConfig(
-            epsilon=dp_epsilon,
-            delta=delta,
-            max_grad_norm=dp_clip,
-            layers="all" if dp_layers is DPLayersOption.all else "head",
-        )
-    elif dp_delta is not None:
-        fail("--dp-delta needs --dp-epsilon", code=2)
-    elif dp_layers is not None:
-        fail("--dp-layers needs --dp-epsilon", code=2)
-    if version is None:
-        version = (site.ledger.last_version(entry.task.task_id, backbone) if site else 0) + 1
-    config = TrainConfig(
+    options = TrainingOptions(
+        out=out,
+        task=task,
+        task_file=task_file,
+        data=data,
         backbone=backbone,
-        weights=WeightsPolicy(weights.value),
+        weights=weights.value,
         input_size=input_size,
+        image_size=image_size,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=lr,
         patience=patience,
         max_minutes=max_minutes,
-        seed=seed,
         flip=flip,
-        dp=dp,
+        max_train_images=max_train_images,
+        max_eval_images=max_eval_images,
+        seed=seed,
+        index_mode=IndexMode(index_mode.value),
+        index_k=index_k,
+        index_noise=index_noise,
+        dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta,
+        dp_clip=dp_clip,
+        dp_layers=dp_layers.value if dp_layers is not None else None,
+        version=version,
+        license_id=license_id,
+        site_id=site_id,
+        sign=sign_bundle_too,
     )
+    try:
+        options.check()
+    except OptionsError as exc:
+        fail(str(exc), code=2)
+    plan = plan_training(options, home or default_site_home())
+    dataset = plan.dataset
     typer.echo(
-        f"training {backbone} for {entry.task.task_id} on {len(dataset.train)} images "
-        f"({len(dataset.val)} val, {len(dataset.test)} test), site {site_id}, version {version}"
+        f"training {backbone} for {plan.entry.task.task_id} on {len(dataset.train)} images "
+        f"({len(dataset.val)} val, {len(dataset.test)} test), site {plan.site_id}, "
+        f"version {plan.version}"
     )
     with TrainingProgress() as progress:
-        result = write_bundle(
-            dataset,
-            out,
-            site_id=site_id,
-            version=version,
-            license_id=license_id,
-            config=config,
-            index=IndexSettings(IndexMode(index_mode.value), index_k, index_noise, seed),
-            observer=progress,
-        )
+        result, manifest = run_training(plan, progress)
     test = result.card.metrics
     auc = f"{test.macro_auc:.3f}" if test.macro_auc is not None else "n/a"
     typer.echo(
@@ -259,9 +239,8 @@ def train(
             f"{deid.output_scan.values_searched} identifying values in any output; "
             f"report {deidentification_report_path(result.path)}"
         )
-    if sign_bundle_too and site is not None:
-        manifest = sign_bundle(result.path, site.private_key)
-        typer.echo(f"signed as site {site.config.site_id}; bundle digest {manifest.digest}")
+    if manifest is not None:
+        typer.echo(f"signed as site {plan.site_id}; bundle digest {manifest.digest}")
 
 
 @app.command()

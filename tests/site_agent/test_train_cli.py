@@ -84,6 +84,25 @@ def test_bad_inputs_end_in_one_clear_line(tmp_path: Path, make_args: object, mes
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "pneumonia-cxr", "--dp-delta", "1e-5"], "--dp-delta needs --dp-epsilon"),
+        (["--task", "pneumonia-cxr", "--dp-layers", "all"], "--dp-layers needs --dp-epsilon"),
+        ([], "give --task, or --task-file declaring one"),
+    ],
+    ids=["delta-without-epsilon", "layers-without-epsilon", "no-task"],
+)
+def test_contradicting_options_are_usage_errors_before_any_data_is_read(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    missing = tmp_path / "never-read.npz"  # would fail with "no such file" if it were read
+    code, _, stderr = _train(*args, "--data", str(missing), "--out", str(tmp_path / "out"))
+    assert code == 2, stderr
+    assert message in stderr
+    assert "no such file" not in stderr
+
+
 def test_no_site_identity(tmp_path: Path) -> None:
     result = gsco(
         "site",
@@ -197,3 +216,34 @@ def _the_hub_agrees_with_the_sites_metrics(bundle: Path, metrics: dict[str, Any]
     # The calibration error depends on the temperature (accuracy and AUC do not).
     assert card.calibration_temperature != 1.0
     assert hub.ece == pytest.approx(metrics["test"]["ece"], abs=1e-3)
+
+
+def test_a_task_file_alone_plans_a_run_and_the_version_follows_the_ledger(tmp_path: Path) -> None:
+    """The use case (what the command calls): a declared task, the data read, a version."""
+    from site_agent import init_site
+    from site_agent.training import TrainingOptions, plan_training
+
+    (tmp_path / "knee.yaml").write_text(
+        "task_id: knee-xr\nmodality: knee X-ray\nlabels: [healthy, osteoarthritis]\n"
+        "task_type: binary\n"
+    )
+    for label in ("healthy", "osteoarthritis"):
+        for i in range(6):
+            write_png(tmp_path / "images" / label / f"{i}.png", 40 * i + (label == "healthy"))
+    home = init_site(tmp_path / "home", "st-marys")
+    plan = plan_training(
+        TrainingOptions(
+            out=tmp_path / "out",
+            task_file=tmp_path / "knee.yaml",
+            data=tmp_path / "images",
+            image_size=28,
+            dp_epsilon=8.0,
+        ),
+        home.root,
+    )
+    assert plan.entry.task.task_id == "knee-xr"
+    assert plan.site_id == "st-marys"
+    assert plan.version == 1  # nothing published yet
+    assert plan.config.dp is not None
+    assert plan.config.dp.delta == pytest.approx(0.1 / len(plan.dataset.train))
+    assert not (tmp_path / "out").exists()  # planning writes nothing

@@ -1,0 +1,193 @@
+"""The site's training use case: options in, a plan checked before any data is read, a bundle out.
+
+What ``gsco site train`` used to decide itself lives here, so that every caller
+(the command line, and in time the simulation's sites and a deployed
+SuperNode) decides the same way:
+
+- the options are checked first (:meth:`TrainingOptions.check`): a flag that
+  needs another, a site identity, a key to sign with, a free output folder, a
+  known task and backbone, all before the data is read;
+- the plan then reads the data and settles what depends on it: the DP delta
+  (``1 / (10 n)`` for ``n`` training images unless given) and the version (the
+  site's last published one, from its egress ledger, plus one);
+- :func:`run_training` trains, writes the bundle and signs it when asked.
+
+The caller parses and prints; it decides nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from protocol import IndexMode
+from site_agent._home import SiteHome, open_site
+from site_agent.errors import OptionsError, SiteHomeError
+
+if TYPE_CHECKING:
+    from signing import VerifiedManifest
+    from site_agent.data import CatalogEntry, LocalDataset
+    from site_agent.index import IndexSettings
+    from site_agent.pipeline import BundleResult
+    from site_agent.train import TrainConfig, TrainingObserver
+
+__all__ = ["DEFAULT_LICENSE", "TrainingOptions", "TrainingPlan", "plan_training", "run_training"]
+
+#: The licence a consortium's specialists carry unless the site says otherwise.
+DEFAULT_LICENSE = "LicenseRef-Consortium-Agreement"
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What a site asks for. ``None`` means the documented default."""
+
+    out: Path
+    task: str | None = None  # a catalog task id; None: the one ``task_file`` declares
+    task_file: Path | None = None
+    data: Path | None = None  # None: the task's MedMNIST file
+    backbone: str = "tf_efficientnet_lite0"
+    weights: Literal["default", "scratch", "hub"] = "default"
+    input_size: int | None = None
+    image_size: int = 64  # images from folders, CSV and DICOM are stored at this size
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    patience: int = 5
+    max_minutes: float | None = None
+    flip: bool = False
+    max_train_images: int | None = None
+    max_eval_images: int | None = None
+    seed: int = 0
+    index_mode: IndexMode = IndexMode.PROTOTYPE
+    index_k: int = 10
+    index_noise: float = 0.0
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_clip: float = 1.0
+    dp_layers: Literal["head", "all"] | None = None
+    version: int | None = None  # None: the last version the site published, plus one
+    license_id: str = DEFAULT_LICENSE
+    site_id: str | None = None  # None: the site home's
+    sign: bool = False
+
+    def check(self) -> None:
+        """Checks the options among themselves (nothing is read).
+
+        Raises:
+            OptionsError: an option that needs another, or none of the task options.
+        """
+        if self.dp_epsilon is None and self.dp_delta is not None:
+            raise OptionsError("--dp-delta needs --dp-epsilon")
+        if self.dp_epsilon is None and self.dp_layers is not None:
+            raise OptionsError("--dp-layers needs --dp-epsilon")
+        if self.task is None and self.task_file is None:
+            raise OptionsError("give --task, or --task-file declaring one")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A checked training run: what will be trained, on what, under which version."""
+
+    options: TrainingOptions
+    site: SiteHome | None
+    site_id: str
+    entry: CatalogEntry
+    dataset: LocalDataset
+    config: TrainConfig
+    index: IndexSettings
+    version: int
+
+
+def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
+    """Checks ``options`` against the site home at ``home``, then reads the data.
+
+    Raises:
+        OptionsError: see :meth:`TrainingOptions.check`.
+        SiteHomeError: no site identity, or ``sign`` without a key.
+        BundleExistsError: ``options.out`` exists and is not empty.
+        TaskNotFoundError, UnknownBackboneError: before any data is read.
+        DataError: the data cannot be read.
+    """
+    from site_agent.data import default_catalog, load_local_data, load_task_file
+    from site_agent.index import IndexSettings
+    from site_agent.pipeline import ensure_new_output
+    from site_agent.train import DPConfig, TrainConfig, WeightsPolicy, default_zoo
+
+    options.check()
+    site = open_site(home) if (home / "site.json").is_file() else None
+    site_id = options.site_id or (site.config.site_id if site else None)
+    if site_id is None:
+        raise SiteHomeError(
+            "no site identity: run 'gsco site init --site-id ID' first, or pass --site-id"
+        )
+    if options.sign and site is None:
+        raise SiteHomeError(f"--sign needs a site home with a key ({home}): run 'gsco site init'")
+    ensure_new_output(options.out)
+    catalog = default_catalog()
+    declared = load_task_file(options.task_file) if options.task_file is not None else None
+    if declared is not None:
+        catalog = catalog.with_task(declared)
+    entry = catalog.get(options.task) if options.task is not None else declared
+    assert entry is not None  # check() saw a task or a task file
+    default_zoo().get(options.backbone)  # an unknown backbone fails before the data is read
+
+    dataset = load_local_data(
+        options.data, entry, image_size=options.image_size, seed=options.seed
+    ).subsample(options.max_train_images, options.max_eval_images, options.seed)
+    dp = None
+    if options.dp_epsilon is not None:
+        dp = DPConfig(
+            epsilon=options.dp_epsilon,
+            delta=options.dp_delta if options.dp_delta is not None else 0.1 / len(dataset.train),
+            max_grad_norm=options.dp_clip,
+            layers=options.dp_layers or "head",
+        )
+    version = options.version
+    if version is None:
+        version = (
+            site.ledger.last_version(entry.task.task_id, options.backbone) if site else 0
+        ) + 1
+    config = TrainConfig(
+        backbone=options.backbone,
+        weights=WeightsPolicy(options.weights),
+        input_size=options.input_size,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        patience=options.patience,
+        max_minutes=options.max_minutes,
+        seed=options.seed,
+        flip=options.flip,
+        dp=dp,
+    )
+    index = IndexSettings(options.index_mode, options.index_k, options.index_noise, options.seed)
+    return TrainingPlan(options, site, site_id, entry, dataset, config, index, version)
+
+
+def run_training(
+    plan: TrainingPlan, observer: TrainingObserver | None = None
+) -> tuple[BundleResult, VerifiedManifest | None]:
+    """Trains, writes the bundle and, when the options say so, signs it with the site key.
+
+    Raises:
+        SiteError: a step failed (see :func:`site_agent.pipeline.write_bundle`).
+        SigningError: signing failed.
+    """
+    from signing import sign_bundle
+    from site_agent.pipeline import write_bundle
+
+    result = write_bundle(
+        plan.dataset,
+        plan.options.out,
+        site_id=plan.site_id,
+        version=plan.version,
+        license_id=plan.options.license_id,
+        config=plan.config,
+        index=plan.index,
+        observer=observer,
+    )
+    manifest = None
+    if plan.options.sign and plan.site is not None:
+        manifest = sign_bundle(result.path, plan.site.private_key)
+    return result, manifest
