@@ -28,13 +28,12 @@ def _gguf() -> Path:
     return found[0]
 
 
-def convert(out: Path) -> int:
-    """Converts the packaged GGUF into ``out``; returns the number of parameters."""
+def convert(source: Path, out: Path) -> int:
+    """Converts the GGUF file ``source`` into ``out``; returns the number of parameters."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(
         str(source.parent), gguf_file=source.name, dtype=torch.float32
@@ -60,8 +59,8 @@ def main(argv: list[str]) -> None:
     """``_convert.py OUT_DIR``."""
     if len(argv) != 1:
         sys.exit("usage: _convert.py OUT_DIR")
-    out = Path(argv[0])
-    print(f"converted {_gguf().name} ({convert(out)} parameters)")
+    source = _gguf()
+    print(f"converted {source.name} ({convert(source, Path(argv[0]))} parameters)")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,11 @@ def verify_access_log(path: Path) -> list[AccessRecord]:
     Raises:
         AccessLogError: unreadable, a malformed line, or a broken chain (names the line).
     """
+    return _verified(path)[0]
+
+
+def _verified(path: Path) -> tuple[list[AccessRecord], str]:
+    """The records of ``path`` and the hash of its last line, after checking the chain."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -64,10 +69,9 @@ def verify_access_log(path: Path) -> list[AccessRecord]:
     if data and not data.endswith(b"\n"):
         raise AccessLogError(f"{path.name}: the last line is truncated (no newline)")
     try:
-        records, _ = walk_chain(data.splitlines(keepends=True), AccessRecord)
+        return walk_chain(data.splitlines(keepends=True), AccessRecord)
     except ChainError as exc:
         raise AccessLogError(f"{path.name}: {exc}") from exc
-    return records
 
 
 class AccessLog:
@@ -87,12 +91,11 @@ class AccessLog:
             self._log.close()
             raise AccessLogError(f"{path} is in use by another hub") from exc
         try:
-            if path.stat().st_size:
-                verify_access_log(path)  # a truncated last line, too
-            self._log.resume()
-        except (AccessLogError, ChainError) as exc:
+            records, last = _verified(path)  # read and walked once, a truncated line too
+        except AccessLogError:
             self._log.close()
-            raise AccessLogError(str(exc)) from exc
+            raise
+        self._log.resume((len(records), last))
 
     def append(
         self,

@@ -34,7 +34,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hub.errors import HubConfigError
-from protocol import ArbitrationPolicy, GscoError, Mode, ModePolicy, TaskSpec
+from protocol import (
+    ArbitrationPolicy,
+    GscoError,
+    Mode,
+    ModePolicy,
+    TaskSpec,
+    calibrated_softmax,
+)
 
 __all__ = [
     "POLICY_WEIGHTS",
@@ -121,9 +128,7 @@ def fit_label_bias(
     bias = np.zeros(k)
     current = loss(bias)
     for _ in range(100):
-        z = logs + bias
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        p = calibrated_softmax(logs + bias)
         gradient = (weights[:, None] * (p - onehot)).sum(axis=0) + 2 * ridge * bias
         hessian = np.diag((weights[:, None] * p).sum(axis=0)) - np.einsum(
             "n,ni,nj->ij", weights, p, p
@@ -148,12 +153,10 @@ def fit_label_bias(
 
 
 def with_bias(generalist: NDArray[np.float64], bias: Sequence[float] | None) -> NDArray[np.float64]:
-    """``generalist``'s probabilities (``[N, K]`` or ``[K]``) times ``exp(bias)``, renormalised."""
+    """``generalist``'s probabilities (``[N, K]``) times ``exp(bias)``, renormalised."""
     if bias is None:
         return generalist
-    logs = _log(generalist) + np.asarray(bias, dtype=np.float64)
-    p = np.exp(logs - logs.max(axis=-1, keepdims=True))
-    return np.asarray(p / p.sum(axis=-1, keepdims=True), dtype=np.float64)
+    return calibrated_softmax(_log(generalist) + np.asarray(bias, dtype=np.float64))
 
 
 #: The largest chance probability at which a weight's validation gain counts.

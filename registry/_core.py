@@ -31,8 +31,8 @@ from protocol import (
 from registry._adapter import CARD_FILE as ADAPTER_CARD
 from registry._adapter import AcceptedAdapter, AdapterLimits, verify_adapter
 from registry._blobs import BlobStore
-from registry._events import GENESIS, EventLog, verify_event_log
-from registry._reader import DATABASE, RegistryReader, has_kind_column
+from registry._events import EventLog, verify_event_log
+from registry._reader import DATABASE, RegistryReader, event_head_in, has_kind_column
 from registry._tuf import TufRepository
 from registry._verify import (
     AcceptedBundle,
@@ -122,8 +122,7 @@ class Registry(RegistryReader):
             self._db.execute("COMMIT")
 
     def _event(self, db: sqlite3.Connection, kind: str, **fields: object) -> None:
-        row = db.execute("SELECT v FROM meta WHERE k = 'event_head'").fetchone()
-        count, previous = json.loads(row[0]) if row else (0, GENESIS)
+        count, previous = event_head_in(db)  # inside the transaction
         head = self.events.append(count, previous, kind, **fields)  # type: ignore[arg-type]
         db.execute(
             "INSERT OR REPLACE INTO meta (k, v) VALUES ('event_head', ?)", (json.dumps(head),)

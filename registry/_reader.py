@@ -29,7 +29,7 @@ from registry._verify import Limits
 from registry.errors import NotFoundError, StoreError
 from signing import KeyRing, PublicKey, TrustedKey
 
-__all__ = ["RegistryReader", "has_kind_column", "keyring_of"]
+__all__ = ["RegistryReader", "event_head_in", "has_kind_column", "keyring_of"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ def keyring_of(sites: Iterable[SiteKey]) -> KeyRing:
 def has_kind_column(db: sqlite3.Connection) -> bool:
     """Whether the bundles table has the ``kind`` column (databases from before adapters do not)."""
     return any(row[1] == "kind" for row in db.execute("PRAGMA table_info(bundles)"))
+
+
+def event_head_in(db: sqlite3.Connection) -> tuple[int, str]:
+    """(count, hash of the last line) of the event log, as ``db`` records it."""
+    row = db.execute("SELECT v FROM meta WHERE k = 'event_head'").fetchone()
+    if row is None:
+        return 0, GENESIS
+    count, digest = json.loads(row[0])
+    return int(count), str(digest)
 
 
 def read_connection(database: Path) -> sqlite3.Connection:
@@ -97,11 +106,7 @@ class RegistryReader:
     def event_head(self) -> tuple[int, str]:
         """(count, hash of the last line) of the committed event log."""
         with self._lock:
-            row = self._read_db.execute("SELECT v FROM meta WHERE k = 'event_head'").fetchone()
-        if row is None:
-            return 0, GENESIS
-        count, digest = json.loads(row[0])
-        return int(count), str(digest)
+            return event_head_in(self._read_db)
 
     def event_log(self) -> tuple[tuple[int, str], list[bytes]]:
         """The committed head and the raw event-log lines, read together."""

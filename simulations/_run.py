@@ -509,7 +509,9 @@ def _arbitrate(
     )
     lap("tuning")
     if found.adapter.get("published"):
-        found.served = _serve_adapter(hub, dataset.task.task_id, found.adapter, progress)
+        found.served = _serve_adapter(
+            hub, dataset.task.task_id, found.adapter, found.adapter["published"], progress
+        )
         lap("adapter sync")
     if found.served is not None and len(policy_rows):
         fitted = _fit_policy(scenario, dataset, url, progress, policy_rows, modes=adapter_modes)
@@ -710,13 +712,17 @@ def _tune_adapter(
 
 
 def _serve_adapter(
-    hub: Hub, task_id: str, adapter: dict[str, Any], progress: Progress
+    hub: Hub, task_id: str, adapter: dict[str, Any], digest: str, progress: Progress
 ) -> ServedAdapter | None:
-    """The hub's next sync takes the published adapter through its own checks (None: refused)."""
+    """The hub's next sync takes the adapter bundle ``digest`` through its own checks.
+
+    What it serves is recorded in ``adapter`` (digest, name, card); a refusal
+    as ``adapter["refused"]``, and then ``None`` is returned.
+    """
     hub.sync_now()
     assert hub.engine is not None  # started
     served = hub.engine.adapters.get(task_id)
-    if served is None or served.digest != adapter["published"]:
+    if served is None or served.digest != digest:
         adapter["refused"] = hub.adapter_warnings.get(task_id) or "the hub did not serve it"
         progress.line(f"the hub does not serve the adapter: {adapter['refused']}")
         return None
@@ -748,6 +754,15 @@ def _publish_adapter_policy(
     from hub import with_modes_of
     from simulations._tune_job import publish_adapter_policy
 
+    def operator_sets(problem: str) -> tuple[ServedAdapter, ArbitrationPolicy]:
+        adapter["policy_error"] = problem[:500]
+        progress.line(
+            f"the adapter's policy was not published ({problem}); the hub operator sets it"
+        )
+        merged = with_modes_of(policy, fitted) if policy is not None else fitted
+        hub.set_policy(merged)
+        return served, merged
+
     task_id = fitted.task_id
     signer = str(adapter.get("signed_by", ""))
     try:
@@ -759,20 +774,13 @@ def _publish_adapter_policy(
             fitted,
         )
     except (GscoError, OSError, KeyError) as exc:
-        adapter["policy_error"] = str(exc)[:500]
-        progress.line(f"the adapter's policy was not published ({exc}); the hub operator sets it")
-        merged = with_modes_of(policy, fitted) if policy is not None else fitted
-        hub.set_policy(merged)
-        return served, merged
+        return operator_sets(str(exc))
     adapter["policy_published"] = {"version": version, "digest": digest, "signed_by": signer}
-    refreshed = _serve_adapter(hub, task_id, {**adapter, "published": digest}, progress)
+    refreshed = _serve_adapter(hub, task_id, adapter, digest, progress)
     if refreshed is None:
-        adapter["policy_error"] = "the hub did not serve the adapter's policy version"
-        merged = with_modes_of(policy, fitted) if policy is not None else fitted
-        hub.set_policy(merged)
-        return served, merged
-    adapter.update(digest=refreshed.digest, name=refreshed.name)
-    adapter["card"] = refreshed.card.model_dump(mode="json")
+        return operator_sets(
+            f"the hub did not serve the adapter's policy version: {adapter.pop('refused')}"
+        )
     assert hub.engine is not None  # started
     return refreshed, hub.engine.policy_in_service(task_id)
 

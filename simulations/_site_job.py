@@ -205,6 +205,7 @@ def run_site_job(
     from site_agent.data import default_catalog
     from site_agent.index import IndexSettings
     from site_agent.pipeline import write_bundle
+    from site_agent.training import DEFAULT_LICENSE
 
     started = time.monotonic()
     outcome = SiteOutcome(
@@ -230,7 +231,7 @@ def run_site_job(
             out_dir,
             site_id=job.site_id,
             version=version,
-            license_id="LicenseRef-Consortium-Agreement",
+            license_id=DEFAULT_LICENSE,
             config=job.train_config(epochs=0 if shared_state is not None else None),
             index=IndexSettings(IndexMode.PROTOTYPE, 10, 0.0, job.seed),
             initial_state=usable_state(shared_state) if shared_state is not None else None,

@@ -22,11 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simulations.errors import SimulationError
+
+if TYPE_CHECKING:
+    from signing import VerifiedManifest
+    from site_agent import SiteHome
 
 __all__ = [
     "TuneJob",
@@ -218,12 +222,7 @@ def publish_adapter(
     )
     out = Path(job.out_dir)
     manifest = write_adapter_bundle(out, trainer, card, home.private_key)
-    from registry import RegistryClient
-
-    with RegistryClient(job.registry, timeout_s=120.0) as client:
-        ref = client.publish(out, home.private_key)
-    home.ledger.record_publication(job.registry, ref, dict(manifest.files))
-    return str(out), ref.bundle_digest
+    return str(out), _publish(home, job.registry, out, manifest)
 
 
 def publish_adapter_policy(
@@ -239,14 +238,20 @@ def publish_adapter_policy(
         AdapterTrainingError: the policy does not fit the adapter.
         RegistryError: the registry refused it.
     """
-    from registry import RegistryClient
     from site_agent import open_site
     from site_agent.adapter import write_policy_version
 
     home = open_site(home_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     card, manifest = write_policy_version(source, out_dir, policy, home.private_key)
+    return card.version, _publish(home, registry, out_dir, manifest)
+
+
+def _publish(home: SiteHome, registry: str, folder: Path, manifest: VerifiedManifest) -> str:
+    """Publishes the signed bundle ``folder``, records it in the egress ledger; its digest."""
+    from registry import RegistryClient
+
     with RegistryClient(registry, timeout_s=120.0) as client:
-        ref = client.publish(out_dir, home.private_key)
+        ref = client.publish(folder, home.private_key)
     home.ledger.record_publication(registry, ref, dict(manifest.files))
-    return card.version, ref.bundle_digest
+    return ref.bundle_digest

@@ -11,6 +11,7 @@ import typer
 from gsco.cli._common import fail
 from signing import sign_bundle
 from site_agent import default_site_home, init_site, open_site
+from site_agent.training import DEFAULT_LICENSE
 
 app = typer.Typer(
     help="Site agent: train, export, sign and publish specialists.", no_args_is_help=True
@@ -149,7 +150,7 @@ def train(
     ] = None,
     license_id: Annotated[
         str, typer.Option("--license", help="SPDX id of the model's license.")
-    ] = "LicenseRef-Consortium-Agreement",
+    ] = DEFAULT_LICENSE,
     site_id: Annotated[str | None, typer.Option(help="Site id [default: the site home's].")] = None,
     sign_bundle_too: Annotated[
         bool, typer.Option("--sign/--no-sign", help="Sign the bundle with the site key.")
@@ -197,10 +198,9 @@ def train(
         sign=sign_bundle_too,
     )
     try:
-        options.check()
-    except OptionsError as exc:
+        plan = plan_training(options, home or default_site_home())
+    except OptionsError as exc:  # checked first, before anything is read
         fail(str(exc), code=2)
-    plan = plan_training(options, home or default_site_home())
     dataset = plan.dataset
     typer.echo(
         f"training {backbone} for {plan.entry.task.task_id} on {len(dataset.train)} images "
