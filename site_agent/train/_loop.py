@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Literal, Protocol, cast
 
 import numpy as np
@@ -26,15 +27,24 @@ from protocol import (
 from site_agent._compat import torch_threads
 from site_agent.data import LocalDataset
 from site_agent.errors import TrainingError
-from site_agent.train._dp import DPConfig, DPSession, prepare_for_dp
+from site_agent.train._dp import DPConfig, prepare_for_dp
 from site_agent.train._metrics import evaluate, fit_temperature
-from site_agent.train._zoo import BackboneZoo, SpecialistNet, WeightsPolicy, build_specialist
+from site_agent.train._steps import PlainSteps, PrivateSteps, StepStrategy
+from site_agent.train._zoo import (
+    BackboneSpec,
+    BackboneZoo,
+    SpecialistNet,
+    WeightsPolicy,
+    build_specialist,
+)
 
 __all__ = [
     "EpochReport",
+    "InputCache",
     "TrainConfig",
     "TrainedSpecialist",
     "TrainingObserver",
+    "TrainingRun",
     "train_specialist",
 ]
 
@@ -167,7 +177,7 @@ def train_specialist(
         TrainingError: the model cannot be built or the loss diverged.
     """
     with torch_threads(config.threads or os.cpu_count() or 1):
-        return _train(
+        run = TrainingRun(
             dataset,
             config,
             zoo,
@@ -175,217 +185,286 @@ def train_specialist(
             observer=observer,
             initial_state=initial_state,
         )
+        with run:
+            run.fit()
+            return run.finish()
 
 
-def _train(
-    dataset: LocalDataset,
-    config: TrainConfig,
-    zoo: BackboneZoo,
-    *,
-    checkpoint_dir: Path | None,
-    observer: TrainingObserver | None,
-    initial_state: Mapping[str, torch.Tensor] | None,
-) -> TrainedSpecialist:
-    observer = observer or _Silent()
-    spec = zoo.get(config.backbone)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    size = config.input_size or spec.default_input_size
-    k = len(dataset.task.labels)
-    net, mean, std = build_specialist(spec, k, dataset.channels, size, config.weights)
-    if initial_state is not None:
-        try:
-            net.load_state_dict(dict(initial_state))
-        except (RuntimeError, KeyError) as exc:
-            raise TrainingError(f"the initial weights do not fit {spec.name}: {exc}") from exc
-    if config.dp is not None:
-        pretrained = initial_state is not None or config.weights is WeightsPolicy.HUB
-        pretrained |= config.weights is WeightsPolicy.DEFAULT and spec.package_weights is not None
-        if config.dp.layers == "head" and not pretrained:
-            raise TrainingError(
-                f"--dp-layers head trains only the classifier on pretrained features, and "
-                f"{spec.name} starts from random weights here (--weights "
-                f"{config.weights.value}); use --dp-layers all, or a backbone with weights"
+class TrainingRun:
+    """One specialist's training in pieces: set-up, :meth:`epoch`, :meth:`fit`, :meth:`finish`.
+
+    Building it sets everything up (the network, the inputs, the optimiser,
+    the schedule over ``config.epochs``, the step strategy); it is then used as
+    a context manager, so that DP-SGD's hooks come off the model whatever
+    happens. A run can be advanced a few epochs, left, and resumed: the recipe
+    search trains its candidates this way, each trial being the first epochs of
+    the run it would become.
+    """
+
+    def __init__(
+        self,
+        dataset: LocalDataset,
+        config: TrainConfig,
+        zoo: BackboneZoo,
+        *,
+        checkpoint_dir: Path | None = None,
+        observer: TrainingObserver | None = None,
+        initial_state: Mapping[str, torch.Tensor] | None = None,
+        inputs: InputCache | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.config = config
+        self._observer = observer or _Silent()
+        self._checkpoint_dir = checkpoint_dir
+        spec = zoo.get(config.backbone)
+        self.backbone = spec.name
+        torch.manual_seed(config.seed)
+        self._generator = torch.Generator().manual_seed(config.seed)
+        channels = dataset.channels
+        if channels not in (1, 3):
+            raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
+        size = config.input_size or spec.default_input_size
+        k = len(dataset.task.labels)
+        self.net, mean, std = build_specialist(spec, k, channels, size, config.weights)
+        if initial_state is not None:
+            try:
+                self.net.load_state_dict(dict(initial_state))
+            except (RuntimeError, KeyError) as exc:
+                raise TrainingError(f"the initial weights do not fit {spec.name}: {exc}") from exc
+        if config.dp is not None:
+            _check_dp_start(spec, config, pretrained=initial_state is not None)
+            prepare_for_dp(self.net, config.dp.layers)
+        self.preprocessing = Preprocessing(
+            input_size=(size, size),
+            channels=cast(Literal[1, 3], channels),
+            mean=mean,
+            std=std,
+            resize=ResizePolicy.RESIZE,
+        )
+        inputs = inputs if inputs is not None else InputCache(dataset)
+        self._x_train = inputs.train(self.preprocessing)
+        self._y_train = torch.from_numpy(dataset.train.labels)
+        self._x_val = inputs.val(self.preprocessing)
+        self._y_val = dataset.val.labels
+
+        counts = np.bincount(dataset.train.labels, minlength=k).astype(np.float64)
+        n = len(self._y_train)
+        weights = n / (k * np.maximum(counts, 1)) if config.balance_classes else np.ones(k)
+        self._class_weights = torch.tensor(weights, dtype=torch.float32)
+        self._val_loss = torch.nn.CrossEntropyLoss(weight=self._class_weights)
+        optimizer = torch.optim.AdamW(
+            [p for p in self.net.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        self._steps: StepStrategy
+        if config.dp is None:
+            self._steps = PlainSteps(
+                self.net,
+                optimizer,
+                n_train=n,
+                batch_size=config.batch_size,
+                class_weights=self._class_weights,
+                generator=self._generator,
             )
-        prepare_for_dp(net, config.dp.layers)
-    channels = dataset.channels
-    if channels not in (1, 3):
-        raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
-    preprocessing = Preprocessing(
-        input_size=(size, size),
-        channels=cast(Literal[1, 3], channels),
-        mean=mean,
-        std=std,
-        resize=ResizePolicy.RESIZE,
-    )
-    x_train = torch.from_numpy(preprocess(dataset.train.images, preprocessing))
-    y_train = torch.from_numpy(dataset.train.labels)
-    x_val = preprocess(dataset.val.images, preprocessing)
-    y_val = dataset.val.labels
-
-    counts = np.bincount(dataset.train.labels, minlength=k).astype(np.float64)
-    weights = len(y_train) / (k * np.maximum(counts, 1)) if config.balance_classes else np.ones(k)
-    class_weights = torch.tensor(weights, dtype=torch.float32)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
-    optimizer = torch.optim.AdamW(
-        [p for p in net.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
-    batch_size = min(config.batch_size, len(y_train))
-    steps = max(1, len(y_train) // batch_size)  # drop the last partial batch (BatchNorm)
-    dp: DPSession | None = None
-    train_net: torch.nn.Module = net
-    step_optimizer: torch.optim.Optimizer = optimizer
-    if config.dp is not None:
-        dp = DPSession(
-            net,
-            optimizer,
-            config=config.dp,
-            n_train=len(y_train),
-            batch_size=batch_size,
-            epochs=config.epochs,
-            generator=generator,
+        else:
+            self._steps = PrivateSteps(
+                self.net,
+                optimizer,
+                config=config.dp,
+                n_train=n,
+                batch_size=min(config.batch_size, n),
+                epochs=config.epochs,
+                class_weights=self._class_weights,
+                generator=self._generator,
+                backbone=spec.name,
+            )
+        self._scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, config.epochs * self._steps.steps_per_epoch)
         )
-        steps, train_net, step_optimizer = dp.steps_per_epoch, dp.module, dp.optimizer
-    try:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, config.epochs * steps)
-        )
-
-        if checkpoint_dir is not None:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
-        best_loss, best_epoch, stale = math.inf, 0, 0
-        history: list[EpochReport] = []
-        stop_reason = (
+        self.history: list[EpochReport] = []
+        self.best_loss, self.best_epoch, self._stale = math.inf, 0, 0
+        self._best_state = _snapshot(self.net)
+        self.stop_reason = (
             f"finished {config.epochs} epochs"
             if config.epochs
             else "no training: the initial weights were calibrated and evaluated"
         )
-        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
+        self.finished = config.epochs == 0
+        self.train_seconds = 0.0
+        self._started = False
+
+    def __enter__(self) -> TrainingRun:
+        self._steps.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._steps.__exit__(exc_type, exc, traceback)
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained so far."""
+        return len(self.history)
+
+    def fit(self, until: int | None = None, deadline: float | None = None) -> None:
+        """Trains epochs until the run is finished, or ``until`` epochs are done.
+
+        The run finishes after ``config.epochs``, on early stopping
+        (``config.patience`` epochs without a better validation loss), or at
+        the time budget: ``config.max_minutes`` from the first epoch, or the
+        monotonic ``deadline`` when given.
+        """
+        if deadline is None and self.config.max_minutes:
+            deadline = time.monotonic() + self.config.max_minutes * 60 - self.train_seconds
+        limit = min(until or self.config.epochs, self.config.epochs)
+        while not self.finished and self.epochs_done < limit:
+            report = self.epoch(deadline)
+            if deadline is not None and time.monotonic() > deadline:
+                self.finished = True
+                minutes = self.config.max_minutes or round((deadline - self._t0) / 60, 2)
+                self.stop_reason = (
+                    f"time budget of {minutes} min reached after epoch {report.epoch}"
+                )
+            elif self._stale >= self.config.patience:
+                self.finished = True
+                self.stop_reason = (
+                    f"early stop: no better validation loss for {self.config.patience} epochs"
+                )
+            elif self.epochs_done >= self.config.epochs:
+                self.finished = True
+
+    def epoch(self, deadline: float | None = None) -> EpochReport:
+        """Trains one epoch (stopping early past ``deadline``), validates and keeps the best."""
+        if not self._started:
+            self._started, self._t0 = True, time.monotonic()
+            self._observer.on_start(self.config.epochs, self._steps.steps_per_epoch)
+        epoch = self.epochs_done + 1
         started = time.monotonic()
-        observer.on_start(config.epochs, steps)
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.monotonic()
-            train_net.train()
-            total, seen = 0.0, 0
-            for step, rows in enumerate(_batches(len(y_train), batch_size, steps, generator, dp)):
-                if not len(rows) and dp is None:
-                    continue
-                # DP-SGD: a Poisson batch that drew nobody is still a step (noise only), as
-                # the accountant assumes; skipping it would spend less than is reported.
-                inputs = x_train[rows]
-                if config.augment:
-                    inputs = _shift(inputs, generator)
-                if config.flip:
-                    inputs = _flip(inputs, generator)
-                try:
-                    logits, _ = train_net(inputs)
-                except RuntimeError as exc:
-                    if dp is None:
-                        raise
-                    raise _dp_failure(spec.name, exc) from exc
-                if dp is None:
-                    loss = loss_fn(logits, y_train[rows])
-                else:  # each example's loss depends on that example alone (per-example clipping)
-                    per_example = F.cross_entropy(logits, y_train[rows], reduction="none")
-                    loss = (per_example * class_weights[y_train[rows]]).sum() / max(len(rows), 1)
+        train_loss = self._train_epoch(epoch, deadline)
+        val_loss, accuracy, auc = self.validate()
+        improved = val_loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self._stale = val_loss, epoch, 0
+            self._best_state = _snapshot(self.net)
+            if self._checkpoint_dir is not None:
+                self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_model(self.net, str(self._checkpoint_dir / "best.safetensors"))
+        else:
+            self._stale += 1
+        if self._checkpoint_dir is not None:
+            self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            save_model(self.net, str(self._checkpoint_dir / "last.safetensors"))
+        seconds = time.monotonic() - started
+        self.train_seconds += seconds
+        report = EpochReport(epoch, train_loss, val_loss, accuracy, auc, seconds, improved)
+        self.history.append(report)
+        self._observer.on_epoch(report)
+        return report
+
+    def _train_epoch(self, epoch: int, deadline: float | None) -> float:
+        steps, config = self._steps, self.config
+        steps.module.train()
+        total, seen = 0.0, 0
+        for step, rows in enumerate(steps.batches()):
+            inputs = self._x_train[rows]
+            if config.augment:
+                inputs = _shift(inputs, self._generator)
+            if config.flip:
+                inputs = _flip(inputs, self._generator)
+            try:
+                logits, _ = steps.module(inputs)
+                loss = steps.loss(logits, self._y_train[rows])
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the loss diverged at epoch {epoch} (try a lower learning rate)"
                     )
-                step_optimizer.zero_grad(set_to_none=True)
-                try:
-                    loss.backward()
-                except RuntimeError as exc:
-                    if dp is None:
-                        raise
-                    raise _dp_failure(spec.name, exc) from exc
-                step_optimizer.step()
-                scheduler.step()
-                loss_value = loss.item()
-                total += loss_value * len(rows)
-                seen += len(rows)
-                observer.on_step(epoch, step + 1, loss_value)
-                if time.monotonic() > deadline:
-                    break
-            val_logits, _ = _predict(net, x_val, 256)
-            val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
-            val_eval = evaluate(calibrated_softmax(val_logits), y_val, dataset.task.labels)
-            improved = val_loss < best_loss
-            if improved:
-                best_loss, best_epoch, stale = val_loss, epoch, 0
-                best_state = {name: t.detach().clone() for name, t in net.state_dict().items()}
-                if checkpoint_dir is not None:
-                    save_model(net, str(checkpoint_dir / "best.safetensors"))
-            else:
-                stale += 1
-            report = EpochReport(
-                epoch,
-                total / max(seen, 1),
-                val_loss,
-                val_eval.accuracy,
-                val_eval.macro_auc,
-                time.monotonic() - epoch_start,
-                improved,
-            )
-            history.append(report)
-            observer.on_epoch(report)
-            if checkpoint_dir is not None:
-                save_model(net, str(checkpoint_dir / "last.safetensors"))
-            if time.monotonic() > deadline:
-                stop_reason = f"time budget of {config.max_minutes} min reached after epoch {epoch}"
+                steps.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+            except RuntimeError as exc:
+                failure = steps.failure(exc)
+                if failure is None:
+                    raise
+                raise failure from exc
+            steps.optimizer.step()
+            self._scheduler.step()
+            value = loss.item()
+            total += value * len(rows)
+            seen += len(rows)
+            self._observer.on_step(epoch, step + 1, value)
+            if deadline is not None and time.monotonic() > deadline:
                 break
-            if stale >= config.patience:
-                stop_reason = f"early stop: no better validation loss for {config.patience} epochs"
-                break
-        train_seconds = time.monotonic() - started
-        privacy = None
-        if dp is not None:
-            privacy = DifferentialPrivacy(
-                epsilon=max(dp.spent(), 1e-6),
-                delta=dp.config.delta,
-                accountant=dp.accountant_name,
-                max_grad_norm=dp.config.max_grad_norm,
-                noise_multiplier=dp.noise_multiplier,
+        return total / max(seen, 1)
+
+    def validate(self) -> tuple[float, float, float | None]:
+        """``(class-weighted loss, accuracy, macro-AUC)`` of the current weights on validation."""
+        logits, _ = _predict(self.net, self._x_val, 256)
+        loss = float(self._val_loss(torch.from_numpy(logits), torch.from_numpy(self._y_val)))
+        scores = evaluate(calibrated_softmax(logits), self._y_val, self.dataset.task.labels)
+        return loss, scores.accuracy, scores.macro_auc
+
+    def finish(self) -> TrainedSpecialist:
+        """Restores the best epoch, fits the temperature on validation and scores the test split."""
+        self.net.load_state_dict(self._best_state)
+        self.net.eval()
+        val_logits, _ = _predict(self.net, self._x_val, 256)
+        temperature = fit_temperature(val_logits, self._y_val)
+        test_inputs = preprocess(self.dataset.test.images, self.preprocessing)
+        test_logits, _ = _predict(self.net, test_inputs, 256)
+        return TrainedSpecialist(
+            net=self.net,
+            backbone=self.backbone,
+            preprocessing=self.preprocessing,
+            temperature=temperature,
+            history=self.history,
+            best_epoch=self.best_epoch,
+            stop_reason=self.stop_reason,
+            train_seconds=self.train_seconds,
+            test_probs=calibrated_softmax(test_logits, temperature),
+            privacy=self._steps.privacy(),
+        )
+
+
+class InputCache:
+    """Preprocessed training and validation inputs, shared by runs that preprocess alike."""
+
+    def __init__(self, dataset: LocalDataset) -> None:
+        self._dataset = dataset
+        self._cache: dict[tuple[str, Preprocessing], torch.Tensor | NDArray[np.float32]] = {}
+
+    def train(self, preprocessing: Preprocessing) -> torch.Tensor:
+        """The training split's inputs, as a tensor."""
+        key = ("train", preprocessing)
+        if key not in self._cache:
+            self._cache[key] = torch.from_numpy(
+                preprocess(self._dataset.train.images, preprocessing)
             )
-    finally:
-        if dp is not None:  # Opacus's hooks off the model, whatever happened
-            dp.close()
-    net.load_state_dict(best_state)
-    net.eval()
-    val_logits, _ = _predict(net, x_val, 256)
-    temperature = fit_temperature(val_logits, y_val)
-    test_logits, _ = _predict(net, preprocess(dataset.test.images, preprocessing), 256)
-    return TrainedSpecialist(
-        net=net,
-        backbone=spec.name,
-        preprocessing=preprocessing,
-        temperature=temperature,
-        history=history,
-        best_epoch=best_epoch,
-        stop_reason=stop_reason,
-        train_seconds=train_seconds,
-        test_probs=calibrated_softmax(test_logits, temperature),
-        privacy=privacy,
-    )
+        return cast(torch.Tensor, self._cache[key])
+
+    def val(self, preprocessing: Preprocessing) -> NDArray[np.float32]:
+        """The validation split's inputs."""
+        key = ("val", preprocessing)
+        if key not in self._cache:
+            self._cache[key] = preprocess(self._dataset.val.images, preprocessing)
+        return cast(NDArray[np.float32], self._cache[key])
 
 
-def _dp_failure(backbone: str, exc: RuntimeError) -> TrainingError:
-    """What Opacus's hooks refusing a backbone (e.g. an in-place residual add) becomes."""
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return TrainingError(
-        f"{backbone} cannot be trained with DP-SGD (Opacus's per-example gradients failed: "
-        f"{first[:200]}); try tf_efficientnet_lite0"
-    )
+def _snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in net.state_dict().items()}
 
 
-def _batches(
-    n: int, batch_size: int, steps: int, generator: torch.Generator, dp: DPSession | None
-) -> list[torch.Tensor]:
-    """One epoch of row indices: a shuffled partition, or Poisson samples under DP-SGD."""
-    if dp is not None:
-        return dp.batches()
-    order = torch.randperm(n, generator=generator)
-    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
+def _check_dp_start(spec: BackboneSpec, config: TrainConfig, *, pretrained: bool) -> None:
+    """``--dp-layers head`` needs features worth freezing: pretrained weights."""
+    assert config.dp is not None
+    pretrained |= config.weights is WeightsPolicy.HUB
+    pretrained |= config.weights is WeightsPolicy.DEFAULT and spec.package_weights is not None
+    if config.dp.layers == "head" and not pretrained:
+        raise TrainingError(
+            f"--dp-layers head trains only the classifier on pretrained features, and "
+            f"{spec.name} starts from random weights here (--weights "
+            f"{config.weights.value}); use --dp-layers all, or a backbone with weights"
+        )

@@ -145,14 +145,15 @@ def test_empty_poisson_batches_are_steps_and_the_budget_is_spent_as_planned(
 def test_a_failed_dp_run_still_takes_opacus_off_the_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The session is closed in ``finally``: a run that fails mid-epoch leaves no hooks."""
+    """The step strategy is a context manager: a run that fails mid-epoch leaves no hooks."""
     import site_agent.train._loop as loop
+    import site_agent.train._steps as steps
     from site_agent.data import default_catalog
     from site_agent.data._medmnist import load_medmnist
 
     closed: list[bool] = []
 
-    class Recording(loop.DPSession):  # type: ignore[misc, valid-type]
+    class Recording(steps.DPSession):  # type: ignore[misc, valid-type]
         def close(self) -> None:
             closed.append(True)
             super().close()
@@ -167,7 +168,7 @@ def test_a_failed_dp_run_still_takes_opacus_off_the_model(
         def on_epoch(self, report: object) -> None:
             pass
 
-    monkeypatch.setattr(loop, "DPSession", Recording)
+    monkeypatch.setattr(steps, "DPSession", Recording)
     task = default_catalog().get("pneumonia-cxr").task
     dataset = load_medmnist(medmnist_dir() / "pneumoniamnist.npz", task).subsample(64, 16)
     config = loop.TrainConfig(
