@@ -292,7 +292,7 @@ class TrainingRun:
         )
         self.finished = config.epochs == 0
         self.train_seconds = 0.0
-        self._started = False
+        self._t0: float | None = None  # when the first epoch began
 
     def __enter__(self) -> TrainingRun:
         self._steps.__enter__()
@@ -326,7 +326,10 @@ class TrainingRun:
             report = self.epoch(deadline)
             if deadline is not None and time.monotonic() > deadline:
                 self.finished = True
-                minutes = self.config.max_minutes or round((deadline - self._t0) / 60, 2)
+                minutes = self.config.max_minutes
+                if minutes is None:
+                    assert self._t0 is not None  # set by the first epoch
+                    minutes = round((deadline - self._t0) / 60, 2)
                 self.stop_reason = (
                     f"time budget of {minutes} min reached after epoch {report.epoch}"
                 )
@@ -340,8 +343,10 @@ class TrainingRun:
 
     def epoch(self, deadline: float | None = None) -> EpochReport:
         """Trains one epoch (stopping early past ``deadline``), validates and keeps the best."""
-        if not self._started:
-            self._started, self._t0 = True, time.monotonic()
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+            if self._checkpoint_dir is not None:
+                self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
             self._observer.on_start(self.config.epochs, self._steps.steps_per_epoch)
         epoch = self.epochs_done + 1
         started = time.monotonic()
@@ -352,12 +357,10 @@ class TrainingRun:
             self.best_loss, self.best_epoch, self._stale = val_loss, epoch, 0
             self._best_state = _snapshot(self.net)
             if self._checkpoint_dir is not None:
-                self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_model(self.net, str(self._checkpoint_dir / "best.safetensors"))
         else:
             self._stale += 1
         if self._checkpoint_dir is not None:
-            self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
             save_model(self.net, str(self._checkpoint_dir / "last.safetensors"))
         seconds = time.monotonic() - started
         self.train_seconds += seconds

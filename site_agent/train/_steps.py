@@ -10,7 +10,7 @@ budget spent, how Opacus's failures read) lives behind this interface.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol
+from typing import Self
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -22,36 +22,48 @@ from site_agent.train._dp import DPConfig, DPSession
 __all__ = ["PlainSteps", "PrivateSteps", "StepStrategy"]
 
 
-class StepStrategy(Protocol):
-    """One epoch's batches, the loss of a batch, and what the steps spent."""
+class StepStrategy:
+    """One epoch's batches, the loss of a batch, and what the steps spent.
 
-    module: torch.nn.Module  # what the forward pass runs through
-    optimizer: torch.optim.Optimizer  # what ``step`` is called on
+    A subclass sets ``module`` (what the forward pass runs through),
+    ``optimizer`` (what ``step`` is called on) and ``steps_per_epoch``, and
+    implements :meth:`batches` and :meth:`loss`; the rest defaults to plain
+    training (nothing to undo, failures as they are, no budget spent).
+    """
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
     steps_per_epoch: int
 
-    def __enter__(self) -> StepStrategy: ...
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        return None
 
     def batches(self) -> list[torch.Tensor]:
         """Row indices of one epoch's batches."""
+        raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The (class-weighted) loss of one batch."""
+        raise NotImplementedError
 
     def failure(self, exc: RuntimeError) -> Exception | None:
         """What a forward or backward failure becomes (``None``: re-raise it as it is)."""
+        return None
 
     def privacy(self) -> DifferentialPrivacy | None:
         """The privacy budget spent so far (``None`` without DP-SGD)."""
+        return None
 
 
-class PlainSteps:
+class PlainSteps(StepStrategy):
     """A shuffled partition of the training rows per epoch (the last partial batch dropped)."""
 
     def __init__(
@@ -72,17 +84,6 @@ class PlainSteps:
         self._loss = torch.nn.CrossEntropyLoss(weight=class_weights)
         self._generator = generator
 
-    def __enter__(self) -> PlainSteps:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        return None
-
     def batches(self) -> list[torch.Tensor]:
         """A fresh shuffle, cut into ``steps_per_epoch`` full batches."""
         order = torch.randperm(self._n, generator=self._generator)
@@ -93,16 +94,8 @@ class PlainSteps:
         loss: torch.Tensor = self._loss(logits, targets)
         return loss
 
-    def failure(self, exc: RuntimeError) -> Exception | None:
-        """Plain failures are the caller's to see as they are."""
-        return None
 
-    def privacy(self) -> DifferentialPrivacy | None:
-        """Nothing was spent: no DP-SGD."""
-        return None
-
-
-class PrivateSteps:
+class PrivateSteps(StepStrategy):
     """DP-SGD through Opacus: Poisson batches, per-example losses, the budget accounted."""
 
     def __init__(
@@ -137,9 +130,6 @@ class PrivateSteps:
     def session(self) -> DPSession:
         """The Opacus session (noise multiplier, accountant)."""
         return self._session
-
-    def __enter__(self) -> PrivateSteps:
-        return self
 
     def __exit__(
         self,
