@@ -7,6 +7,11 @@ against the MedMNIST v2 ResNet-18 (28 px) reference figures.
 
     python bench/train_specialists.py                      # all four runs
     python bench/train_specialists.py --only pneumonia-cxr:resnet18
+    python bench/train_specialists.py --task-file knee.yaml --data knee_64.npz   # your task
+
+With ``--task-file`` (and ``--data``: a MedMNIST-style .npz of any size, grey
+or RGB) it runs your task once with the default recipe (``--backbone`` and
+``--epochs`` only if you pass them) and has no targets to pass or fail.
 """
 
 from __future__ import annotations
@@ -44,37 +49,53 @@ RUNS = [
 ]
 
 
+def _task_id(path: Path) -> str:
+    from site_agent.data import load_task_file
+
+    return load_task_file(path).task.task_id
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="TASK:BACKBONE (repeatable)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="[default: 30; yours: the recipe's]"
+    )
     parser.add_argument("--max-minutes", type=float, default=25.0, help="per run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--task-file", type=Path, help="your own task (README: Your own task)")
+    parser.add_argument("--data", type=Path, help="its .npz (with --task-file)")
+    parser.add_argument("--backbone", help="with --task-file [default: the recipe's search]")
     args = parser.parse_args()
+    if (args.task_file is None) != (args.data is None):
+        parser.error("--task-file and --data go together")
+    runs: list[tuple[str, str | None, str | None, list[str], dict[str, float]]]
+    if args.task_file is not None:
+        task_id = _task_id(args.task_file)
+        source = ["--task-file", str(args.task_file), "--data", str(args.data)]
+        runs = [(task_id, args.backbone, None, source, {})]
+    else:
+        runs = [(t, b, w, ["--task", t, *extra], targets) for t, b, w, extra, targets in RUNS]
+        args.epochs = args.epochs or 30
     gsco = shutil.which("gsco") or str(Path(sys.executable).parent / "gsco")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for task, backbone, weights, extra, targets in RUNS:
+        for task, backbone, weights, extra, targets in runs:
             if args.only and f"{task}:{backbone}" not in args.only:
                 continue
-            out = Path(tmp) / f"{task}-{backbone}"
+            out = Path(tmp) / f"{task}-{backbone or 'recipe'}"
             command = [
                 gsco,
                 "site",
                 "train",
-                "--task",
-                task,
-                "--backbone",
-                backbone,
-                "--weights",
-                weights,
+                *(["--backbone", backbone] if backbone else []),
+                *(["--weights", weights] if weights else []),
+                *(["--epochs", str(args.epochs)] if args.epochs else []),
                 "--out",
                 str(out),
                 "--site-id",
                 "bench",
-                "--epochs",
-                str(args.epochs),
                 "--max-minutes",
                 str(args.max_minutes),
                 "--license",
@@ -93,10 +114,22 @@ def main() -> int:
             results.append(
                 {
                     "task": task,
-                    "backbone": backbone,
+                    "backbone": metrics["backbone"],
                     "weights": weights,
                     "options": extra,
-                    "test": {k: test[k] for k in ("n", "accuracy", "macro_auc", "macro_f1", "ece")},
+                    "test": {
+                        k: test[k]
+                        for k in (
+                            "n",
+                            "accuracy",
+                            "macro_auc",
+                            "macro_f1",
+                            "ece",
+                            "quadratic_weighted_kappa",
+                            "mean_absolute_error",
+                        )
+                        if k in test
+                    },
                     "targets": targets,
                     "passed": all((test[k] or 0) >= v for k, v in targets.items()),
                     "wall_seconds": round(wall, 1),

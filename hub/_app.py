@@ -587,6 +587,8 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
                             "index_entries": s.index_size,
                             "calibration_temperature": s.card.calibration_temperature,
                             "held_out_accuracy": s.card.metrics.accuracy,
+                            # all of them, with QWK and MAE for ordinal tasks
+                            "held_out_metrics": s.card.metrics.model_dump(mode="json"),
                             "training_privacy": (
                                 s.card.training_privacy.model_dump(mode="json")
                                 if s.card.training_privacy

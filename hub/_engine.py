@@ -3,7 +3,9 @@
 Modes (``protocol.Mode``): ``gsco`` (MoED + RAD evidence, the generalist
 decides; the default), ``moed``, ``rad``, ``generalist`` (the generalist
 alone), ``voting`` (majority over the specialists' labels) and ``ensemble``
-(mean of calibrated probabilities). When the generalist is down, slow or
+(mean of calibrated probabilities). On ordinal tasks a distribution stands for
+its median grade and a vote is the median of the specialists' grades
+(``protocol.decide`` and ``protocol.vote``). When the generalist is down, slow or
 answers outside the label set, the answer is the ``ensemble`` one, marked
 ``degraded`` with the reason in ``warnings``.
 """
@@ -48,9 +50,11 @@ from protocol import (
     SpecialistPrediction,
     StageTimings,
     TaskSpec,
+    decide,
     decode_image_bytes,
     encode_png,
     preprocess,
+    vote,
 )
 
 _T = TypeVar("_T")
@@ -92,8 +96,9 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _label_of(probs: NDArray[np.float64], labels: tuple[str, ...]) -> str:
-    return labels[int(np.argmax(probs))]
+def _label_of(probs: NDArray[np.float64], task: TaskSpec) -> str:
+    """The label ``probs`` stands for (the median grade on ordinal tasks: ``protocol.decide``)."""
+    return task.labels[int(decide(probs[None, :], task.task_type)[0])]
 
 
 class DiagnosisEngine:
@@ -182,7 +187,7 @@ class DiagnosisEngine:
                 weight = fitted.generalist_weight if fitted is not None else None
                 if weight is not None and calibrated is not None:
                     fused = fuse(ensemble.tolist(), [calibrated[name] for name in labels], weight)
-                    label = _label_of(fused, labels)
+                    label = _label_of(fused, task)
                     scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
                 generalist_use = GeneralistUse(
                     model=result.model,
@@ -194,16 +199,16 @@ class DiagnosisEngine:
                     calibration=calibration.method.value,
                     calibrated_scores=calibrated,
                     policy_weight=weight,
-                    overturned_ensemble=label != _label_of(ensemble, labels),
+                    overturned_ensemble=label != _label_of(ensemble, task),
                     adapter_digest=self._adapter_digest(task.task_id, result.model),
                 )
             else:
                 degraded, mode_used = True, Mode.ENSEMBLE
                 warnings.append(f"answered with ensemble: {problem}")
         if mode_used is Mode.VOTING:
-            label, scores = _vote(moed, labels, ensemble)
+            label, scores = _vote(moed, task, ensemble)
         elif mode_used is Mode.ENSEMBLE:
-            label = _label_of(ensemble, labels)
+            label = _label_of(ensemble, task)
             scores = {name: float(p) for name, p in zip(labels, ensemble, strict=True)}
 
         response = DiagnoseResponse(
@@ -309,7 +314,7 @@ class DiagnosisEngine:
         moed = tuple(
             SpecialistPrediction(
                 specialist=s.provenance,
-                label=_label_of(probs, labels),
+                label=_label_of(probs, task),
                 probability=float(probs.max()),
                 probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
             )
@@ -538,14 +543,16 @@ def _calibrated_answer(
 
 def _vote(
     moed: tuple[SpecialistPrediction, ...],
-    labels: tuple[str, ...],
+    task: TaskSpec,
     ensemble: NDArray[np.float64],
 ) -> tuple[str, dict[str, float]]:
-    """Majority over the specialists' labels; ties go to the higher mean probability."""
-    votes = dict.fromkeys(labels, 0)
-    for prediction in moed:
-        votes[prediction.label] += 1
-    best = max(votes.values())
-    tied = [i for i, label in enumerate(labels) if votes[label] == best]
-    winner = labels[max(tied, key=lambda i: ensemble[i])]
-    return winner, {label: count / len(moed) for label, count in votes.items()}
+    """The specialists' vote and the vote shares (``protocol.vote``).
+
+    The plurality, ties to the higher mean probability; on ordinal tasks the median grade.
+    """
+    labels = task.labels
+    index = {label: i for i, label in enumerate(labels)}
+    predicted = [index[prediction.label] for prediction in moed]
+    winner = labels[vote(predicted, len(labels), task.task_type, ensemble)]
+    shares = np.bincount(predicted, minlength=len(labels)) / len(moed)
+    return winner, {label: float(share) for label, share in zip(labels, shares, strict=True)}

@@ -35,10 +35,13 @@ from protocol._card import (
     IndexMode,
     IndexPrivacy,
     Preprocessing,
+    RecipeTrial,
     ResizePolicy,
     SpecialistCard,
+    TrainingRecipe,
 )
 from protocol._chain import GENESIS, ChainedLog, ChainError, line_hash, walk_chain
+from protocol._decision import decide, mean_absolute_error, quadratic_weighted_kappa, vote
 from protocol._diagnosis import (
     ArbitrationPolicy,
     DiagnoseRequest,
@@ -127,6 +130,7 @@ __all__ = [
     "PositiveCount",
     "Preprocessing",
     "ProtocolError",
+    "RecipeTrial",
     "ResizePolicy",
     "RetrievedCase",
     "SchemaError",
@@ -139,6 +143,7 @@ __all__ = [
     "StrictModel",
     "TaskSpec",
     "TaskType",
+    "TrainingRecipe",
     "UnreadableBundle",
     "Version",
     "bounded_dicom",
@@ -147,13 +152,17 @@ __all__ = [
     "canonical_json",
     "check_index",
     "check_onnx",
+    "decide",
     "decode_image_bytes",
     "encode_png",
     "free_loopback_port",
     "is_dicom_bytes",
     "line_hash",
     "load_index",
+    "mean_absolute_error",
     "preprocess",
+    "quadratic_weighted_kappa",
     "sniff_media_type",
+    "vote",
     "walk_chain",
 ]

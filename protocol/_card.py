@@ -33,8 +33,10 @@ __all__ = [
     "IndexMode",
     "IndexPrivacy",
     "Preprocessing",
+    "RecipeTrial",
     "ResizePolicy",
     "SpecialistCard",
+    "TrainingRecipe",
 ]
 
 
@@ -82,6 +84,9 @@ class HeldOutMetrics(StrictModel):
     macro_f1: UnitFloat
     ece: UnitFloat | None = None
     per_class_recall: dict[Label, UnitFloat]
+    #: Ordinal tasks only: quadratic weighted kappa and mean absolute error in grades.
+    quadratic_weighted_kappa: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    mean_absolute_error: Annotated[float, Field(ge=0.0, le=255.0)] | None = None
 
 
 class DataSummary(StrictModel):
@@ -129,6 +134,34 @@ class DifferentialPrivacy(StrictModel):
     noise_multiplier: Annotated[float, Field(ge=0.0)]
 
 
+ShortText = Annotated[str, StringConstraints(max_length=300)]
+
+
+class RecipeTrial(StrictModel):
+    """One candidate of the recipe search, scored on the validation split."""
+
+    name: ShortText
+    epochs: Count
+    val_loss: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    val_auc: UnitFloat | None = None
+    kept: bool
+
+
+class TrainingRecipe(StrictModel):
+    """How the specialist was trained: the recipe chosen and the trials it was chosen from."""
+
+    input_size: Annotated[int, Strict(), Field(ge=8, le=2048)]
+    batch_size: PositiveCount
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
+    epochs: Count
+    patience: PositiveCount
+    flip: bool
+    #: softmax, or cumulative-link (ordinal: its logits are log-probabilities).
+    head: Literal["softmax", "cumulative-link"] = "softmax"
+    search: ShortText
+    trials: Annotated[tuple[RecipeTrial, ...], Field(max_length=16)] = ()
+
+
 class FederatedTraining(StrictModel):
     """How a shared specialist was co-trained by several sites (Flower), if it was.
 
@@ -160,6 +193,7 @@ class SpecialistCard(StrictModel):
     index: IndexPrivacy
     training_privacy: DifferentialPrivacy | None = None
     federation: FederatedTraining | None = None
+    training_recipe: TrainingRecipe | None = None
     site_id: Identifier
     version: Version
     license: Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -46,6 +46,8 @@ class TaskSpec(StrictModel):
     task_type: TaskType
     synonyms: dict[Label, tuple[Label, ...]] = Field(default_factory=dict)
     description: Annotated[str, StringConstraints(max_length=1000)] = ""
+    #: Whether the anatomy allows left-right mirroring (training may then augment with it).
+    mirroring: bool = False
 
     @model_validator(mode="after")
     def _labels_consistent(self) -> TaskSpec:

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol import DiagnoseResponse, Mode, SpecialistProvenance, encode_png
+from protocol import (
+    DiagnoseResponse,
+    Mode,
+    SpecialistProvenance,
+    TaskType,
+    decide,
+    encode_png,
+    vote,
+)
 
 __all__ = ["HUB_MODES", "Evaluation", "evaluate_through_hub", "specialist_name"]
 
@@ -40,6 +48,7 @@ class Evaluation:
     generalist_model: str = ""
     # Per generalist mode: answers that differed from the ensemble's, and how many were right.
     overturned: dict[str, dict[str, int]] = field(default_factory=dict)
+    task_type: TaskType = TaskType.MULTICLASS  # ordinal: median decisions, QWK and MAE
 
     def merge_adapter(self, adapted: Evaluation, modes: Sequence[Mode]) -> None:
         """Takes ``modes`` as answered with the tuned adapter in service, from ``adapted``.
@@ -61,15 +70,13 @@ class Evaluation:
         self.seconds += adapted.seconds
 
     def without(self, site: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-        """Ensemble probabilities and majority votes of every site but ``site``."""
+        """Ensemble probabilities and votes of every site but ``site`` (the hub's rules)."""
         others = [p for s, p in self.site_probs.items() if s != site]
         mean = np.mean(others, axis=0)
-        votes = np.zeros_like(mean)
-        for probs in others:
-            votes[np.arange(len(probs)), probs.argmax(axis=1)] += 1
-        # ties go to the higher mean probability, as in the hub
-        voted = np.argmax(votes + 1e-6 * mean, axis=1)
-        return mean, voted.astype(np.int64)
+        k = mean.shape[1]
+        decided = np.stack([decide(probs, self.task_type) for probs in others], axis=1)
+        voted = [vote(list(row), k, self.task_type, mean[i]) for i, row in enumerate(decided)]
+        return mean, np.asarray(voted, dtype=np.int64)
 
 
 _GENERALIST_MODES = (Mode.GSCO, Mode.MOED, Mode.RAD, Mode.GENERALIST)
@@ -141,6 +148,7 @@ def evaluate_through_hub(
     truth: NDArray[np.int64],
     labels: Sequence[str],
     *,
+    task_type: TaskType = TaskType.MULTICLASS,
     modes: Sequence[Mode] = HUB_MODES,
     concurrency: int = 4,
     on_image: Callable[[int], None] | None = None,
@@ -150,7 +158,7 @@ def evaluate_through_hub(
     index = {label: i for i, label in enumerate(labels)}
     k = len(labels)
     n = len(truth)
-    evaluation = Evaluation(tuple(labels), np.asarray(truth, dtype=np.int64))
+    evaluation = Evaluation(tuple(labels), np.asarray(truth, dtype=np.int64), task_type=task_type)
     answers: list[dict[Mode, DiagnoseResponse]] = [{} for _ in range(n)]
 
     def work(row: int) -> None:

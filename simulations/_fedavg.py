@@ -15,14 +15,13 @@ __all__ = ["federation_card", "initial_state"]
 
 def initial_state(job: SiteJob) -> dict[str, torch.Tensor]:
     """The weights every site starts FedAvg from (the backbone's own, seeded)."""
-    from site_agent.data import default_catalog
     from site_agent.train import WeightsPolicy, build_specialist, default_zoo
 
     with np.load(job.data, allow_pickle=False) as archive:
         images = archive["train_images"]
     channels = 1 if images.ndim == 3 else int(images.shape[-1])
     spec = default_zoo().get(job.backbone)
-    labels = default_catalog().get(job.task_id).task.labels
+    labels = job.task_spec().labels
     torch.manual_seed(job.seed)
     net, _, _ = build_specialist(
         spec,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from protocol import mean_absolute_error, quadratic_weighted_kappa
+
 __all__ = ["Interval", "MethodScore", "score_method"]
 
 
@@ -32,6 +34,8 @@ class MethodScore:
     accuracy: Interval
     macro_f1: Interval
     macro_auc: Interval | None  # None when the method gives no scores
+    quadratic_weighted_kappa: Interval | None = None  # ordinal tasks only
+    mean_absolute_error: Interval | None = None  # ordinal tasks only, in grades
 
 
 def _accuracy(y: NDArray[np.int64], p: NDArray[np.int64], _: object) -> float:
@@ -75,8 +79,12 @@ def score_method(
     *,
     resamples: int = 1000,
     seed: int = 0,
+    ordinal: bool = False,
 ) -> MethodScore:
-    """ACC, macro-F1 and (with scores) macro-AUC, each with a 95% bootstrap interval."""
+    """ACC, macro-F1 and (with scores) macro-AUC, each with a 95% bootstrap interval.
+
+    ``ordinal`` adds quadratic weighted kappa and the mean absolute error in grades.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     predicted = np.asarray(predicted, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -103,4 +111,14 @@ def score_method(
         if point is not None:
             samples = [_macro_auc(labels[d], scores[d], num_classes) for d in draws]
             macro_auc = interval([s for s in samples if s is not None], point)
-    return MethodScore(method, n, accuracy, macro_f1, macro_auc)
+    qwk = mae = None
+    if ordinal:
+        qwk = interval(
+            [quadratic_weighted_kappa(labels[d], predicted[d], num_classes) for d in draws],
+            quadratic_weighted_kappa(labels, predicted, num_classes),
+        )
+        mae = interval(
+            [mean_absolute_error(labels[d], predicted[d]) for d in draws],
+            mean_absolute_error(labels, predicted),
+        )
+    return MethodScore(method, n, accuracy, macro_f1, macro_auc, qwk, mae)

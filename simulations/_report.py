@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from protocol import TaskType, decide
 from simulations._evaluate import HUB_MODES, Evaluation
 from simulations._metrics import MethodScore, score_method
 
@@ -33,34 +34,44 @@ def build_report(result: Any) -> Report:
 
     evaluation: Evaluation | None = result.evaluation
     k = len(result.labels)
+    task_type: TaskType = result.task_type
+    ordinal = task_type is TaskType.ORDINAL
+
+    def score(
+        method: str, truth: NDArray[np.int64], predicted: NDArray[np.int64], probs: Any
+    ) -> MethodScore:
+        return score_method(method, truth, predicted, probs, k, ordinal=ordinal)
+
     methods: list[MethodScore] = []
     site_scores: list[MethodScore] = []
     effects: dict[str, Any] = {}
     if evaluation is not None:
         truth = evaluation.truth
         for site, probs in sorted(evaluation.site_probs.items()):
-            site_scores.append(score_method(site, truth, probs.argmax(axis=1), probs, k))
+            site_scores.append(score(site, truth, decide(probs, task_type), probs))
         if site_scores:
             local = [s for s in site_scores if not s.method.endswith("(fedavg)")] or site_scores
             best = max(local, key=lambda s: s.accuracy.value)
             probs = evaluation.site_probs[best.method]
             methods.append(
-                score_method(
+                score(
                     # Chosen on the very images it is scored on: an upper bound, not a
                     # method a consortium could run (it would not know which one is best).
                     f"best single specialist, oracle ({best.method})",
                     truth,
-                    probs.argmax(axis=1),
+                    decide(probs, task_type),
                     probs,
-                    k,
                 )
             )
         shared = sorted(name for name in evaluation.site_probs if name.endswith("(fedavg)"))
         if shared:
             probs = evaluation.site_probs[shared[0]]
             methods.append(
-                score_method(
-                    f"fedavg shared specialist ({shared[0]})", truth, probs.argmax(axis=1), probs, k
+                score(
+                    f"fedavg shared specialist ({shared[0]})",
+                    truth,
+                    decide(probs, task_type),
+                    probs,
                 )
             )
         names = [m.value for m in HUB_MODES]
@@ -77,13 +88,7 @@ def build_report(result: Any) -> Report:
         for name in names:
             if name in evaluation.predicted:
                 methods.append(
-                    score_method(
-                        name,
-                        truth,
-                        evaluation.predicted[name],
-                        evaluation.scores.get(name),
-                        k,
-                    )
+                    score(name, truth, evaluation.predicted[name], evaluation.scores.get(name))
                 )
         bad = [o.site_id for o in result.sites if o.fault == "flip-labels"]
         for site in bad:
@@ -92,8 +97,8 @@ def build_report(result: Any) -> Report:
             mean, voted = evaluation.without(site)
             with_site = {m.method: m for m in methods}
             without = {
-                "ensemble": score_method("ensemble", truth, mean.argmax(axis=1), mean, k),
-                "voting": score_method("voting", truth, voted, None, k),
+                "ensemble": score("ensemble", truth, decide(mean, task_type), mean),
+                "voting": score("voting", truth, voted, None),
             }
             effects[site] = {
                 "fault": "flip-labels",
@@ -112,6 +117,7 @@ def build_report(result: Any) -> Report:
         "scenario": scenario_dict(result.scenario),
         "task_id": result.task_id,
         "labels": list(result.labels),
+        "task_type": task_type.value,
         "test_images": len(evaluation.truth) if evaluation else 0,
         "sites": [
             {
@@ -196,6 +202,7 @@ def _interval(entry: dict[str, Any] | None) -> str:
 
 def _markdown(report: Report, plots: list[str]) -> str:
     scenario = report["scenario"]
+    ordinal = report.get("task_type") == TaskType.ORDINAL.value
     lines = [
         "# GSCo simulation report",
         "",
@@ -227,14 +234,23 @@ def _markdown(report: Report, plots: list[str]) -> str:
         "",
         "## Method comparison (95% bootstrap confidence intervals)",
         "",
-        "| method | ACC | macro-AUC | macro-F1 | degraded answers |",
-        "| --- | --- | --- | --- | --- |",
+        "| method | ACC | macro-AUC | macro-F1 |"
+        + (" QWK | MAE (grades) |" if ordinal else "")
+        + " degraded answers |",
+        "| --- | --- | --- | --- |" + (" --- | --- |" if ordinal else "") + " --- |",
     ]
     for method in report["methods"]:
         degraded = report["degraded_answers"].get(method["method"], "")
+        grades = (
+            f" {_interval(method['quadratic_weighted_kappa'])} | "
+            f"{_interval(method['mean_absolute_error'])} |"
+            if ordinal
+            else ""
+        )
         lines.append(
             f"| {method['method']} | {_interval(method['accuracy'])} | "
-            f"{_interval(method['macro_auc'])} | {_interval(method['macro_f1'])} | {degraded} |"
+            f"{_interval(method['macro_auc'])} | {_interval(method['macro_f1'])} |{grades} "
+            f"{degraded} |"
         )
     constant = report.get("constant_answers") or {}
     if constant:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from protocol import GscoError, Mode, free_loopback_port
+from protocol import GscoError, Mode, TaskType, free_loopback_port
 from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
 from simulations._partition import Partition, PartitionSpec, partition
 from simulations._runtime import FlowerRuntime
@@ -53,6 +53,9 @@ class Scenario:
 
     dataset: str = "pneumoniamnist"
     data: Path | None = None  # the .npz; default: found like the site agent finds it
+    # Your own task (YAML/JSON, see site_agent.data.load_task_file); then ``data`` is its
+    # MedMNIST-style .npz (any size, grey or RGB) and ``dataset`` is not used.
+    task_file: Path | None = None
     sites: int = 3
     partition: str = "iid"
     backbone: str = "tf_efficientnet_lite0"
@@ -86,6 +89,8 @@ class Scenario:
         """Raises :class:`ScenarioError` for a scenario that cannot run."""
         if not 1 <= self.sites <= 500:
             raise ScenarioError("--sites must be between 1 and 500")
+        if self.task_file is not None and self.data is None:
+            raise ScenarioError("--task-file needs --data: the .npz of your task's images")
         PartitionSpec.parse(self.partition)
         for site, fault in self.faults.items():
             if not 1 <= site <= self.sites:
@@ -151,6 +156,7 @@ class SimulationResult:
     out_dir: Path
     policy: ArbitrationPolicy | None = None  # fitted on validation, if any
     adapter: dict[str, Any] | None = None  # the tuned adapter: digest, card, tuning outcome
+    task_type: TaskType = TaskType.MULTICLASS
 
 
 def _site_id(number: int) -> str:
@@ -242,14 +248,28 @@ def _hub(
 
 
 def _load(scenario: Scenario) -> tuple[LocalDataset, Path]:
-    from site_agent.data import default_catalog, find_medmnist, load_medmnist
+    from site_agent.data import default_catalog, find_medmnist, load_medmnist, load_task_file
 
+    if scenario.task_file is not None:
+        assert scenario.data is not None  # Scenario.check
+        try:
+            entry = load_task_file(scenario.task_file)
+        except GscoError as exc:
+            raise ScenarioError(str(exc)) from exc
+        return load_medmnist(scenario.data, entry.task), scenario.data
     try:
         entry = default_catalog().for_medmnist(scenario.dataset)
     except Exception as exc:
         raise ScenarioError(f"no task for dataset {scenario.dataset!r}: {exc}") from exc
     path = scenario.data or find_medmnist(scenario.dataset)
     return load_medmnist(path, entry.task, dataset=scenario.dataset), path
+
+
+def dataset_name(scenario: Scenario) -> str:
+    """What the report calls the data: the MedMNIST name, or the file of a declared task."""
+    if scenario.task_file is not None and scenario.data is not None:
+        return scenario.data.name
+    return scenario.dataset
 
 
 class _Laps:
@@ -344,6 +364,7 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
         scenario=scenario,
         task_id=dataset.task.task_id,
         labels=dataset.task.labels,
+        task_type=dataset.task.task_type,
         sites=sites.outcomes,
         partition_counts={_site_id(n): c for n, c in enumerate(prepared.counts, start=1)},
         partition_moved=prepared.split.moved,
@@ -359,7 +380,9 @@ def run_scenario(scenario: Scenario, out: Path, progress: Progress) -> Simulatio
 
 def _prepare(scenario: Scenario, progress: Progress) -> _Prepared:
     """Loads the dataset and partitions its training split across the sites."""
-    progress.stage(f"loading {scenario.dataset} and partitioning it across {scenario.sites} sites")
+    progress.stage(
+        f"loading {dataset_name(scenario)} and partitioning it across {scenario.sites} sites"
+    )
     dataset, _ = _load(scenario)
     split = partition(
         dataset.train.labels,
@@ -410,7 +433,8 @@ def site_jobs(
                 home=str(home.root),
                 data=str(data),
                 task_id=dataset.task.task_id,
-                dataset=scenario.dataset,
+                dataset=scenario.dataset if scenario.task_file is None else None,
+                task=dataset.task.model_dump(mode="json") if scenario.task_file else None,
                 registry=address,
                 out_dir=str(work / "bundles" / site_id),
                 backbone=scenario.backbone,
@@ -592,6 +616,7 @@ def _evaluate(
         dataset.test.images[rows],
         dataset.test.labels[rows],
         dataset.task.labels,
+        task_type=dataset.task.task_type,
         modes=modes,
         concurrency=scenario.concurrency,
         on_image=tick,
@@ -817,6 +842,7 @@ def _fit_policy(
         dataset.val.images[rows],
         dataset.val.labels[rows],
         dataset.task.labels,
+        task_type=dataset.task.task_type,
         modes=(Mode.ENSEMBLE, *modes),
         concurrency=scenario.concurrency,
     )
@@ -836,5 +862,8 @@ def scenario_dict(scenario: Scenario) -> dict[str, Any]:
     """The scenario as JSON-ready data."""
     document = asdict(scenario)
     document["data"] = str(scenario.data) if scenario.data else None
+    document["task_file"] = str(scenario.task_file) if scenario.task_file else None
+    if scenario.task_file is not None:
+        document["dataset"] = dataset_name(scenario)
     document["faults"] = {str(k): v for k, v in scenario.faults.items()}
     return document

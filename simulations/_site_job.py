@@ -20,13 +20,17 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protocol import FederatedTraining, GscoError, IndexMode
+from protocol import FederatedTraining, GscoError, IndexMode, TaskSpec
 from simulations.errors import SimulationError
+
+if TYPE_CHECKING:
+    from site_agent.train import EpochReport
 
 __all__ = [
     "FAULTS",
@@ -54,7 +58,7 @@ class SiteJob:
     home: str  # the site's home folder (key, ledger)
     data: str  # the site's share of the training set (.npz with val/test splits)
     task_id: str
-    dataset: str  # MedMNIST name, for the card's data source
+    dataset: str | None  # MedMNIST name, for the card's data source (None: a declared task)
     registry: str  # host:port
     out_dir: str  # where the bundle is written
     backbone: str = "tf_efficientnet_lite0"
@@ -67,10 +71,19 @@ class SiteJob:
     seed: int = 0
     threads: int | None = None
     fault: str | None = None
+    task: dict[str, Any] | None = None  # a declared task's TaskSpec (None: the catalog's)
 
     def to_json(self) -> str:
         """The job as JSON."""
         return json.dumps(asdict(self))
+
+    def task_spec(self) -> TaskSpec:
+        """The task the site trains for: declared with the job, or the catalog's."""
+        from site_agent.data import default_catalog
+
+        if self.task is not None:
+            return TaskSpec.parse(self.task)
+        return default_catalog().get(self.task_id).task
 
     def train_config(self, *, epochs: int | None = None, patience: int | None = None) -> Any:
         """The site agent's :class:`site_agent.train.TrainConfig` for this job (one place).
@@ -125,15 +138,54 @@ class SiteOutcome:
         return cls(**json.loads(text))
 
 
+class EpochLog:
+    """A training observer that logs each epoch as a ``gsco:`` line (relayed to the command).
+
+    Flower streams the ClientApp's log to ``flwr run --stream``; the
+    simulation shows every line that carries ``gsco:``.
+    """
+
+    def __init__(self, site_id: str, what: str = "") -> None:
+        self._site = site_id
+        self._what = f" {what}" if what else ""
+        self._epochs = 0
+
+    def on_start(self, epochs: int, steps_per_epoch: int) -> None:
+        """Remembers the planned epochs."""
+        self._epochs = epochs
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        """Nothing per step: one line per epoch is enough."""
+
+    def on_epoch(self, report: EpochReport) -> None:
+        """Logs the epoch: losses, validation accuracy and AUC, time."""
+        from flwr.common.logger import log
+
+        auc = f"{report.val_auc:.3f}" if report.val_auc is not None else "n/a"
+        log(
+            INFO,
+            "gsco: %s%s epoch %d/%d: train loss %.3f, val loss %.3f, val ACC %.3f, AUC %s (%.0f s)",
+            self._site,
+            self._what,
+            report.epoch,
+            self._epochs,
+            report.train_loss,
+            report.val_loss,
+            report.val_accuracy,
+            auc,
+            report.seconds,
+        )
+
+
 def _load_share(job: SiteJob) -> Any:
     """The site's own data (with its label fault applied)."""
-    from site_agent.data import Split, default_catalog, load_medmnist
+    from site_agent.data import Split, load_medmnist
 
-    entry = default_catalog().get(job.task_id)
-    dataset = load_medmnist(Path(job.data), entry.task, dataset=job.dataset)
+    task = job.task_spec()
+    dataset = load_medmnist(Path(job.data), task, dataset=job.dataset)
     dataset = dataset.subsample(None, job.max_eval_images, job.seed)
     if job.fault == "flip-labels":
-        flipped = (dataset.train.labels + 1) % len(entry.task.labels)
+        flipped = (dataset.train.labels + 1) % len(task.labels)
         dataset = replace(dataset, train=Split(dataset.train.images, flipped))
     return dataset
 
@@ -179,6 +231,7 @@ def local_update(
         job.train_config(epochs=epochs, patience=epochs + 1),  # every local epoch runs
         default_zoo(),
         initial_state=usable_state(state),
+        observer=EpochLog(job.site_id, "FedAvg local"),
     )
     loss = trained.history[-1].train_loss if trained.history else 0.0
     return dict(trained.net.state_dict()), len(dataset.train), loss
@@ -202,7 +255,6 @@ def run_site_job(
     from registry import RegistryClient, RejectedError
     from signing import digest_files, sign_bundle
     from site_agent import open_site
-    from site_agent.data import default_catalog
     from site_agent.index import IndexSettings
     from site_agent.pipeline import write_bundle
     from site_agent.training import DEFAULT_LICENSE
@@ -213,14 +265,14 @@ def run_site_job(
     )
     try:
         site = open_site(Path(job.home))
-        entry = default_catalog().get(job.task_id)
+        labels = job.task_spec().labels
         dataset = _load_share(job)
         outcome.n_train = len(dataset.train)
         outcome.class_counts = {
             label: int(count)
             for label, count in zip(
-                entry.task.labels,
-                np.bincount(dataset.train.labels, minlength=len(entry.task.labels)),
+                labels,
+                np.bincount(dataset.train.labels, minlength=len(labels)),
                 strict=True,
             )
         }
@@ -236,6 +288,7 @@ def run_site_job(
             index=IndexSettings(IndexMode.PROTOTYPE, 10, 0.0, job.seed),
             initial_state=usable_state(shared_state) if shared_state is not None else None,
             federation=federation,
+            observer=EpochLog(job.site_id),
         )
         outcome.test_accuracy = result.card.metrics.accuracy
         outcome.train_seconds = time.monotonic() - started

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,25 +18,38 @@ import torch
 from protocol import (
     FederatedTraining,
     HeldOutMetrics,
+    RecipeTrial,
     SpecialistCard,
+    TrainingRecipe,
     canonical_json,
     check_index,
 )
+from site_agent._compat import torch_threads
 from site_agent.data import LocalDataset
 from site_agent.deid import DeidentificationReport, build_report
-from site_agent.errors import BundleExistsError, DataError, DeidentificationError
+from site_agent.errors import DataError, DeidentificationError
 from site_agent.export import export_onnx
 from site_agent.index import IndexSettings, build_index
+from site_agent.outputs import checkpoints_path, deidentification_report_path, ensure_new_output
 from site_agent.train import (
     BackboneZoo,
+    Recipe,
     TrainConfig,
     TrainingObserver,
+    Trial,
     default_zoo,
     evaluate,
     train_specialist,
+    train_with_recipe,
 )
 
-__all__ = ["BundleResult", "deidentification_report_path", "ensure_new_output", "write_bundle"]
+__all__ = [
+    "BundleResult",
+    "checkpoints_path",
+    "deidentification_report_path",
+    "ensure_new_output",
+    "write_bundle",
+]
 
 #: Real test images on which onnxruntime must match PyTorch.
 PARITY_IMAGES = 64
@@ -67,9 +81,28 @@ def _config_dict(config: TrainConfig) -> dict[str, object]:
     return out
 
 
-def deidentification_report_path(out: Path) -> Path:
-    """Where :func:`write_bundle` puts the DICOM de-identification report of bundle ``out``."""
-    return out.with_name(f"{out.name}.deidentification.json")
+def _card_recipe(config: TrainConfig, input_size: int, recipe: Recipe | None) -> TrainingRecipe:
+    trials = recipe.trials if recipe is not None else ()
+    return TrainingRecipe(
+        input_size=input_size,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        epochs=config.epochs,
+        patience=config.patience,
+        flip=config.flip,
+        head=config.head.value,
+        search=recipe.search[:300] if recipe is not None else "none: the configuration was given",
+        trials=tuple(
+            RecipeTrial(
+                name=trial.name[:300],
+                epochs=trial.epochs,
+                val_loss=trial.val_loss,
+                val_auc=trial.val_auc,
+                kept=trial.kept,
+            )
+            for trial in trials[:16]
+        ),
+    )
 
 
 def _check_deidentification(
@@ -77,7 +110,7 @@ def _check_deidentification(
 ) -> DeidentificationReport:
     """Writes the de-identification report; raises if an identifying value reached an output."""
     outputs = {}
-    for folder, name in ((partial, out.name), (_checkpoints(out), _checkpoints(out).name)):
+    for folder, name in ((partial, out.name), (checkpoints_path(out), checkpoints_path(out).name)):
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 outputs[f"{name}/{path.relative_to(folder).as_posix()}"] = path
@@ -98,22 +131,12 @@ def _check_deidentification(
     return report
 
 
-def _checkpoints(out: Path) -> Path:
-    return out.with_name(f"{out.name}.checkpoints")
-
-
-def ensure_new_output(out: Path) -> None:
-    """Raises :class:`BundleExistsError` unless ``out`` is absent or an empty folder."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BundleExistsError(f"{out} exists and is not empty; choose another --out")
-
-
 def write_bundle(
     dataset: LocalDataset,
     out: Path,
     *,
     site_id: str,
-    version: int,
+    version: int | Callable[[str], int],
     license_id: str,
     config: TrainConfig,
     index: IndexSettings,
@@ -121,6 +144,8 @@ def write_bundle(
     observer: TrainingObserver | None = None,
     initial_state: Mapping[str, torch.Tensor] | None = None,
     federation: FederatedTraining | None = None,
+    recipe: Recipe | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
 ) -> BundleResult:
     """Trains a specialist on ``dataset`` and writes the bundle folder ``out``.
 
@@ -131,6 +156,11 @@ def write_bundle(
     The bundle is assembled in a hidden sibling folder and renamed into place
     at the end, so a failure leaves no half-written bundle. Checkpoints
     (safetensors) go to ``<out>.checkpoints/``, outside the bundle.
+
+    With a ``recipe`` (see :func:`site_agent.train.plan_recipe`) its search
+    runs first and ``config`` is replaced by the configuration it keeps; the
+    recipe and its trials go into ``metrics.json`` and the card. ``version``
+    may be a function of the backbone trained (when the search chooses it).
 
     Raises:
         BundleExistsError: ``out`` exists and is not empty.
@@ -144,15 +174,31 @@ def write_bundle(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        trained = train_specialist(
-            dataset,
-            config,
-            zoo or default_zoo(),
-            checkpoint_dir=_checkpoints(out),
-            observer=observer,
-            initial_state=initial_state,
+        if recipe is None:
+            trained = train_specialist(
+                dataset,
+                config,
+                zoo or default_zoo(),
+                checkpoint_dir=checkpoints_path(out),
+                observer=observer,
+                initial_state=initial_state,
+            )
+        else:
+            with torch_threads(recipe.config.threads or os.cpu_count() or 1):
+                trained, recipe = train_with_recipe(
+                    dataset,
+                    recipe,
+                    zoo or default_zoo(),
+                    checkpoint_dir=checkpoints_path(out),
+                    observer=observer,
+                    on_trial=on_trial,
+                    initial_state=initial_state,
+                )
+            config = recipe.config
+        trained_at = time.monotonic()
+        test = evaluate(
+            trained.test_probs, dataset.test.labels, dataset.task.labels, dataset.task.task_type
         )
-        test = evaluate(trained.test_probs, dataset.test.labels, dataset.task.labels)
         export = export_onnx(
             trained.net,
             trained.preprocessing,
@@ -160,6 +206,7 @@ def write_bundle(
             dataset.test.images[:PARITY_IMAGES],
             trained.temperature,
         )
+        exported_at = time.monotonic()
         built = build_index(
             trained.embed(dataset.train.images), dataset.train.labels, dataset.task.labels, index
         )
@@ -179,16 +226,20 @@ def write_bundle(
                 macro_f1=test.macro_f1,
                 ece=test.ece,
                 per_class_recall=test.per_class_recall,
+                quadratic_weighted_kappa=test.quadratic_weighted_kappa,
+                mean_absolute_error=test.mean_absolute_error,
             ),
             data_summary=dataset.summary(),
             index=built.privacy,
             training_privacy=trained.privacy,
             federation=federation,
+            training_recipe=_card_recipe(config, trained.preprocessing.input_size[0], recipe),
             site_id=site_id,
-            version=version,
+            version=version if isinstance(version, int) else version(trained.backbone),
             license=license_id,
             created_at=datetime.now(UTC),
         )
+        indexed_at = time.monotonic()
         check_index(built.arrays, card)  # the same contract the registry enforces
         np.savez(partial / "index.npz", **built.arrays)  # type: ignore[arg-type]
         (partial / "card.json").write_bytes(canonical_json(card) + b"\n")
@@ -196,13 +247,18 @@ def write_bundle(
             "task_id": card.task_id,
             "backbone": card.backbone,
             "test": test.as_dict(),
-            "calibration": {"method": "temperature_scaling", "temperature": trained.temperature},
+            "calibration": {
+                "method": "temperature_scaling",
+                "temperature": trained.temperature,
+                "warning": trained.calibration_warning,
+            },
             "training": {
                 "epochs_run": len(trained.history),
                 "best_epoch": trained.best_epoch,
                 "stop_reason": trained.stop_reason,
                 "seconds": round(trained.train_seconds, 1),
                 "config": _config_dict(config),
+                "recipe": recipe.as_dict() if recipe is not None else None,
                 "differential_privacy": (
                     None
                     if trained.privacy is None or config.dp is None
@@ -227,6 +283,13 @@ def write_bundle(
             "data": dataset.summary().model_dump(),
             "resources": {
                 "total_seconds": round(time.monotonic() - started, 1),
+                # where the time went: search, training and calibration; ONNX export and its
+                # parity check; the retrieval index
+                "stage_seconds": {
+                    "training": round(trained_at - started, 1),
+                    "export": round(exported_at - trained_at, 1),
+                    "index": round(indexed_at - exported_at, 1),
+                },
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
             },
         }

@@ -17,11 +17,12 @@ The caller parses and prints; it decides nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from protocol import IndexMode
+from protocol import IndexMode, TaskType
 from site_agent._home import SiteHome, open_site
 from site_agent.errors import OptionsError, SiteHomeError
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from site_agent.data import CatalogEntry, LocalDataset
     from site_agent.index import IndexSettings
     from site_agent.pipeline import BundleResult
-    from site_agent.train import TrainConfig, TrainingObserver
+    from site_agent.train import Recipe, TrainConfig, TrainingObserver, Trial
 
 __all__ = ["DEFAULT_LICENSE", "TrainingOptions", "TrainingPlan", "plan_training", "run_training"]
 
@@ -46,16 +47,19 @@ class TrainingOptions:
     task: str | None = None  # a catalog task id; None: the one ``task_file`` declares
     task_file: Path | None = None
     data: Path | None = None  # None: the task's MedMNIST file
-    backbone: str = "tf_efficientnet_lite0"
-    weights: Literal["default", "scratch", "hub"] = "default"
+    # The recipe's choices: None lets it choose from the data (site_agent.train.plan_recipe).
+    backbone: str | None = None
+    weights: Literal["default", "scratch", "hub"] | None = None
     input_size: int | None = None
     image_size: int = 64  # images from folders, CSV and DICOM are stored at this size
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    patience: int = 5
-    max_minutes: float | None = None
-    flip: bool = False
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    patience: int | None = None
+    max_minutes: float | None = None  # None: DEFAULT_MAX_MINUTES, search and training together
+    flip: bool | None = None
+    head: Literal["softmax", "cumulative-link"] | None = None  # None: the recipe's
+    threads: int | None = None  # torch CPU threads; None: every core
     max_train_images: int | None = None
     max_eval_images: int | None = None
     seed: int = 0
@@ -83,6 +87,11 @@ class TrainingOptions:
             raise OptionsError("--dp-layers needs --dp-epsilon")
         if self.task is None and self.task_file is None:
             raise OptionsError("give --task, or --task-file declaring one")
+        if self.head == "cumulative-link" and self.dp_epsilon is not None:
+            raise OptionsError(
+                "--head cumulative-link cannot be trained with DP-SGD (--dp-epsilon): "
+                "Opacus has no per-example gradients for its cut points"
+            )
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,14 @@ class TrainingPlan:
     config: TrainConfig
     index: IndexSettings
     version: int
+    recipe: Recipe
+
+    def version_for(self, backbone: str) -> int:
+        """The version of a bundle of ``backbone``: given, or the site's last plus one."""
+        if self.options.version is not None:
+            return self.options.version
+        last = self.site.ledger.last_version(self.entry.task.task_id, backbone) if self.site else 0
+        return last + 1
 
 
 def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
@@ -110,9 +127,7 @@ def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
         DataError: the data cannot be read.
     """
     from site_agent.data import default_catalog, load_local_data, load_task_file
-    from site_agent.index import IndexSettings
-    from site_agent.pipeline import ensure_new_output
-    from site_agent.train import DPConfig, TrainConfig, WeightsPolicy, default_zoo
+    from site_agent.outputs import ensure_new_output
 
     options.check()
     site = open_site(home) if (home / "site.json").is_file() else None
@@ -130,7 +145,26 @@ def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
         catalog = catalog.with_task(declared)
     entry = catalog.get(options.task) if options.task is not None else declared
     assert entry is not None  # check() saw a task or a task file
-    default_zoo().get(options.backbone)  # an unknown backbone fails before the data is read
+    if options.head == "cumulative-link" and entry.task.task_type is not TaskType.ORDINAL:
+        raise OptionsError(
+            f"--head cumulative-link is for ordinal tasks; {entry.task.task_id!r} is "
+            f"{entry.task.task_type.value}"
+        )
+    # Only now the heavy imports (torch, timm): every error above comes back at once.
+    from site_agent.index import IndexSettings
+    from site_agent.train import (
+        DPConfig,
+        HeadKind,
+        RecipeFlags,
+        TrainConfig,
+        WeightsPolicy,
+        default_zoo,
+        plan_recipe,
+    )
+
+    zoo = default_zoo()
+    if options.backbone is not None:
+        zoo.get(options.backbone)  # an unknown backbone fails before the data is read
 
     dataset = load_local_data(
         options.data, entry, image_size=options.image_size, seed=options.seed
@@ -143,32 +177,36 @@ def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
             max_grad_norm=options.dp_clip,
             layers=options.dp_layers or "head",
         )
-    version = options.version
-    if version is None:
-        version = (
-            site.ledger.last_version(entry.task.task_id, options.backbone) if site else 0
-        ) + 1
-    config = TrainConfig(
+    flags = RecipeFlags(
         backbone=options.backbone,
-        weights=WeightsPolicy(options.weights),
+        weights=WeightsPolicy(options.weights) if options.weights is not None else None,
         input_size=options.input_size,
-        epochs=options.epochs,
         batch_size=options.batch_size,
         learning_rate=options.learning_rate,
+        epochs=options.epochs,
         patience=options.patience,
-        max_minutes=options.max_minutes,
-        seed=options.seed,
         flip=options.flip,
-        dp=dp,
+        head=HeadKind(options.head) if options.head is not None else None,
     )
+    base = TrainConfig(seed=options.seed, threads=options.threads, dp=dp)
+    recipe = plan_recipe(
+        dataset, flags, zoo, base=base, max_minutes=options.max_minutes, searchable=dp is None
+    )
+    config = recipe.config
     index = IndexSettings(options.index_mode, options.index_k, options.index_noise, options.seed)
-    return TrainingPlan(options, site, site_id, entry, dataset, config, index, version)
+    plan = TrainingPlan(options, site, site_id, entry, dataset, config, index, 0, recipe)
+    return replace(plan, version=plan.version_for(config.backbone))
 
 
 def run_training(
-    plan: TrainingPlan, observer: TrainingObserver | None = None
+    plan: TrainingPlan,
+    observer: TrainingObserver | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
 ) -> tuple[BundleResult, VerifiedManifest | None]:
-    """Trains, writes the bundle and, when the options say so, signs it with the site key.
+    """Runs the recipe (its search, then training), writes the bundle and signs it if asked.
+
+    ``plan.version`` is the version for the recipe's first backbone; when the
+    search keeps another, the bundle gets that backbone's next version.
 
     Raises:
         SiteError: a step failed (see :func:`site_agent.pipeline.write_bundle`).
@@ -181,11 +219,13 @@ def run_training(
         plan.dataset,
         plan.options.out,
         site_id=plan.site_id,
-        version=plan.version,
+        version=plan.version_for,
         license_id=plan.options.license_id,
         config=plan.config,
         index=plan.index,
         observer=observer,
+        recipe=plan.recipe,
+        on_trial=on_trial,
     )
     manifest = None
     if plan.options.sign and plan.site is not None:

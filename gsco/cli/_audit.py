@@ -52,7 +52,7 @@ def registry(
     trusted_root: Annotated[
         Path | None,
         typer.Option(
-            help="The TUF root your hubs were given (1.root.json) [default: the registry's own]."
+            help="The TUF root your hubs were given (1.root.json) (default: the registry's own)."
         ),
     ] = None,
     ledgers: Annotated[

@@ -60,12 +60,12 @@ def serve(
         str | None,
         typer.Option(
             help="OpenAI-compatible base URL of the generalist, e.g. http://127.0.0.1:8000/v1 "
-            "[default: the embedded CPU server, if running].",
+            "(default: the embedded CPU server, if running).",
             envvar="GSCO_GENERALIST_URL",
         ),
     ] = None,
     generalist_model: Annotated[
-        str | None, typer.Option(help="Served model name [default: the embedded one].")
+        str | None, typer.Option(help="Served model name (default: the embedded one).")
     ] = None,
     generalist_sees_images: Annotated[
         bool, typer.Option(help="Send the image to the generalist (a vision-language model).")
@@ -117,7 +117,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
     gpu: Annotated[
         bool | None,
-        typer.Option("--gpu/--cpu", help="Force or forbid CUDA [default: CUDA if present]."),
+        typer.Option("--gpu/--cpu", help="Force or forbid CUDA (default: CUDA if present)."),
     ] = None,
 ) -> None:
     """Run the diagnosis API until interrupted (Ctrl-C)."""

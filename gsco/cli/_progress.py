@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -14,7 +15,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from site_agent.train import EpochReport
+if TYPE_CHECKING:  # torch stays unimported until training starts
+    from site_agent.train import EpochReport, Trial
 
 
 class TrainingProgress:
@@ -47,8 +49,10 @@ class TrainingProgress:
         self._progress.stop()
 
     def on_start(self, epochs: int, steps_per_epoch: int) -> None:
-        """Training begins."""
+        """Training (or one recipe candidate's trial) begins."""
         self._epochs = epochs
+        if self._task is not None:
+            self._progress.remove_task(self._task)
         self._task = self._progress.add_task(
             "train", total=steps_per_epoch, epoch=1, epochs=epochs, loss=float("nan")
         )
@@ -70,3 +74,13 @@ class TrainingProgress:
         )
         if self._task is not None:
             self._progress.reset(self._task)
+
+    def on_trial(self, trial: Trial) -> None:
+        """Prints one recipe candidate's score after its trial epochs."""
+        auc = f"{trial.val_auc:.3f}" if trial.val_auc is not None else "n/a"
+        verdict = "kept, training on" if trial.kept else "dropped"
+        self._progress.console.print(
+            f"trial {trial.name}: {trial.epochs} epochs, val loss {trial.val_loss:.3f} "
+            f"acc {trial.val_accuracy:.3f} auc {auc} {trial.seconds:.0f}s: {verdict}",
+            soft_wrap=True,
+        )

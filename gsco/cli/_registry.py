@@ -20,7 +20,7 @@ RegistryOption = Annotated[
 ]
 TokenFileOption = Annotated[
     Path | None,
-    typer.Option(help="File with the admin token [default: $GSCO_REGISTRY_ADMIN_TOKEN]."),
+    typer.Option(help="File with the admin token (default: $GSCO_REGISTRY_ADMIN_TOKEN)."),
 ]
 CaOption = Annotated[Path | None, typer.Option(help="CA certificate to verify the registry's TLS.")]
 

@@ -83,7 +83,9 @@ def _faults(values: list[str] | None) -> dict[int, str]:
 def _print_table(report: dict[str, object], out: Path) -> None:
     console = Console()
     table = Table(title="Methods on the test split (95% bootstrap CI)")
-    for column in ("method", "ACC", "macro-AUC", "macro-F1", "degraded"):
+    ordinal = report.get("task_type") == "ordinal"
+    grades = ("QWK", "MAE") if ordinal else ()
+    for column in ("method", "ACC", "macro-AUC", "macro-F1", *grades, "degraded"):
         table.add_column(column)
 
     def fmt(entry: object) -> str:
@@ -101,6 +103,11 @@ def _print_table(report: dict[str, object], out: Path) -> None:
             fmt(method["accuracy"]),
             fmt(method["macro_auc"]),
             fmt(method["macro_f1"]),
+            *(
+                (fmt(method["quadratic_weighted_kappa"]), fmt(method["mean_absolute_error"]))
+                if ordinal
+                else ()
+            ),
             str(degraded.get(method["method"], "")),
         )
     console.print(table)
@@ -121,7 +128,17 @@ def simulate(
         str, typer.Option(help="MedMNIST dataset, e.g. pneumoniamnist or breastmnist.")
     ] = "pneumoniamnist",
     data: Annotated[
-        Path | None, typer.Option(help="The dataset's .npz [default: $GSCO_DATA_DIR, ~/.medmnist].")
+        Path | None,
+        typer.Option(
+            help="The dataset's .npz (MedMNIST's keys; any size, grey or RGB) "
+            "(default: $GSCO_DATA_DIR, ~/.medmnist)."
+        ),
+    ] = None,
+    task_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML/JSON file declaring your own task (README: Your own task); needs --data."
+        ),
     ] = None,
     sites: Annotated[int, typer.Option(min=1, max=500, help="Number of hospital sites.")] = 5,
     partition: Annotated[
@@ -170,7 +187,7 @@ def simulate(
         list[str] | None,
         typer.Option(
             help="A mode whose prompts the adapter learns and answers (repeatable: gsco, moed, "
-            "rad) [default: gsco]."
+            "rad) (default: gsco)."
         ),
     ] = None,
     tune_dp_noise: Annotated[
@@ -199,6 +216,7 @@ def simulate(
     scenario = Scenario(
         dataset=dataset,
         data=data,
+        task_file=task_file,
         sites=sites,
         partition=partition,
         backbone=backbone,
@@ -252,6 +270,7 @@ def demo(
     simulate(
         dataset="pneumoniamnist",
         data=None,
+        task_file=None,
         sites=3,
         partition="iid",
         backbone="tf_efficientnet_lite0",

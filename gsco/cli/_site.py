@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -19,7 +20,7 @@ app = typer.Typer(
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", help="Site home folder [default: $GSCO_SITE_HOME or ~/.gsco/site]."),
+    typer.Option("--home", help="Site home folder (default: $GSCO_SITE_HOME or ~/.gsco/site)."),
 ]
 
 
@@ -63,6 +64,11 @@ class WeightsOption(StrEnum):
     hub = "hub"
 
 
+class HeadOption(StrEnum):
+    softmax = "softmax"
+    cumulative_link = "cumulative-link"
+
+
 class DPLayersOption(StrEnum):
     head = "head"
     all = "all"
@@ -73,45 +79,69 @@ def train(
     out: Annotated[Path, typer.Option(help="Bundle folder to write (must not exist).")],
     task: Annotated[
         str | None,
-        typer.Option(help="Task id from the catalog [default: the one --task-file declares]."),
+        typer.Option(help="Task id from the catalog (default: the one --task-file declares)."),
     ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
             help="MedMNIST .npz, CSV manifest (path,label[,split]) or folder of class folders "
-            "[default: the task's MedMNIST file in $GSCO_DATA_DIR or ~/.medmnist]."
+            "(default: the task's MedMNIST file in $GSCO_DATA_DIR or ~/.medmnist)."
         ),
     ] = None,
     task_file: Annotated[
         Path | None, typer.Option(help="YAML/JSON file declaring your own task.")
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone from the zoo.")] = "tf_efficientnet_lite0",
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Backbone from the zoo (default: the recipe's search chooses)."),
+    ] = None,
     weights: Annotated[
-        WeightsOption,
+        WeightsOption | None,
         typer.Option(
-            help="default: weights shipped in a package where there are some; hub: download."
+            help="default: weights shipped in a package where there are some; hub: download "
+            "(default: the recipe's)."
         ),
-    ] = WeightsOption.default,
+    ] = None,
     input_size: Annotated[
-        int | None, typer.Option(help="Model input size in pixels [default: the backbone's].")
+        int | None,
+        typer.Option(help="Model input size in pixels (default: the images' own size)."),
     ] = None,
     image_size: Annotated[
         int, typer.Option(help="Size images from folders/CSV/DICOM are stored at.")
     ] = 64,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    batch_size: Annotated[int, typer.Option(min=2)] = 64,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience (epochs).")] = 5,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs (default: from the training-set size).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=2, help="Batch size (default: from the training-set size).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="AdamW learning rate (default: the recipe's).")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(min=1, help="Early-stopping patience (epochs) (default: a third).")
+    ] = None,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Wall-clock budget for training, in minutes.")
+        float | None,
+        typer.Option(help="Wall-clock budget for the recipe search and training (default: 30)."),
     ] = None,
     flip: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--flip/--no-flip",
-            help="Also augment with left-right mirroring (only where the anatomy allows it).",
+            help="Left-right mirroring as augmentation (default: where the task allows it).",
         ),
-    ] = False,
+    ] = None,
+    head: Annotated[
+        HeadOption | None,
+        typer.Option(
+            help="softmax, or cumulative-link (ordinal tasks: ordered cut points on one score) "
+            "(default: softmax; ordinal tasks search both)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads for training (default: every core).")
+    ] = None,
     max_train_images: Annotated[
         int | None, typer.Option(help="Train on a random subset of this size (tiny runs).")
     ] = None,
@@ -133,7 +163,7 @@ def train(
     ] = None,
     dp_delta: Annotated[
         float | None,
-        typer.Option(help="DP-SGD delta [default: 1/(10 n) for n training images]."),
+        typer.Option(help="DP-SGD delta (default: 1/(10 n) for n training images)."),
     ] = None,
     dp_clip: Annotated[
         float, typer.Option(min=0.0, help="DP-SGD per-example gradient clipping norm.")
@@ -142,16 +172,16 @@ def train(
         DPLayersOption | None,
         typer.Option(
             help="head: train the classifier on the frozen pretrained backbone (BatchNorm "
-            "fixed); all: every layer (BatchNorm becomes GroupNorm) [default: head]."
+            "fixed); all: every layer (BatchNorm becomes GroupNorm) (default: head)."
         ),
     ] = None,
     version: Annotated[
-        int | None, typer.Option(min=1, help="Bundle version [default: last published + 1].")
+        int | None, typer.Option(min=1, help="Bundle version (default: last published + 1).")
     ] = None,
     license_id: Annotated[
         str, typer.Option("--license", help="SPDX id of the model's license.")
     ] = DEFAULT_LICENSE,
-    site_id: Annotated[str | None, typer.Option(help="Site id [default: the site home's].")] = None,
+    site_id: Annotated[str | None, typer.Option(help="Site id (default: the site home's).")] = None,
     sign_bundle_too: Annotated[
         bool, typer.Option("--sign/--no-sign", help="Sign the bundle with the site key.")
     ] = False,
@@ -164,7 +194,7 @@ def train(
     from gsco.cli._progress import TrainingProgress
     from protocol import IndexMode
     from site_agent.errors import OptionsError
-    from site_agent.pipeline import deidentification_report_path
+    from site_agent.outputs import checkpoints_path, deidentification_report_path
     from site_agent.training import TrainingOptions, plan_training, run_training
 
     options = TrainingOptions(
@@ -173,7 +203,7 @@ def train(
         task_file=task_file,
         data=data,
         backbone=backbone,
-        weights=weights.value,
+        weights=weights.value if weights is not None else None,
         input_size=input_size,
         image_size=image_size,
         epochs=epochs,
@@ -182,6 +212,8 @@ def train(
         patience=patience,
         max_minutes=max_minutes,
         flip=flip,
+        head=head.value if head is not None else None,
+        threads=threads,
         max_train_images=max_train_images,
         max_eval_images=max_eval_images,
         seed=seed,
@@ -202,17 +234,36 @@ def train(
     except OptionsError as exc:  # checked first, before anything is read
         fail(str(exc), code=2)
     dataset = plan.dataset
+    recipe, config = plan.recipe, plan.config
+    candidates = len(recipe.candidates)
     typer.echo(
-        f"training {backbone} for {plan.entry.task.task_id} on {len(dataset.train)} images "
-        f"({len(dataset.val)} val, {len(dataset.test)} test), site {plan.site_id}, "
-        f"version {plan.version}"
+        f"training for {plan.entry.task.task_id} on {len(dataset.train)} images "
+        f"({len(dataset.val)} val, {len(dataset.test)} test), site {plan.site_id}; recipe: "
+        f"{config.input_size} px, batch {config.batch_size}, lr {config.learning_rate:g}, "
+        f"{config.epochs} epochs, patience {config.patience}, flip {'on' if config.flip else 'off'}"
+        f", budget {recipe.max_minutes:g} min; "
+        + (
+            f"search: {candidates} candidates x {recipe.rung_epochs} epochs"
+            if candidates > 1
+            else f"backbone {config.backbone}, no search"
+        )
     )
-    with TrainingProgress() as progress:
-        result, manifest = run_training(plan, progress)
+    try:
+        with TrainingProgress() as progress:
+            result, manifest = run_training(plan, progress, progress.on_trial)
+    except KeyboardInterrupt:
+        fail(_interrupted(out, checkpoints_path(out)), code=130)
+    training = cast(dict[str, object], result.metrics["training"])
+    typer.echo(f"trained {result.card.backbone} v{result.card.version}: {training['stop_reason']}")
     test = result.card.metrics
     auc = f"{test.macro_auc:.3f}" if test.macro_auc is not None else "n/a"
+    grades = (
+        f"  QWK {test.quadratic_weighted_kappa:.3f}  MAE {test.mean_absolute_error:.3f}"
+        if test.quadratic_weighted_kappa is not None and test.mean_absolute_error is not None
+        else ""
+    )
     typer.echo(
-        f"test ACC {test.accuracy:.3f}  AUC {auc}  F1 {test.macro_f1:.3f}  "
+        f"test ACC {test.accuracy:.3f}  AUC {auc}  F1 {test.macro_f1:.3f}{grades}  "
         f"ECE {test.ece:.3f}  (temperature {result.card.calibration_temperature:.2f})"
     )
     if result.card.training_privacy is not None:
@@ -229,6 +280,9 @@ def train(
                 f"membership in our measurements; consider --index-k 20 or --index-mode none "
                 f"(README: Privacy and compliance)."
             )
+    calibration = cast(dict[str, object], result.metrics["calibration"])
+    if calibration.get("warning"):
+        typer.echo(f"warning: {calibration['warning']}", err=True)
     typer.echo(f"bundle written to {result.path}")
     if result.deidentification is not None:
         deid = result.deidentification
@@ -241,6 +295,20 @@ def train(
         )
     if manifest is not None:
         typer.echo(f"signed as site {plan.site_id}; bundle digest {manifest.digest}")
+
+
+def _interrupted(out: Path, checkpoints: Path) -> str:
+    """What an interrupted training run kept, and where."""
+    kept = sorted(p.name for p in checkpoints.glob("*.safetensors")) if checkpoints.is_dir() else []
+    if not kept:
+        with contextlib.suppress(OSError):  # an empty folder is no checkpoint
+            checkpoints.rmdir()
+        return f"interrupted before the first epoch ended: nothing was written ({out} is free)"
+    return (
+        f"interrupted: no bundle was written ({out} is free); the weights trained so far are "
+        f"kept in {checkpoints} ({', '.join(kept)}: best = the lowest validation loss so far, "
+        f"last = the last epoch)"
+    )
 
 
 @app.command()

@@ -67,6 +67,8 @@ def _task(
     labels: tuple[str, ...],
     task_type: TaskType,
     synonyms: dict[str, tuple[str, ...]] | None = None,
+    *,
+    mirroring: bool = False,
 ) -> TaskSpec:
     return TaskSpec(
         task_id=task_id,
@@ -74,6 +76,7 @@ def _task(
         labels=labels,
         task_type=task_type,
         synonyms=synonyms or {},
+        mirroring=mirroring,
     )
 
 
@@ -104,6 +107,7 @@ def default_catalog() -> TaskCatalog:
                         "malignant": ("cancer", "carcinoma", "malignancy"),
                         "normal or benign": ("benign", "normal", "non-malignant", "normal, benign"),
                     },
+                    mirroring=True,  # either breast, scanned from either side
                 ),
                 "breastmnist",
             ),
@@ -122,6 +126,7 @@ def default_catalog() -> TaskCatalog:
                         "platelet",
                     ),
                     TaskType.MULTICLASS,
+                    mirroring=True,  # cells under a microscope have no handedness
                 ),
                 "bloodmnist",
             ),
@@ -140,6 +145,7 @@ def default_catalog() -> TaskCatalog:
                     "retinal fundus photograph",
                     ("grade 0", "grade 1", "grade 2", "grade 3", "grade 4"),
                     TaskType.ORDINAL,
+                    mirroring=True,  # a left eye is a mirrored right eye
                 ),
                 "retinamnist",
             ),
@@ -157,6 +163,7 @@ def load_task_file(path: Path) -> CatalogEntry:
         modality: knee X-ray
         labels: [no osteoarthritis, osteoarthritis]
         task_type: binary
+        mirroring: true        # optional: left-right mirroring keeps the label
 
     Raises:
         DataNotFoundError / DataFormatError: unreadable or invalid file.

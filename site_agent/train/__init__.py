@@ -12,6 +12,7 @@ from site_agent.train._loop import (
     TrainConfig,
     TrainedSpecialist,
     TrainingObserver,
+    TrainingRun,
     train_specialist,
 )
 from site_agent.train._metrics import (
@@ -20,9 +21,21 @@ from site_agent.train._metrics import (
     expected_calibration_error,
     fit_temperature,
 )
+from site_agent.train._recipe import (
+    DEFAULT_MAX_MINUTES,
+    RUNG_STEPS,
+    SMALL_SET,
+    Recipe,
+    RecipeFlags,
+    Trial,
+    plan_recipe,
+    train_with_recipe,
+)
 from site_agent.train._zoo import (
     BackboneSpec,
     BackboneZoo,
+    CumulativeLinkHead,
+    HeadKind,
     SpecialistNet,
     WeightsPolicy,
     build_specialist,
@@ -30,16 +43,25 @@ from site_agent.train._zoo import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_MINUTES",
+    "RUNG_STEPS",
+    "SMALL_SET",
     "BackboneSpec",
     "BackboneZoo",
+    "CumulativeLinkHead",
     "DPConfig",
     "EpochReport",
     "Evaluation",
     "FrozenNorm",
+    "HeadKind",
+    "Recipe",
+    "RecipeFlags",
     "SpecialistNet",
     "TrainConfig",
     "TrainedSpecialist",
     "TrainingObserver",
+    "TrainingRun",
+    "Trial",
     "WeightsPolicy",
     "build_specialist",
     "default_zoo",
@@ -47,7 +69,9 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "freeze_batchnorm",
+    "plan_recipe",
     "prepare_for_dp",
     "replace_batchnorm",
     "train_specialist",
+    "train_with_recipe",
 ]

@@ -28,11 +28,12 @@ from site_agent._compat import torch_threads
 from site_agent.data import LocalDataset
 from site_agent.errors import TrainingError
 from site_agent.train._dp import DPConfig, prepare_for_dp
-from site_agent.train._metrics import evaluate, fit_temperature
+from site_agent.train._metrics import evaluate, fit_temperature, temperature_warning
 from site_agent.train._steps import PlainSteps, PrivateSteps, StepStrategy
 from site_agent.train._zoo import (
     BackboneSpec,
     BackboneZoo,
+    HeadKind,
     SpecialistNet,
     WeightsPolicy,
     build_specialist,
@@ -68,6 +69,7 @@ class TrainConfig:
     balance_classes: bool = True  # class-weighted loss (inverse frequency)
     threads: int | None = None  # torch CPU threads; default: all cores
     dp: DPConfig | None = None  # DP-SGD with this budget (and its trained layers)
+    head: HeadKind = HeadKind.SOFTMAX  # cumulative-link: the ordinal head (ordinal tasks)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class TrainedSpecialist:
     train_seconds: float
     test_probs: NDArray[np.float64] = field(repr=False)
     privacy: DifferentialPrivacy | None = None  # the budget DP-SGD spent, if it was used
+    calibration_warning: str | None = None  # the temperature stopped at its search's bound
 
     def embed(self, images: NDArray[np.uint8], batch_size: int = 256) -> NDArray[np.float32]:
         """Embeddings of raw ``uint8 [N, H, W, C]`` images."""
@@ -225,7 +228,14 @@ class TrainingRun:
             raise TrainingError(f"images must have 1 or 3 channels, not {channels}")
         size = config.input_size or spec.default_input_size
         k = len(dataset.task.labels)
-        self.net, mean, std = build_specialist(spec, k, channels, size, config.weights)
+        if config.head is HeadKind.CUMULATIVE_LINK and config.dp is not None:
+            raise TrainingError(
+                "the cumulative-link head cannot be trained with DP-SGD (Opacus has no "
+                "per-example gradients for its cut points): use the softmax head"
+            )
+        self.net, mean, std = build_specialist(
+            spec, k, channels, size, config.weights, head=config.head
+        )
         if initial_state is not None:
             try:
                 self.net.load_state_dict(dict(initial_state))
@@ -252,10 +262,14 @@ class TrainingRun:
         weights = n / (k * np.maximum(counts, 1)) if config.balance_classes else np.ones(k)
         self._class_weights = torch.tensor(weights, dtype=torch.float32)
         self._val_loss = torch.nn.CrossEntropyLoss(weight=self._class_weights)
+        # The fused kernel updates every parameter in one pass: for ResNet-18 at batch 16 it
+        # took the optimiser from 22% of an epoch to 6% here. Opacus wraps the optimiser and
+        # its hooks expect the plain implementation, so DP-SGD keeps it.
         optimizer = torch.optim.AdamW(
             [p for p in self.net.parameters() if p.requires_grad],
             lr=config.learning_rate,
             weight_decay=config.weight_decay,
+            fused=config.dp is None or None,
         )
         self._steps: StepStrategy
         if config.dp is None:
@@ -305,6 +319,18 @@ class TrainingRun:
         traceback: TracebackType | None,
     ) -> None:
         self._steps.__exit__(exc_type, exc, traceback)
+
+    def attach_checkpoints(self, folder: Path | None) -> None:
+        """Writes ``best`` and ``last`` safetensors checkpoints to ``folder`` from now on."""
+        self._checkpoint_dir = folder
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.best_epoch:
+            current = _snapshot(self.net)
+            self.net.load_state_dict(self._best_state)
+            save_model(self.net, str(folder / "best.safetensors"))
+            self.net.load_state_dict(current)
 
     @property
     def epochs_done(self) -> int:
@@ -407,7 +433,8 @@ class TrainingRun:
         """``(class-weighted loss, accuracy, macro-AUC)`` of the current weights on validation."""
         logits, _ = _predict(self.net, self._x_val, 256)
         loss = float(self._val_loss(torch.from_numpy(logits), torch.from_numpy(self._y_val)))
-        scores = evaluate(calibrated_softmax(logits), self._y_val, self.dataset.task.labels)
+        task = self.dataset.task
+        scores = evaluate(calibrated_softmax(logits), self._y_val, task.labels, task.task_type)
         return loss, scores.accuracy, scores.macro_auc
 
     def finish(self) -> TrainedSpecialist:
@@ -429,6 +456,7 @@ class TrainingRun:
             train_seconds=self.train_seconds,
             test_probs=calibrated_softmax(test_logits, temperature),
             privacy=self._steps.privacy(),
+            calibration_warning=temperature_warning(temperature),
         )
 
 

@@ -2,6 +2,11 @@
 
 Every specialist is a :class:`SpecialistNet`: ``forward(image) -> (logits, embedding)``,
 where the embedding is the pooled pre-logits feature that RAD retrieves with.
+
+The head is a linear classifier, or for ordinal tasks optionally a
+:class:`CumulativeLinkHead` whose "logits" are log-probabilities: the ONNX
+contract (calibrated softmax of the logits), the loss (cross-entropy of those
+logits is the negative log-likelihood) and temperature scaling stay the same.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from site_agent.errors import TrainingError, UnknownBackboneError
 __all__ = [
     "BackboneSpec",
     "BackboneZoo",
+    "CumulativeLinkHead",
+    "HeadKind",
     "SpecialistNet",
     "WeightsPolicy",
     "build_specialist",
@@ -41,7 +48,8 @@ class BackboneSpec:
     """One entry of the zoo.
 
     ``default_input_size`` is what ``gsco site train`` uses unless told;
-    ``min_input_size`` is the smallest size the architecture exports at.
+    ``min_input_size`` is the smallest size the architecture trains and exports at
+    (probed: a forward pass at that size works; ``tests/site_agent/test_zoo_contract.py``).
     """
 
     name: str
@@ -49,19 +57,63 @@ class BackboneSpec:
     arch: str
     description: str
     default_input_size: int = 64
-    min_input_size: int = 32
+    min_input_size: int = 8
     fixed_size: bool = False  # ViTs: the size is baked into position embeddings
     package_weights: Callable[[], dict[str, torch.Tensor]] | None = None
     package_norm: tuple[float, float] = (0.5, 0.5)
 
 
+class HeadKind(StrEnum):
+    """What the network's last layer computes."""
+
+    SOFTMAX = "softmax"  # a linear classifier: K free logits
+    CUMULATIVE_LINK = "cumulative-link"  # ordinal: one score and K-1 ordered cut points
+
+
+class CumulativeLinkHead(nn.Module):
+    """An ordinal head (proportional-odds, cumulative-link logits) that outputs log P(y = k).
+
+    One score ``s = w . h`` and ordered cut points ``c_1 < ... < c_{K-1}`` give
+    ``P(y <= k) = sigmoid(c_k - s)``; the class probabilities are the steps of
+    that cumulative distribution, so they are ordered by construction and one
+    direction in feature space means "more severe". The cut points start at
+    the logistic quantiles of a uniform prior, so the first loss is ln K.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise TrainingError("an ordinal head needs at least 2 grades")
+        self.in_features = in_features
+        self.out_features = num_classes
+        self.score = nn.Linear(in_features, 1)
+        quantiles = torch.arange(1, num_classes, dtype=torch.float32) / num_classes
+        cuts = torch.log(quantiles / (1 - quantiles))
+        self.first_cut = nn.Parameter(cuts[:1].clone())
+        gaps = cuts.diff()
+        self.log_gaps = nn.Parameter(torch.log(torch.expm1(gaps)))  # softplus^-1: gaps > 0
+
+    def cut_points(self) -> torch.Tensor:
+        """The K-1 ordered cut points."""
+        gaps = nn.functional.softplus(self.log_gaps)
+        return torch.cat([self.first_cut, self.first_cut + torch.cumsum(gaps, 0)])
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` embeddings to ``[N, K]`` log-probabilities."""
+        below = torch.sigmoid(self.cut_points()[None, :] - self.score(embedding))
+        ones = torch.ones_like(below[:, :1])
+        upper = torch.cat([below, ones], dim=1)
+        lower = torch.cat([torch.zeros_like(ones), below], dim=1)
+        return torch.log((upper - lower).clamp_min(1e-7))
+
+
 class SpecialistNet(nn.Module):
-    """A backbone split into its embedding and its final linear classifier."""
+    """A backbone split into its embedding and its final classifier (linear or ordinal)."""
 
     def __init__(
         self,
         embed: nn.Module,
-        classifier: nn.Linear,
+        classifier: nn.Linear | CumulativeLinkHead,
         forward_embedding: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     ) -> None:
         super().__init__()
@@ -73,6 +125,13 @@ class SpecialistNet(nn.Module):
     def embedding_dim(self) -> int:
         """Length of the embedding vector."""
         return int(self.classifier.in_features)
+
+    @property
+    def head(self) -> HeadKind:
+        """What the last layer computes."""
+        if isinstance(self.classifier, CumulativeLinkHead):
+            return HeadKind.CUMULATIVE_LINK
+        return HeadKind.SOFTMAX
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(logits [N, K], embedding [N, D])``."""
@@ -142,7 +201,9 @@ def default_zoo() -> BackboneZoo:
                 package_weights=_lite0_package_weights,
             ),
             BackboneSpec("resnet18", "timm", "resnet18", "ResNet-18"),
-            BackboneSpec("densenet121", "timm", "densenet121", "DenseNet-121"),
+            BackboneSpec(  # its three 2x2 average-pool transitions need 29 px at least
+                "densenet121", "timm", "densenet121", "DenseNet-121", min_input_size=32
+            ),
             BackboneSpec("efficientnet_b4", "timm", "efficientnet_b4", "EfficientNet-B4"),
             BackboneSpec(
                 "vgg16", "timm", "vgg16", "VGG-16", default_input_size=224, min_input_size=224
@@ -213,8 +274,12 @@ def build_specialist(
     in_chans: int,
     input_size: int,
     weights: WeightsPolicy = WeightsPolicy.DEFAULT,
+    head: HeadKind = HeadKind.SOFTMAX,
 ) -> tuple[SpecialistNet, tuple[float, ...], tuple[float, ...]]:
     """Builds a specialist and returns it with the normalisation its weights expect.
+
+    ``head`` replaces the linear classifier with a :class:`CumulativeLinkHead`
+    (ordinal tasks).
 
     Returns:
         ``(net, mean, std)``, ``mean`` and ``std`` with one value per input channel.
@@ -271,11 +336,25 @@ def build_specialist(
         elif weights is WeightsPolicy.DEFAULT and spec.package_weights is not None:
             _load_by_position(model, spec.package_weights(), in_chans)
             mean, std = (spec.package_norm[0],) * 3, (spec.package_norm[1],) * 3
-        head = cast(nn.Module, model.get_classifier())  # type: ignore[operator]
-        classifier = getattr(head, "fc", head)
+        timm_head = cast(nn.Module, model.get_classifier())  # type: ignore[operator]
+        classifier = getattr(timm_head, "fc", timm_head)
         if not isinstance(classifier, nn.Linear):
             raise TrainingError(f"{spec.name}: cannot find its final linear classifier")
         net = SpecialistNet(model, classifier, _timm_embedding)
+    # A new head starts at chance (a first loss of ln K): a default-initialised head on
+    # pretrained features gave logits near 50 and a first loss of 5 for K = 2, and even
+    # weights of std 0.01 gave 2.1 for K = 5 on Lite0's large features. A zero head still
+    # learns at once (its gradient is the features times the errors); the body follows.
+    with torch.no_grad():
+        nn.init.zeros_(classifier.weight)
+        if classifier.bias is not None:
+            nn.init.zeros_(classifier.bias)
+    if head is HeadKind.CUMULATIVE_LINK:
+        ordinal = CumulativeLinkHead(classifier.in_features, num_classes)
+        with torch.no_grad():
+            nn.init.zeros_(ordinal.score.weight)
+            nn.init.zeros_(ordinal.score.bias)
+        net.classifier = ordinal
     if in_chans == 1:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     return net, tuple(mean[:in_chans]), tuple(std[:in_chans])

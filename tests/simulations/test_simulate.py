@@ -20,7 +20,7 @@ from hub import verify_access_log
 from protocol import GscoError, SpecialistCard
 from registry import verify_event_log
 from tests.servers import GSCO
-from tests.site_agent.conftest import medmnist_dir
+from tests.site_agent.conftest import GRADED_TASK, graded_arrays, medmnist_dir, write_npz
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +55,17 @@ def _audit(out: Path, tmp_path: Path) -> str:
     )  # fmt: skip
     assert audit.returncode == 0, audit.stdout + audit.stderr
     return audit.stdout
+
+
+def _cards(out: Path) -> list[SpecialistCard]:
+    """Every specialist card the simulation's registry stored."""
+    cards = []
+    for blob in (out / "registry" / "blobs").glob("*/*"):
+        try:
+            cards.append(SpecialistCard.parse(blob.read_bytes()))
+        except GscoError:
+            continue
+    return cards
 
 
 def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> None:
@@ -98,6 +109,8 @@ def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> No
         assert (out / plot).stat().st_size > 1000
     assert "gsco" in result.stdout
     assert "report:" in result.stdout
+    for number in range(1, 6):  # every site's epochs, relayed from its Flower ClientApp
+        assert f"hospital-0{number} epoch 1/1: train loss" in result.stderr, result.stderr[-3000:]
     # The evidence stays: the registry's event log records the rejections, the
     # hub's access log every request, and each site's egress ledger what it sent.
     events, _ = verify_event_log((out / "registry" / "events.jsonl").read_bytes().splitlines())
@@ -144,18 +157,51 @@ def test_dp_fedavg_and_the_generalist_going_down(tmp_path: Path, vllm_url: str) 
     assert any(m["method"].startswith("fedavg shared specialist") for m in report["methods"])
     assert report["federation_privacy"].startswith("epsilon ")
     # The shared specialist's card, as the registry stores it, records the budget.
-    cards = []
-    for blob in (out / "registry" / "blobs").glob("*/*"):
-        try:
-            cards.append(SpecialistCard.parse(blob.read_bytes()))
-        except GscoError:
-            continue
+    cards = _cards(out)
     shared = [c for c in cards if c.federation is not None]
     assert {c.site_id for c in shared} == {"hospital-01", "hospital-02"}
     privacy = shared[0].federation.differential_privacy  # type: ignore[union-attr]
     assert privacy is not None
     assert privacy.noise_multiplier == 0.8
     assert privacy.epsilon > 0
+
+
+def test_a_declared_ordinal_rgb_task_end_to_end(tmp_path: Path) -> None:
+    """``--task-file`` and ``--data``: a task the catalog does not know, 64 px RGB, graded.
+
+    The sites train and publish it, the hub serves it (median grades), and the report scores
+    every method with quadratic weighted kappa and the mean absolute error.
+    """
+    data = write_npz(
+        tmp_path / "knee.npz", **graded_arrays(grades=4, per_grade=40, size=64, channels=3)
+    )
+    (tmp_path / "knee.yaml").write_text(GRADED_TASK)
+    out = tmp_path / "report"
+    result, report = _simulate(
+        out,
+        "--task-file", str(tmp_path / "knee.yaml"), "--data", str(data), "--sites", "2",
+        "--backbone", "resnet18", "--test-images", "12", "--generalist", "none",
+        "--policy-images", "0",
+    )  # fmt: skip
+    assert report["task_id"] == "knee-oa-grade"
+    assert report["task_type"] == "ordinal"
+    assert report["scenario"]["dataset"] == "knee.npz"
+    assert all(s["status"] == "published" for s in report["sites"])
+    for method in report["methods"]:
+        kappa, error = method["quadratic_weighted_kappa"], method["mean_absolute_error"]
+        assert -1.0 <= kappa["value"] <= 1.0, method
+        assert error["low"] <= error["value"] <= error["high"], method
+    text = (out / "report.md").read_text()
+    assert "| QWK | MAE (grades) |" in text
+    assert "QWK" in result.stdout
+    for number in (1, 2):
+        assert f"hospital-0{number} epoch 1/1: train loss" in result.stderr
+    cards = _cards(out)
+    assert len(cards) == 2
+    for card in cards:
+        assert card.task_type.value == "ordinal"
+        assert card.preprocessing.channels == 3
+        assert card.metrics.quadratic_weighted_kappa is not None
 
 
 def test_bad_scenarios_are_one_line_errors(tmp_path: Path) -> None:

@@ -1,0 +1,418 @@
+"""The training recipe a site gets when it passes nothing: chosen from its data, within a budget.
+
+What is decided from the data, before any training (each choice with its
+reason, recorded in ``metrics.json``):
+
+- **input size**: the images' own size (never upsampled), raised only to the
+  backbone's real minimum, and halved while a measured training step says the
+  planned epochs would not fit in half the time budget;
+- **batch size** from the training-set size (about 30 steps per epoch, 32 to
+  128: smaller batches cost more per image than they give on a CPU), AdamW at
+  1e-3 from scratch and 5e-4 to fine-tune pretrained weights (fused);
+- **epochs and patience**: 12 epochs, more for small sets so that the model
+  sees at least 100 optimiser steps, and a patience of a third of them;
+- **augmentation**: small random shifts always; left-right mirroring only where
+  the task says the anatomy allows it (``TaskSpec.mirroring``).
+
+Then a short search over what matters most and costs least to try, scored on
+the validation split only: the backbone (ResNet-18 from scratch, or
+EfficientNet-Lite0 from its packaged ImageNet weights, tried first below
+:data:`SMALL_SET` images) and, for ordinal tasks, the cumulative-link head. It
+is one rung of successive halving in which each trial is the first epochs of
+the run it would become (about :data:`RUNG_STEPS` optimiser steps, at most a
+quarter of the planned epochs): the winner goes on from where its trial
+stopped, so the search costs ``(candidates - 1) * rung`` epochs and nothing is
+trained twice. ``bench/recipe.py`` measures it against a plain timm loop.
+
+No search runs under DP-SGD (every trial would touch the training data and
+spend privacy budget that the accountant does not see), from given initial
+weights (a federated model), or when the flags leave nothing to choose.
+Explicit flags always win over the recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from protocol import TaskType
+from site_agent.data import LocalDataset
+from site_agent.train._loop import (
+    InputCache,
+    TrainConfig,
+    TrainedSpecialist,
+    TrainingObserver,
+    TrainingRun,
+)
+from site_agent.train._zoo import BackboneZoo, HeadKind, WeightsPolicy, build_specialist
+
+__all__ = [
+    "DEFAULT_MAX_MINUTES",
+    "RUNG_STEPS",
+    "SMALL_SET",
+    "Recipe",
+    "RecipeFlags",
+    "Trial",
+    "plan_recipe",
+    "train_with_recipe",
+]
+
+#: The time budget of ``gsco site train`` when none is given (minutes).
+DEFAULT_MAX_MINUTES = 30.0
+#: Optimiser steps each search candidate takes before the best one is kept (whole epochs,
+#: at most a quarter of the planned ones): fewer give a validation loss still near chance.
+RUNG_STEPS = 30
+#: Below this many training images pretrained features are tried first (and kept without
+#: a search): from scratch, a small set rarely catches up.
+SMALL_SET = 1000
+#: The backbones the search tries, in order: (name, weights).
+SEARCH_BACKBONES = (
+    ("resnet18", WeightsPolicy.SCRATCH),
+    ("tf_efficientnet_lite0", WeightsPolicy.DEFAULT),
+)
+_MIN_STEPS = 100  # optimiser steps a small training set still gets
+_BASE_EPOCHS = 12
+
+
+@dataclass(frozen=True)
+class RecipeFlags:
+    """What the user set explicitly; ``None`` leaves the choice to the recipe."""
+
+    backbone: str | None = None
+    weights: WeightsPolicy | None = None
+    input_size: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    epochs: int | None = None
+    patience: int | None = None
+    flip: bool | None = None
+    head: HeadKind | None = None
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One search candidate after its rung, scored on validation."""
+
+    name: str
+    backbone: str
+    weights: str
+    head: str
+    input_size: int
+    learning_rate: float
+    epochs: int
+    val_loss: float
+    val_accuracy: float
+    val_auc: float | None
+    seconds: float
+    kept: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready."""
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A planned recipe: the base configuration, why, and the candidates to try."""
+
+    config: TrainConfig
+    reasons: dict[str, str]
+    candidates: tuple[TrainConfig, ...]  # one: no search
+    max_minutes: float
+    trials: tuple[Trial, ...] = field(default=())
+    rung_epochs: int = 1  # epochs each candidate trains before the search keeps one
+
+    @property
+    def search(self) -> str:
+        """How the recipe was settled, in words."""
+        if len(self.candidates) == 1:
+            return "none: " + self.reasons.get("search", "nothing left to choose")
+        return (
+            f"successive halving, one rung: {len(self.candidates)} candidates x "
+            f"{self.rung_epochs} epochs on the validation split, the best continued"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready (``metrics.json``'s ``recipe``)."""
+        return {
+            "max_minutes": self.max_minutes,
+            "search": self.search,
+            "reasons": dict(self.reasons),
+            "trials": [trial.as_dict() for trial in self.trials],
+        }
+
+
+def _power_of_two(value: float) -> int:
+    return int(2 ** round(math.log2(max(value, 1.0))))
+
+
+def _seconds_per_image(
+    zoo: BackboneZoo, config: TrainConfig, size: int, channels: int, classes: int
+) -> float:
+    """One training step's measured cost per image at ``size`` (after a warm-up step)."""
+    spec = zoo.get(config.backbone)
+    net, _, _ = build_specialist(spec, classes, channels, size, WeightsPolicy.SCRATCH)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    batch = min(config.batch_size, 32)
+    x = torch.zeros(batch, channels, size, size)
+    y = torch.zeros(batch, dtype=torch.long)
+    seconds = math.inf
+    for _ in range(2):
+        started = time.monotonic()
+        logits, _ = net(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        seconds = time.monotonic() - started
+    return seconds / batch
+
+
+def plan_recipe(
+    dataset: LocalDataset,
+    flags: RecipeFlags,
+    zoo: BackboneZoo,
+    *,
+    base: TrainConfig,
+    max_minutes: float | None = None,
+    searchable: bool = True,
+) -> Recipe:
+    """Chooses what ``flags`` leave open from ``dataset`` (see the module's docstring).
+
+    ``base`` carries what is not the recipe's to choose (seed, threads, DP).
+    ``searchable=False`` settles the recipe from the data alone.
+    """
+    budget = max_minutes if max_minutes is not None else DEFAULT_MAX_MINUTES
+    n = len(dataset.train)
+    k = len(dataset.task.labels)
+    reasons: dict[str, str] = {}
+    small = n < SMALL_SET
+    backbone, weights = SEARCH_BACKBONES[1 if small else 0]
+    if flags.backbone is not None:
+        backbone = flags.backbone
+        weights = flags.weights or WeightsPolicy.DEFAULT
+        reasons["backbone"] = "given"
+    elif base.dp is not None:
+        backbone, weights = SEARCH_BACKBONES[1]
+        weights = flags.weights or weights
+        reasons["backbone"] = f"{backbone} ({weights.value}): DP-SGD needs pretrained features"
+    else:
+        weights = flags.weights or weights
+        reasons["backbone"] = f"{backbone} ({weights.value}), the first search candidate" + (
+            f": pretrained features first for a small set ({n} < {SMALL_SET} images)"
+            if small
+            else ""
+        )
+    spec = zoo.get(backbone)
+
+    if flags.batch_size is not None:
+        batch = flags.batch_size
+        reasons["batch_size"] = "given"
+    else:
+        batch = min(128, max(32, _power_of_two(n / 30)))
+        reasons["batch_size"] = f"about 30 steps per epoch for {n} training images"
+    batch = min(batch, n)
+    if flags.learning_rate is not None:
+        lr = flags.learning_rate
+        reasons["learning_rate"] = "given"
+    else:
+        lr = _learning_rate(weights)
+        reasons["learning_rate"] = "1e-3 from scratch, 5e-4 to fine-tune pretrained weights"
+    steps = max(1, n // batch)
+    if flags.epochs is not None:
+        epochs = flags.epochs
+        reasons["epochs"] = "given"
+    else:
+        epochs = min(60, max(_BASE_EPOCHS, math.ceil(_MIN_STEPS / steps)))
+        reasons["epochs"] = (
+            f"{_BASE_EPOCHS}, or enough for {_MIN_STEPS} optimiser steps at {steps} per epoch"
+        )
+    if flags.patience is not None:
+        patience = flags.patience
+        reasons["patience"] = "given"
+    else:
+        patience = max(4, epochs // 3)
+        reasons["patience"] = "a third of the epochs, at least 4"
+    if flags.flip is not None:
+        flip = flags.flip
+        reasons["flip"] = "given"
+    else:
+        flip = dataset.task.mirroring
+        reasons["flip"] = (
+            "the task allows left-right mirroring"
+            if flip
+            else "the task does not say that left-right mirroring is allowed"
+        )
+
+    head = flags.head or HeadKind.SOFTMAX
+    if flags.head is not None:
+        reasons["head"] = "given"
+    elif dataset.task.task_type is not TaskType.ORDINAL:
+        reasons["head"] = "softmax: the labels are not ordered"
+    elif base.dp is not None:
+        reasons["head"] = "softmax: DP-SGD cannot train the ordinal head"
+    else:
+        reasons["head"] = "softmax first; the search also tries the cumulative-link head"
+
+    native = int(dataset.train.images.shape[1])
+    if flags.input_size is not None:
+        size = flags.input_size
+        reasons["input_size"] = "given"
+    elif spec.fixed_size:
+        size = spec.default_input_size
+        reasons["input_size"] = f"{spec.name} is built for {size} px"
+    else:
+        size = max(native, spec.min_input_size)
+        why = (
+            f"the images' own size ({native} px)"
+            if size == native
+            else f"{spec.name}'s minimum ({size} px; the images are {native} px)"
+        )
+        config = replace(base, backbone=backbone, batch_size=batch)
+        while size > max(28, spec.min_input_size):
+            per_image = _seconds_per_image(zoo, config, size, dataset.channels, k)
+            planned_minutes = per_image * n * epochs * 1.3 / 60  # 1.3: validation, augmentation
+            if planned_minutes <= budget / 2:
+                break
+            why = (
+                f"halved from {native} px: {epochs} epochs at {size} px were measured at "
+                f"{planned_minutes:.0f} min, over half the {budget:g} min budget"
+            )
+            size = max(size // 2, 28, spec.min_input_size)
+        reasons["input_size"] = why
+    config = replace(
+        base,
+        backbone=backbone,
+        weights=weights,
+        input_size=size,
+        epochs=epochs,
+        batch_size=batch,
+        learning_rate=lr,
+        patience=patience,
+        flip=flip,
+        augment=True,
+        max_minutes=budget,
+        head=head,
+    )
+    candidates = [config]
+    rung = min(math.ceil(RUNG_STEPS / steps), max(1, epochs // 4))
+    if not searchable:
+        reasons["search"] = "not searched (DP-SGD or given initial weights)"
+    elif epochs < 3 * rung:
+        reasons["search"] = f"too few epochs ({epochs}) to search"
+    else:
+        candidates = _candidates(config, flags, zoo, native, dataset.task.task_type)
+        if len(candidates) == 1:
+            reasons["search"] = "every choice the search makes was given"
+    return Recipe(config, reasons, tuple(candidates), budget, rung_epochs=rung)
+
+
+def _learning_rate(weights: WeightsPolicy) -> float:
+    return 1e-3 if weights is WeightsPolicy.SCRATCH else 5e-4
+
+
+def _candidates(
+    config: TrainConfig, flags: RecipeFlags, zoo: BackboneZoo, native: int, task_type: TaskType
+) -> list[TrainConfig]:
+    """At most three: the base, the other backbone, the ordinal head (ordinal tasks)."""
+    out = [config]
+    if flags.backbone is None:
+        for name, weights in SEARCH_BACKBONES:
+            if name == config.backbone:
+                continue
+            spec = zoo.get(name)
+            weights = flags.weights or weights
+            size = config.input_size if flags.input_size is not None else None
+            size = size or max(min(native, config.input_size or native), spec.min_input_size)
+            lr = flags.learning_rate or _learning_rate(weights)
+            out.append(replace(config, backbone=name, weights=weights, input_size=size,
+                               learning_rate=lr))  # fmt: skip
+    if flags.head is None and task_type is TaskType.ORDINAL:
+        out.append(replace(config, head=HeadKind.CUMULATIVE_LINK))
+    return out
+
+
+def _name(config: TrainConfig) -> str:
+    where = f"{config.backbone}/{config.weights.value}@{config.input_size}px"
+    head = "" if config.head is HeadKind.SOFTMAX else f" {config.head.value}"
+    return f"{where} lr={config.learning_rate:g}{head}"
+
+
+def train_with_recipe(
+    dataset: LocalDataset,
+    recipe: Recipe,
+    zoo: BackboneZoo,
+    *,
+    checkpoint_dir: Path | None = None,
+    observer: TrainingObserver | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[TrainedSpecialist, Recipe]:
+    """Runs the search (if any), continues the best candidate and returns it calibrated.
+
+    The budget covers the search and the training together: the winner stops
+    at ``recipe.max_minutes`` from the start of the first trial. Returns the
+    trained specialist and the recipe with the chosen configuration and trials.
+    """
+    started = time.monotonic()
+    deadline = started + recipe.max_minutes * 60
+    inputs = InputCache(dataset)
+    if len(recipe.candidates) == 1:
+        run = TrainingRun(
+            dataset,
+            recipe.config,
+            zoo,
+            checkpoint_dir=checkpoint_dir,
+            observer=observer,
+            initial_state=initial_state,
+            inputs=inputs,
+        )
+        with run:
+            run.fit(deadline=deadline)
+            return run.finish(), recipe
+    runs: list[TrainingRun] = []
+    try:
+        for config in recipe.candidates:
+            run = TrainingRun(dataset, config, zoo, observer=observer, inputs=inputs)
+            runs.append(run.__enter__())
+            run.fit(until=recipe.rung_epochs, deadline=deadline)
+        best = min(runs, key=lambda r: r.best_loss)
+        trials = []
+        for run in runs:
+            report = min(run.history, key=lambda h: h.val_loss)
+            trial = Trial(
+                name=_name(run.config),
+                backbone=run.config.backbone,
+                weights=run.config.weights.value,
+                head=run.config.head.value,
+                input_size=run.preprocessing.input_size[0],
+                learning_rate=run.config.learning_rate,
+                epochs=run.epochs_done,
+                val_loss=round(run.best_loss, 5),
+                val_accuracy=round(report.val_accuracy, 4),
+                val_auc=None if report.val_auc is None else round(report.val_auc, 4),
+                seconds=round(run.train_seconds, 1),
+                kept=run is best,
+            )
+            trials.append(trial)
+            if on_trial is not None:
+                on_trial(trial)
+        for run in runs:
+            if run is not best:
+                run.__exit__(None, None, None)
+        runs = [best]
+        best.attach_checkpoints(checkpoint_dir)
+        best.fit(deadline=deadline)
+        trained = best.finish()
+    finally:
+        for run in runs:
+            run.__exit__(None, None, None)
+    chosen = best.config
+    reasons = dict(recipe.reasons)
+    reasons["search"] = f"kept {_name(chosen)}: the lowest validation loss after its rung"
+    return trained, replace(recipe, config=chosen, reasons=reasons, trials=tuple(trials))
