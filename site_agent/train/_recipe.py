@@ -327,8 +327,9 @@ def _candidates(
                 continue
             spec = zoo.get(name)
             weights = flags.weights or weights
-            size = config.input_size if flags.input_size is not None else None
-            size = size or max(min(native, config.input_size or native), spec.min_input_size)
+            size = config.input_size  # given, or the base's (possibly halved) size ...
+            if flags.input_size is None:  # ... raised to this backbone's minimum
+                size = max(min(native, size or native), spec.min_input_size)
             lr = flags.learning_rate or _learning_rate(weights)
             out.append(replace(config, backbone=name, weights=weights, input_size=size,
                                learning_rate=lr))  # fmt: skip
