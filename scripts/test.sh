@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The test command: sets up everything it needs (once), then runs ruff, mypy and pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k signing
+# The long end-to-end runs (marker "long": the Flower simulations with training,
+# adapter tuning) are left out; `scripts/test.sh --long` runs only them, and
+# `scripts/test.sh --all` everything.
 set -euo pipefail
+selection=(-m "not long")
+case "${1:-}" in
+  --long) shift; selection=(-m long) ;;
+  --all) shift; selection=() ;;
+esac
 source "$(dirname "$0")/_env.sh"
 ensure_main_env
 cd "$gsco_root"
@@ -14,4 +22,4 @@ ruff format --check .
 echo "== mypy"
 mypy
 echo "== pytest"
-exec pytest "$@"
+exec pytest "${selection[@]}" "$@"

@@ -68,6 +68,7 @@ def _cards(out: Path) -> list[SpecialistCard]:
     return cards
 
 
+@pytest.mark.long
 def test_breastmnist_five_sites_with_faults(tmp_path: Path, vllm_url: str) -> None:
     out = tmp_path / "report"
     result, report = _simulate(
@@ -166,6 +167,7 @@ def test_dp_fedavg_and_the_generalist_going_down(tmp_path: Path, vllm_url: str) 
     assert privacy.epsilon > 0
 
 
+@pytest.mark.long
 def test_a_declared_ordinal_rgb_task_end_to_end(tmp_path: Path) -> None:
     """``--task-file`` and ``--data``: a task the catalog does not know, 64 px RGB, graded.
 
@@ -222,6 +224,7 @@ def test_bad_scenarios_are_one_line_errors(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.long
 def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
     tmp_path: Path, vllm_url: str
 ) -> None:

@@ -15,10 +15,18 @@ from site_agent.train import TrainConfig, WeightsPolicy, default_zoo
 from tests.conftest import SiteKeys
 
 ZOO = default_zoo()
+#: The backbones built for 224 px take 40-60 s each here: they run with the long tests.
+LONG = pytest.mark.long
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ZOO.names())
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        pytest.param(name, marks=LONG) if ZOO.get(name).default_input_size >= 224 else name
+        for name in ZOO.names()
+    ],
+)
 def test_backbone_contract(
     backbone: str, tiny_pneumonia: LocalDataset, tmp_path: Path, site_a: SiteKeys
 ) -> None:
