@@ -23,6 +23,7 @@ from signing._keys import (
     generate_site_key,
     load_private_key,
     load_public_key,
+    write_new_file,
 )
 from signing._verify import VerifiedManifest, bundle_digest, signature_key_id, verify_manifest
 from signing.errors import (
@@ -78,4 +79,5 @@ __all__ = [
     "signature_key_id",
     "verify_bundle_dir",
     "verify_manifest",
+    "write_new_file",
 ]

@@ -88,7 +88,13 @@ def load_private_key(path: Path, password: bytes | None = None) -> ec.EllipticCu
     return key
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Writes ``data`` to a new file ``path`` with ``mode`` (a key: never overwritten), synced.
+
+    Raises:
+        KeyExistsError: ``path`` exists.
+        KeyFileError: it cannot be created.
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError as exc:
@@ -127,9 +133,9 @@ def generate_site_key(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
     public = PublicKey(_public_pem(key.public_key()))
-    _write_new(private_path, private_pem, 0o600)
+    write_new_file(private_path, private_pem, 0o600)
     try:
-        _write_new(public_path, public.pem, 0o644)
+        write_new_file(public_path, public.pem, 0o644)
     except KeyFileError:
         private_path.unlink()
         raise

@@ -28,6 +28,7 @@ from simulations._site_job import (
     SiteOutcome,
     local_update,
     run_site_job,
+    training_options,
     usable_state,
 )
 from simulations.errors import ScenarioError, SimulationError, SimulationFailedError
@@ -65,6 +66,7 @@ __all__ = [
     "run_site_job",
     "scenario_dict",
     "score_method",
+    "training_options",
     "usable_state",
     "write_report",
 ]

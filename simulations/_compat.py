@@ -13,7 +13,8 @@ FLOWER_QUIET_ENV = {
     # Ray warns at every worker start that it will stop overriding CUDA_VISIBLE_DEVICES
     # for num_gpus=0 tasks; this opts in to that future behaviour (nothing here uses GPUs).
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    # The ClientApps import torch, timm and transformers, whose FutureWarnings flood the
-    # Flower log that the report keeps; errors and Flower's own messages still show.
+    # The ClientApps run torch, timm and transformers, whose FutureWarnings flood the
+    # Flower log that the report keeps (transformers 5.24: `is_gradient_checkpointing` at
+    # every adapter trainer built); errors and Flower's own messages still show.
     "PYTHONWARNINGS": "ignore::FutureWarning",
 }

@@ -5,34 +5,58 @@ Run through Flower's simulation runtime with ``flwr run`` (see
 ``simulations/flower_app`` only points Flower at the two objects here.
 
 - The ``ServerApp`` waits for one SuperNode per site, asks each which site it
-  is (``query``), then tells all of them to ``train`` and collects what each
-  did as it arrives. It writes the outcomes to the run's ``results-file``.
+  is, then tells all of them to train and collects what each did as it
+  arrives. It writes the outcomes to the run's ``results-file``.
 - The ``ClientApp`` is a hospital: its ``partition-id`` picks its site job
   (its own data share, home folder and key), and it runs
-  :func:`simulations._site_job.run_site_job`: local training with the site
-  agent, signing and publishing to the registry. A site that drops out
-  answers with an error, as a crashed hospital would.
+  :func:`simulations._site_job.run_site_job`: the site agent's own training
+  and publishing use cases. A site that drops out answers with an error, as
+  a crashed hospital would.
+
+Messages are routed by action, never by their content:
+
+=========================  ============================================
+``query.site_id``          which site this SuperNode is
+``train.specialist``       train, sign and publish the site's specialist
+``train.fedavg``           one FedAvg round of the shared specialist
+``query.publish_shared``   publish the shared specialist from this site
+``query.adapter_examples`` build the adapter's evidence examples here
+``train.adapter``          one FedAvg round of the generalist's adapter
+``query.publish_adapter``  sign and publish the federated adapter
+=========================  ============================================
+
+A message for any other action gets Flower's error reply.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 if TYPE_CHECKING:
     from site_agent.adapter import AdapterRecipe
 
 from simulations._site_job import SiteJob, SiteOutcome, local_update, run_site_job
 from simulations._tune_job import TuneJob, adapter_examples, adapter_update, publish_adapter
+from simulations.errors import ScenarioError
 
 __all__ = ["client_app", "server_app"]
 
@@ -41,8 +65,57 @@ server_app = ServerApp()
 
 
 def _job(context: Context) -> SiteJob:
-    jobs = json.loads(Path(str(context.run_config["jobs-file"])).read_text())
-    return SiteJob.from_json(jobs[int(context.node_config["partition-id"])])
+    """This SuperNode's site job: the simulation's, or (deployed) from its node config."""
+    jobs_file = str(context.run_config.get("jobs-file", ""))
+    if jobs_file:
+        jobs = json.loads(Path(jobs_file).read_text())
+        return SiteJob.from_json(jobs[int(context.node_config["partition-id"])])
+    return deployed_job(context.node_config, context.run_config, context.run_id)
+
+
+def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: int) -> SiteJob:
+    """A deployed site's job, from its node config and the run config.
+
+    The node config (written by ``gsco site join``) says where the site's
+    home, data and registry are; the run config (``gsco federation run``)
+    says what to train.
+
+    Raises:
+        ScenarioError: a node config key is missing.
+    """
+    from site_agent import open_site
+
+    missing = [k for k in ("home", "data", "task", "registry", "work") if not node.get(k)]
+    if missing:
+        raise ScenarioError(
+            f"this SuperNode's node config lacks {', '.join(missing)}: start it with "
+            f"'gsco site join'"
+        )
+    home = Path(str(node["home"]))
+    task = str(node["task"])
+    if run.get("task") and str(run["task"]) != task:
+        raise ScenarioError(f"this site trains for {task!r}; the run is for {run['task']!r}")
+    work = Path(str(node["work"]))
+    input_size = int(str(run.get("input-size", 0)))
+    max_minutes = float(str(run.get("max-minutes", 0.0)))
+    return SiteJob(
+        site_id=open_site(home).config.site_id,
+        home=str(home),
+        data=str(node["data"]),
+        task_id=task,
+        dataset=None,
+        registry=str(node["registry"]),
+        registry_ca=str(node["registry-ca"]) if node.get("registry-ca") else None,
+        out_dir=str(work / f"run-{run_id}" / task),
+        backbone=str(run.get("backbone", SiteJob.backbone)),
+        epochs=int(str(run.get("epochs", SiteJob.epochs))),
+        max_minutes=max_minutes or None,
+        batch_size=int(str(run.get("batch-size", SiteJob.batch_size))),
+        learning_rate=float(str(run.get("learning-rate", SiteJob.learning_rate))),
+        input_size=input_size or None,
+        max_eval_images=int(str(run.get("max-eval-images", 0))) or None,
+        seed=int(str(run.get("seed", 0))),
+    )
 
 
 def _tune_job(context: Context) -> TuneJob:
@@ -106,17 +179,22 @@ def publish_adapter_query(message: Message, context: Context) -> Message:
     )
 
 
-@client_app.query()
-def query(message: Message, context: Context) -> Message:
-    """Says which site this SuperNode is, or publishes the shared FedAvg specialist."""
+@client_app.query("site_id")
+def site_id_query(message: Message, context: Context) -> Message:
+    """Says which site this SuperNode is."""
     job = _job(context)
-    if "publish-shared" not in message.content:
-        return Message(
-            RecordDict({"site": ConfigRecord({"site-id": job.site_id})}), reply_to=message
-        )
+    return Message(RecordDict({"site": ConfigRecord({"site-id": job.site_id})}), reply_to=message)
+
+
+@client_app.query("publish_shared")
+def publish_shared_query(message: Message, context: Context) -> Message:
+    """Calibrates, evaluates, indexes, signs and publishes the shared FedAvg specialist here."""
+    import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
     from protocol import FederatedTraining
 
-    federation = FederatedTraining.parse(str(message.content["publish-shared"]["federation"]))
+    job = _job(context)
+    federation = FederatedTraining.parse(str(message.content["shared"]["federation"]))
     state = message.content.array_records["arrays"].to_torch_state_dict()
     outcome = run_site_job(job, shared_state=state, federation=federation)
     return Message(
@@ -124,21 +202,40 @@ def query(message: Message, context: Context) -> Message:
     )
 
 
-@client_app.train()
-def train(message: Message, context: Context) -> Message:
-    """Trains, signs and publishes this site's own specialist, or runs one FedAvg round.
+@client_app.train("specialist")
+def specialist_train(message: Message, context: Context) -> Message:
+    """Trains, signs and publishes this site's own specialist.
 
     A site acting out ``drop-out`` raises: Flower answers the server with an error.
     """
-    job = _job(context)
-    if "arrays" in message.content:  # a FedAvg round from the strategy
-        import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
-
-        return _fedavg_round(message, lambda state, epochs: local_update(job, state, epochs))
-    outcome = run_site_job(job)
+    outcome = run_site_job(_job(context))
     return Message(
         RecordDict({"outcome": ConfigRecord({"json": outcome.to_json()})}), reply_to=message
     )
+
+
+@client_app.train("fedavg")
+def fedavg_train(message: Message, context: Context) -> Message:
+    """One FedAvg round of the shared specialist at this site."""
+    import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
+    job = _job(context)
+    return _fedavg_round(message, lambda state, epochs: local_update(job, state, epochs))
+
+
+class ActionFedAvg(FedAvg):
+    """FedAvg whose training rounds go to one named ``train`` action of the ClientApp."""
+
+    def __init__(self, action: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.action = action
+
+    def _construct_messages(  # type: ignore[no-untyped-def]
+        self, record, node_ids, message_type
+    ):
+        if message_type == MessageType.TRAIN:
+            message_type = f"{MessageType.TRAIN}.{self.action}"
+        return super()._construct_messages(record, node_ids, message_type)
 
 
 def _outcome(reply: Message, site: str, *, federated: bool = False) -> SiteOutcome:
@@ -164,14 +261,23 @@ def main(grid: Grid, context: Context) -> None:
     if str(context.run_config.get("stage", "sites")) == "tune":
         _tune(grid, context)
         return
-    jobs = json.loads(Path(str(context.run_config["jobs-file"])).read_text())
-    results_file = Path(str(context.run_config["results-file"]))
-    timeout_s = float(context.run_config["timeout-s"])
-    nodes = _wait_for_nodes(grid, len(jobs), 120.0)
+    config = context.run_config
+    jobs_file = str(config.get("jobs-file", ""))
+    jobs = json.loads(Path(jobs_file).read_text()) if jobs_file else []
+    results_file = Path(str(config["results-file"]))
+    timeout_s = float(config["timeout-s"])
+    wanted = len(jobs) or int(str(config.get("min-sites", 1)))
+    nodes = _wait_for_nodes(grid, wanted, float(str(config.get("wait-s", 120.0))))
     log(INFO, "gsco: %d hospital sites connected", len(nodes))
+    if len(nodes) < wanted:
+        log(WARNING, "gsco: %d sites connected, fewer than the %d needed", len(nodes), wanted)
+        results_file.write_text(
+            json.dumps({"error": f"{len(nodes)} sites connected, {wanted} needed"})
+        )
+        return
     replies = grid.send_and_receive(
         [
-            Message(RecordDict({"ask": ConfigRecord({"what": "site-id"})}), node, "query")
+            Message(RecordDict({"ask": ConfigRecord({"what": "site-id"})}), node, "query.site_id")
             for node in nodes
         ],
         timeout=120.0,
@@ -183,7 +289,10 @@ def main(grid: Grid, context: Context) -> None:
     }
     outcomes: dict[str, dict[str, object]] = {}
     pending = grid.push_messages(
-        [Message(RecordDict({"go": ConfigRecord({"round": 1})}), node, "train") for node in nodes]
+        [
+            Message(RecordDict({"go": ConfigRecord({"round": 1})}), node, "train.specialist")
+            for node in nodes
+        ]
     )
     waiting = set(pending)
     deadline = time.monotonic() + timeout_s
@@ -211,7 +320,11 @@ def main(grid: Grid, context: Context) -> None:
     if rounds:
         live = [n for n, site in site_of.items() if outcomes[site]["status"] != "dropped-out"]
         outcomes.update(_federated(grid, context, jobs, live, site_of, rounds))
-    results_file.write_text(json.dumps(outcomes, indent=2))
+    report: dict[str, object] = dict(outcomes)
+    if not jobs:  # deployed: the run succeeds while enough sites published
+        published = sum(1 for o in outcomes.values() if o["status"] == "published")
+        report["_run"] = {"min_sites": wanted, "connected": len(nodes), "published": published}
+    results_file.write_text(json.dumps(report, indent=2))
 
 
 def _federated(
@@ -223,8 +336,6 @@ def _federated(
     rounds: int,
 ) -> dict[str, dict[str, object]]:
     """FedAvg over ``nodes``, then every participant publishes the shared specialist."""
-    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
-
     from simulations._fedavg import federation_card, initial_state
 
     config = context.run_config
@@ -233,7 +344,8 @@ def _federated(
     clip = float(config.get("dp-clipping-norm", 1.0))
     delta = float(config.get("dp-delta", 1e-5))
     log(INFO, "gsco: FedAvg over %d sites, %d rounds", len(nodes), rounds)
-    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = FedAvg(
+    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = ActionFedAvg(
+        "fedavg",
         fraction_train=1.0,
         fraction_evaluate=0.0,
         min_train_nodes=max(1, len(nodes)),
@@ -257,14 +369,12 @@ def _federated(
             Message(
                 RecordDict(
                     {
-                        "publish-shared": ConfigRecord(
-                            {"federation": federation.model_dump_json()}
-                        ),
+                        "shared": ConfigRecord({"federation": federation.model_dump_json()}),
                         "arrays": result.arrays,
                     }
                 ),
                 node,
-                "query",
+                "query.publish_shared",
             )
             for node in nodes
         ],
@@ -286,9 +396,6 @@ def _tune(grid: Grid, context: Context) -> None:
     ``tune-rounds`` FedAvg rounds (messages ``train.adapter``, weighted by
     examples); then one site writes and signs the adapter bundle.
     """
-    from flwr.app import MessageType
-    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
-
     from site_agent.adapter import AdapterTrainer
 
     config = context.run_config
@@ -329,17 +436,10 @@ def _tune(grid: Grid, context: Context) -> None:
         results_file.write_text(json.dumps(outcome))
         return
 
-    class AdapterFedAvg(FedAvg):
-        """FedAvg whose rounds go to the ClientApp's ``train.adapter`` action."""
-
-        def _construct_messages(self, record, node_ids, message_type):  # type: ignore[no-untyped-def]
-            if message_type == MessageType.TRAIN:
-                message_type = f"{MessageType.TRAIN}.adapter"
-            return super()._construct_messages(record, node_ids, message_type)
-
     first = jobs[0]
     initial = AdapterTrainer(Path(first.model_dir), _recipe(first)).state()
-    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = AdapterFedAvg(
+    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = ActionFedAvg(
+        "adapter",
         fraction_train=1.0,
         fraction_evaluate=0.0,
         min_train_nodes=len(live),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protocol import FederatedTraining, GscoError, IndexMode, TaskSpec
+from protocol import FederatedTraining, GscoError, TaskSpec
 from simulations.errors import SimulationError
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ __all__ = [
     "SiteOutcome",
     "local_update",
     "run_site_job",
+    "training_options",
     "usable_state",
 ]
 
@@ -72,6 +73,7 @@ class SiteJob:
     threads: int | None = None
     fault: str | None = None
     task: dict[str, Any] | None = None  # a declared task's TaskSpec (None: the catalog's)
+    registry_ca: str | None = None  # CA certificate of the registry's TLS (None: plaintext)
 
     def to_json(self) -> str:
         """The job as JSON."""
@@ -179,15 +181,29 @@ class EpochLog:
 
 def _load_share(job: SiteJob) -> Any:
     """The site's own data (with its label fault applied)."""
-    from site_agent.data import Split, load_medmnist
+    from site_agent.data import load_medmnist
 
     task = job.task_spec()
     dataset = load_medmnist(Path(job.data), task, dataset=job.dataset)
     dataset = dataset.subsample(None, job.max_eval_images, job.seed)
-    if job.fault == "flip-labels":
-        flipped = (dataset.train.labels + 1) % len(task.labels)
-        dataset = replace(dataset, train=Split(dataset.train.images, flipped))
-    return dataset
+    return _flipped(dataset) if job.fault == "flip-labels" else dataset
+
+
+def _registry_ca(job: SiteJob) -> bytes | None:
+    return Path(job.registry_ca).read_bytes() if job.registry_ca else None
+
+
+def _task_file(job: SiteJob) -> Path:
+    """Where a declared task is written for the site agent: beside the site's share."""
+    return Path(job.data).with_suffix(".task.json")
+
+
+def _flipped(dataset: Any) -> Any:
+    """``dataset`` with every training label moved to the next class (the label fault)."""
+    from site_agent.data import Split
+
+    flipped = (dataset.train.labels + 1) % len(dataset.task.labels)
+    return replace(dataset, train=Split(dataset.train.images, flipped))
 
 
 def usable_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,6 +253,37 @@ def local_update(
     return dict(trained.net.state_dict()), len(dataset.train), loss
 
 
+def training_options(job: SiteJob, *, shared: bool = False) -> Any:
+    """The site agent's :class:`site_agent.training.TrainingOptions` for this job.
+
+    What the scenario fixes for every site (backbone, epochs, batch, rate,
+    budget, threads) is given; the rest (patience, mirroring, the ordinal
+    head) is the site agent's recipe to choose, as for ``gsco site train``.
+    ``shared`` is the FedAvg model's bundle: no local epochs, its own folder.
+    """
+    from site_agent.train import default_zoo
+    from site_agent.training import TrainingOptions
+
+    input_size = job.input_size or default_zoo().get(job.backbone).default_input_size
+    return TrainingOptions(
+        out=Path(job.out_dir + ("-fedavg" if shared else "")),
+        task=job.task_id if job.task is None else None,
+        task_file=_task_file(job) if job.task is not None else None,
+        data=Path(job.data),
+        dataset=job.dataset,
+        backbone=job.backbone,
+        input_size=input_size,
+        epochs=0 if shared else job.epochs,
+        batch_size=job.batch_size,
+        learning_rate=job.learning_rate,
+        max_minutes=job.max_minutes,
+        threads=job.threads,
+        max_eval_images=job.max_eval_images,
+        seed=job.seed,
+        sign=job.fault != "unsigned",
+    )
+
+
 def run_site_job(
     job: SiteJob,
     *,
@@ -244,6 +291,13 @@ def run_site_job(
     federation: FederatedTraining | None = None,
 ) -> SiteOutcome:
     """Runs ``job``. Never raises for the site's own failures: they are the outcome.
+
+    An honest site runs the site agent's own use cases, as ``gsco site train
+    --sign`` and ``gsco site publish`` do: :func:`site_agent.training.plan_training`,
+    :func:`site_agent.training.run_training`, then
+    :func:`site_agent.publishing.publish_bundle` (its own signature checked,
+    the egress ledger written). A tampering or unsigned site talks to the
+    registry directly, as an attacker would.
 
     With ``shared_state`` the site publishes the federated model instead of
     training its own: calibrated on its validation images, evaluated on its
@@ -253,66 +307,65 @@ def run_site_job(
         SiteDroppedOut: the job's fault is ``drop-out`` (after training).
     """
     from registry import RegistryClient, RejectedError
-    from signing import digest_files, sign_bundle
-    from site_agent import open_site
-    from site_agent.index import IndexSettings
-    from site_agent.pipeline import write_bundle
-    from site_agent.training import DEFAULT_LICENSE
+    from signing import digest_files
+    from site_agent.publishing import publish_bundle
+    from site_agent.training import plan_training, run_training
 
     started = time.monotonic()
     outcome = SiteOutcome(
         job.site_id, "failed", fault=job.fault, federated=shared_state is not None
     )
     try:
-        site = open_site(Path(job.home))
-        labels = job.task_spec().labels
-        dataset = _load_share(job)
-        outcome.n_train = len(dataset.train)
+        if job.task is not None:  # a declared task travels with the job, as a task file
+            _task_file(job).write_text(json.dumps(job.task))
+        plan = plan_training(
+            training_options(job, shared=shared_state is not None),
+            Path(job.home),
+            initial_state=usable_state(shared_state) if shared_state is not None else None,
+            federation=federation,
+        )
+        if job.fault == "flip-labels":
+            plan = replace(plan, dataset=_flipped(plan.dataset))
+        labels = plan.entry.task.labels
+        outcome.n_train = len(plan.dataset.train)
         outcome.class_counts = {
             label: int(count)
             for label, count in zip(
                 labels,
-                np.bincount(dataset.train.labels, minlength=len(labels)),
+                np.bincount(plan.dataset.train.labels, minlength=len(labels)),
                 strict=True,
             )
         }
-        version = site.ledger.last_version(job.task_id, job.backbone) + 1
-        out_dir = Path(job.out_dir + ("-fedavg" if shared_state is not None else ""))
-        result = write_bundle(
-            dataset,
-            out_dir,
-            site_id=job.site_id,
-            version=version,
-            license_id=DEFAULT_LICENSE,
-            config=job.train_config(epochs=0 if shared_state is not None else None),
-            index=IndexSettings(IndexMode.PROTOTYPE, 10, 0.0, job.seed),
-            initial_state=usable_state(shared_state) if shared_state is not None else None,
-            federation=federation,
-            observer=EpochLog(job.site_id),
-        )
+        result, _ = run_training(plan, EpochLog(job.site_id))
         outcome.test_accuracy = result.card.metrics.accuracy
         outcome.train_seconds = time.monotonic() - started
         if job.fault == "drop-out":
             raise SiteDroppedOut(f"{job.site_id} dropped out after training, before publishing")
         bundle = result.path
-        manifest = None
-        if job.fault != "unsigned":
-            manifest = sign_bundle(bundle, site.private_key)
-        if job.fault == "tamper":
-            model = bundle / "model.onnx"
-            data = bytearray(model.read_bytes())
-            data[-1] ^= 0x01  # one flipped bit in the weights, after signing
-            model.write_bytes(bytes(data))
-        files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
-        with RegistryClient(job.registry, timeout_s=300) as client:
+        if job.fault in ("tamper", "unsigned"):
+            assert plan.site is not None  # plan_training found the home's identity
+            if job.fault == "tamper":
+                model = bundle / "model.onnx"
+                data = bytearray(model.read_bytes())
+                data[-1] ^= 0x01  # one flipped bit in the weights, after signing
+                model.write_bytes(bytes(data))
+            files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+            with RegistryClient(job.registry, timeout_s=300) as client:
+                try:
+                    ref = client.publish_files(files, plan.site.private_key)
+                except RejectedError as exc:
+                    outcome.status, outcome.detail = "rejected", str(exc)
+                    return outcome
+            plan.site.ledger.record_publication(job.registry, ref, digest_files(files))
+        else:
+            assert plan.site is not None
             try:
-                ref = client.publish_files(files, site.private_key)
+                ref = publish_bundle(
+                    plan.site, bundle, job.registry, root_certificates=_registry_ca(job)
+                ).ref
             except RejectedError as exc:
                 outcome.status, outcome.detail = "rejected", str(exc)
                 return outcome
-        site.ledger.record_publication(
-            job.registry, ref, dict(manifest.files) if manifest else digest_files(files)
-        )
         outcome.status, outcome.bundle_digest = "published", ref.bundle_digest
         outcome.detail = f"{ref.backbone} v{ref.version}"
     except SiteDroppedOut:

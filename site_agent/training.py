@@ -17,16 +17,18 @@ The caller parses and prints; it decides nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from protocol import IndexMode, TaskType
+from protocol import FederatedTraining, IndexMode, TaskType
 from site_agent._home import SiteHome, open_site
 from site_agent.errors import OptionsError, SiteHomeError
 
 if TYPE_CHECKING:
+    import torch
+
     from signing import VerifiedManifest
     from site_agent.data import CatalogEntry, LocalDataset
     from site_agent.index import IndexSettings
@@ -47,6 +49,7 @@ class TrainingOptions:
     task: str | None = None  # a catalog task id; None: the one ``task_file`` declares
     task_file: Path | None = None
     data: Path | None = None  # None: the task's MedMNIST file
+    dataset: str | None = None  # the MedMNIST set a .npz is a share of (the card's source)
     # The recipe's choices: None lets it choose from the data (site_agent.train.plan_recipe).
     backbone: str | None = None
     weights: Literal["default", "scratch", "hub"] | None = None
@@ -107,6 +110,8 @@ class TrainingPlan:
     index: IndexSettings
     version: int
     recipe: Recipe
+    initial_state: Mapping[str, torch.Tensor] | None = None  # e.g. a FedAvg model
+    federation: FederatedTraining | None = None  # how ``initial_state`` was trained
 
     def version_for(self, backbone: str) -> int:
         """The version of a bundle of ``backbone``: given, or the site's last plus one."""
@@ -116,8 +121,18 @@ class TrainingPlan:
         return last + 1
 
 
-def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
+def plan_training(
+    options: TrainingOptions,
+    home: Path,
+    *,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
+    federation: FederatedTraining | None = None,
+) -> TrainingPlan:
     """Checks ``options`` against the site home at ``home``, then reads the data.
+
+    ``initial_state`` starts training from given weights (a federated model;
+    ``epochs=0`` only calibrates, evaluates and indexes it at this site), and
+    ``federation`` says on the card how they were trained. Neither is searched.
 
     Raises:
         OptionsError: see :meth:`TrainingOptions.check`.
@@ -167,7 +182,11 @@ def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
         zoo.get(options.backbone)  # an unknown backbone fails before the data is read
 
     dataset = load_local_data(
-        options.data, entry, image_size=options.image_size, seed=options.seed
+        options.data,
+        entry,
+        image_size=options.image_size,
+        seed=options.seed,
+        dataset=options.dataset,
     ).subsample(options.max_train_images, options.max_eval_images, options.seed)
     dp = None
     if options.dp_epsilon is not None:
@@ -190,11 +209,18 @@ def plan_training(options: TrainingOptions, home: Path) -> TrainingPlan:
     )
     base = TrainConfig(seed=options.seed, threads=options.threads, dp=dp)
     recipe = plan_recipe(
-        dataset, flags, zoo, base=base, max_minutes=options.max_minutes, searchable=dp is None
+        dataset,
+        flags,
+        zoo,
+        base=base,
+        max_minutes=options.max_minutes,
+        searchable=dp is None and initial_state is None,
     )
     config = recipe.config
     index = IndexSettings(options.index_mode, options.index_k, options.index_noise, options.seed)
-    plan = TrainingPlan(options, site, site_id, entry, dataset, config, index, 0, recipe)
+    plan = TrainingPlan(
+        options, site, site_id, entry, dataset, config, index, 0, recipe, initial_state, federation
+    )
     return replace(plan, version=plan.version_for(config.backbone))
 
 
@@ -224,6 +250,8 @@ def run_training(
         config=plan.config,
         index=plan.index,
         observer=observer,
+        initial_state=plan.initial_state,
+        federation=plan.federation,
         recipe=plan.recipe,
         on_trial=on_trial,
     )

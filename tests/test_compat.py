@@ -124,6 +124,20 @@ def test_the_legacy_onnx_exporter_still_warns_and_is_quietened() -> None:
     assert not caught
 
 
+def _stderr(program: str, *args: str, without: str, **extra: str) -> str:
+    """What ``program`` writes to stderr with ``without`` unset and ``extra`` set."""
+    env = {k: v for k, v in os.environ.items() if k != without}
+    done = subprocess.run(
+        [sys.executable, "-c", program, *args],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return done.stderr
+
+
 @pytest.mark.slow
 def test_ray_still_warns_about_accelerators_unless_told() -> None:
     """What FLOWER_QUIET_ENV's Ray setting is for (Ray 2.55, the simulation engine's)."""
@@ -137,19 +151,30 @@ def test_ray_still_warns_about_accelerators_unless_told() -> None:
         "assert ray.get(one.remote()) == 1\n"
         "ray.shutdown()\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"}
     key = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
+    assert key in _stderr(program, without=key)  # still needed
+    assert key not in _stderr(program, without=key, **{key: FLOWER_QUIET_ENV[key]})
 
-    def run(extra: dict[str, str]) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", program],
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        return done.stderr
 
-    assert key in run({})  # still needed
-    assert key not in run({key: FLOWER_QUIET_ENV[key]})
+@pytest.mark.slow
+def test_transformers_still_warns_in_adapter_tuning_unless_told() -> None:
+    """What FLOWER_QUIET_ENV's PYTHONWARNINGS is for (transformers 5.24, the adapter's sites).
+
+    Building the adapter's trainer at a site still emits transformers'
+    ``is_gradient_checkpointing`` FutureWarning; the Flower log would carry one
+    per site and round. With the setting it is gone.
+    """
+    from simulations._compat import FLOWER_QUIET_ENV
+    from tests.adapters import model_dir
+
+    program = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from site_agent.adapter import AdapterRecipe, AdapterTrainer\n"
+        "AdapterTrainer(Path(sys.argv[1]), AdapterRecipe(last_layers=1)).state()\n"
+    )
+    quiet = FLOWER_QUIET_ENV["PYTHONWARNINGS"]
+    assert "FutureWarning" in _stderr(program, str(model_dir()), without="PYTHONWARNINGS")
+    assert "FutureWarning" not in _stderr(
+        program, str(model_dir()), without="PYTHONWARNINGS", PYTHONWARNINGS=quiet
+    )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gsco import __version__
-from gsco.cli import _audit, _generalist, _hub, _registry, _simulate, _site
+from gsco.cli import _audit, _federation, _generalist, _hub, _registry, _simulate, _site
 from protocol.errors import GscoError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("diagnose")(_hub.diagnose)
 app.add_typer(_generalist.app, name="generalist")
 app.command("simulate")(_simulate.simulate)
 app.add_typer(_audit.app, name="audit")
+app.add_typer(_federation.app, name="federation")
 
 
 app.command("demo")(_simulate.demo)

@@ -36,6 +36,77 @@ def init(
     typer.echo(f"key id: {site.config.key_id}")
 
 
+@app.command("node-key")
+def node_key(home: HomeOption = None) -> None:
+    """Make (once) and show the key this site's Flower SuperNode authenticates with.
+
+    Hand the printed file to the consortium ('gsco federation add-site SITE FILE').
+    """
+    from site_agent._node_key import node_key as ensure_node_key
+
+    site = open_site(home or default_site_home())
+    key = ensure_node_key(site)
+    typer.echo(f"SuperNode key {'created' if key.created else 'kept'}: {key.private} (mode 0600)")
+    typer.echo(f"public key (give it to the consortium): {key.public}")
+    typer.echo(key.public.read_text().strip())
+
+
+@app.command()
+def join(
+    superlink: Annotated[str, typer.Option(help="The consortium's SuperLink, host:port.")],
+    ca: Annotated[Path, typer.Option(help="The consortium's CA certificate (PEM).")],
+    task: Annotated[str, typer.Option(help="The catalog task this site trains for.")],
+    data: Annotated[Path, typer.Option(help="The site's data (.npz, folder or CSV manifest).")],
+    registry: Annotated[
+        str, typer.Option(help="The consortium's registry, host:port.", envvar="GSCO_REGISTRY")
+    ],
+    registry_ca: Annotated[
+        Path | None, typer.Option(help="CA certificate of the registry's TLS.")
+    ] = None,
+    work: Annotated[
+        Path | None, typer.Option(help="Where bundles are written (default: HOME/federated).")
+    ] = None,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="The SuperNode's loopback port.")
+    ] = 9094,
+    home: HomeOption = None,
+) -> None:
+    """Start this site's Flower SuperNode: it connects out to the consortium and trains here.
+
+    The SuperNode key is made on first use; hand its public key to the consortium
+    ('gsco site node-key' shows it) before the first run. Specialists are
+    published to the registry exactly as 'gsco site publish' does.
+    """
+    from site_agent._join import JoinSettings, supernode_command
+    from site_agent.errors import OptionsError
+
+    site = open_site(home or default_site_home())
+    settings = JoinSettings(
+        superlink=superlink,
+        ca=ca,
+        task=task,
+        data=data,
+        registry=registry,
+        work=work or site.root / "federated",
+        registry_ca=registry_ca,
+        local_port=port,
+    )
+    try:
+        command = supernode_command(site, settings)
+    except OptionsError as exc:
+        fail(str(exc), code=2)
+    typer.echo(
+        f"site {site.config.site_id} joining {superlink} for {task}; SuperNode key "
+        f"{site.root / 'keys' / 'supernode.pub'}",
+        err=True,
+    )
+    import os
+
+    from federation import flower_environment
+
+    os.execvpe(command[0], command, flower_environment())  # noqa: S606
+
+
 @app.command()
 def sign(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory to sign.")],
@@ -323,20 +394,13 @@ def publish(
     home: HomeOption = None,
 ) -> None:
     """Publish a signed bundle to the registry and record it in the egress ledger."""
-    from registry import RegistryClient
-    from signing import KeyRing, TrustedKey, verify_bundle_dir
+    from site_agent.publishing import publish_bundle
 
     site = open_site(home or default_site_home())
-    manifest = verify_bundle_dir(
-        bundle,
-        KeyRing([TrustedKey(site.config.site_id, site.public_key())]),
-        expected_site_id=site.config.site_id,
+    published = publish_bundle(
+        site, bundle, registry, root_certificates=tls_ca.read_bytes() if tls_ca else None
     )
-    with RegistryClient(
-        registry, root_certificates=tls_ca.read_bytes() if tls_ca else None
-    ) as client:
-        ref = client.publish(bundle, site.private_key)
-    site.ledger.record_publication(registry, ref, dict(manifest.files))
+    ref = published.ref
     typer.echo(
         f"published {ref.task_id}/{ref.backbone} v{ref.version} as {ref.bundle_digest} "
         f"to {registry}; recorded in {site.ledger.path}"

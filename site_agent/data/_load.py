@@ -20,12 +20,15 @@ def load_local_data(
     image_size: int = 64,
     channels: int | None = None,
     seed: int = 0,
+    dataset: str | None = None,
 ) -> LocalDataset:
     """Loads the data for ``entry``'s task.
 
     ``data`` may be a MedMNIST ``.npz``, a folder with one sub-folder per class,
     or a CSV manifest. Without ``data``, the task's MedMNIST dataset is looked up
-    in ``$GSCO_DATA_DIR`` and ``~/.medmnist`` or downloaded.
+    in ``$GSCO_DATA_DIR`` and ``~/.medmnist`` or downloaded. ``dataset`` names
+    the MedMNIST set a ``.npz`` is (or is a share of) for the card's data
+    source; by default the task's, when the file is named like it.
     """
     if data is None:
         if entry.medmnist is None:
@@ -42,7 +45,7 @@ def load_local_data(
     suffix = data.suffix.lower()
     if suffix == ".npz":
         known = entry.medmnist if entry.medmnist and data.name.startswith(entry.medmnist) else None
-        return load_medmnist(data, entry.task, dataset=known)
+        return load_medmnist(data, entry.task, dataset=dataset or known)
     if suffix == ".csv":
         return load_csv_manifest(
             data, entry.task, image_size=image_size, channels=channels, seed=seed

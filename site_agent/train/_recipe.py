@@ -403,10 +403,9 @@ def train_with_recipe(
             trials.append(trial)
             if on_trial is not None:
                 on_trial(trial)
-        for run in runs:
-            if run is not best:
-                run.__exit__(None, None, None)
-        runs = [best]
+        for run in [r for r in runs if r is not best]:
+            runs.remove(run)  # before its exit: a run is never exited twice
+            run.__exit__(None, None, None)
         best.attach_checkpoints(checkpoint_dir)
         best.fit(deadline=deadline)
         trained = best.finish()

@@ -1,0 +1,134 @@
+"""One federated run on the consortium's SuperLink: ``flwr run`` of the GSCo app, streamed.
+
+The app is the same ServerApp and ClientApp that ``gsco simulate`` runs in
+Flower's simulation runtime (``simulations._flower``); here the SuperLink is
+the consortium's and each SuperNode is a hospital's (``gsco site join``).
+Each site trains, signs and publishes its specialist; the ServerApp writes
+what each did to ``ROOT/runs/<time>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from federation._consortium import Consortium
+from federation._superlink import flower_environment, flower_executable
+from federation.errors import SuperLinkError
+
+__all__ = ["RunRequest", "RunResult", "run_federation"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the consortium asks its sites to train."""
+
+    task: str
+    min_sites: int = 1
+    wait_s: float = 120.0
+    backbone: str = "tf_efficientnet_lite0"
+    epochs: int = 5
+    max_minutes: float | None = None
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    input_size: int | None = None
+    max_eval_images: int | None = None
+    seed: int = 0
+    timeout_s: float = 3600.0
+
+    def run_config(self, results: Path) -> dict[str, object]:
+        """The Flower run config (keys of ``simulations/flower_app/pyproject.toml``)."""
+        return {
+            "results-file": str(results),
+            "task": self.task,
+            "min-sites": self.min_sites,
+            "wait-s": float(self.wait_s),
+            "timeout-s": float(self.timeout_s),
+            "backbone": self.backbone,
+            "epochs": self.epochs,
+            "max-minutes": float(self.max_minutes or 0.0),
+            "batch-size": self.batch_size,
+            "learning-rate": float(self.learning_rate),
+            "input-size": self.input_size or 0,
+            "max-eval-images": self.max_eval_images or 0,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where the run's results are and what each site did."""
+
+    path: Path
+    sites: dict[str, dict[str, Any]]
+    error: str | None
+
+
+def run_federation(
+    consortium: Consortium,
+    request: RunRequest,
+    *,
+    on_line: Callable[[str], None] = lambda line: None,
+) -> RunResult:
+    """Submits the GSCo app to the consortium's SuperLink and waits for it, streaming its log.
+
+    ``on_line`` receives each ``gsco:`` line of the run's log.
+
+    Raises:
+        SuperLinkError: ``flwr run`` failed, or the run wrote no results.
+    """
+    from simulations._compat import FLOWER_QUIET_ENV
+    from simulations._runtime import APP_DIR, run_config_toml
+
+    runs = consortium.root / "runs"
+    runs.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    results = (runs / f"{stamp}.json").resolve()
+    config_file = runs / f"{stamp}.run-config.toml"
+    config_file.write_text(run_config_toml(request.run_config(results)), encoding="utf-8")
+    command = [
+        flower_executable("flwr"),
+        "run",
+        str(APP_DIR),
+        consortium.config.name,
+        "--run-config",
+        str(config_file),
+        "--stream",
+    ]
+    env = {**flower_environment(consortium), **FLOWER_QUIET_ENV}
+    process = subprocess.Popen(  # noqa: S603 - Flower's CLI, our own fixed arguments
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert process.stdout is not None
+    tail: list[str] = []
+    deadline = time.monotonic() + request.wait_s + request.timeout_s + 300
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        if "gsco:" in line:
+            on_line(line[line.index("gsco:") :])
+        tail = [*tail[-29:], line]
+        if time.monotonic() > deadline:
+            process.kill()
+            break
+    if process.wait() != 0 or not results.is_file():
+        raise SuperLinkError(
+            f"flwr run exited with {process.returncode} and wrote no results:\n" + "\n".join(tail)
+        )
+    answer = json.loads(results.read_text())
+    if "error" in answer and isinstance(answer["error"], str):
+        return RunResult(results, {}, answer["error"])
+    sites = {str(k): v for k, v in answer.items() if isinstance(v, dict) and k != "_run"}
+    published = sum(1 for v in sites.values() if v.get("status") == "published")
+    error = None
+    if published < request.min_sites:
+        error = (
+            f"{published} sites published, fewer than the {request.min_sites} the run needs "
+            f"(--min-sites)"
+        )
+    return RunResult(results, sites, error)

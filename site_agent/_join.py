@@ -1,0 +1,111 @@
+"""Joining a consortium's federation: the site's Flower SuperNode, started next to its archive.
+
+The SuperNode only connects out (to the consortium's SuperLink, with TLS and
+the site's own SuperNode key), so it works behind the hospital's firewall and
+NAT. Its node config tells the site's ClientApp where the site's home, data
+and registry are; it is written to ``HOME/supernode.toml`` (TOML, any
+characters in paths) and never leaves the site: what crosses to the
+SuperLink are the weights, metrics and counts the app sends.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from site_agent._home import SiteHome
+from site_agent._node_key import node_key
+from site_agent.errors import OptionsError
+
+__all__ = ["JoinSettings", "supernode_command"]
+
+NODE_CONFIG_FILE = "supernode.toml"
+
+
+@dataclass(frozen=True)
+class JoinSettings:
+    """Where the consortium is and what this site brings to it."""
+
+    superlink: str  # host:port of the consortium's SuperLink
+    ca: Path  # the consortium's CA certificate
+    task: str  # a catalog task id
+    data: Path
+    registry: str  # host:port of the consortium's registry
+    work: Path  # where this site's bundles are written
+    registry_ca: Path | None = None
+    local_port: int = 9094  # the SuperNode's own loopback API (Flower's default)
+
+    def check(self) -> None:
+        """Checks what can be checked before the SuperNode starts.
+
+        Raises:
+            OptionsError: an address without a port, an unreadable CA or data path,
+                an unknown task.
+        """
+        from cryptography import x509
+
+        from site_agent.data import default_catalog
+
+        for name, address in (("--superlink", self.superlink), ("--registry", self.registry)):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise OptionsError(f"{name} {address!r}: give host:port")
+        for name, ca in (("--ca", self.ca), ("--registry-ca", self.registry_ca)):
+            if ca is None:
+                continue
+            try:
+                x509.load_pem_x509_certificate(ca.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise OptionsError(f"{name} {ca}: not a readable PEM certificate ({exc})") from exc
+        if not self.data.exists():
+            raise OptionsError(f"--data {self.data}: no such file or folder")
+        default_catalog().get(self.task)  # TaskNotFoundError names the known ones
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
+    """Checks ``settings``, writes the node config and returns the ``flower-supernode`` command.
+
+    The SuperNode key is made on first use (see :func:`site_agent._node_key.node_key`).
+
+    Raises:
+        OptionsError: see :meth:`JoinSettings.check`.
+    """
+    settings.check()
+    key = node_key(site)
+    settings.work.mkdir(parents=True, exist_ok=True)
+    node_config = {
+        "home": str(site.root.resolve()),
+        "data": str(settings.data.resolve()),
+        "task": settings.task,
+        "registry": settings.registry,
+        "work": str(settings.work.resolve()),
+    }
+    if settings.registry_ca is not None:
+        node_config["registry-ca"] = str(settings.registry_ca.resolve())
+    config_path = site.root / NODE_CONFIG_FILE
+    config_path.write_text(
+        "".join(f"{json.dumps(k)} = {_toml_string(v)}\n" for k, v in node_config.items()),
+        encoding="utf-8",
+    )
+    beside = Path(sys.executable).parent / "flower-supernode"
+    return [
+        str(beside) if beside.is_file() else "flower-supernode",
+        "--root-certificates",
+        str(settings.ca.resolve()),
+        "--superlink",
+        settings.superlink,
+        "--auth-supernode-private-key",
+        str(key.private),
+        "--node-config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.local_port),
+    ]

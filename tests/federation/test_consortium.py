@@ -1,0 +1,153 @@
+"""``federation``'s consortium folder and membership rules, without a SuperLink (fast)."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from federation import (
+    CertificateError,
+    ConsortiumError,
+    MembershipError,
+    OwnCertificate,
+    add_site,
+    init_consortium,
+    node_key_digest,
+    open_consortium,
+)
+from protocol import SiteKey
+from site_agent import init_site
+from site_agent._node_key import node_key
+
+
+def test_init_makes_a_ca_and_a_certificate_that_check(tmp_path: Path) -> None:
+    made = init_consortium(tmp_path / "c", "lung", hosts=("127.0.0.1", "superlink.example"))
+    opened = open_consortium(tmp_path / "c")
+    assert opened.config == made.config
+    opened.check_certificates()
+    for private in (opened.key, opened.root / "tls" / "ca.key"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert opened.address == "127.0.0.1:9092"
+    config = (opened.flwr_home / "config.toml").read_text()
+    assert 'address = "127.0.0.1:9092"' in config
+    assert str(opened.ca_certificate.resolve()) in config
+    with pytest.raises(CertificateError, match="not now"):
+        opened.check_certificates(datetime.now(UTC) + timedelta(days=900))
+
+
+def test_init_never_overwrites_a_consortium(tmp_path: Path) -> None:
+    made = init_consortium(tmp_path, "lung")
+    before = made.key.read_bytes()
+    with pytest.raises(ConsortiumError, match="already"):
+        init_consortium(tmp_path, "other")
+    assert made.key.read_bytes() == before
+    with pytest.raises(ConsortiumError, match="not a consortium folder"):
+        open_consortium(tmp_path / "nowhere")
+
+
+def test_an_operators_own_certificate_is_checked_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    first = init_consortium(tmp_path / "a", "a", hosts=("127.0.0.1",))
+    second = init_consortium(tmp_path / "b", "b", hosts=("127.0.0.1",))
+    good = OwnCertificate(first.certificate, first.key, first.ca_certificate)
+    copied = init_consortium(tmp_path / "own", "own", hosts=("127.0.0.1",), own=good)
+    assert copied.config.own_certificate
+    assert not (copied.root / "tls" / "ca.key").exists()  # no CA key held for the operator's
+    cases = {
+        "is not the key of": OwnCertificate(first.certificate, second.key, first.ca_certificate),
+        "was not issued by": OwnCertificate(first.certificate, first.key, second.ca_certificate),
+        "does not name superlink.example": good,
+    }
+    for number, (error, own) in enumerate(cases.items()):
+        target = tmp_path / f"bad-{number}"
+        hosts = ("superlink.example",) if "name" in error else ("127.0.0.1",)
+        with pytest.raises(CertificateError, match=error):
+            init_consortium(target, "bad", hosts=hosts, own=own)
+        assert not target.exists()
+
+
+def test_a_site_node_key_is_made_once_and_kept(tmp_path: Path) -> None:
+    site = init_site(tmp_path / "home", "st-marys")
+    made = node_key(site)
+    assert made.created
+    assert stat.S_IMODE(made.private.stat().st_mode) == 0o600
+    again = node_key(site)
+    assert not again.created
+    assert again.private.read_bytes() == made.private.read_bytes()
+    assert len(node_key_digest(made.public)) == 64
+    made.public.unlink()
+    with pytest.raises(Exception, match="only one of"):
+        node_key(site)
+    assert made.private.is_file()  # the remaining half is not replaced
+
+
+def _site_key(site_id: str, *, revoked: bool = False) -> SiteKey:
+    return SiteKey(
+        site_id=site_id,
+        key_id="0" * 64,
+        public_key_pem="-----BEGIN PUBLIC KEY-----",
+        enrolled_at=datetime.now(UTC),
+        revoked=revoked,
+    )
+
+
+def test_only_an_enrolled_site_with_a_p256_key_can_be_added(tmp_path: Path) -> None:
+    consortium = init_consortium(tmp_path / "c", "lung")
+    site = init_site(tmp_path / "home", "st-marys")
+    key = node_key(site).public
+    for sites in ([], [_site_key("st-marys", revoked=True)], [_site_key("other")]):
+        with pytest.raises(MembershipError, match="not enrolled"):
+            add_site(consortium, "st-marys", key, sites)
+    ed = tmp_path / "ed25519.pub"
+    ed.write_bytes(
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    pem = tmp_path / "pem.pub"
+    pem.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    big = tmp_path / "big.pub"
+    big.write_bytes(b"x" * 20_000)
+    for bad, error in ((ed, "NIST"), (pem, "not an OpenSSH"), (big, "too large")):
+        with pytest.raises(MembershipError, match=error):
+            add_site(consortium, "st-marys", bad, [_site_key("st-marys")])
+    assert not (consortium.root / "members.json").exists()
+
+
+def test_join_checks_its_options_before_starting_anything(tmp_path: Path) -> None:
+    from tests.federation.conftest import gsco_run
+
+    home = tmp_path / "home"
+    assert gsco_run("site", "init", "--site-id", "st-marys", "--home", str(home)).returncode == 0
+    consortium = init_consortium(tmp_path / "c", "lung")
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"")
+    good = {
+        "--superlink": "127.0.0.1:9092",
+        "--ca": str(consortium.ca_certificate),
+        "--task": "pneumonia-cxr",
+        "--data": str(data),
+        "--registry": "127.0.0.1:50051",
+    }
+    cases = {
+        "--superlink": ("superlink.example", "give host:port"),
+        "--ca": (str(data), "not a readable PEM certificate"),
+        "--data": (str(tmp_path / "missing"), "no such file"),
+    }
+    for option, (value, error) in cases.items():
+        args = [a for k, v in {**good, option: value}.items() for a in (k, v)]
+        done = gsco_run("site", "join", "--home", str(home), *args)
+        assert done.returncode == 2, done.stderr
+        assert error in done.stderr
+    assert not (home / "supernode.toml").exists()  # nothing was written or started
+    assert not (home / "keys" / "supernode.key").exists()

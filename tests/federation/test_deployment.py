@@ -1,0 +1,141 @@
+"""A consortium federation deployed as hospitals would run it, every piece its own process.
+
+A SuperLink with TLS and SuperNode authentication (``gsco federation serve``),
+three hospitals' SuperNodes (``gsco site join``, each with its own site home,
+data share and SuperNode key), a run (``gsco federation run``): every site
+trains, signs and publishes its specialist; a hub verifies all three; the
+egress ledgers match the registry (``gsco audit registry --ledger``). One
+SuperNode is killed mid-run and the run still completes with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from federation import flower_environment
+from protocol import free_loopback_port
+from site_agent import open_site
+from tests.federation.conftest import GSCO, Processes, gsco_run, wait_for_port, wait_for_status
+from tests.servers import start_hub, start_registry
+from tests.site_agent.conftest import medmnist_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.long]
+
+SITES = ("st-marys", "royal-free", "guys")
+
+
+def _share(source: Path, out: Path, number: int) -> Path:
+    """A site's own slice of PneumoniaMNIST: 120 training, 40 validation, 40 test images."""
+    with np.load(source, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    rows = {"train": 120, "val": 40, "test": 40}
+    share = {}
+    for split, n in rows.items():
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        part = slice(number * n, (number + 1) * n)
+        share[f"{split}_images"], share[f"{split}_labels"] = images[part], labels[part]
+    np.savez(out, **share)
+    return out
+
+
+def test_three_hospitals_train_publish_and_are_audited(
+    tmp_path: Path, processes: Processes
+) -> None:
+    source = medmnist_dir() / "pneumoniamnist.npz"
+    if not source.is_file():
+        pytest.skip("PneumoniaMNIST is not here (set GSCO_DATA_DIR)")
+    root = tmp_path / "consortium"
+    port = free_loopback_port()
+    assert gsco_run("federation", "init", "--name", "lung", "--root", str(root),
+                 "--port", str(port)).returncode == 0  # fmt: skip
+    registry = start_registry(tmp_path / "registry")
+    hub = None
+    try:
+        reg = ["--registry", registry.address]
+        link_log = tmp_path / "superlink.log"
+        env = flower_environment()
+        link = processes.start(
+            [GSCO, "federation", "serve", "--root", str(root), "--bind", "127.0.0.1"],
+            link_log,
+            env,
+        )
+        wait_for_port(port, link, link_log)
+        ca = root / "tls" / "ca.pem"
+        nodes = {}
+        for number, site_id in enumerate(SITES):
+            home = tmp_path / site_id
+            assert (
+                gsco_run("site", "init", "--site-id", site_id, "--home", str(home)).returncode == 0
+            )
+            assert gsco_run("site", "node-key", "--home", str(home)).returncode == 0
+            with registry.client() as client:
+                client.enroll(site_id, open_site(home).public_key().pem)
+            node_key = str(home / "keys" / "supernode.pub")
+            added = gsco_run("federation", "add-site", site_id, node_key, "--root", str(root), *reg)
+            assert added.returncode == 0, added.stderr
+            data = _share(source, tmp_path / f"{site_id}.npz", number)
+            join = [
+                GSCO, "site", "join", "--home", str(home),
+                "--superlink", f"127.0.0.1:{port}", "--ca", str(ca),
+                "--task", "pneumonia-cxr", "--data", str(data), *reg,
+                "--port", str(free_loopback_port()),
+            ]  # fmt: skip
+            nodes[site_id] = processes.start(join, tmp_path / f"{site_id}.log", env)
+        members = json.loads((root / "members.json").read_text())["members"]
+        for member in members:
+            wait_for_status(root, member["node_id"], "online")
+
+        run = ["federation", "run", "--root", str(root), "--task", "pneumonia-cxr",
+               "--backbone", "resnet18", "--epochs", "1", "--input-size", "28",
+               "--timeout-s", "900"]  # fmt: skip
+        done = gsco_run(*run, "--min-sites", "3", timeout=1200)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count(" published ") == 3, done.stdout
+        # A site's training log stays at the site (its SuperNode's log): only the
+        # ServerApp's lines, outcomes and counts reach the consortium.
+        assert "gsco: st-marys epoch 1/1" in (tmp_path / "st-marys.log").read_text()
+        assert "epoch" not in done.stderr
+
+        with registry.client() as client:
+            listed = client.bundles(task_id="pneumonia-cxr")
+        assert {ref.site_id for ref in listed} == set(SITES)
+        hub = start_hub(registry, tmp_path / "hub", "--allow-anonymous", "--no-generalist")
+        task = httpx.get(hub.url + "/v1/tasks", timeout=30).json()["tasks"][0]
+        assert task["sites"] == sorted(SITES)  # each verified: signature, TUF, ONNX
+        ledgers = [a for s in SITES for a in ("--ledger", str(tmp_path / s / "egress.jsonl"))]
+        audit = gsco_run("audit", "registry", "--root", str(registry.root), *ledgers,
+                         "--out", str(tmp_path / "audit"))  # fmt: skip
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        assert "3 egress ledgers" in audit.stdout
+
+        # A SuperNode killed mid-run does not fail the run while enough sites remain.
+        second = processes.start([GSCO, *run, "--min-sites", "2"], tmp_path / "second-run.log", env)
+        log = tmp_path / "second-run.log"
+        deadline = time.monotonic() + 300
+        while "gsco: 3 hospital sites connected" not in log.read_text():
+            assert second.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        processes.stop(nodes["guys"])
+        assert second.wait(timeout=1200) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        results = Path(text.split("results in ", 1)[1].split()[0])
+        statuses = sorted(
+            o["status"] for k, o in json.loads(results.read_text()).items() if k != "_run"
+        )
+        assert statuses == ["dropped-out", "published", "published"], text[-3000:]
+        assert json.loads(results.read_text())["_run"]["published"] == 2
+        for process in nodes.values():
+            processes.stop(process)
+        processes.stop(link)
+    finally:
+        if hub is not None:
+            hub.stop()
+        registry.stop()
+    assert processes.leftovers() == {}

@@ -1,0 +1,130 @@
+"""The simulation's ClientApp: messages routed by action, sites decided by the site agent.
+
+Fast: Flower's ``ClientApp`` is called directly with real ``Message`` objects
+(the simulations in ``test_simulate.py`` run it under Flower's runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.metadata import Metadata
+
+from simulations import SiteJob, SiteOutcome, training_options
+from simulations._flower import client_app
+
+JOB = SiteJob(
+    site_id="hospital-01",
+    home="/nonexistent/home",
+    data="/nonexistent/hospital-01.npz",
+    task_id="pneumonia-cxr",
+    dataset="pneumoniamnist",
+    registry="127.0.0.1:9",
+    out_dir="/nonexistent/bundles/hospital-01",
+)
+
+
+def _message(message_type: str) -> Message:
+    metadata = Metadata(
+        run_id=1,
+        message_id="m-1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=message_type,
+    )
+    return Message(content=RecordDict({"ask": ConfigRecord({"x": 1})}), metadata=metadata)
+
+
+def _context(tmp_path: Path, job: SiteJob = JOB) -> Context:
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([job.to_json()]))
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0},
+        state=RecordDict(),
+        run_config={"jobs-file": str(jobs)},
+    )
+
+
+def test_the_site_answers_which_site_it_is(tmp_path: Path) -> None:
+    reply = client_app(_message("query.site_id"), _context(tmp_path))
+    assert reply.content["site"]["site-id"] == "hospital-01"
+
+
+@pytest.mark.parametrize("message_type", ["query", "train", "evaluate", "query.publish"])
+def test_an_action_the_site_does_not_have_is_refused(tmp_path: Path, message_type: str) -> None:
+    with pytest.raises(ValueError, match="No .* function registered"):
+        client_app(_message(message_type), _context(tmp_path))
+
+
+def test_a_site_that_cannot_train_answers_with_its_reason(tmp_path: Path) -> None:
+    reply = client_app(_message("train.specialist"), _context(tmp_path))
+    outcome = SiteOutcome.from_json(str(reply.content["outcome"]["json"]))
+    assert outcome.status == "failed"
+    assert outcome.detail.startswith("SiteHomeError: no site identity")
+
+
+def test_the_scenario_fixes_what_it_must_and_the_site_agent_chooses_the_rest() -> None:
+    options = training_options(replace(JOB, epochs=3, batch_size=16, learning_rate=5e-4))
+    given = (options.backbone, options.epochs, options.batch_size, options.learning_rate)
+    assert given == ("tf_efficientnet_lite0", 3, 16, 5e-4)
+    assert options.input_size == 64  # the backbone's default, as the scenario always trained
+    assert (options.patience, options.flip, options.head) == (None, None, None)  # the recipe's
+    assert (options.task, options.task_file) == ("pneumonia-cxr", None)
+    assert options.dataset == "pneumoniamnist"  # the card names the share's source
+    assert options.sign
+    assert options.version is None  # the egress ledger decides the version
+    assert options.out == Path(JOB.out_dir)
+
+    shared = training_options(JOB, shared=True)
+    assert shared.epochs == 0  # the FedAvg model is calibrated and indexed, not trained
+    assert shared.out == Path(JOB.out_dir + "-fedavg")
+
+    assert not training_options(replace(JOB, fault="unsigned")).sign
+
+    declared = training_options(replace(JOB, task={"task_id": "x"}, dataset=None))
+    assert declared.task is None
+    assert declared.task_file == Path("/nonexistent/hospital-01.task.json")
+
+
+def test_a_deployed_site_takes_its_places_from_its_node_and_its_work_from_the_run(
+    tmp_path: Path,
+) -> None:
+    from simulations._flower import deployed_job
+    from simulations.errors import ScenarioError
+    from site_agent import init_site
+
+    home = init_site(tmp_path / "home", "st-marys").root
+    node = {
+        "home": str(home),
+        "data": "/data/pneumonia.npz",
+        "task": "pneumonia-cxr",
+        "registry": "registry.example:50051",
+        "work": str(tmp_path / "work"),
+        "registry-ca": "/etc/gsco/registry-ca.pem",
+    }
+    run = {"task": "pneumonia-cxr", "backbone": "resnet18", "epochs": 2, "input-size": 28,
+           "max-minutes": 0.0, "max-eval-images": 0}  # fmt: skip
+    job = deployed_job(node, run, 7)
+    assert job.site_id == "st-marys"  # from the site's own home, not from the run
+    assert (job.backbone, job.epochs, job.input_size) == ("resnet18", 2, 28)
+    assert job.max_minutes is None  # 0 in the run config: the recipe's budget
+    assert job.max_eval_images is None
+    assert job.registry_ca == "/etc/gsco/registry-ca.pem"
+    assert job.out_dir == str(tmp_path / "work" / "run-7" / "pneumonia-cxr")
+    assert job.fault is None
+
+    with pytest.raises(ScenarioError, match="trains for 'pneumonia-cxr'"):
+        deployed_job(node, {**run, "task": "breast-us"}, 7)
+    with pytest.raises(ScenarioError, match="lacks data, registry"):
+        deployed_job({k: v for k, v in node.items() if k not in ("data", "registry")}, run, 7)
