@@ -22,7 +22,7 @@ from federation._consortium import Consortium
 from federation._superlink import flower_environment, flower_executable
 from federation.errors import SuperLinkError
 
-__all__ = ["RunRequest", "RunResult", "run_federation"]
+__all__ = ["RunRequest", "RunResult", "recent_runs", "run_federation"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,31 @@ def run_federation(
             f"(--min-sites)"
         )
     return RunResult(results, sites, error)
+
+
+def recent_runs(consortium: Consortium) -> list[str]:
+    """One line per run this consortium started, latest first: when, task, what the sites did."""
+    lines = []
+    for results in sorted((consortium.root / "runs").glob("*Z.json"), reverse=True):
+        config = results.with_name(results.name.replace(".json", ".run-config.toml"))
+        task = "?"
+        if config.is_file():
+            for line in config.read_text(encoding="utf-8").splitlines():
+                if line.startswith('"task" = '):
+                    task = json.loads(line.split(" = ", 1)[1])
+        try:
+            answer = json.loads(results.read_text())
+        except (OSError, json.JSONDecodeError):
+            lines.append(f"{results.stem}  {task}: results unreadable")
+            continue
+        if not isinstance(answer, dict):
+            continue
+        if isinstance(answer.get("error"), str):
+            lines.append(f"{results.stem}  {task}: {answer['error']}")
+            continue
+        statuses = [
+            v.get("status") for k, v in answer.items() if isinstance(v, dict) and k != "_run"
+        ]
+        counts = {s: statuses.count(s) for s in sorted({str(s) for s in statuses})}
+        lines.append(f"{results.stem}  {task}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return lines

@@ -20,6 +20,7 @@ from federation import (
     remove_site,
     superlink_command,
 )
+from federation._run import recent_runs
 from federation._superlink import flower_environment
 
 if TYPE_CHECKING:
@@ -168,6 +169,10 @@ def status(
     strays = sorted(set(nodes) - {m.node_id for m in listed})
     for node_id in strays:
         typer.echo(f"  (no site)                node {node_id:<20} {nodes[node_id]}: not a member")
+    runs = recent_runs(consortium)
+    typer.echo(f"runs: {len(runs)}" + (" (latest first)" if runs else ""))
+    for summary in runs[:5]:
+        typer.echo(f"  {summary}")
 
 
 @app.command()

@@ -131,6 +131,11 @@ def test_three_hospitals_train_publish_and_are_audited(
         )
         assert statuses == ["dropped-out", "published", "published"], text[-3000:]
         assert json.loads(results.read_text())["_run"]["published"] == 2
+        status = gsco_run("federation", "status", "--root", str(root), *reg)
+        assert status.returncode == 0, status.stderr
+        assert "runs: 2 (latest first)" in status.stdout
+        assert "pneumonia-cxr: 1 dropped-out, 2 published" in status.stdout
+        assert "pneumonia-cxr: 3 published" in status.stdout
         for process in nodes.values():
             processes.stop(process)
         processes.stop(link)

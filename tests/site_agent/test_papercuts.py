@@ -128,6 +128,8 @@ def test_ctrl_c_says_what_was_kept_and_where(tmp_path: Path) -> None:
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, NO_COLOR="1"),
+        # As at a terminal: a suite started in the background (`cmd &`) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not (checkpoints / "best.safetensors").is_file() and time.monotonic() < deadline:
