@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,15 +107,19 @@ def run_federation(
     )
     assert process.stdout is not None
     tail: list[str] = []
-    deadline = time.monotonic() + request.wait_s + request.timeout_s + 300
-    for line in process.stdout:
-        line = line.rstrip("\n")
-        if "gsco:" in line:
-            on_line(line[line.index("gsco:") :])
-        tail = [*tail[-29:], line]
-        if time.monotonic() > deadline:
-            process.kill()
-            break
+    # The whole run is bounded, even when flwr prints nothing: waiting for the sites, their
+    # training, and five minutes for Flower's own start and stop.
+    limit_s = request.wait_s + request.timeout_s + 300
+    watchdog = threading.Timer(limit_s, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            if "gsco:" in line:
+                on_line(line[line.index("gsco:") :])
+            tail = [*tail[-29:], line]
+    finally:
+        watchdog.cancel()
     if process.wait() != 0 or not results.is_file():
         raise SuperLinkError(
             f"flwr run exited with {process.returncode} and wrote no results:\n" + "\n".join(tail)
