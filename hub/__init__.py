@@ -25,6 +25,7 @@ from hub._fhir import FHIR_MEDIA_TYPE, diagnostic_report
 from hub._metrics import HubMetrics
 from hub._policy import (
     POLICY_WEIGHTS,
+    SIGNIFICANCE,
     fit_label_bias,
     fit_mode,
     fit_policy,
@@ -64,6 +65,7 @@ __all__ = [
     "FHIR_MEDIA_TYPE",
     "GENERALIST_MODES",
     "POLICY_WEIGHTS",
+    "SIGNIFICANCE",
     "AccessLog",
     "AccessLogError",
     "AccessRecord",

@@ -12,7 +12,7 @@ chooses ``w`` from a small grid by validation accuracy, and only a weight
 whose gain over the ensemble is beyond chance (McNemar's exact test on the
 cases it fixed and broke, one-sided, at ``SIGNIFICANCE``) is ever chosen:
 a few lucky validation cases are not evidence. It records what each
-candidate scored.
+candidate scored and the gate's p-value.
 
 Before the weight, :func:`fit_label_bias` fits a per-label log bias ``b`` to
 the generalist's contextually calibrated scores on the same cases,
@@ -45,6 +45,7 @@ from protocol import (
 
 __all__ = [
     "POLICY_WEIGHTS",
+    "SIGNIFICANCE",
     "fit_label_bias",
     "fit_mode",
     "fit_policy",
@@ -163,13 +164,17 @@ def with_bias(generalist: NDArray[np.float64], bias: Sequence[float] | None) -> 
 SIGNIFICANCE = 0.05
 
 
-def _significant(fixed: int, broken: int) -> bool:
-    """Whether fixing ``fixed`` and breaking ``broken`` cases is unlikely under chance."""
+def _mcnemar_p(fixed: int, broken: int) -> float:
+    """One-sided exact McNemar p-value: the chance of ``fixed`` or more of ``fixed + broken``.
+
+    ``fixed``: cases the fused answer got right and the ensemble wrong;
+    ``broken``: the reverse. Under the null (no better than the ensemble)
+    each discordant case is a fair coin.
+    """
     n = fixed + broken
-    if fixed <= broken:
-        return False
-    tail = sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n
-    return bool(tail <= SIGNIFICANCE)
+    if n == 0:
+        return 1.0
+    return min(1.0, float(sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n))
 
 
 def fit_mode(
@@ -198,16 +203,22 @@ def fit_mode(
     base_right = ensemble.argmax(axis=1) == truth
     base_correct = int(base_right.sum())
     best_weight, best_correct = 0.0, base_correct
+    gate_p = 1.0  # of the weight trusted, or else of the most accurate one
+    leading = base_correct
     for weight in sorted(weights):
         right = _fused_logs(ensemble, generalist, weight).argmax(axis=1) == truth
         correct = int(right.sum())
         tried[f"{weight:g}"] = correct / n
+        if weight <= 0:
+            continue
         # Trusted only when it beats the ensemble beyond chance on validation (McNemar's
         # exact one-sided test on the cases it fixed and broke), and beats smaller weights.
-        fixed = int((right & ~base_right).sum())
-        broken = int((base_right & ~right).sum())
-        if weight > 0 and correct > best_correct and _significant(fixed, broken):
-            best_weight, best_correct = weight, correct
+        p = _mcnemar_p(int((right & ~base_right).sum()), int((base_right & ~right).sum()))
+        if correct > best_correct and p <= SIGNIFICANCE:
+            best_weight, best_correct, gate_p = weight, correct, p
+        elif best_weight == 0 and correct > leading:
+            gate_p = p
+        leading = max(leading, correct)
     return ModePolicy(
         generalist_weight=best_weight,
         validation_accuracy={
@@ -221,6 +232,7 @@ def fit_mode(
             "policy": best_correct / n,
         },
         weights_tried=tried,
+        gate_p_value=round(gate_p, 6),
         label_bias=bias,
     )
 

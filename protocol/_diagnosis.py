@@ -213,6 +213,10 @@ class ModePolicy(StrictModel):
     generalist_weight: Annotated[float, Field(ge=0.0, le=100.0)]
     validation_accuracy: dict[Annotated[str, StringConstraints(max_length=40)], UnitFloat]
     weights_tried: dict[Annotated[str, StringConstraints(max_length=20)], UnitFloat]
+    # The gate's one-sided McNemar p-value against the ensemble on validation: of the weight
+    # trusted, or (weight 0) of the most accurate weight, which did not pass hub.SIGNIFICANCE.
+    # None in policies fitted before it was recorded.
+    gate_p_value: UnitFloat | None = None
     # The generalist this mode was fitted on, when not the policy's ``model`` (an adapter
     # that learnt only this mode's prompts).
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None

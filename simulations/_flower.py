@@ -81,7 +81,8 @@ def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: 
     says what to train.
 
     Raises:
-        ScenarioError: a node config key is missing.
+        ScenarioError: a node config key is missing, or its task file declares another task.
+        DataError: the node config's task file cannot be read.
     """
     from site_agent import open_site
 
@@ -95,6 +96,17 @@ def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: 
     task = str(node["task"])
     if run.get("task") and str(run["task"]) != task:
         raise ScenarioError(f"this site trains for {task!r}; the run is for {run['task']!r}")
+    declared = None
+    if node.get("task-file"):
+        from site_agent.data import load_task_file
+
+        entry = load_task_file(Path(str(node["task-file"])))
+        if entry.task.task_id != task:
+            raise ScenarioError(
+                f"this SuperNode's task file declares {entry.task.task_id!r}, its node config "
+                f"says {task!r}: start it again with 'gsco site join'"
+            )
+        declared = entry.task.model_dump(mode="json")
     work = Path(str(node["work"]))
     input_size = int(str(run.get("input-size", 0)))
     max_minutes = float(str(run.get("max-minutes", 0.0)))
@@ -115,6 +127,7 @@ def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: 
         input_size=input_size or None,
         max_eval_images=int(str(run.get("max-eval-images", 0))) or None,
         seed=int(str(run.get("seed", 0))),
+        task=declared,
     )
 
 

@@ -520,16 +520,16 @@ def _arbitrate(
 ) -> _Arbitration:
     """The base model's policy, then the adapter: tuned, served, its policy fitted and published."""
     found = _Arbitration()
-    policy_rows, tune_rows = _validation_rows(scenario, len(dataset.val))
-    if usable and len(policy_rows):
-        found.policy = _fit_policy(scenario, dataset, url, progress, policy_rows)
+    rows = _validation_rows(scenario, len(dataset.val))
+    if usable and len(rows.base_policy):
+        found.policy = _fit_policy(scenario, dataset, url, progress, rows.base_policy)
         hub.set_policy(found.policy)
         lap("policy")
     if not (usable and scenario.tune_generalist):
         return found
     adapter_modes = tuple(Mode(m) for m in scenario.tune_modes)
     found.adapter = _tune_adapter(
-        scenario, dataset, work, out, sites.published, address, tune_rows, progress, on_line
+        scenario, dataset, work, out, sites.published, address, rows.tuning, progress, on_line
     )
     lap("tuning")
     if found.adapter.get("published"):
@@ -537,8 +537,10 @@ def _arbitrate(
             hub, dataset.task.task_id, found.adapter, found.adapter["published"], progress
         )
         lap("adapter sync")
-    if found.served is not None and len(policy_rows):
-        fitted = _fit_policy(scenario, dataset, url, progress, policy_rows, modes=adapter_modes)
+    if found.served is not None and len(rows.adapter_policy):
+        fitted = _fit_policy(
+            scenario, dataset, url, progress, rows.adapter_policy, modes=adapter_modes
+        )
         lap("adapter policy")
         found.served, found.adapter_policy = _publish_adapter_policy(
             hub, address, out, found.adapter, found.served, fitted, found.policy, progress
@@ -627,16 +629,28 @@ def _evaluate(
 POLICY_MODES = (Mode.GSCO, Mode.MOED, Mode.RAD)
 
 
-def _validation_rows(scenario: Scenario, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The validation rows the policy is fitted on, and those the adapter is tuned on.
+def _validation_rows(scenario: Scenario, n: int) -> _ValidationRows:
+    """Which validation rows fit which policy, and which the adapter is tuned on.
 
-    Disjoint: a policy fitted on the adapter's own training cases would trust
-    it more than it deserves. Without tuning the policy takes up to
-    ``policy_images``; with it, at most half of the split.
+    The base model was tuned on none of them, so its policy takes up to
+    ``policy_images`` of the whole split. The adapter's policy and its tuning
+    cases are disjoint (a policy fitted on the adapter's own training cases
+    would trust it more than it deserves): with tuning, the adapter's policy
+    takes at most half of the split, and the tuning the rest.
     """
     order = np.random.default_rng(scenario.seed + 1).permutation(n)
-    take = min(scenario.policy_images, n // 2 if scenario.tune_generalist else n)
-    return np.sort(order[:take]), np.sort(order[take:])
+    base = np.sort(order[: min(scenario.policy_images, n)])
+    if not scenario.tune_generalist:
+        return _ValidationRows(base, np.arange(0), np.arange(0))
+    take = min(scenario.policy_images, n // 2)
+    return _ValidationRows(base, np.sort(order[:take]), np.sort(order[take:]))
+
+
+@dataclass(frozen=True)
+class _ValidationRows:
+    base_policy: np.ndarray  # the base model's policy
+    adapter_policy: np.ndarray  # the adapter's policy (disjoint from tuning)
+    tuning: np.ndarray  # the adapter's tuning examples
 
 
 def _tune_adapter(
@@ -698,8 +712,8 @@ def _tune_adapter(
             "option_order": "shuffled",
             "evidence_split": (
                 f"each site's share of the validation split ({len(rows)} cases, disjoint "
-                f"from the {scenario.policy_images}-case share the arbitration policy is "
-                "fitted on); the specialists' temperatures were fitted on the whole split"
+                "from the cases the adapter's arbitration policy is fitted on); the "
+                "specialists' temperatures were fitted on the whole split"
             ),
         },
     }

@@ -30,23 +30,25 @@ class JoinSettings:
 
     superlink: str  # host:port of the consortium's SuperLink
     ca: Path  # the consortium's CA certificate
-    task: str  # a catalog task id
+    task: str | None  # a catalog task id (None: the one task_file declares)
     data: Path
     registry: str  # host:port of the consortium's registry
     work: Path  # where this site's bundles are written
     registry_ca: Path | None = None
     local_port: int = 9094  # the SuperNode's own loopback API (Flower's default)
+    task_file: Path | None = None  # a declared task (YAML or JSON; see load_task_file)
 
-    def check(self) -> None:
-        """Checks what can be checked before the SuperNode starts.
+    def check(self) -> str:
+        """Checks what can be checked before the SuperNode starts; returns the task id.
 
         Raises:
             OptionsError: an address without a port, an unreadable CA or data path,
-                an unknown task.
+                an unknown task, an invalid task file or one that declares another task.
         """
         from cryptography import x509
 
-        from site_agent.data import default_catalog
+        from site_agent.data import default_catalog, load_task_file
+        from site_agent.errors import DataError
 
         for name, address in (("--superlink", self.superlink), ("--registry", self.registry)):
             host, _, port = address.rpartition(":")
@@ -61,7 +63,17 @@ class JoinSettings:
                 raise OptionsError(f"{name} {ca}: not a readable PEM certificate ({exc})") from exc
         if not self.data.exists():
             raise OptionsError(f"--data {self.data}: no such file or folder")
-        default_catalog().get(self.task)  # TaskNotFoundError names the known ones
+        if self.task_file is None:
+            if self.task is None:
+                raise OptionsError("give --task (a catalog task) or --task-file")
+            return default_catalog().get(self.task).task.task_id  # TaskNotFoundError names them
+        try:
+            declared = load_task_file(self.task_file).task.task_id
+        except DataError as exc:
+            raise OptionsError(f"--task-file: {exc}") from exc
+        if self.task is not None and self.task != declared:
+            raise OptionsError(f"--task {self.task!r} but {self.task_file} declares {declared!r}")
+        return declared
 
 
 def _toml_string(value: str) -> str:
@@ -76,16 +88,18 @@ def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
     Raises:
         OptionsError: see :meth:`JoinSettings.check`.
     """
-    settings.check()
+    task = settings.check()
     key = node_key(site)
     settings.work.mkdir(parents=True, exist_ok=True)
     node_config = {
         "home": str(site.root.resolve()),
         "data": str(settings.data.resolve()),
-        "task": settings.task,
+        "task": task,
         "registry": settings.registry,
         "work": str(settings.work.resolve()),
     }
+    if settings.task_file is not None:
+        node_config["task-file"] = str(settings.task_file.resolve())
     if settings.registry_ca is not None:
         node_config["registry-ca"] = str(settings.registry_ca.resolve())
     config_path = site.root / NODE_CONFIG_FILE

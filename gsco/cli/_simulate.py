@@ -200,8 +200,9 @@ def simulate(
         int,
         typer.Option(
             min=0,
-            help="Validation images the arbitration policy is fitted on (0: no policy; with "
-            "--tune-generalist at most half the split, the rest tunes the adapter).",
+            help="Validation images the arbitration policy is fitted on (0: no policy). With "
+            "--tune-generalist the adapter's policy takes at most half the split and the rest "
+            "tunes the adapter; the base model's policy may use the whole split.",
         ),
     ] = 200,
     tune_examples: Annotated[

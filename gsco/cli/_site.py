@@ -23,6 +23,24 @@ HomeOption = Annotated[
     typer.Option("--home", help="Site home folder (default: $GSCO_SITE_HOME or ~/.gsco/site)."),
 ]
 
+# The options 'gsco site join' and 'gsco site doctor' share.
+_SUPERLINK = "The consortium's SuperLink, host:port."
+_CA = "The consortium's CA certificate (PEM)."
+_DATA = "The site's data (.npz, folder or CSV manifest)."
+_REGISTRY = "The consortium's registry, host:port."
+TaskOption = Annotated[
+    str | None, typer.Option(help="The catalog task this site trains for (or give --task-file).")
+]
+TaskFileOption = Annotated[
+    Path | None, typer.Option(help="YAML/JSON file declaring your own task.")
+]
+RegistryCaOption = Annotated[
+    Path | None, typer.Option(help="CA certificate of the registry's TLS.")
+]
+WorkOption = Annotated[
+    Path | None, typer.Option(help="Where bundles are written (default: HOME/federated).")
+]
+
 
 @app.command()
 def init(
@@ -53,19 +71,14 @@ def node_key(home: HomeOption = None) -> None:
 
 @app.command()
 def join(
-    superlink: Annotated[str, typer.Option(help="The consortium's SuperLink, host:port.")],
-    ca: Annotated[Path, typer.Option(help="The consortium's CA certificate (PEM).")],
-    task: Annotated[str, typer.Option(help="The catalog task this site trains for.")],
-    data: Annotated[Path, typer.Option(help="The site's data (.npz, folder or CSV manifest).")],
-    registry: Annotated[
-        str, typer.Option(help="The consortium's registry, host:port.", envvar="GSCO_REGISTRY")
-    ],
-    registry_ca: Annotated[
-        Path | None, typer.Option(help="CA certificate of the registry's TLS.")
-    ] = None,
-    work: Annotated[
-        Path | None, typer.Option(help="Where bundles are written (default: HOME/federated).")
-    ] = None,
+    superlink: Annotated[str, typer.Option(help=_SUPERLINK)],
+    ca: Annotated[Path, typer.Option(help=_CA)],
+    data: Annotated[Path, typer.Option(help=_DATA)],
+    registry: Annotated[str, typer.Option(help=_REGISTRY, envvar="GSCO_REGISTRY")],
+    task: TaskOption = None,
+    task_file: TaskFileOption = None,
+    registry_ca: RegistryCaOption = None,
+    work: WorkOption = None,
     port: Annotated[
         int, typer.Option(min=1, max=65535, help="The SuperNode's loopback port.")
     ] = 9094,
@@ -75,7 +88,8 @@ def join(
 
     The SuperNode key is made on first use; hand its public key to the consortium
     ('gsco site node-key' shows it) before the first run. Specialists are
-    published to the registry exactly as 'gsco site publish' does.
+    published to the registry exactly as 'gsco site publish' does. Run
+    'gsco site doctor' with the same options first.
     """
     from site_agent._join import JoinSettings, supernode_command
     from site_agent.errors import OptionsError
@@ -90,13 +104,15 @@ def join(
         work=work or site.root / "federated",
         registry_ca=registry_ca,
         local_port=port,
+        task_file=task_file,
     )
     try:
         command = supernode_command(site, settings)
+        task_id = settings.check()
     except OptionsError as exc:
         fail(str(exc), code=2)
     typer.echo(
-        f"site {site.config.site_id} joining {superlink} for {task}; SuperNode key "
+        f"site {site.config.site_id} joining {superlink} for {task_id}; SuperNode key "
         f"{site.root / 'keys' / 'supernode.pub'}",
         err=True,
     )
@@ -105,6 +121,63 @@ def join(
     from federation import flower_environment
 
     os.execvpe(command[0], command, flower_environment())  # noqa: S606
+
+
+@app.command()
+def doctor(
+    superlink: Annotated[str | None, typer.Option(help=_SUPERLINK)] = None,
+    ca: Annotated[Path | None, typer.Option(help=_CA)] = None,
+    task: TaskOption = None,
+    task_file: TaskFileOption = None,
+    data: Annotated[Path | None, typer.Option(help=_DATA)] = None,
+    registry: Annotated[str | None, typer.Option(help=_REGISTRY, envvar="GSCO_REGISTRY")] = None,
+    registry_ca: RegistryCaOption = None,
+    work: WorkOption = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=120.0, help="Seconds to wait for each server.")
+    ] = 5.0,
+    min_disk_gib: Annotated[
+        float, typer.Option(min=0.0, help="Free disk (GiB) needed where bundles are written.")
+    ] = 5.0,
+    min_memory_gib: Annotated[
+        float, typer.Option(min=0.0, help="Available memory (GiB) needed for training.")
+    ] = 4.0,
+    home: HomeOption = None,
+) -> None:
+    """Check this site's set-up before a run: one line per check, and what to do.
+
+    Checks the site identity and the permissions of its keys, the task and that
+    the data matches it, the registry (reachable, this site enrolled and not
+    revoked), the SuperLink (reachable, its certificate verifies against --ca),
+    the clock against both, free disk and memory. Takes the options of 'gsco
+    site join'; checks only what it is given over the network. Exit status 1
+    when any check found a problem.
+    """
+    from site_agent._doctor import DoctorSettings, examine_site
+
+    root = home or default_site_home()
+    findings = examine_site(
+        DoctorSettings(
+            home=root,
+            task=task,
+            task_file=task_file,
+            data=data,
+            registry=registry,
+            registry_ca=registry_ca,
+            superlink=superlink,
+            ca=ca,
+            work=work or root / "federated",
+            timeout_s=timeout,
+            min_free_disk_bytes=int(min_disk_gib * 1024**3),
+            min_available_memory_bytes=int(min_memory_gib * 1024**3),
+        )
+    )
+    for finding in findings:
+        typer.echo(finding.line())
+    problems = sum(not f.ok for f in findings)
+    typer.echo(f"{problems} problem{'s' if problems != 1 else ''} in {len(findings)} checks")
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -159,9 +232,7 @@ def train(
             "(default: the task's MedMNIST file in $GSCO_DATA_DIR or ~/.medmnist)."
         ),
     ] = None,
-    task_file: Annotated[
-        Path | None, typer.Option(help="YAML/JSON file declaring your own task.")
-    ] = None,
+    task_file: TaskFileOption = None,
     backbone: Annotated[
         str | None,
         typer.Option(help="Backbone from the zoo (default: the recipe's search chooses)."),

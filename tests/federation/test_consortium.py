@@ -151,3 +151,51 @@ def test_join_checks_its_options_before_starting_anything(tmp_path: Path) -> Non
         assert error in done.stderr
     assert not (home / "supernode.toml").exists()  # nothing was written or started
     assert not (home / "keys" / "supernode.key").exists()
+
+
+def test_join_takes_a_task_file_and_the_deployed_site_trains_for_it(tmp_path: Path) -> None:
+    from simulations._flower import deployed_job
+    from tests.federation.conftest import gsco_run
+
+    home = tmp_path / "home"
+    assert gsco_run("site", "init", "--site-id", "st-marys", "--home", str(home)).returncode == 0
+    consortium = init_consortium(tmp_path / "c", "lung")
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"")
+    declared = tmp_path / "knee.yaml"
+    declared.write_text(
+        "task_id: knee-xr\nmodality: knee X-ray\nlabels: [no oa, oa]\ntask_type: binary\n"
+    )
+    common = [
+        "--home", str(home), "--superlink", "127.0.0.1:9092", "--ca",
+        str(consortium.ca_certificate), "--data", str(data), "--registry", "127.0.0.1:50051",
+    ]  # fmt: skip
+    refused = {
+        "another task": (["--task", "pneumonia-cxr", "--task-file", str(declared)], "declares"),
+        "no task": ([], "--task-file"),
+        "a bad file": (["--task-file", str(data)], "--task-file"),
+    }
+    for case, (args, error) in refused.items():
+        done = gsco_run("site", "join", *common, *args)
+        assert done.returncode == 2, (case, done.stderr)
+        assert error in done.stderr, case
+    assert not (home / "supernode.toml").exists()
+
+    from site_agent import open_site
+    from site_agent._join import JoinSettings, supernode_command
+
+    site = open_site(home)
+    settings = JoinSettings(
+        superlink="127.0.0.1:9092", ca=consortium.ca_certificate, task=None, data=data,
+        registry="127.0.0.1:50051", work=tmp_path / "work", task_file=declared,
+    )  # fmt: skip
+    command = supernode_command(site, settings)
+    assert "--node-config" in command
+    import tomllib
+
+    node = tomllib.loads((home / "supernode.toml").read_text())
+    assert node["task"] == "knee-xr"
+    assert node["task-file"] == str(declared.resolve())
+    job = deployed_job(node, {"task": "knee-xr"}, run_id=7)
+    assert job.task_spec().labels == ("no oa", "oa")
+    assert job.task_spec().modality == "knee X-ray"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hub import (
+    SIGNIFICANCE,
     HubConfigError,
     fit_label_bias,
     fit_mode,
@@ -146,3 +147,49 @@ def test_a_policy_refuses_a_bias_of_the_wrong_length() -> None:
     document["modes"]["gsco"]["label_bias"] = [float("nan"), 0.0]
     with pytest.raises(GscoError):
         ArbitrationPolicy.parse(document)
+
+
+def _scores(truth: np.ndarray, k: int, accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    """``[N, K]`` probabilities whose argmax is the truth with probability ``accuracy``."""
+    n = len(truth)
+    right = rng.random(n) < accuracy
+    top = rng.choice(np.flatnonzero(np.ones(k)), n)  # a random label for the wrong answers
+    top = np.where(right, truth, np.where(top == truth, (truth + 1) % k, top))
+    scores = rng.dirichlet(np.ones(k), n) * 0.4
+    scores[np.arange(n), top] += 0.6
+    return np.asarray(scores / scores.sum(axis=1, keepdims=True))
+
+
+def test_a_generalist_that_does_not_help_is_trusted_at_most_at_the_gate_level() -> None:
+    # 150 validation sets of 60 three-label cases; the generalist is confident about labels
+    # drawn independently of the truth. Some weight always scores above the ensemble on some
+    # sets by luck; the gate must keep trusting such a generalist rare.
+    rng = np.random.default_rng(11)
+    trusted = 0
+    for _ in range(150):
+        truth = rng.integers(0, 3, 60)
+        ensemble = _scores(truth, 3, 0.5, rng)
+        unrelated = _scores(rng.integers(0, 3, 60), 3, 1.0, rng)
+        fitted = fit_mode(ensemble, unrelated, truth)
+        assert fitted.gate_p_value is not None
+        if fitted.generalist_weight > 0:
+            trusted += 1
+            assert fitted.gate_p_value <= SIGNIFICANCE
+        lucky = max(fitted.weights_tried.values()) > fitted.validation_accuracy["ensemble"]
+        if fitted.generalist_weight == 0 and lucky:
+            assert fitted.gate_p_value > SIGNIFICANCE  # why the luckiest weight was refused
+    assert trusted / 150 <= SIGNIFICANCE
+
+
+def test_the_gate_p_value_is_recorded_with_the_policy() -> None:
+    ensemble, generalist, truth = _evidence(200, 12, generalist_accuracy=0.9)
+    policy = fit_policy(TASK, ensemble, {Mode.GSCO: generalist}, truth, model="smollm2")
+    fitted = policy.modes[Mode.GSCO]
+    assert fitted.generalist_weight > 0
+    assert fitted.gate_p_value is not None
+    assert fitted.gate_p_value <= SIGNIFICANCE
+    assert ArbitrationPolicy.parse(policy.model_dump_json()) == policy
+    # A policy written before the p-value was recorded still loads.
+    document = policy.model_dump(mode="json")
+    del document["modes"]["gsco"]["gate_p_value"]
+    assert ArbitrationPolicy.parse(document).modes[Mode.GSCO].gate_p_value is None
