@@ -133,12 +133,15 @@ async def _p50(url: str, model: str, n: int) -> float:
     return round(statistics.median(latencies), 1)
 
 
-async def _option_order(url: str, adapter: str | None, cases: int) -> dict[str, Any]:
+async def _option_order(
+    url: str, adapter: str | None, cases: int, *, averaged: bool = False
+) -> dict[str, Any]:
     """How often reversing the option order in the prompt changes the calibrated decision.
 
     Synthetic MoED + RAD evidence over a grid of agreement levels; each case is
     asked with the task's label order and with it reversed, each order with
-    its own content-free calibration, as the hub does.
+    its own content-free calibration, as the hub does. ``averaged``: through
+    :class:`generalist.ReversedOrderAveraging`, as the hub asks by default.
     """
     import random
 
@@ -148,6 +151,7 @@ async def _option_order(url: str, adapter: str | None, cases: int) -> dict[str, 
         OpenAICompatibleBackend,
         OpenAIConfig,
         RadEvidence,
+        ReversedOrderAveraging,
         content_free,
     )
     from protocol import Mode
@@ -155,7 +159,8 @@ async def _option_order(url: str, adapter: str | None, cases: int) -> dict[str, 
 
     task = default_catalog().get("pneumonia-cxr").task
     reversed_task = task.model_copy(update={"labels": tuple(reversed(task.labels))})
-    backend = OpenAICompatibleBackend(OpenAIConfig(url, "smollm2-135m-instruct", timeout_s=300))
+    plain = OpenAICompatibleBackend(OpenAIConfig(url, "smollm2-135m-instruct", timeout_s=300))
+    backend: Any = ReversedOrderAveraging(plain) if averaged else plain
     decisions: dict[str, list[str]] = {"forward": [], "reversed": []}
     raw: dict[str, list[str]] = {"forward": [], "reversed": []}
     try:
@@ -206,14 +211,19 @@ def _serving(bundle: str | None, requests: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"start_s": round(time.monotonic() - started, 1)}
         entry["p50_ms_base"] = asyncio.run(_p50(state.url, "base", requests))
         if lora:
-            found["option_order_base"] = asyncio.run(_option_order(state.url, None, 40))
+            for averaged, key in ((False, "option_order_base"), (True, "option_order_base_avg")):
+                found[key] = asyncio.run(_option_order(state.url, None, 40, averaged=averaged))
         if lora and bundle:
             backend = OpenAICompatibleBackend(OpenAIConfig(state.url, "smollm2-135m-instruct"))
             backend.load_adapter("bench-adapter", str(Path(bundle).resolve()))
             entry["p50_ms_adapter"] = asyncio.run(_p50(state.url, "bench-adapter", requests))
-            found["option_order_adapter"] = asyncio.run(
-                _option_order(state.url, "bench-adapter", 40)
-            )
+            for averaged, key in (
+                (False, "option_order_adapter"),
+                (True, "option_order_adapter_avg"),
+            ):
+                found[key] = asyncio.run(
+                    _option_order(state.url, "bench-adapter", 40, averaged=averaged)
+                )
         found["lora_on" if lora else "lora_off"] = entry
         server.stop()
     server.start(timeout_s=900)  # leave it as the project runs it: LoRA on

@@ -3,8 +3,9 @@
 The app is the same ServerApp and ClientApp that ``gsco simulate`` runs in
 Flower's simulation runtime (``simulations._flower``); here the SuperLink is
 the consortium's and each SuperNode is a hospital's (``gsco site join``).
-Each site trains, signs and publishes its specialist; the ServerApp writes
-what each did to ``ROOT/runs/<time>.json``.
+Each site trains, signs and publishes its specialist; with FedAvg rounds, the
+sites then co-train one shared specialist and each publishes it; the
+ServerApp writes what each did to ``ROOT/runs/<time>.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ class RunRequest:
     max_eval_images: int | None = None
     seed: int = 0
     timeout_s: float = 3600.0
+    # FedAvg co-training of one shared specialist after the sites' own (0 rounds: none);
+    # the sites' data must be MedMNIST-layout .npz files, as in gsco simulate.
+    fedavg_rounds: int = 0
+    fedavg_local_epochs: int = 1
+    dp_noise_multiplier: float = 0.0  # DP-FedAvg (server-side fixed clipping); 0: no DP
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
 
     def run_config(self, results: Path) -> dict[str, object]:
         """The Flower run config (keys of ``simulations/flower_app/pyproject.toml``)."""
@@ -58,6 +66,11 @@ class RunRequest:
             "input-size": self.input_size or 0,
             "max-eval-images": self.max_eval_images or 0,
             "seed": self.seed,
+            "fedavg-rounds": self.fedavg_rounds,
+            "fedavg-local-epochs": self.fedavg_local_epochs,
+            "dp-noise-multiplier": float(self.dp_noise_multiplier),
+            "dp-clipping-norm": float(self.dp_clipping_norm),
+            "dp-delta": float(self.dp_delta),
         }
 
 
@@ -128,7 +141,9 @@ def run_federation(
     if "error" in answer and isinstance(answer["error"], str):
         return RunResult(results, {}, answer["error"])
     sites = {str(k): v for k, v in answer.items() if isinstance(v, dict) and k != "_run"}
-    published = sum(1 for v in sites.values() if v.get("status") == "published")
+    published = sum(  # each site's own specialist; the shared FedAvg one is extra
+        1 for v in sites.values() if v.get("status") == "published" and not v.get("federated")
+    )
     error = None
     if published < request.min_sites:
         error = (

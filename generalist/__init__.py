@@ -25,6 +25,7 @@ from generalist._meddr import (
     meddr_serve_command,
     write_meddr_recipe,
 )
+from generalist._orders import ReversedOrderAveraging, average_scores
 from generalist._parse import ParsedAnswer, parse_answer
 from generalist._prompts import (
     PROMPT_TEMPLATE_VERSION,
@@ -67,8 +68,10 @@ __all__ = [
     "OpenAIConfig",
     "ParsedAnswer",
     "RadEvidence",
+    "ReversedOrderAveraging",
     "ServeError",
     "ServerState",
+    "average_scores",
     "content_free",
     "cpu_dtype",
     "label_scores",

@@ -56,6 +56,7 @@ class ArbitrationResult:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_ms: float
+    option_orders: int = 1  # over how many option orders ``scores`` are averaged
 
 
 class GeneralistBackend(Protocol):

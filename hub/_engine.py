@@ -201,6 +201,7 @@ class DiagnosisEngine:
                     policy_weight=weight,
                     overturned_ensemble=label != _label_of(ensemble, task),
                     adapter_digest=self._adapter_digest(task.task_id, result.model),
+                    option_orders=result.option_orders,
                 )
             else:
                 degraded, mode_used = True, Mode.ENSEMBLE

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generalist import AdapterLoadError, GeneralistBackend, OpenAICompatibleBackend, OpenAIConfig
+from generalist import (
+    AdapterLoadError,
+    GeneralistBackend,
+    OpenAICompatibleBackend,
+    OpenAIConfig,
+    ReversedOrderAveraging,
+)
 from hub._access_log import AccessLog
 from hub._adapters import (
     ServedAdapter,
@@ -71,6 +77,10 @@ class HubConfig:
     # into vLLM at start. The verified copies go to STATE/adapters, which vLLM must read.
     adapters: tuple[Path, ...] = ()
     max_lora_rank: int = 16  # the generalist's --max-lora-rank
+    # Ask the generalist with the options as given and reversed, and average its label
+    # scores (generalist.ReversedOrderAveraging): decisions that do not follow option order,
+    # at twice the generalist requests.
+    average_option_orders: bool = True
 
     def check(self) -> None:
         """Raises :class:`HubConfigError` for an unusable configuration."""
@@ -369,9 +379,12 @@ class Hub:
         self._sync = RegistrySync(trusted=trusted, client=client, runtime=config.runtime)
         if self._generalist is None and config.generalist is not None:
             self._generalist = OpenAICompatibleBackend(config.generalist)
+        answering = self._generalist
+        if answering is not None and config.average_option_orders:
+            answering = ReversedOrderAveraging(answering)
         self.engine = DiagnosisEngine(
             lambda: self.catalog,
-            self._generalist,
+            answering,
             self._executor,
             EngineOptions(
                 decode_limits=DecodeLimits(

@@ -152,6 +152,9 @@ class GeneralistUse(StrictModel):
     overturned_ensemble: bool = False  # the answer differs from the ensemble's
     # The signed LoRA adapter that answered (its bundle digest); None: the base model.
     adapter_digest: Sha256Hex | None = None
+    # Over how many orders of the options the scores are averaged (2: as given and reversed,
+    # see generalist.ReversedOrderAveraging); ``prompt`` is the order as given.
+    option_orders: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class StageTimings(StrictModel):

@@ -18,6 +18,7 @@ Messages are routed by action, never by their content:
 =========================  ============================================
 ``query.site_id``          which site this SuperNode is
 ``train.specialist``       train, sign and publish the site's specialist
+``query.initial_state``    the seeded starting weights of FedAvg (deployed runs)
 ``train.fedavg``           one FedAvg round of the shared specialist
 ``query.publish_shared``   publish the shared specialist from this site
 ``query.adapter_examples`` build the adapter's evidence examples here
@@ -227,6 +228,20 @@ def specialist_train(message: Message, context: Context) -> Message:
     )
 
 
+@client_app.query("initial_state")
+def initial_state_query(message: Message, context: Context) -> Message:
+    """The seeded, untrained weights FedAvg starts from, made at this site.
+
+    A deployed SuperLink has no data to learn the input's channels from, so it
+    asks one site; only the untrained backbone's weights cross.
+    """
+    from simulations._fedavg import initial_state
+
+    return Message(
+        RecordDict({"arrays": ArrayRecord(initial_state(_job(context)))}), reply_to=message
+    )
+
+
 @client_app.train("fedavg")
 def fedavg_train(message: Message, context: Context) -> Message:
     """One FedAvg round of the shared specialist at this site."""
@@ -335,7 +350,9 @@ def main(grid: Grid, context: Context) -> None:
         outcomes.update(_federated(grid, context, jobs, live, site_of, rounds))
     report: dict[str, object] = dict(outcomes)
     if not jobs:  # deployed: the run succeeds while enough sites published
-        published = sum(1 for o in outcomes.values() if o["status"] == "published")
+        published = sum(  # each site's own specialist; the shared FedAvg one is extra
+            1 for o in outcomes.values() if o["status"] == "published" and not o.get("federated")
+        )
         report["_run"] = {"min_sites": wanted, "connected": len(nodes), "published": published}
     results_file.write_text(json.dumps(report, indent=2))
 
@@ -368,9 +385,22 @@ def _federated(
         strategy = DifferentialPrivacyServerSideFixedClipping(
             strategy, noise, clip, num_sampled_clients=max(1, len(nodes))
         )
+    if jobs:  # simulated: the first site's job is here
+        initial = ArrayRecord(initial_state(SiteJob.from_json(jobs[0])))
+    else:  # deployed: the first site makes them
+        found = _initial_arrays(grid, nodes, float(config["timeout-s"]))
+        if isinstance(found, str):
+            log(WARNING, "gsco: no FedAvg: %s", found)
+            return {
+                f"{site} (fedavg)": json.loads(
+                    SiteOutcome(site, "failed", found, federated=True).to_json()
+                )
+                for site in (site_of.get(n, "?") for n in nodes)
+            }
+        initial = found
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(initial_state(SiteJob.from_json(jobs[0]))),
+        initial_arrays=initial,
         num_rounds=rounds,
         timeout=float(config["timeout-s"]),
         train_config=ConfigRecord({"local-epochs": local_epochs}),
@@ -400,6 +430,25 @@ def _federated(
         shared[f"{site} (fedavg)"] = json.loads(outcome.to_json())
         log(INFO, "gsco: site %s shared specialist %s %s", site, outcome.status, outcome.detail)
     return shared
+
+
+def _initial_arrays(grid: Grid, nodes: list[int], timeout_s: float) -> ArrayRecord | str:
+    """The FedAvg starting weights from the first site that answers (or why there are none)."""
+    for node in nodes:
+        replies = grid.send_and_receive(
+            [
+                Message(
+                    RecordDict({"ask": ConfigRecord({"what": "initial-state"})}),
+                    node,
+                    "query.initial_state",
+                )
+            ],
+            timeout=timeout_s,
+        )
+        for reply in replies:
+            if reply.has_content() and "arrays" in reply.content.array_records:
+                return reply.content.array_records["arrays"]
+    return "no site could make the starting weights (see the SuperNodes' logs)"
 
 
 def _tune(grid: Grid, context: Context) -> None:

@@ -203,8 +203,27 @@ def run(
     timeout_s: Annotated[
         float, typer.Option(min=1, help="How long the sites may train, seconds.")
     ] = 3600.0,
+    fedavg_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Then co-train one shared specialist with FedAvg (rounds; the sites' data "
+            "must be .npz files).",
+        ),
+    ] = 0,
+    fedavg_local_epochs: Annotated[
+        int, typer.Option(min=1, help="Local epochs per FedAvg round.")
+    ] = 1,
+    dp_noise: Annotated[
+        float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
+    ] = 0.0,
+    dp_clip: Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")] = 1.0,
 ) -> None:
-    """Run the GSCo app on the member sites: each trains, signs and publishes its specialist."""
+    """Run the GSCo app on the member sites: each trains, signs and publishes its specialist.
+
+    With --fedavg-rounds the sites then co-train one shared specialist (FedAvg,
+    optionally with DP), and each publishes it, signed with its own key.
+    """
     from federation._run import RunRequest, run_federation
 
     consortium = open_consortium(root)
@@ -220,6 +239,10 @@ def run(
         input_size=input_size,
         max_eval_images=max_eval_images,
         timeout_s=timeout_s,
+        fedavg_rounds=fedavg_rounds,
+        fedavg_local_epochs=fedavg_local_epochs,
+        dp_noise_multiplier=dp_noise,
+        dp_clipping_norm=dp_clip,
     )
     result = run_federation(consortium, request, on_line=lambda line: typer.echo(line, err=True))
     typer.echo(f"run of {task} on {consortium.config.name}: results in {result.path}")

@@ -107,6 +107,13 @@ def serve(
     max_lora_rank: Annotated[
         int, typer.Option(min=1, help="The generalist's --max-lora-rank.")
     ] = 16,
+    average_option_orders: Annotated[
+        bool,
+        typer.Option(
+            help="Ask the generalist with the options as given and reversed and average its "
+            "label scores, so that decisions do not follow option order (twice the requests)."
+        ),
+    ] = True,
     header_timeout: Annotated[
         float,
         typer.Option(
@@ -168,6 +175,7 @@ def serve(
         policies=policies,
         adapters=tuple(adapter or ()),
         max_lora_rank=max_lora_rank,
+        average_option_orders=average_option_orders,
         max_queue=max_queue,
         workers=workers,
         generalist_timeout_s=generalist_timeout,

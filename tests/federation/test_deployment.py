@@ -94,9 +94,14 @@ def test_three_hospitals_train_publish_and_are_audited(
         run = ["federation", "run", "--root", str(root), "--task", "pneumonia-cxr",
                "--backbone", "resnet18", "--epochs", "1", "--input-size", "28",
                "--timeout-s", "900"]  # fmt: skip
-        done = gsco_run(*run, "--min-sites", "3", timeout=1200)
+        # With one FedAvg round: then the three co-train a shared specialist, which the
+        # SuperLink starts from weights a site made (it has no data), and each publishes it.
+        done = gsco_run(*run, "--min-sites", "3", "--fedavg-rounds", "1", timeout=1200)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert done.stdout.count(" published ") == 3, done.stdout
+        assert done.stdout.count(" published ") == 6, done.stdout
+        assert done.stdout.count(" (fedavg) ") == 3, done.stdout
+        results = Path(done.stdout.split("results in ", 1)[1].split()[0])
+        assert json.loads(results.read_text())["_run"]["published"] == 3  # sites' own
         # A site's training log stays at the site (its SuperNode's log): only the
         # ServerApp's lines, outcomes and counts reach the consortium.
         assert "gsco: st-marys epoch 1/1" in (tmp_path / "st-marys.log").read_text()
@@ -105,6 +110,8 @@ def test_three_hospitals_train_publish_and_are_audited(
         with registry.client() as client:
             listed = client.bundles(task_id="pneumonia-cxr")
         assert {ref.site_id for ref in listed} == set(SITES)
+        shared = [ref for ref in listed if ref.version == 2]  # each site's second bundle
+        assert {ref.site_id for ref in shared} == set(SITES), listed
         hub = start_hub(registry, tmp_path / "hub", "--allow-anonymous", "--no-generalist")
         task = httpx.get(hub.url + "/v1/tasks", timeout=30).json()["tasks"][0]
         assert task["sites"] == sorted(SITES)  # each verified: signature, TUF, ONNX
@@ -135,7 +142,7 @@ def test_three_hospitals_train_publish_and_are_audited(
         assert status.returncode == 0, status.stderr
         assert "runs: 2 (latest first)" in status.stdout
         assert "pneumonia-cxr: 1 dropped-out, 2 published" in status.stdout
-        assert "pneumonia-cxr: 3 published" in status.stdout
+        assert "pneumonia-cxr: 6 published" in status.stdout
         for process in nodes.values():
             processes.stop(process)
         processes.stop(link)

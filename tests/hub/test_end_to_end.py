@@ -157,6 +157,7 @@ def test_every_mode_answers_with_evidence_and_provenance(world: dict[str, Any], 
             assert set(generalist.raw_scores) == {"normal", "pneumonia"}
             assert generalist.calibration == "contextual"
             assert generalist.calibrated_scores is not None
+            assert generalist.option_orders == 2  # the options as given and reversed
             assert response.scores == generalist.calibrated_scores  # no policy in service here
             best = max(generalist.calibrated_scores, key=generalist.calibrated_scores.__getitem__)
             if len(set(generalist.calibrated_scores.values())) > 1:

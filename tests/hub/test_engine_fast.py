@@ -125,3 +125,26 @@ def test_an_off_label_answer_gives_the_ensemble(make_hub: Any) -> None:
     assert answer.degraded
     assert answer.mode_used is Mode.ENSEMBLE
     assert any("the generalist failed" in w and "maybe" in w for w in answer.warnings)
+
+
+def test_answers_average_the_option_orders_and_say_so(make_hub: Any) -> None:
+    def first_listed_wins(request: ArbitrationRequest) -> dict[str, float]:
+        scores = _follows_the_evidence(request)
+        first = request.task.labels[0]
+        boosted = {k: v * (4.0 if k == first else 1.0) for k, v in scores.items()}
+        return {k: v / sum(boosted.values()) for k, v in boosted.items()}
+
+    averaged = ScriptedGeneralist(first_listed_wins)
+    answer = _diagnose(make_hub(averaged), Mode.GSCO)
+    assert answer.generalist.option_orders == 2
+    asked = {tuple(r.task.labels) for r in averaged.calls}
+    assert asked == {LABELS, LABELS[::-1]}
+    # The content-free question is averaged too: the position bias cancels, and the
+    # calibrated scores are those of the evidence alone.
+    expected = _follows_the_evidence(averaged.calls[-1])
+    assert answer.generalist.calibrated_scores == pytest.approx(expected, abs=1e-6)
+
+    plain = ScriptedGeneralist(first_listed_wins)
+    answer = _diagnose(make_hub(plain, average_option_orders=False), Mode.GSCO)
+    assert answer.generalist.option_orders == 1
+    assert {tuple(r.task.labels) for r in plain.calls} == {LABELS}

@@ -128,3 +128,29 @@ def test_a_deployed_site_takes_its_places_from_its_node_and_its_work_from_the_ru
         deployed_job(node, {**run, "task": "breast-us"}, 7)
     with pytest.raises(ScenarioError, match="lacks data, registry"):
         deployed_job({k: v for k, v in node.items() if k not in ("data", "registry")}, run, 7)
+
+
+def test_a_site_makes_the_fedavg_starting_weights_from_its_own_data(tmp_path: Path) -> None:
+    # A deployed SuperLink has no data: it asks a site, and gets only untrained weights.
+    import numpy as np
+
+    from simulations._fedavg import initial_state
+
+    arrays = {
+        f"{split}_{kind}": value
+        for split in ("train", "val", "test")
+        for kind, value in (
+            ("images", np.zeros((4, 28, 28), dtype=np.uint8)),
+            ("labels", np.array([[0], [1], [0], [1]])),
+        )
+    }
+    data = tmp_path / "share.npz"
+    np.savez(data, **arrays)
+    job = replace(JOB, data=str(data), backbone="resnet18", input_size=28, seed=3)
+    reply = client_app(_message("query.initial_state"), _context(tmp_path, job))
+    received = reply.content.array_records["arrays"].to_torch_state_dict()
+    made = initial_state(job)
+    assert set(received) == set(made)
+    assert all((received[k] == made[k]).all() for k in made)  # seeded: the same weights
+    assert received["body.conv1.weight"].shape[1] == 1  # the site's grey images: one channel
+    assert received["classifier.weight"].shape[0] == 2  # the task's two labels
