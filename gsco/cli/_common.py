@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
+
+# FedAvg options shared by 'gsco simulate' and 'gsco federation run'.
+FedAvgLocalEpochsOption = Annotated[int, typer.Option(min=1, help="Local epochs per FedAvg round.")]
+DpNoiseOption = Annotated[
+    float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
+]
+DpClipOption = Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -22,6 +22,7 @@ from federation import (
 )
 from federation._run import recent_runs
 from federation._superlink import flower_environment
+from gsco.cli._common import DpClipOption, DpNoiseOption, FedAvgLocalEpochsOption
 
 if TYPE_CHECKING:
     from protocol import SiteKey
@@ -211,13 +212,9 @@ def run(
             "must be .npz files).",
         ),
     ] = 0,
-    fedavg_local_epochs: Annotated[
-        int, typer.Option(min=1, help="Local epochs per FedAvg round.")
-    ] = 1,
-    dp_noise: Annotated[
-        float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
-    ] = 0.0,
-    dp_clip: Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")] = 1.0,
+    fedavg_local_epochs: FedAvgLocalEpochsOption = 1,
+    dp_noise: DpNoiseOption = 0.0,
+    dp_clip: DpClipOption = 1.0,
 ) -> None:
     """Run the GSCo app on the member sites: each trains, signs and publishes its specialist.
 

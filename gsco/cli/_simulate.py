@@ -20,6 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gsco.cli._common import DpClipOption, DpNoiseOption, FedAvgLocalEpochsOption
+
 
 class ConsoleProgress:
     """Prints stages and details with the elapsed time; a bar while evaluating."""
@@ -170,11 +172,9 @@ def simulate(
         int,
         typer.Option(min=0, help="Also co-train one shared specialist with FedAvg (rounds)."),
     ] = 0,
-    fedavg_local_epochs: Annotated[int, typer.Option(min=1)] = 1,
-    dp_noise: Annotated[
-        float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
-    ] = 0.0,
-    dp_clip: Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")] = 1.0,
+    fedavg_local_epochs: FedAvgLocalEpochsOption = 1,
+    dp_noise: DpNoiseOption = 0.0,
+    dp_clip: DpClipOption = 1.0,
     tune_generalist: Annotated[
         bool,
         typer.Option(
