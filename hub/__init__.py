@@ -31,6 +31,7 @@ from hub._policy import (
     fit_policy,
     fuse,
     load_policies,
+    vote_scores,
     with_bias,
     with_modes_of,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "onnx_providers",
     "remove_client_key",
     "verify_access_log",
+    "vote_scores",
     "with_bias",
     "with_modes_of",
 ]

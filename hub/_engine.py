@@ -36,7 +36,7 @@ from generalist import (
 )
 from hub._adapters import ServedAdapter
 from hub._catalog import Catalog
-from hub._policy import fuse
+from hub._policy import fuse, vote_scores
 from hub._runtime import LoadedSpecialist, Neighbour
 from protocol import (
     ArbitrationPolicy,
@@ -50,6 +50,7 @@ from protocol import (
     SpecialistPrediction,
     StageTimings,
     TaskSpec,
+    TaskType,
     decide,
     decode_image_bytes,
     encode_png,
@@ -186,7 +187,8 @@ class DiagnosisEngine:
                 scores = calibrated
                 weight = fitted.generalist_weight if fitted is not None else None
                 if weight is not None and calibrated is not None:
-                    fused = fuse(ensemble.tolist(), [calibrated[name] for name in labels], weight)
+                    base = _base_scores(fitted, moed, ensemble, task)
+                    fused = fuse(base.tolist(), [calibrated[name] for name in labels], weight)
                     label = _label_of(fused, task)
                     scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
                 generalist_use = GeneralistUse(
@@ -202,6 +204,7 @@ class DiagnosisEngine:
                     overturned_ensemble=label != _label_of(ensemble, task),
                     adapter_digest=self._adapter_digest(task.task_id, result.model),
                     option_orders=result.option_orders,
+                    policy_base=fitted.base if fitted is not None else None,
                 )
             else:
                 degraded, mode_used = True, Mode.ENSEMBLE
@@ -540,6 +543,19 @@ def _calibrated_answer(
     if best - min(scores.values()) < 1e-9:  # no evidence either way: the model's own answer
         return result.label, scores
     return max(calibration.labels, key=lambda label: scores[label]), scores
+
+
+def _base_scores(
+    fitted: ModePolicy | None,
+    moed: tuple[SpecialistPrediction, ...],
+    ensemble: NDArray[np.float64],
+    task: TaskSpec,
+) -> NDArray[np.float64]:
+    """What the policy weighs the generalist against: the vote's scores, or the ensemble."""
+    if fitted is None or fitted.base != "voting" or task.task_type is TaskType.ORDINAL:
+        return ensemble
+    probabilities = np.array([[p.probabilities[label] for label in task.labels] for p in moed])
+    return vote_scores(probabilities)
 
 
 def _vote(

@@ -29,6 +29,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,6 +41,7 @@ from protocol import (
     Mode,
     ModePolicy,
     TaskSpec,
+    TaskType,
     calibrated_softmax,
 )
 
@@ -51,6 +53,7 @@ __all__ = [
     "fit_policy",
     "fuse",
     "load_policies",
+    "vote_scores",
     "with_bias",
     "with_modes_of",
 ]
@@ -177,21 +180,49 @@ def _mcnemar_p(fixed: int, broken: int) -> float:
     return min(1.0, float(sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n))
 
 
+def vote_scores(probabilities: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The specialists' plurality vote as label scores: ``(votes + mean) / (n + 1)``.
+
+    ``probabilities`` is ``[n, ..., K]``: each of ``n`` specialists'
+    calibrated probabilities (one case ``[n, K]``, or many ``[n, N, K]``).
+    The scores sum to 1; their argmax is the label with the most votes, ties
+    broken by the mean probability (``protocol.vote``'s rule), because one
+    more vote outweighs any difference of means; among labels with as many
+    votes, they rank by the mean. So the vote keeps the ensemble's ranking
+    where the votes are equal, and no one specialist can outvote the others
+    by being confident.
+    """
+    n, k = probabilities.shape[0], probabilities.shape[-1]
+    votes = (probabilities.argmax(axis=-1)[..., None] == np.arange(k)).sum(axis=0)
+    return np.asarray((votes + probabilities.mean(axis=0)) / (n + 1), dtype=np.float64)
+
+
 def fit_mode(
     ensemble: NDArray[np.float64],
     generalist: NDArray[np.float64],
     truth: NDArray[np.int64],
     *,
+    voting: NDArray[np.float64] | None = None,
     weights: Sequence[float] = POLICY_WEIGHTS,
     label_bias: bool = True,
 ) -> ModePolicy:
-    """One mode's label bias and generalist weight from validation evidence.
+    """One mode's base, label bias and generalist weight from validation evidence.
+
+    The base is what the specialists answer without the generalist: their
+    vote (:func:`vote_scores`) unless their mean probabilities (the ensemble)
+    answer strictly more validation cases right. Where validation cannot
+    tell them apart, the vote, which holds each site to one vote: a single
+    site whose specialist is confidently wrong (shifted, miscalibrated or
+    faulty) cannot decide alone. The generalist's weight is then trusted only
+    when it beats that base beyond chance.
 
     Args:
         ensemble: ``[N, K]`` the specialists' mean calibrated probabilities.
         generalist: ``[N, K]`` the generalist's (contextually) calibrated label scores
             in that mode.
         truth: ``[N]`` the true label indices.
+        voting: ``[N, K]`` the vote's scores (:func:`vote_scores`); None: the
+            ensemble is the base (ordinal tasks, whose vote is a median grade).
         weights: the candidate generalist weights.
         label_bias: whether to fit a label bias (:func:`fit_label_bias`) first.
     """
@@ -199,19 +230,25 @@ def fit_mode(
     calibrated_accuracy = float((generalist.argmax(axis=1) == truth).mean())
     bias = fit_label_bias(generalist, truth) if label_bias else None
     generalist = with_bias(generalist, bias)
+    ensemble_correct = int((ensemble.argmax(axis=1) == truth).sum())
+    vote_correct = int((voting.argmax(axis=1) == truth).sum()) if voting is not None else -1
+    base_name: Literal["ensemble", "voting"] = "ensemble"
+    base = ensemble
+    if voting is not None and vote_correct >= ensemble_correct:
+        base_name, base = "voting", voting
     tried: dict[str, float] = {}
-    base_right = ensemble.argmax(axis=1) == truth
+    base_right = base.argmax(axis=1) == truth
     base_correct = int(base_right.sum())
     best_weight, best_correct = 0.0, base_correct
     gate_p = 1.0  # of the weight trusted, or else of the most accurate one
     leading = base_correct
     for weight in sorted(weights):
-        right = _fused_logs(ensemble, generalist, weight).argmax(axis=1) == truth
+        right = _fused_logs(base, generalist, weight).argmax(axis=1) == truth
         correct = int(right.sum())
         tried[f"{weight:g}"] = correct / n
         if weight <= 0:
             continue
-        # Trusted only when it beats the ensemble beyond chance on validation (McNemar's
+        # Trusted only when it beats the base beyond chance on validation (McNemar's
         # exact one-sided test on the cases it fixed and broke), and beats smaller weights.
         p = _mcnemar_p(int((right & ~base_right).sum()), int((base_right & ~right).sum()))
         if correct > best_correct and p <= SIGNIFICANCE:
@@ -221,8 +258,10 @@ def fit_mode(
         leading = max(leading, correct)
     return ModePolicy(
         generalist_weight=best_weight,
+        base=base_name,
         validation_accuracy={
-            "ensemble": base_correct / n,
+            "ensemble": ensemble_correct / n,
+            **({"voting": vote_correct / n} if voting is not None else {}),
             "generalist (calibrated)": calibrated_accuracy,
             **(
                 {"generalist (calibrated+bias)": float((generalist.argmax(axis=1) == truth).mean())}
@@ -244,16 +283,24 @@ def fit_policy(
     truth: NDArray[np.int64],
     *,
     model: str,
+    specialists: NDArray[np.float64] | None = None,
     weights: Sequence[float] = POLICY_WEIGHTS,
     label_bias: bool = True,
 ) -> ArbitrationPolicy:
-    """The policy of ``task``: one weight per generalist mode, fitted on validation evidence.
+    """The policy of ``task``: one base and weight per generalist mode, fitted on validation.
 
     ``generalist`` holds each mode's ``[N, K]`` calibrated scores for the same
-    ``N`` validation cases as ``ensemble`` and ``truth``.
+    ``N`` validation cases as ``ensemble`` and ``truth``; ``specialists``
+    (``[n, N, K]``, each specialist's calibrated probabilities) lets the vote
+    be the base (:func:`fit_mode`); not on ordinal tasks.
     """
+    voting = None
+    if specialists is not None and task.task_type is not TaskType.ORDINAL:
+        voting = vote_scores(specialists)
     modes = {
-        mode: fit_mode(ensemble, scores, truth, weights=weights, label_bias=label_bias)
+        mode: fit_mode(
+            ensemble, scores, truth, voting=voting, weights=weights, label_bias=label_bias
+        )
         for mode, scores in generalist.items()
     }
     best = max(
@@ -261,9 +308,9 @@ def fit_policy(
         key=lambda item: (item[1].validation_accuracy["policy"], -item[1].generalist_weight),
         default=None,
     )
-    base = float((ensemble.argmax(axis=1) == truth).mean())
+    plain = float((ensemble.argmax(axis=1) == truth).mean())
     recommended = Mode.ENSEMBLE
-    if best is not None and best[1].validation_accuracy["policy"] > base:
+    if best is not None and best[1].validation_accuracy["policy"] > plain:
         recommended = best[0]
     return ArbitrationPolicy(
         task_id=task.task_id,

@@ -180,7 +180,9 @@ class Hub:
         log.info(
             "arbitration policy for %s: %s",
             policy.task_id,
-            ", ".join(f"{m.value} w={p.generalist_weight:g}" for m, p in policy.modes.items()),
+            ", ".join(
+                f"{m.value} {p.base} w={p.generalist_weight:g}" for m, p in policy.modes.items()
+            ),
         )
 
     def load_adapter(self, folder: Path) -> ServedAdapter | None:

@@ -150,6 +150,8 @@ class GeneralistUse(StrictModel):
     # The task's arbitration policy, when one weighed this answer against the ensemble:
     policy_weight: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
     overturned_ensemble: bool = False  # the answer differs from the ensemble's
+    # What the policy weighed the generalist against (its ``base``), when a policy did.
+    policy_base: Literal["ensemble", "voting"] | None = None
     # The signed LoRA adapter that answered (its bundle digest); None: the base model.
     adapter_digest: Sha256Hex | None = None
     # Over how many orders of the options the scores are averaged (2: as given and reversed,
@@ -203,10 +205,13 @@ class ErrorResponse(StrictModel):
 
 
 class ModePolicy(StrictModel):
-    """How far one mode's generalist answer is trusted against the ensemble.
+    """How far one mode's generalist answer is trusted against the specialists' answer.
 
-    The answer is ``argmax log p_ensemble + generalist_weight * log q_generalist``
-    (``q`` calibrated); a weight of 0 is the ensemble itself. ``q`` is the
+    The answer is ``argmax log p_base + generalist_weight * log q_generalist``
+    (``q`` calibrated); a weight of 0 is the specialists' answer itself.
+    ``base`` says which: ``ensemble``, their mean calibrated probabilities, or
+    ``voting``, their plurality vote with ties broken by the mean, scored
+    ``(votes + mean) / (n + 1)`` (see ``hub.vote_scores``). ``q`` is the
     generalist's contextually calibrated scores, and where ``label_bias`` is
     given, those times ``exp(label_bias)`` (renormalised): a per-label
     correction fitted on the same validation evidence (calibration
@@ -214,6 +219,7 @@ class ModePolicy(StrictModel):
     """
 
     generalist_weight: Annotated[float, Field(ge=0.0, le=100.0)]
+    base: Literal["ensemble", "voting"] = "ensemble"
     validation_accuracy: dict[Annotated[str, StringConstraints(max_length=40)], UnitFloat]
     weights_tried: dict[Annotated[str, StringConstraints(max_length=20)], UnitFloat]
     # The gate's one-sided McNemar p-value against the ensemble on validation: of the weight

@@ -269,22 +269,32 @@ def _markdown(report: Report, plots: list[str]) -> str:
             f"The arbitration policy was fitted on {policy['n_examples']} validation images "
             "(never on test): each generalist mode's calibrated scores `q` (contextual "
             "calibration, then a per-label log bias `b` fitted class-balanced on the same cases) "
-            "weigh `w x log q` against the ensemble's `log p`; `w = 0` is the ensemble itself. "
-            "Once the policy is in service, the `MODE (calibrated)` rows include the bias.",
+            "weigh `w x log q` against the specialists' answer `log p`, its *base*: their vote "
+            "(scored `(votes + mean) / (n + 1)`), or their mean probabilities (`ensemble`) where "
+            "those were right on more validation cases than the vote. `w = 0` is the base "
+            "itself; a weight is trusted only when it beats the base beyond chance (McNemar, "
+            "p <= 0.05). Once the policy is in service, the `MODE (calibrated)` rows include "
+            "the bias.",
             "",
-            "| mode | generalist | label bias b | weight w | validation ACC: ensemble "
-            "| generalist (calibrated) | (+ bias) | policy |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| mode | generalist | base | label bias b | weight w (p) | validation ACC: ensemble "
+            "| voting | generalist (calibrated) | (+ bias) | policy |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for mode, fitted in policy["modes"].items():
             accuracy = fitted["validation_accuracy"]
             bias = fitted.get("label_bias")
             biased = accuracy.get("generalist (calibrated+bias)")
+            gate = fitted.get("gate_p_value")
+            voting = accuracy.get("voting")
             lines.append(
                 f"| {mode} | `{fitted.get('model') or policy['model']}` | "
+                f"{fitted.get('base', 'ensemble')} | "
                 + (", ".join(f"{b:+.2f}" for b in bias) if bias else "-")
-                + f" | {fitted['generalist_weight']:g} | {accuracy['ensemble']:.3f} | "
-                f"{accuracy['generalist (calibrated)']:.3f} | "
+                + f" | {fitted['generalist_weight']:g}"
+                + (f" ({gate:.3g})" if gate is not None else "")
+                + f" | {accuracy['ensemble']:.3f} | "
+                + (f"{voting:.3f}" if voting is not None else "-")
+                + f" | {accuracy['generalist (calibrated)']:.3f} | "
                 + (f"{biased:.3f}" if biased is not None else "-")
                 + f" | {accuracy['policy']:.3f} |"
             )
@@ -339,7 +349,9 @@ def _markdown(report: Report, plots: list[str]) -> str:
     if overturned:
         lines += [
             "",
-            "How often the generalist overturned the ensemble, and was right: "
+            "How often each mode's answer differed from the ensemble's (the generalist "
+            "overturned it, or the policy's base is the vote and the vote differed), and was "
+            "right: "
             + "; ".join(
                 f"`{mode}` {o['overturned']} times, right {o['right']}"
                 for mode, o in overturned.items()

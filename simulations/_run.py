@@ -867,8 +867,18 @@ def _fit_policy(
         for mode in modes
         if (scores := evaluation.scores.get(f"{mode.value} (calibrated)")) is not None
     }
+    specialists = (
+        np.stack([evaluation.site_probs[s] for s in sorted(evaluation.site_probs)])
+        if evaluation.site_probs
+        else None
+    )
     return fit_policy(
-        dataset.task, ensemble, calibrated, evaluation.truth, model=evaluation.generalist_model
+        dataset.task,
+        ensemble,
+        calibrated,
+        evaluation.truth,
+        model=evaluation.generalist_model,
+        specialists=specialists,
     )
 
 

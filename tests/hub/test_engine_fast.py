@@ -148,3 +148,37 @@ def test_answers_average_the_option_orders_and_say_so(make_hub: Any) -> None:
     answer = _diagnose(make_hub(plain, average_option_orders=False), Mode.GSCO)
     assert answer.generalist.option_orders == 1
     assert {tuple(r.task.labels) for r in plain.calls} == {LABELS}
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_a_policy_with_the_vote_as_base_fuses_with_the_votes_scores(
+    make_hub: Any, weight: float
+) -> None:
+    import numpy as np
+
+    from hub import fuse, vote_scores
+    from protocol import ArbitrationPolicy, ModePolicy
+
+    hub = make_hub(ScriptedGeneralist(_follows_the_evidence))
+    fitted = ModePolicy(
+        generalist_weight=weight, base="voting", validation_accuracy={}, weights_tried={}
+    )
+    policy = ArbitrationPolicy(
+        task_id="pneumonia-cxr",
+        labels=LABELS,
+        model="scripted",
+        n_examples=10,
+        modes={Mode.GSCO: fitted},
+    )
+    hub.set_policy(policy)
+    answer = _diagnose(hub, Mode.GSCO, seed=4)
+    assert answer.generalist.policy_base == "voting"
+    assert answer.generalist.policy_weight == weight
+    sites = np.array([[p.probabilities[label] for label in LABELS] for p in answer.moed])
+    calibrated = [answer.generalist.calibrated_scores[label] for label in LABELS]
+    expected = fuse(vote_scores(sites).tolist(), calibrated, weight)
+    assert [answer.scores[label] for label in LABELS] == pytest.approx(expected.tolist())
+    assert answer.label == LABELS[int(expected.argmax())]
+    if weight == 0:
+        vote = _diagnose(hub, Mode.VOTING, seed=4)
+        assert answer.label == vote.label  # the base alone is the vote

@@ -16,9 +16,10 @@ from hub import (
     fit_policy,
     fuse,
     load_policies,
+    vote_scores,
     with_bias,
 )
-from protocol import ArbitrationPolicy, GscoError, Mode, TaskSpec
+from protocol import ArbitrationPolicy, GscoError, Mode, TaskSpec, TaskType, vote
 
 TASK = TaskSpec(
     task_id="pneumonia-cxr", modality="chest X-ray", labels=("normal", "pneumonia"),
@@ -193,3 +194,88 @@ def test_the_gate_p_value_is_recorded_with_the_policy() -> None:
     document = policy.model_dump(mode="json")
     del document["modes"]["gsco"]["gate_p_value"]
     assert ArbitrationPolicy.parse(document).modes[Mode.GSCO].gate_p_value is None
+
+
+def test_vote_scores_decide_as_the_vote_and_rank_by_the_mean() -> None:
+    rng = np.random.default_rng(13)
+    for _ in range(500):
+        n, k = int(rng.integers(1, 7)), int(rng.integers(2, 6))
+        probabilities = rng.dirichlet(np.ones(k) * rng.choice([0.3, 1.0, 3.0]), size=n)
+        scores = vote_scores(probabilities)
+        assert scores.sum() == pytest.approx(1.0)
+        decided = probabilities.argmax(axis=1).tolist()
+        expected = vote(decided, k, TaskType.MULTICLASS, probabilities.mean(axis=0))
+        assert int(scores.argmax()) == expected
+    # Many cases at once, as the fit uses it: [n, N, K] -> [N, K].
+    many = rng.dirichlet(np.ones(3), size=(4, 10))
+    assert np.allclose(vote_scores(many), np.stack([vote_scores(many[:, i]) for i in range(10)]))
+    # One confident specialist does not outvote two that lean the other way.
+    probabilities = np.array([[0.45, 0.55], [0.45, 0.55], [0.99, 0.01]])
+    assert probabilities.mean(axis=0).argmax() == 0  # the mean follows the confident one
+    assert vote_scores(probabilities).argmax() == 1
+
+
+def _sites(truth: np.ndarray, rng: np.random.Generator, confident_wrong: float) -> np.ndarray:
+    """Three sites' [3, N, 2] probabilities: two lean right, one is confidently wrong at times."""
+    n = len(truth)
+    lean = np.where(truth == 1, 0.6, 0.4)[None, :] + rng.normal(0, 0.02, (2, n))
+    third = np.where(rng.random(n) < confident_wrong, 1 - truth, truth).astype(float)
+    third = np.clip(third, 0.01, 0.99)
+    p1 = np.concatenate([lean, third[None, :]])
+    return np.stack([1 - p1, p1], axis=-1)
+
+
+def test_the_base_is_the_vote_unless_the_mean_is_better_on_validation() -> None:
+    rng = np.random.default_rng(14)
+    truth = rng.integers(0, 2, 300)
+    unrelated = _scores(rng.integers(0, 2, 300), 2, 1.0, rng)
+    # A site that is confidently wrong on 20% of cases drags the mean; the vote holds.
+    sites = _sites(truth, rng, confident_wrong=0.2)
+    ensemble, voting = sites.mean(axis=0), vote_scores(sites)
+    assert (voting.argmax(1) == truth).mean() > (ensemble.argmax(1) == truth).mean()
+    fitted = fit_mode(ensemble, unrelated, truth, voting=voting)
+    assert fitted.base == "voting"
+    assert fitted.generalist_weight == 0
+    assert fitted.validation_accuracy["policy"] == fitted.validation_accuracy["voting"]
+    # Where the two never disagree, validation cannot tell them apart: the vote.
+    agreeing = np.stack([ensemble, ensemble, ensemble])
+    fitted = fit_mode(ensemble, unrelated, truth, voting=vote_scores(agreeing))
+    assert fitted.base == "voting"
+    # A mean that is right more often than the vote is the base.
+    better = np.eye(2)[truth] * 0.8 + 0.1
+    erring = np.eye(2)[np.where(rng.random(300) < 0.1, 1 - truth, truth)] * 0.8 + 0.1
+    fitted = fit_mode(better, unrelated, truth, voting=erring)
+    assert fitted.base == "ensemble"
+    assert fitted.validation_accuracy["policy"] == 1.0
+    # Without a vote (ordinal tasks), the ensemble.
+    assert fit_mode(ensemble, unrelated, truth).base == "ensemble"
+
+
+def test_a_generalist_that_only_repeats_the_vote_earns_nothing_against_it() -> None:
+    rng = np.random.default_rng(15)
+    truth = rng.integers(0, 2, 300)
+    sites = _sites(truth, rng, confident_wrong=0.2)
+    ensemble, voting = sites.mean(axis=0), vote_scores(sites)
+    echo = 0.1 + 0.8 * np.eye(2)[voting.argmax(1)]  # confident in whatever the vote says
+    against_ensemble = fit_mode(ensemble, echo, truth)
+    assert against_ensemble.generalist_weight > 0  # looks helpful against the mean
+    against_vote = fit_mode(ensemble, echo, truth, voting=voting)
+    assert against_vote.base == "voting"
+    assert against_vote.generalist_weight == 0  # adds nothing to the vote
+
+
+def test_fit_policy_takes_the_vote_from_the_specialists_except_on_ordinal_tasks() -> None:
+    rng = np.random.default_rng(16)
+    truth = rng.integers(0, 2, 200)
+    sites = _sites(truth, rng, confident_wrong=0.2)
+    noise = _scores(rng.integers(0, 2, 200), 2, 1.0, rng)
+    policy = fit_policy(
+        TASK, sites.mean(axis=0), {Mode.GSCO: noise}, truth, model="m", specialists=sites
+    )
+    assert policy.modes[Mode.GSCO].base == "voting"
+    graded = TASK.model_copy(update={"task_type": TaskType.ORDINAL})
+    policy = fit_policy(
+        graded, sites.mean(axis=0), {Mode.GSCO: noise}, truth, model="m", specialists=sites
+    )
+    assert policy.modes[Mode.GSCO].base == "ensemble"
+    assert "voting" not in policy.modes[Mode.GSCO].validation_accuracy
