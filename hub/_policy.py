@@ -1,15 +1,26 @@
-"""The per-task arbitration policy: how far the generalist is trusted against the ensemble.
+"""The per-task arbitration policy: how far the generalist is trusted against the specialists.
 
 The hub does not trust a generalist blindly. For each task a policy fitted on
-validation evidence (never on test) says how much the generalist's calibrated
-label scores weigh against the specialists' ensemble::
+validation evidence (never on test) says, per generalist mode, what the
+specialists answer on their own (the *base*) and how much the generalist's
+calibrated label scores weigh against it::
 
-    answer = argmax_k  log p_ensemble[k] + w * log q_generalist[k]
+    answer = argmax_k  log p_base[k] + w * log q_generalist[k]
 
-``w = 0`` is the ensemble itself: a generalist that does not help cannot make
+The base is the specialists' vote (:func:`vote_scores`: the plurality
+decides, the mean probability breaks ties and ranks) unless their mean
+probabilities, the ensemble, answered strictly more validation cases right.
+Validation often cannot tell them apart: calibrated specialists trained on
+the same kind of data rarely disagree on cases like those they were
+calibrated on. They part ways where a site's specialist is confidently
+wrong, which is what a shifted population (PneumoniaMNIST's test split has
+twice the validation split's share of normal images) or a faulty site
+brings, and there the vote, holding each site to one vote, is the safer.
+
+``w = 0`` is the base itself: a generalist that does not help cannot make
 answers worse than the specialists did on validation. :func:`fit_policy`
 chooses ``w`` from a small grid by validation accuracy, and only a weight
-whose gain over the ensemble is beyond chance (McNemar's exact test on the
+whose gain over the base is beyond chance (McNemar's exact test on the
 cases it fixed and broke, one-sided, at ``SIGNIFICANCE``) is ever chosen:
 a few lucky validation cases are not evidence. It records what each
 candidate scored and the gate's p-value.

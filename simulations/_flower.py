@@ -32,8 +32,10 @@ A message for any other action gets Flower's error reply.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,10 +212,7 @@ def publish_shared_query(message: Message, context: Context) -> Message:
     job = _job(context)
     federation = FederatedTraining.parse(str(message.content["shared"]["federation"]))
     state = message.content.array_records["arrays"].to_torch_state_dict()
-    outcome = run_site_job(job, shared_state=state, federation=federation)
-    return Message(
-        RecordDict({"outcome": ConfigRecord({"json": outcome.to_json()})}), reply_to=message
-    )
+    return _answer(run_site_job(job, shared_state=state, federation=federation), context, message)
 
 
 @client_app.train("specialist")
@@ -222,7 +221,31 @@ def specialist_train(message: Message, context: Context) -> Message:
 
     A site acting out ``drop-out`` raises: Flower answers the server with an error.
     """
-    outcome = run_site_job(_job(context))
+    return _answer(run_site_job(_job(context)), context, message)
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every word that holds a path separator (not a URL) replaced.
+
+    Errs on the side of saying less: a path with a space in it loses both halves.
+    """
+    return "".join(
+        "<local path>" if ("/" in word or "\\" in word) and "://" not in word else word
+        for word in re.split(r"(\s+)", text)
+    )
+
+
+def _answer(outcome: SiteOutcome, context: Context, message: Message) -> Message:
+    """The outcome as the reply; a deployed site's failure leaves without its local paths.
+
+    The full detail goes to this SuperNode's own log, at the site; what crosses
+    to the SuperLink is the outcome, its counts and the error without its
+    paths (:func:`without_paths`). A registry's refusal (``rejected``) names
+    no local path and crosses whole.
+    """
+    if not context.run_config.get("jobs-file") and outcome.status == "failed":
+        log(WARNING, "gsco: %s failed here: %s", outcome.site_id, outcome.detail)
+        outcome = replace(outcome, detail=without_paths(outcome.detail))
     return Message(
         RecordDict({"outcome": ConfigRecord({"json": outcome.to_json()})}), reply_to=message
     )

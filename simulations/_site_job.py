@@ -342,30 +342,26 @@ def run_site_job(
         if job.fault == "drop-out":
             raise SiteDroppedOut(f"{job.site_id} dropped out after training, before publishing")
         bundle = result.path
-        if job.fault in ("tamper", "unsigned"):
-            assert plan.site is not None  # plan_training found the home's identity
-            if job.fault == "tamper":
-                model = bundle / "model.onnx"
-                data = bytearray(model.read_bytes())
-                data[-1] ^= 0x01  # one flipped bit in the weights, after signing
-                model.write_bytes(bytes(data))
-            files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
-            with RegistryClient(job.registry, timeout_s=300) as client:
-                try:
-                    ref = client.publish_files(files, plan.site.private_key)
-                except RejectedError as exc:
-                    outcome.status, outcome.detail = "rejected", str(exc)
-                    return outcome
-            plan.site.ledger.record_publication(job.registry, ref, digest_files(files))
-        else:
-            assert plan.site is not None
-            try:
+        site = plan.site
+        assert site is not None  # plan_training found the home's identity
+        try:
+            if job.fault in ("tamper", "unsigned"):  # an attacker talks to the registry itself
+                if job.fault == "tamper":
+                    model = bundle / "model.onnx"
+                    data = bytearray(model.read_bytes())
+                    data[-1] ^= 0x01  # one flipped bit in the weights, after signing
+                    model.write_bytes(bytes(data))
+                files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+                with RegistryClient(job.registry, timeout_s=300) as client:
+                    ref = client.publish_files(files, site.private_key)
+                site.ledger.record_publication(job.registry, ref, digest_files(files))
+            else:
                 ref = publish_bundle(
-                    plan.site, bundle, job.registry, root_certificates=_registry_ca(job)
+                    site, bundle, job.registry, root_certificates=_registry_ca(job)
                 ).ref
-            except RejectedError as exc:
-                outcome.status, outcome.detail = "rejected", str(exc)
-                return outcome
+        except RejectedError as exc:
+            outcome.status, outcome.detail = "rejected", str(exc)
+            return outcome
         outcome.status, outcome.bundle_digest = "published", ref.bundle_digest
         outcome.detail = f"{ref.backbone} v{ref.version}"
     except SiteDroppedOut:

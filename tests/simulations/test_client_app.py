@@ -154,3 +154,38 @@ def test_a_site_makes_the_fedavg_starting_weights_from_its_own_data(tmp_path: Pa
     assert all((received[k] == made[k]).all() for k in made)  # seeded: the same weights
     assert received["body.conv1.weight"].shape[1] == 1  # the site's grey images: one channel
     assert received["classifier.weight"].shape[0] == 2  # the task's two labels
+
+
+def test_a_deployed_sites_failure_reaches_the_superlink_without_its_local_paths(
+    tmp_path: Path,
+) -> None:
+    from simulations._flower import without_paths
+    from site_agent import init_site
+
+    home = init_site(tmp_path / "home", "st-marys").root
+    secret = tmp_path / "radiology-archive" / "2026" / "pneumonia.npz"  # not there
+    context = Context(
+        run_id=3,
+        node_id=7,
+        node_config={
+            "home": str(home),
+            "data": str(secret),
+            "task": "pneumonia-cxr",
+            "registry": "127.0.0.1:9",
+            "work": str(tmp_path / "work"),
+        },
+        state=RecordDict(),
+        run_config={"task": "pneumonia-cxr", "backbone": "resnet18", "epochs": 1},
+    )
+    reply = client_app(_message("train.specialist"), context)
+    outcome = SiteOutcome.from_json(str(reply.content["outcome"]["json"]))
+    assert outcome.status == "failed"
+    assert outcome.detail.startswith("DataNotFoundError")  # what went wrong still crosses
+    assert "<local path>" in outcome.detail
+    assert "radiology-archive" not in outcome.detail
+    assert str(tmp_path) not in reply.content["outcome"]["json"]
+    # Only paths: addresses, URLs and words stay.
+    text = "registry 10.0.0.1:50051 refused; see https://example.org/a/b and /etc/x y/z"
+    assert without_paths(text) == (
+        "registry 10.0.0.1:50051 refused; see https://example.org/a/b and <local path> <local path>"
+    )
