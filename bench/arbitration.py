@@ -10,6 +10,7 @@ server's start time and p50 latency on the GSCo prompt with LoRA off
 Writes bench/results/arbitration.json. Takes 30-45 minutes on a 2-core CPU.
 
     python bench/arbitration.py [--datasets pneumoniamnist breastmnist] [--test-images 200]
+    python bench/arbitration.py --option-order-only ADAPTER_BUNDLE   # the reversal checks alone
 """
 
 from __future__ import annotations
@@ -230,6 +231,26 @@ def _serving(bundle: str | None, requests: int) -> dict[str, Any]:
     return found
 
 
+def _option_orders_only(bundle: Path) -> None:
+    """The four reversal checks on the running embedded server, merged into the results."""
+    from generalist import EmbeddedServer, OpenAICompatibleBackend, OpenAIConfig
+
+    state = EmbeddedServer().state() or EmbeddedServer().start(timeout_s=900)
+    backend = OpenAICompatibleBackend(OpenAIConfig(state.url, "smollm2-135m-instruct"))
+    backend.load_adapter("bench-adapter", str(bundle.resolve()))
+    found: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds")}
+    for adapter, name in ((None, "base"), ("bench-adapter", "adapter")):
+        for averaged in (False, True):
+            key = f"option_order_{name}" + ("_avg" if averaged else "")
+            found[key] = asyncio.run(_option_order(state.url, adapter, 40, averaged=averaged))
+            print(key, found[key], file=sys.stderr, flush=True)
+    target = ROOT / "bench" / "results" / "arbitration.json"
+    results = json.loads(target.read_text()) if target.is_file() else {"benchmark": "arbitration"}
+    results.setdefault("serving", {}).update(found)
+    target.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {target}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -237,8 +258,18 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "arbitration")
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument(
+        "--option-order-only",
+        metavar="ADAPTER_BUNDLE",
+        type=Path,
+        help="only the option-order reversal checks (base model and this adapter, each with "
+        "and without averaging) against the running embedded server; merged into the JSON",
+    )
     args = parser.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if args.option_order_only is not None:
+        _option_orders_only(args.option_order_only)
+        return
     results: dict[str, Any] = {
         "benchmark": "arbitration",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
