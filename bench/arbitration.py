@@ -238,7 +238,7 @@ def _option_orders_only(bundle: Path) -> None:
     state = EmbeddedServer().state() or EmbeddedServer().start(timeout_s=900)
     backend = OpenAICompatibleBackend(OpenAIConfig(state.url, "smollm2-135m-instruct"))
     backend.load_adapter("bench-adapter", str(bundle.resolve()))
-    found: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds")}
+    found: dict[str, Any] = {"option_order_date": datetime.now(UTC).isoformat(timespec="seconds")}
     for adapter, name in ((None, "base"), ("bench-adapter", "adapter")):
         for averaged in (False, True):
             key = f"option_order_{name}" + ("_avg" if averaged else "")
