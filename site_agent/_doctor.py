@@ -176,7 +176,7 @@ def _registry(settings: DoctorSettings, site: SiteHome | None) -> Iterator[Findi
         ) as client:
             client.wait_ready(settings.timeout_s)
             keys = client.sites(include_revoked=True)
-            timestamp = json.loads(client.fetch_metadata("timestamp.json"))
+            expires = _timestamp_expiry(client.fetch_metadata("timestamp.json"))
     except RegistryError as exc:
         yield Finding(
             "registry",
@@ -184,9 +184,6 @@ def _registry(settings: DoctorSettings, site: SiteHome | None) -> Iterator[Findi
             f"{settings.registry} did not answer ({exc})",
             "check the address, --registry-ca, and that outbound connections to it are open",
         )
-        return
-    except ValueError as exc:
-        yield Finding("registry", False, f"unreadable TUF timestamp ({exc})", "ask the consortium")
         return
     yield Finding("registry", True, f"{settings.registry} answers ({len(keys)} site keys)")
     if site is not None:
@@ -207,8 +204,14 @@ def _registry(settings: DoctorSettings, site: SiteHome | None) -> Iterator[Findi
             )
         else:
             yield Finding("enrolment", True, f"{mine[0].site_id} enrolled, not revoked")
-    expires = _parse_time(str(timestamp.get("signed", {}).get("expires", "")))
-    if expires is not None:
+    if expires is None:
+        yield Finding(
+            "registry metadata",
+            False,
+            "the registry's TUF timestamp has no readable expiry",
+            "ask the consortium: hubs and sites will refuse its metadata",
+        )
+    else:
         now = datetime.now(UTC)
         if now > expires:
             yield Finding(
@@ -221,11 +224,14 @@ def _registry(settings: DoctorSettings, site: SiteHome | None) -> Iterator[Findi
             )
 
 
-def _parse_time(text: str) -> datetime | None:
+def _timestamp_expiry(document: bytes) -> datetime | None:
+    """The ``signed.expires`` of TUF timestamp metadata (untrusted bytes), or None."""
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        signed = json.loads(document).get("signed")
+        expires = datetime.fromisoformat(str(signed.get("expires")).replace("Z", "+00:00"))
+    except (ValueError, AttributeError, TypeError):
         return None
+    return expires if expires.tzinfo is not None else None
 
 
 def _superlink(settings: DoctorSettings) -> Iterator[Finding]:

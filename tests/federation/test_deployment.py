@@ -80,12 +80,16 @@ def test_three_hospitals_train_publish_and_are_audited(
             added = gsco_run("federation", "add-site", site_id, node_key, "--root", str(root), *reg)
             assert added.returncode == 0, added.stderr
             data = _share(source, tmp_path / f"{site_id}.npz", number)
-            join = [
-                GSCO, "site", "join", "--home", str(home),
-                "--superlink", f"127.0.0.1:{port}", "--ca", str(ca),
+            site_options = [
+                "--home", str(home), "--superlink", f"127.0.0.1:{port}", "--ca", str(ca),
                 "--task", "pneumonia-cxr", "--data", str(data), *reg,
-                "--port", str(free_loopback_port()),
             ]  # fmt: skip
+            # The README's order: the site checks its set-up, then joins.
+            doctor = gsco_run("site", "doctor", *site_options)
+            assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+            assert "TLS verified" in doctor.stdout
+            assert f"{site_id} enrolled, not revoked" in doctor.stdout
+            join = [GSCO, "site", "join", *site_options, "--port", str(free_loopback_port())]
             nodes[site_id] = processes.start(join, tmp_path / f"{site_id}.log", env)
         members = json.loads((root / "members.json").read_text())["members"]
         for member in members:

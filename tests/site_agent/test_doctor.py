@@ -203,3 +203,15 @@ def test_the_command_prints_one_line_per_check_and_fails_on_a_problem(tmp_path: 
     )
     assert ready.returncode == 0, ready.stdout
     assert ready.stdout.splitlines()[-1].startswith("0 problems in")
+
+
+def test_the_registry_timestamp_is_read_as_untrusted_bytes() -> None:
+    from site_agent._doctor import _timestamp_expiry
+
+    good = b'{"signed": {"_type": "timestamp", "expires": "2030-01-02T03:04:05Z"}}'
+    found = _timestamp_expiry(good)
+    assert found is not None
+    assert (found.year, found.tzinfo is not None) == (2030, True)
+    for bad in (b"[]", b"{}", b'{"signed": []}', b'{"signed": {"expires": 7}}', b"\xff",
+                b'{"signed": {"expires": "2030-01-02T03:04:05"}}'):  # fmt: skip
+        assert _timestamp_expiry(bad) is None, bad
