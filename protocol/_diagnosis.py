@@ -156,7 +156,7 @@ class GeneralistUse(StrictModel):
     adapter_digest: Sha256Hex | None = None
     # Over how many orders of the options the scores are averaged (2: as given and reversed,
     # see generalist.ReversedOrderAveraging); ``prompt`` is the order as given.
-    option_orders: Annotated[int, Field(ge=1, le=64)] = 1
+    option_orders: Annotated[int, Field(strict=True, ge=1, le=64)] = 1
 
 
 class StageTimings(StrictModel):
