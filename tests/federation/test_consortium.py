@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from federation import (
     CertificateError,
+    Consortium,
     ConsortiumError,
     MembershipError,
     OwnCertificate,
@@ -124,14 +125,21 @@ def test_only_an_enrolled_site_with_a_p256_key_can_be_added(tmp_path: Path) -> N
     assert not (consortium.root / "members.json").exists()
 
 
-def test_join_checks_its_options_before_starting_anything(tmp_path: Path) -> None:
+def _joining_site(tmp_path: Path) -> tuple[Path, Consortium, Path]:
+    """A site home made by ``gsco site init``, a consortium, and a (placeholder) data file."""
     from tests.federation.conftest import gsco_run
 
     home = tmp_path / "home"
     assert gsco_run("site", "init", "--site-id", "st-marys", "--home", str(home)).returncode == 0
-    consortium = init_consortium(tmp_path / "c", "lung")
     data = tmp_path / "data.npz"
     data.write_bytes(b"")
+    return home, init_consortium(tmp_path / "c", "lung"), data
+
+
+def test_join_checks_its_options_before_starting_anything(tmp_path: Path) -> None:
+    from tests.federation.conftest import gsco_run
+
+    home, consortium, data = _joining_site(tmp_path)
     good = {
         "--superlink": "127.0.0.1:9092",
         "--ca": str(consortium.ca_certificate),
@@ -157,11 +165,7 @@ def test_join_takes_a_task_file_and_the_deployed_site_trains_for_it(tmp_path: Pa
     from simulations._flower import deployed_job
     from tests.federation.conftest import gsco_run
 
-    home = tmp_path / "home"
-    assert gsco_run("site", "init", "--site-id", "st-marys", "--home", str(home)).returncode == 0
-    consortium = init_consortium(tmp_path / "c", "lung")
-    data = tmp_path / "data.npz"
-    data.write_bytes(b"")
+    home, consortium, data = _joining_site(tmp_path)
     declared = tmp_path / "knee.yaml"
     declared.write_text(
         "task_id: knee-xr\nmodality: knee X-ray\nlabels: [no oa, oa]\ntask_type: binary\n"
