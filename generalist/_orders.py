@@ -63,11 +63,6 @@ class ReversedOrderAveraging:
         self.model = backend.model
         self.sees_images = backend.sees_images
 
-    @property
-    def inner(self) -> GeneralistBackend:
-        """The backend that answers each order."""
-        return self._backend
-
     async def arbitrate(self, request: ArbitrationRequest) -> ArbitrationResult:
         """Asks in both orders at once; fails as the wrapped backend does if either fails."""
         task = request.task
