@@ -21,11 +21,13 @@ import math
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from generalist._backend import ArbitrationRequest, ArbitrationResult, GeneralistBackend
+from generalist._calibration import _FLOOR
+from protocol import calibrated_softmax
 
 __all__ = ["ReversedOrderAveraging", "average_scores"]
-
-_FLOOR = 1e-6  # no label's probability is taken as exactly 0 (log)
 
 
 def average_scores(
@@ -42,10 +44,8 @@ def average_scores(
         sum(math.log(max(float(a.get(label, 0.0)), _FLOOR)) for a in scored) / len(scored)
         for label in labels
     ]
-    top = max(logs)
-    weights = [math.exp(v - top) for v in logs]
-    total = sum(weights)
-    return {label: w / total for label, w in zip(labels, weights, strict=True)}
+    averaged = calibrated_softmax(np.array([logs]))[0]
+    return {label: float(p) for label, p in zip(labels, averaged, strict=True)}
 
 
 class ReversedOrderAveraging:

@@ -181,8 +181,8 @@ SIGNIFICANCE = 0.05
 def _mcnemar_p(fixed: int, broken: int) -> float:
     """One-sided exact McNemar p-value: the chance of ``fixed`` or more of ``fixed + broken``.
 
-    ``fixed``: cases the fused answer got right and the ensemble wrong;
-    ``broken``: the reverse. Under the null (no better than the ensemble)
+    ``fixed``: cases the fused answer got right and the base wrong;
+    ``broken``: the reverse. Under the null (no better than the base)
     each discordant case is a fair coin.
     """
     n = fixed + broken

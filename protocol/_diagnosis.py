@@ -222,7 +222,7 @@ class ModePolicy(StrictModel):
     base: Literal["ensemble", "voting"] = "ensemble"
     validation_accuracy: dict[Annotated[str, StringConstraints(max_length=40)], UnitFloat]
     weights_tried: dict[Annotated[str, StringConstraints(max_length=20)], UnitFloat]
-    # The gate's one-sided McNemar p-value against the ensemble on validation: of the weight
+    # The gate's one-sided McNemar p-value against the base on validation: of the weight
     # trusted, or (weight 0) of the most accurate weight, which did not pass hub.SIGNIFICANCE.
     # None in policies fitted before it was recorded.
     gate_p_value: UnitFloat | None = None

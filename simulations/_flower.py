@@ -67,13 +67,17 @@ client_app = ClientApp()
 server_app = ServerApp()
 
 
+def _deployed(context: Context) -> bool:
+    """Whether this SuperNode is a hospital's (no simulation's jobs file in the run config)."""
+    return not context.run_config.get("jobs-file")
+
+
 def _job(context: Context) -> SiteJob:
     """This SuperNode's site job: the simulation's, or (deployed) from its node config."""
-    jobs_file = str(context.run_config.get("jobs-file", ""))
-    if jobs_file:
-        jobs = json.loads(Path(jobs_file).read_text())
-        return SiteJob.from_json(jobs[int(context.node_config["partition-id"])])
-    return deployed_job(context.node_config, context.run_config, context.run_id)
+    if _deployed(context):
+        return deployed_job(context.node_config, context.run_config, context.run_id)
+    jobs = json.loads(Path(str(context.run_config["jobs-file"])).read_text())
+    return SiteJob.from_json(jobs[int(context.node_config["partition-id"])])
 
 
 def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: int) -> SiteJob:
@@ -243,7 +247,7 @@ def _answer(outcome: SiteOutcome, context: Context, message: Message) -> Message
     paths (:func:`without_paths`). A registry's refusal (``rejected``) names
     no local path and crosses whole.
     """
-    if not context.run_config.get("jobs-file") and outcome.status == "failed":
+    if _deployed(context) and outcome.status == "failed":
         log(WARNING, "gsco: %s failed here: %s", outcome.site_id, outcome.detail)
         outcome = replace(outcome, detail=without_paths(outcome.detail))
     return Message(
