@@ -76,8 +76,16 @@ def flower_environment(consortium: Consortium | None = None) -> dict[str, str]:
     return env
 
 
-def superlink_command(consortium: Consortium, *, bind: str = "0.0.0.0") -> list[str]:  # noqa: S104
+def superlink_command(
+    consortium: Consortium,
+    *,
+    bind: str = "0.0.0.0",  # noqa: S104
+    health_address: str | None = None,
+) -> list[str]:
     """The ``flower-superlink`` command for ``consortium``, listening on ``bind``.
+
+    ``health_address`` (``host:port``, plain text: keep it on loopback or a private
+    network) serves the standard gRPC health service: what container health checks ask.
 
     Raises:
         CertificateError: the SuperLink's certificate does not check.
@@ -100,6 +108,7 @@ def superlink_command(consortium: Consortium, *, bind: str = "0.0.0.0") -> list[
         bind,
         "--port",
         str(consortium.config.port),
+        *(["--health-server-address", health_address] if health_address else []),
     ]
 
 

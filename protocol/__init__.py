@@ -59,6 +59,7 @@ from protocol._diagnosis import (
     StageTimings,
 )
 from protocol._dicom import DecodeLimits, DicomSize, bounded_dicom
+from protocol._health import grpc_health
 from protocol._images import (
     DICOM_PIXEL_TAGS,
     MAX_IMAGE_PIXELS,
@@ -80,6 +81,7 @@ from protocol._task import TaskSpec, TaskType
 from protocol.errors import (
     EncodingError,
     GscoError,
+    HealthCheckError,
     ImageDecodeError,
     ProtocolError,
     SchemaError,
@@ -115,6 +117,7 @@ __all__ = [
     "FederatedTraining",
     "GeneralistUse",
     "GscoError",
+    "HealthCheckError",
     "HeldOutMetrics",
     "Identifier",
     "ImageDecodeError",
@@ -156,6 +159,7 @@ __all__ = [
     "decode_image_bytes",
     "encode_png",
     "free_loopback_port",
+    "grpc_health",
     "is_dicom_bytes",
     "line_hash",
     "load_index",

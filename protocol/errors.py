@@ -8,14 +8,22 @@ front end can report any of them as one clear line::
         ├── SchemaError            a document does not match its schema
         ├── EncodingError          bytes that are not the canonical encoding
         ├── ArtifactError          model.onnx or index.npz breaks its contract (protocol._artifacts)
-        └── ImageDecodeError       an image that is corrupt, too large or not what it claims
+        ├── ImageDecodeError       an image that is corrupt, too large or not what it claims
+        └── HealthCheckError       a gRPC health check that got no answer
 
 Other roots (``signing.SigningError``, ...) subclass :class:`GscoError` too.
 """
 
 from __future__ import annotations
 
-__all__ = ["EncodingError", "GscoError", "ImageDecodeError", "ProtocolError", "SchemaError"]
+__all__ = [
+    "EncodingError",
+    "GscoError",
+    "HealthCheckError",
+    "ImageDecodeError",
+    "ProtocolError",
+    "SchemaError",
+]
 
 
 class GscoError(Exception):
@@ -53,3 +61,7 @@ class EncodingError(ProtocolError):
 
 class ImageDecodeError(ProtocolError):
     """An image is corrupt, truncated, too large, unsupported or not its declared type."""
+
+
+class HealthCheckError(ProtocolError):
+    """A gRPC health check got no answer (refused, TLS failure, timeout, unknown service)."""

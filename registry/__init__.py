@@ -19,7 +19,7 @@ from registry._core import Registry
 from registry._events import Event, verify_event_log
 from registry._inprocess import InProcessRegistry, RegistryReadAPI
 from registry._reader import RegistryReader, keyring_of
-from registry._server import ServerConfig, admin_token_for, start_server
+from registry._server import SERVICE_NAME, ServerConfig, admin_token_for, start_server
 from registry._tuf import build_site_targets, target_path
 from registry._tuf_client import TrustedRegistry, TufSource
 from registry._uploads import UploadLimits
@@ -49,6 +49,7 @@ __all__ = [
     "ADAPTER_BUNDLE_FILES",
     "BUNDLE_FILES",
     "REQUIRED_FILES",
+    "SERVICE_NAME",
     "AcceptedAdapter",
     "AcceptedBundle",
     "AdapterLimits",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protocol._pb import registry_pb2_grpc as pb_grpc
 from registry._core import Registry
@@ -16,7 +17,10 @@ from registry._uploads import UploadLimits
 from registry._verify import Limits
 from registry.errors import StoreError
 
-__all__ = ["ServerConfig", "admin_token_for", "start_server"]
+__all__ = ["SERVICE_NAME", "ServerConfig", "admin_token_for", "start_server"]
+
+#: The registry's gRPC service, as the standard health service (grpc.health.v1) names it.
+SERVICE_NAME = "gsco.registry.v1.Registry"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,12 @@ def start_server(config: ServerConfig) -> tuple[grpc.Server, Registry, int]:
         ),
         server,
     )
+    # The standard gRPC health service: what container health checks, load balancers
+    # and ``gsco registry health`` ask ("" is the server as a whole).
+    health_servicer = health.HealthServicer()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{config.host}:{config.port}"
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = grpc.ssl_server_credentials(

@@ -37,6 +37,9 @@ class JoinSettings:
     registry_ca: Path | None = None
     local_port: int = 9094  # the SuperNode's own loopback API (Flower's default)
     task_file: Path | None = None  # a declared task (YAML or JSON; see load_task_file)
+    # Where the SuperNode serves the standard gRPC health service (plain text: keep it
+    # on loopback); None: not served. What the site image's health check asks.
+    health_address: str | None = None
 
     def check(self) -> str:
         """Checks what can be checked before the SuperNode starts; returns the task id.
@@ -50,7 +53,10 @@ class JoinSettings:
         from site_agent.data import default_catalog, load_task_file
         from site_agent.errors import DataError
 
-        for name, address in (("--superlink", self.superlink), ("--registry", self.registry)):
+        addresses = [("--superlink", self.superlink), ("--registry", self.registry)]
+        if self.health_address is not None:
+            addresses.append(("--health-address", self.health_address))
+        for name, address in addresses:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
                 raise OptionsError(f"{name} {address!r}: give host:port")
@@ -122,4 +128,9 @@ def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
         "127.0.0.1",
         "--port",
         str(settings.local_port),
+        *(
+            ["--health-server-address", settings.health_address]
+            if settings.health_address is not None
+            else []
+        ),
     ]

@@ -12,6 +12,13 @@ DpNoiseOption = Annotated[
     float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
 ]
 DpClipOption = Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")]
+HealthAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="host:port where Flower serves the standard gRPC health service, without TLS "
+        "(keep it on loopback; 'gsco federation health' asks it)."
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -22,7 +22,12 @@ from federation import (
 )
 from federation._run import recent_runs
 from federation._superlink import flower_environment
-from gsco.cli._common import DpClipOption, DpNoiseOption, FedAvgLocalEpochsOption
+from gsco.cli._common import (
+    DpClipOption,
+    DpNoiseOption,
+    FedAvgLocalEpochsOption,
+    HealthAddressOption,
+)
 
 if TYPE_CHECKING:
     from protocol import SiteKey
@@ -101,6 +106,7 @@ def serve(
     bind: Annotated[
         str, typer.Option(help="Address the SuperLink listens on (default: all interfaces).")
     ] = "0.0.0.0",  # noqa: S104 - a SuperLink is there to be reached by hospitals
+    health_address: HealthAddressOption = None,
 ) -> None:
     """Run the SuperLink in the foreground: TLS, SuperNode authentication, persistent state.
 
@@ -108,13 +114,37 @@ def serve(
     never install dependencies at the sites. Stop it with Ctrl-C or SIGTERM.
     """
     consortium = open_consortium(root)
-    command = superlink_command(consortium, bind=bind)
+    command = superlink_command(consortium, bind=bind, health_address=health_address)
     typer.echo(
         f"SuperLink of {consortium.config.name} on {bind}:{consortium.config.port} (TLS, node "
         f"authentication); state in {consortium.database}",
         err=True,
     )
     os.execvpe(command[0], command, flower_environment(consortium))  # noqa: S606
+
+
+@app.command()
+def health(
+    address: Annotated[
+        str, typer.Option(help="The health service's host:port (--health-address).")
+    ] = "127.0.0.1:9099",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 5.0,
+) -> None:
+    """Ask a SuperLink's or SuperNode's gRPC health service; exit 0 only when SERVING.
+
+    What the federation and site images' health checks run.
+    """
+    from gsco.cli._common import fail
+    from protocol import grpc_health
+    from protocol.errors import HealthCheckError
+
+    try:
+        status = grpc_health(address, timeout_s=timeout)
+    except HealthCheckError as exc:
+        fail(f"health service {exc}")
+    if status != "SERVING":
+        fail(f"health service {address}: {status}")
+    typer.echo(f"health service {address}: {status}")
 
 
 @app.command("add-site")

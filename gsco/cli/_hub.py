@@ -229,6 +229,37 @@ def remove_client(
     typer.echo(f"removed {client_id} from {keys}; running hubs reload it within a second")
 
 
+@app.command()
+def health(
+    hub_url: Annotated[
+        str, typer.Option("--hub", help="The hub's URL.", envvar="GSCO_HUB")
+    ] = "http://127.0.0.1:8080",
+    ca: Annotated[
+        Path | None, typer.Option(help="CA certificate of the hub's TLS (https URLs).")
+    ] = None,
+    ready: Annotated[
+        bool, typer.Option("--ready", help="Ask /readyz: at least one task is served.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 5.0,
+) -> None:
+    """Ask the hub's /healthz (or /readyz); exit 0 only on 200. The hub image's health check."""
+    import ssl
+
+    import httpx
+
+    from gsco.cli._common import fail
+
+    url = hub_url.rstrip("/") + ("/readyz" if ready else "/healthz")
+    verify = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    try:
+        response = httpx.get(url, timeout=timeout, verify=verify)
+    except httpx.HTTPError as exc:
+        fail(f"hub {url}: {type(exc).__name__}: {exc}")
+    if response.status_code != 200:
+        fail(f"hub {url}: HTTP {response.status_code}")
+    typer.echo(f"hub {url}: {response.status_code}")
+
+
 def diagnose(
     images: Annotated[list[Path], typer.Argument(help="PNG, JPEG, DICOM or .npy files.")],
     task: Annotated[str, typer.Option(help="Task id, e.g. pneumonia-cxr.")],

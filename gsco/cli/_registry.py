@@ -152,6 +152,35 @@ def list_bundles(
         )
 
 
+@app.command()
+def health(
+    registry: RegistryOption = "127.0.0.1:50051",
+    tls_ca: CaOption = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 5.0,
+) -> None:
+    """Ask the registry's standard gRPC health service; exit 0 only when it is SERVING.
+
+    What the registry image's health check runs.
+    """
+    from gsco.cli._common import fail
+    from protocol import grpc_health
+    from protocol.errors import HealthCheckError
+    from registry import SERVICE_NAME
+
+    try:
+        status = grpc_health(
+            registry,
+            service=SERVICE_NAME,
+            root_certificates=tls_ca.read_bytes() if tls_ca else None,
+            timeout_s=timeout,
+        )
+    except HealthCheckError as exc:
+        fail(f"registry {exc}")
+    if status != "SERVING":
+        fail(f"registry {registry}: {status}")
+    typer.echo(f"registry {registry}: {status}")
+
+
 @app.command("trust-root")
 def trust_root(
     root: Annotated[Path, typer.Option(help="The registry's storage folder.")],

@@ -9,7 +9,7 @@ from typing import Annotated, cast
 
 import typer
 
-from gsco.cli._common import fail
+from gsco.cli._common import HealthAddressOption, fail
 from signing import sign_bundle
 from site_agent import default_site_home, init_site, open_site
 from site_agent.training import DEFAULT_LICENSE
@@ -83,6 +83,7 @@ def join(
         int, typer.Option(min=1, max=65535, help="The SuperNode's loopback port.")
     ] = 9094,
     home: HomeOption = None,
+    health_address: HealthAddressOption = None,
 ) -> None:
     """Start this site's Flower SuperNode: it connects out to the consortium and trains here.
 
@@ -105,6 +106,7 @@ def join(
         registry_ca=registry_ca,
         local_port=port,
         task_file=task_file,
+        health_address=health_address,
     )
     try:
         command = supernode_command(site, settings)

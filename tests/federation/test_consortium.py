@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from federation import (
 from protocol import SiteKey
 from site_agent import init_site
 from site_agent._node_key import node_key
+from site_agent.errors import OptionsError
 
 
 def test_init_makes_a_ca_and_a_certificate_that_check(tmp_path: Path) -> None:
@@ -195,6 +197,12 @@ def test_join_takes_a_task_file_and_the_deployed_site_trains_for_it(tmp_path: Pa
     )  # fmt: skip
     command = supernode_command(site, settings)
     assert "--node-config" in command
+    assert "--health-server-address" not in command  # served only when asked for
+    with_health = replace(settings, health_address="127.0.0.1:9099")
+    served = supernode_command(site, with_health)
+    assert served[served.index("--health-server-address") + 1] == "127.0.0.1:9099"
+    with pytest.raises(OptionsError, match="--health-address"):
+        supernode_command(site, replace(settings, health_address="9099"))
     import tomllib
 
     node = tomllib.loads((home / "supernode.toml").read_text())

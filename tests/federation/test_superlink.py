@@ -61,9 +61,14 @@ def test_only_member_sites_connect_and_everything_stops(
 
         env = flower_environment()
         link_log = tmp_path / "superlink.log"
-        serve = [GSCO, "federation", "serve", "--root", str(root), "--bind", "127.0.0.1"]
+        health = f"127.0.0.1:{free_loopback_port()}"
+        serve = [GSCO, "federation", "serve", "--root", str(root), "--bind", "127.0.0.1",
+                 "--health-address", health]  # fmt: skip
         link = processes.start(serve, link_log, env)
         wait_for_port(port, link, link_log)
+        healthy = gsco_run("federation", "health", "--address", health)  # the image's check
+        assert healthy.returncode == 0, healthy.stderr
+        assert "SERVING" in healthy.stdout
 
         def add(site_id: str) -> subprocess.CompletedProcess[str]:
             return gsco_run("federation", "add-site", site_id, str(keys[site_id]), "--root",
@@ -80,6 +85,8 @@ def test_only_member_sites_connect_and_everything_stops(
         (member,) = members(open_consortium(root))
         assert node_statuses(root)[member.node_id] == "registered"
 
+        node_health = f"127.0.0.1:{free_loopback_port()}"
+
         def supernode(site_id: str) -> subprocess.Popen[str]:
             command = [
                 flower_executable("flower-supernode"),
@@ -90,12 +97,15 @@ def test_only_member_sites_connect_and_everything_stops(
                 "--host", "127.0.0.1",
                 "--port", str(free_loopback_port()),
                 "--max-retries", "3",
+                *(["--health-server-address", node_health] if site_id == "st-marys" else []),
             ]  # fmt: skip
             return processes.start(command, tmp_path / f"{site_id}.log", env)
 
         member_node = supernode("st-marys")
         not_added = supernode("royal-free")  # enrolled in the registry, never added
         wait_for_status(root, member.node_id, "online")
+        node_healthy = gsco_run("federation", "health", "--address", node_health)
+        assert node_healthy.returncode == 0, node_healthy.stderr
         assert not_added.wait(timeout=120) != 0
         assert "Failed to activate SuperNode" in (tmp_path / "royal-free.log").read_text()
 
@@ -119,6 +129,9 @@ def test_only_member_sites_connect_and_everything_stops(
 
         processes.stop(member_node)
         processes.stop(link)
+        down = gsco_run("federation", "health", "--address", health, "--timeout", "2")
+        assert down.returncode == 1
+        assert down.stderr.startswith(f"error: health service {health}: ")
     finally:
         registry.stop()
     assert processes.leftovers() == {}

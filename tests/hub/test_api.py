@@ -103,6 +103,22 @@ def test_probes_and_docs(world: dict[str, Any]) -> None:
         assert {"multipart/form-data", "application/json"} <= set(body)
 
 
+def test_the_health_command_the_hub_image_runs(world: dict[str, Any]) -> None:
+    url = world["hub"].url
+    for probe in ([], ["--ready"]):
+        asked = subprocess.run(
+            [GSCO, "hub", "health", "--hub", url, *probe], capture_output=True, text=True
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert " 200" in asked.stdout
+    closed = f"http://127.0.0.1:{free_loopback_port()}"
+    down = subprocess.run(
+        [GSCO, "hub", "health", "--hub", closed, "--timeout", "2"], capture_output=True, text=True
+    )
+    assert down.returncode == 1
+    assert down.stderr.startswith(f"error: hub {closed}/healthz: ConnectError")
+
+
 def test_tasks_lists_specialists_and_sites(world: dict[str, Any]) -> None:
     with _http(world) as http:
         tasks = http.get("/v1/tasks").json()["tasks"]

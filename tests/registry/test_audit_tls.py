@@ -64,6 +64,13 @@ def test_tls_client_and_plain_client(tmp_path: Path, site_a: SiteKeys) -> None:
         plain = RegistryClient(server.address, timeout_s=3)
         with plain, pytest.raises(RegistryUnavailableError):
             plain.sites()
+        # The health check the registry image runs, over TLS as compose runs it.
+        healthy = gsco("registry", "health", "--registry", server.address, "--tls-ca", str(cert))
+        assert healthy.returncode == 0, healthy.stderr
+        assert "SERVING" in healthy.stdout
+        no_ca = gsco("registry", "health", "--registry", server.address, "--timeout", "2")
+        assert no_ca.returncode == 1
+        assert no_ca.stderr.startswith("error: registry ")
     finally:
         server.stop()
 

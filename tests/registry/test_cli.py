@@ -88,3 +88,21 @@ def test_unreachable_registry_is_one_line(tmp_path: Path) -> None:
     result = gsco("registry", "ls", "--registry", "127.0.0.1:9")
     assert result.returncode == 1
     assert result.stderr.startswith("error: registry")
+
+
+def test_health_is_the_standard_grpc_health_service(running: RunningRegistry) -> None:
+    from protocol import grpc_health
+    from registry import SERVICE_NAME
+
+    assert grpc_health(running.address) == "SERVING"  # what load balancers ask
+    assert grpc_health(running.address, service=SERVICE_NAME) == "SERVING"
+    healthy = gsco("registry", "health", "--registry", running.address)
+    assert healthy.returncode == 0, healthy.stderr
+    assert f"registry {running.address}: SERVING" in healthy.stdout
+
+    address = running.address
+    running.stop()
+    down = gsco("registry", "health", "--registry", address, "--timeout", "2")
+    assert down.returncode == 1
+    assert down.stderr.startswith(f"error: registry {address}: ")
+    assert "Traceback" not in down.stderr
