@@ -14,6 +14,14 @@ fallback, the access log and metrics. Client-side latency is measured per
 request (p50/p95 over --requests sequential requests), then throughput at
 several concurrencies. Writes bench/results/hub_overhead.json.
 
+In the same run, the same models are measured in plain onnxruntime (the hub's
+session options), as the ceiling the hub is held to: unbatched (one image through
+every specialist, sessions in parallel as the hub runs them) and batched (16 images
+per run), plus a faiss search per specialist. The report gives the ratios the
+performance issue asks for: the hub's throughput at concurrency 16 against raw
+batched onnxruntime, and its p50 at concurrency 1 against raw unbatched onnxruntime
+plus retrieval; and the hub with dynamic batching off (--max-batch 1) for comparison.
+
     python bench/hub_overhead.py [--requests 200]
 """
 
@@ -138,6 +146,60 @@ def _throughput(url: str, images: list[bytes], concurrency: int, seconds: float)
     }
 
 
+def _raw_onnxruntime(bundle: Path, count: int, data: Path, seconds: float) -> dict[str, float]:
+    """Plain onnxruntime and faiss on ``count`` copies of the bundle's model, no hub."""
+    import faiss
+    import onnxruntime as ort
+
+    from protocol import SpecialistCard, load_index, preprocess
+
+    card = SpecialistCard.parse((bundle / "card.json").read_bytes())
+    model = (bundle / "model.onnx").read_bytes()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # what the hub's sessions use (hub._runtime)
+    options.inter_op_num_threads = 1
+    sessions = [
+        ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        for _ in range(count)
+    ]
+    with np.load(data, allow_pickle=False) as archive:
+        pixels = archive["test_images"][:64]
+    inputs = preprocess(pixels[..., None], card.preprocessing)
+    index_rows = load_index((bundle / "index.npz").read_bytes())["embeddings"]
+    index = faiss.IndexFlatIP(index_rows.shape[1])
+    index.add(np.ascontiguousarray(index_rows, dtype=np.float32))
+    workers = os.cpu_count() or 1
+
+    def run(session: object, batch: np.ndarray) -> np.ndarray:
+        return session.run(["logits", "embedding"], {"image": batch})[1]  # type: ignore[attr-defined]
+
+    with ThreadPoolExecutor(workers) as pool:
+        latencies: list[float] = []
+        searches: list[float] = []
+        for number in range(205):
+            one = inputs[number % len(inputs)][None]
+            started = time.perf_counter()
+            embeddings = list(pool.map(run, sessions, [one] * len(sessions)))
+            elapsed = time.perf_counter() - started
+            started = time.perf_counter()
+            for embedding in embeddings:
+                index.search(embedding / np.linalg.norm(embedding), 5)
+            if number >= 5:
+                latencies.append(elapsed * 1000)
+                searches.append((time.perf_counter() - started) * 1000)
+        batch = inputs[:16]
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            list(pool.map(run, sessions, [batch] * len(sessions)))
+            done += len(batch)
+        batched = done / (time.perf_counter() - started)
+    return {
+        "unbatched_p50_ms": round(_percentile(latencies, 50), 3),
+        "retrieval_p50_ms": round(_percentile(searches, 50), 3),
+        "batched_16_images_per_s": round(batched, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -181,26 +243,45 @@ def main() -> int:
                     _gsco("site", "publish", str(bundle), "--registry", address, home=home)
                     published += 1
                 print(f"{count} specialists: measuring ...", file=sys.stderr)
-                hub = start_hub(
-                    registry,
-                    work / f"hub-{count}",
-                    "--allow-anonymous",
-                    "--no-generalist",
-                    "--max-queue",
-                    "64",
-                )
-                url = hub.url
-                try:
-                    _wait_for_specialists(url, count)
-                    entry: dict[str, object] = {"specialists": count}
-                    entry["sequential"] = _measure(url, images, args.requests)
-                    entry["throughput"] = [
-                        _throughput(url, images, c, args.seconds) for c in CONCURRENCY
-                    ]
-                    results[str(count)] = entry
-                    print(json.dumps(entry), file=sys.stderr)
-                finally:
-                    hub.stop()
+                entry: dict[str, object] = {"specialists": count}
+                raw = _raw_onnxruntime(trained, count, data, args.seconds / 2)
+                entry["raw_onnxruntime"] = raw
+                for batching in ("on", "off"):
+                    extra = ["--max-batch", "1"] if batching == "off" else []
+                    hub = start_hub(
+                        registry,
+                        work / f"hub-{count}-{batching}",
+                        "--allow-anonymous",
+                        "--no-generalist",
+                        "--max-queue",
+                        "64",
+                        *extra,
+                    )
+                    url = hub.url
+                    try:
+                        _wait_for_specialists(url, count)
+                        if batching == "off":
+                            entry["batching_off"] = _throughput(url, images, 16, args.seconds)
+                            continue
+                        entry["sequential"] = _measure(url, images, args.requests)
+                        entry["throughput"] = [
+                            _throughput(url, images, c, args.seconds) for c in CONCURRENCY
+                        ]
+                    finally:
+                        hub.stop()
+                c16 = next(t for t in entry["throughput"] if t["concurrency"] == 16)  # type: ignore[attr-defined]
+                c1 = next(t for t in entry["throughput"] if t["concurrency"] == 1)  # type: ignore[attr-defined]
+                entry["ratios"] = {
+                    "c16_rps_over_raw_batched": round(
+                        c16["rps"] / raw["batched_16_images_per_s"], 3
+                    ),
+                    "c1_p50_over_raw_unbatched_plus_retrieval": round(
+                        c1["p50_ms"] / (raw["unbatched_p50_ms"] + raw["retrieval_p50_ms"]), 3
+                    ),
+                    "goal": "c16 ratio >= 0.7, c1 ratio <= 1.2",
+                }
+                results[str(count)] = entry
+                print(json.dumps(entry), file=sys.stderr)
             client.close()
         finally:
             registry.stop()
@@ -209,8 +290,11 @@ def main() -> int:
     report = {
         "benchmark": "hub_overhead",
         "what": "client-side latency of POST /v1/diagnose in gsco mode with no generalist "
-        "(HTTP, decode, all specialists, retrieval, fallback, access log); 28 px PNG inputs",
-        "model": "tf_efficientnet_lite0, 64 px input, 1280-d embedding, prototype index",
+        "(HTTP, decode, all specialists, retrieval, fallback, access log); 28 px PNG inputs; "
+        "the same models in plain onnxruntime in the same run (raw_onnxruntime); the load "
+        "generator runs on the same machine",
+        "model": "tf_efficientnet_lite0 trained by gsco site train (its recipe's input "
+        "size), 1280-d embedding, prototype index",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "python": platform.python_version(),

@@ -33,6 +33,9 @@ RUN --mount=type=secret,id=build_ca \
     && /opt/vllm/bin/python convert.py /opt/models/smollm2-135m-instruct
 
 FROM ${BASE_IMAGE}
+# The environment first: images that install the same extras share this layer.
+COPY --from=build /opt/vllm /opt/vllm
+COPY --from=build /opt/models /opt/models
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gsco-generalist-cpu" \
@@ -46,8 +49,6 @@ RUN useradd --uid 10001 --user-group --home-dir /var/lib/gsco --shell /usr/sbin/
     && mkdir -p /var/lib/gsco \
     && chown -R gsco:gsco /var/lib/gsco \
     && mkdir -p /run/secrets
-COPY --from=build /opt/vllm /opt/vllm
-COPY --from=build /opt/models /opt/models
 COPY docker/generalist-entrypoint.sh /usr/local/bin/generalist-entrypoint
 ENV PATH=/opt/vllm/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

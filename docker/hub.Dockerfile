@@ -12,23 +12,35 @@
 # file (--api-keys) and TLS certificate and key as secrets.
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS build
+FROM ${BASE_IMAGE} AS deps
 ARG HUB_EXTRAS=hub
-WORKDIR /src
-COPY . .
-# Every version pinned by the constraints file. Behind a TLS-inspecting proxy, pass
-# its CA bundle as the build secret build_ca.
-RUN --mount=type=secret,id=build_ca \
-    case "${HUB_EXTRAS}" in \
+RUN case "${HUB_EXTRAS}" in \
         hub|hub-core,gpu) ;; \
         *) echo "HUB_EXTRAS must be hub (CPU) or hub-core,gpu" >&2; exit 2 ;; \
-    esac \
-    && if [ -f /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+    esac
+WORKDIR /src
+COPY pyproject.toml requirements/constraints.txt docker/requirements-of.py ./
+# The dependencies alone, every version pinned by the constraints file: this layer is
+# rebuilt only when they change, not when the code does. Behind a TLS-inspecting proxy,
+# pass its CA bundle as the build secret build_ca (it never enters a layer).
+RUN --mount=type=secret,id=build_ca \
+    if [ -f /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+    && python3 requirements-of.py pyproject.toml "${HUB_EXTRAS}" > requirements.txt \
     && python3 -m venv /opt/gsco \
     && /opt/gsco/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --constraint requirements/constraints.txt ".[${HUB_EXTRAS}]"
+        --constraint constraints.txt --requirement requirements.txt
+
+FROM deps AS wheel
+COPY . .
+RUN --mount=type=secret,id=build_ca \
+    if [ -f /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+    && /opt/gsco/bin/pip wheel --no-cache-dir --disable-pip-version-check --no-deps \
+        --wheel-dir /dist .
 
 FROM ${BASE_IMAGE}
+# The dependencies first: images that install the same extras share this layer.
+COPY --from=deps /opt/gsco /opt/gsco
+COPY --from=wheel /dist /tmp/dist
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gsco-hub" \
@@ -38,11 +50,13 @@ LABEL org.opencontainers.image.title="gsco-hub" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="GSCo Network"
-RUN useradd --uid 10001 --user-group --home-dir /var/lib/gsco --shell /usr/sbin/nologin gsco \
+RUN /opt/gsco/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
+        /tmp/dist/*.whl \
+    && rm -rf /tmp/dist \
+    && useradd --uid 10001 --user-group --home-dir /var/lib/gsco --shell /usr/sbin/nologin gsco \
     && mkdir -p /var/lib/gsco/hub \
     && chown -R gsco:gsco /var/lib/gsco \
     && mkdir -p /run/secrets
-COPY --from=build /opt/gsco /opt/gsco
 ENV PATH=/opt/gsco/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -57,4 +71,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["gsco", "hub", "health", "--timeout", "5"]
 ENTRYPOINT ["gsco"]
-CMD ["hub", "serve", "--state-dir", "/var/lib/gsco/hub", "--trusted-root", "/run/secrets/registry_root.json", "--api-keys", "/run/secrets/hub_api_keys", "--host", "127.0.0.1", "--port", "8080"]
+CMD ["hub", "serve", "--state-dir", "/var/lib/gsco/hub", "--trusted-root", "/run/secrets/registry_root", "--api-keys", "/etc/gsco/clients/api_keys.json", "--host", "127.0.0.1", "--port", "8080"]

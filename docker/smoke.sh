@@ -2,7 +2,9 @@
 # The containers' smoke test, for real on this machine (root, Debian's buildah, podman,
 # mmdebstrap and runc; the MedMNIST files in $GSCO_DATA_DIR):
 #
-#   bash docker/smoke.sh
+#   bash docker/smoke.sh                 # registry and hub
+#   bash docker/smoke.sh --generalist    # also the CPU generalist image (vLLM, SmolLM2):
+#                                        # the hub container answers in gsco mode through it
 #
 # 1. builds the registry and hub images (docker/build-local.sh; cached layers reused);
 # 2. runs the registry container (host network on loopback, read-only root, its store on
@@ -37,18 +39,27 @@ eval "$(bash "$here/build-local.sh" --env)"
 data="${GSCO_DATA_DIR:-}"
 [[ -f "$data/pneumoniamnist.npz" ]] || die "set GSCO_DATA_DIR to the folder with pneumoniamnist.npz"
 
+with_generalist=false
+case "${1:-}" in
+  "") ;;
+  --generalist) with_generalist=true ;;
+  *) die "usage: smoke.sh [--generalist]" ;;
+esac
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
-step "building the registry and hub images"
+images=(registry hub)
+if $with_generalist; then images+=(generalist-cpu); fi
+step "building the images: ${images[*]}"
 build_start=$SECONDS
-bash "$here/build-local.sh" registry hub
+bash "$here/build-local.sh" "${images[@]}"
 build_seconds=$((SECONDS - build_start))
 
 work="$(mktemp -d /tmp/gsco-smoke.XXXXXX)"
 tag="gsco-smoke-$$"
 registry_ctr="$tag-registry"
 hub_ctr="$tag-hub"
+generalist_ctr="$tag-generalist"
 cleanup() {
-  podman rm --force --time 5 "$hub_ctr" "$registry_ctr" >/dev/null 2>&1 || true
+  podman rm --force --time 5 "$hub_ctr" "$registry_ctr" "$generalist_ctr" >/dev/null 2>&1 || true
   podman volume rm --force "$tag-registry" "$tag-hub" >/dev/null 2>&1 || true
   podman secret rm "$tag-admin-token" "$tag-root" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -57,6 +68,7 @@ trap cleanup EXIT
 free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 registry_port="$(free_port)"
 hub_port="$(free_port)"
+generalist_port="$(free_port)"
 registry="127.0.0.1:$registry_port"
 hub_url="http://127.0.0.1:$hub_port"
 
@@ -115,6 +127,22 @@ train() {  # train VERSION
 }
 train 1
 
+generalist=(--no-generalist)
+mode=ensemble
+if $with_generalist; then
+  step "starting the CPU generalist container on 127.0.0.1:$generalist_port (vLLM: minutes)"
+  podman run --detach --name "$generalist_ctr" --network host --tmpfs /tmp \
+    --env GSCO_GENERALIST_HOST=127.0.0.1 --env "GSCO_GENERALIST_PORT=$generalist_port" \
+    --health-interval disable "localhost/gsco-generalist-cpu:$version" >/dev/null
+  generalist_start=$SECONDS
+  wait_healthy "$generalist_ctr" 900
+  generalist_ready_seconds=$((SECONDS - generalist_start))
+  uid="$(podman exec "$generalist_ctr" id -u)"
+  [[ "$uid" == 10001 ]] || die "the generalist runs as uid $uid"
+  generalist=(--generalist-url "http://127.0.0.1:$generalist_port/v1")
+  mode=gsco
+fi
+
 step "starting the hub container on $hub_url"
 mkdir -p "$work/clients"
 api_key="$(gsco hub add-client smoke-client --keys "$work/clients/api_keys.json" 2>/dev/null)"
@@ -122,12 +150,12 @@ chown -R 10001:10001 "$work/clients"
 podman run --detach --name "$hub_ctr" --network host "${hardened[@]}" \
   --volume "$tag-hub:/var/lib/gsco/hub" \
   --volume "$work/clients:/etc/gsco/clients:ro" \
-  --secret "$tag-root,target=registry_root.json,uid=10001,mode=0400" \
+  --secret "$tag-root,target=registry_root,uid=10001,mode=0400" \
   --env "GSCO_HUB=$hub_url" \
   "localhost/gsco-hub:$version" \
-  hub serve --registry "$registry" --trusted-root /run/secrets/registry_root.json \
+  hub serve --registry "$registry" --trusted-root /run/secrets/registry_root \
   --state-dir /var/lib/gsco/hub --api-keys /etc/gsco/clients/api_keys.json \
-  --host 127.0.0.1 --port "$hub_port" --no-generalist --sync-interval 1 >/dev/null
+  --host 127.0.0.1 --port "$hub_port" "${generalist[@]}" --sync-interval 1 >/dev/null
 hub_start=$SECONDS
 wait_healthy "$hub_ctr" 60
 deadline=$((SECONDS + 120))
@@ -151,15 +179,22 @@ with np.load(sys.argv[1], allow_pickle=False) as data:
     Image.fromarray(data["test_images"][0]).save(sys.argv[2])
 EOF
 gsco diagnose "$work/image.png" --task pneumonia-cxr --hub "$hub_url" --api-key "$api_key" \
-  --mode ensemble --json >"$work/answer.json"
-python - "$work/answer.json" <<'EOF'
+  --mode "$mode" --json >"$work/answer.json"
+python - "$work/answer.json" "$mode" <<'EOF'
 import json
 import sys
 
 answer = json.loads(open(sys.argv[1]).read().splitlines()[0])
 assert answer["label"] in ("normal", "pneumonia"), answer
 assert answer["specialists"], "no specialist answered"
-print(f"smoke: the hub answered {answer['label']} from {len(answer['specialists'])} specialist(s)")
+assert answer["mode_used"] == sys.argv[2], (answer["mode_used"], answer["warnings"])
+assert not answer["degraded"], answer["warnings"]
+if sys.argv[2] == "gsco":
+    assert answer["generalist"]["model"] == "smollm2-135m-instruct", answer["generalist"]
+print(
+    f"smoke: the hub answered {answer['label']} in {answer['mode_used']} mode from "
+    f"{len(answer['specialists'])} specialist(s)"
+)
 EOF
 if gsco diagnose "$work/image.png" --task pneumonia-cxr --hub "$hub_url" --api-key wrong \
   --json >/dev/null 2>&1; then
@@ -194,13 +229,18 @@ gsco audit registry --registry "$registry" --trusted-root "$work/root.json" \
 total_seconds=$((SECONDS - started))
 
 size() { podman image inspect --format '{{.Size}}' "localhost/gsco-$1:$version"; }
+generalist_json=""
+if $with_generalist; then
+  generalist_json=", \"generalist_healthy\": $generalist_ready_seconds"
+  image_json=", \"generalist-cpu\": $(size generalist-cpu)"
+fi
 out="${GSCO_SMOKE_OUT:-/tmp/gsco-container-smoke.json}"
 cat >"$out" <<EOF
 {
   "passed": true,
   "seconds": {"total": $total_seconds, "build": $build_seconds,
-              "registry_healthy": $registry_ready_seconds, "hub_ready": $hub_ready_seconds},
-  "image_bytes": {"registry": $(size registry), "hub": $(size hub)},
+              "registry_healthy": $registry_ready_seconds, "hub_ready": $hub_ready_seconds$generalist_json},
+  "image_bytes": {"registry": $(size registry), "hub": $(size hub)${image_json:-}},
   "runtime": "$(podman info --format '{{.Host.OCIRuntime.Name}}')"
 }
 EOF

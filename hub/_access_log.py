@@ -4,15 +4,20 @@ One canonical JSON :class:`AccessRecord` per line of ``access.jsonl``, each
 naming the sha256 of the line before it, so editing, removing or reordering a
 line breaks the chain (:func:`verify_access_log` names where). The head of the
 chain is kept in memory while the hub runs; the file is locked against a
-second hub writing to it.
+second hub writing to it. Records are written with group commit: many answers,
+one write and one fsync, and each answer is sent only after its record is durable.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
@@ -29,6 +34,8 @@ from protocol import (
 )
 
 __all__ = ["GENESIS", "AccessLog", "AccessRecord", "verify_access_log"]
+
+log = logging.getLogger(__name__)
 
 
 class AccessRecord(StrictModel):
@@ -74,16 +81,51 @@ def _verified(path: Path) -> tuple[list[AccessRecord], str]:
         raise AccessLogError(f"{path.name}: {exc}") from exc
 
 
+def _drop_unfinished_line(path: Path) -> int:
+    """Cuts an unterminated last line off ``path`` (a write the hub died in); its length.
+
+    Such a line was never fsynced as a whole, so no answer waited on it: the hub
+    answers only after the write of its record, newline included, was made durable.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise AccessLogError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(data) - keep
+
+
+@dataclass
+class _Pending:
+    fields: dict[str, Any]
+    done: Future[AccessRecord] = field(default_factory=Future)
+
+
 class AccessLog:
-    """Appends to ``path``; verifies the existing chain when opened.
+    """Appends to ``path`` with group commit; verifies the existing chain when opened.
+
+    One writer thread takes every record queued while it was writing and appends
+    them with one write and one fsync (:meth:`ChainedLog.append_many`); each
+    caller returns (or its future resolves) only after its own record is durable,
+    so nothing is answered that is not logged, however many answers share a
+    write. An unterminated last line, left by a hub killed inside a write, is cut
+    off when the log is opened: no answer waited on it.
 
     Raises:
         AccessLogError: the existing log is broken, or another process holds it.
     """
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, max_batch: int = 256) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self.max_batch = max_batch
         self._log = ChainedLog(path, AccessRecord, fsync=fsync)
         try:
             self._log.lock(wait=False)
@@ -91,13 +133,27 @@ class AccessLog:
             self._log.close()
             raise AccessLogError(f"{path} is in use by another hub") from exc
         try:
-            records, last = _verified(path)  # read and walked once, a truncated line too
+            dropped = _drop_unfinished_line(path)
+            if dropped:
+                log.warning("%s: cut off an unfinished last line (%d bytes)", path, dropped)
+            records, last = _verified(path)  # read and walked once
         except AccessLogError:
             self._log.close()
             raise
         self._log.resume((len(records), last))
+        self._queue: list[_Pending] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._writes = 0  # write+fsync calls so far (group commits)
+        self._writer = threading.Thread(target=self._write_loop, name="access-log", daemon=True)
+        self._writer.start()
 
-    def append(
+    @property
+    def writes(self) -> int:
+        """How many writes (each with one fsync) the log has made since it was opened."""
+        return self._writes
+
+    def submit(
         self,
         *,
         request_id: str,
@@ -111,27 +167,70 @@ class AccessLog:
         label: str | None = None,
         specialist_digests: tuple[str, ...] = (),
         registry_snapshot_version: int | None = None,
-    ) -> AccessRecord:
-        """Appends one record (flushed, and fsynced unless turned off)."""
-        with self._lock:
-            return self._log.append(
-                {
-                    "time": datetime.now(UTC),
-                    "request_id": request_id,
-                    "client_id": client_id,
-                    "image_sha256": image_sha256,
-                    "task_id": task_id,
-                    "mode_requested": mode_requested,
-                    "mode_used": mode_used,
-                    "degraded": degraded,
-                    "label": label,
-                    "specialist_digests": specialist_digests,
-                    "registry_snapshot_version": registry_snapshot_version,
-                    "outcome": outcome,
-                }
-            )
+    ) -> Future[AccessRecord]:
+        """Queues one record; the future resolves once it is durable (or with the error).
+
+        Raises:
+            AccessLogError: the log is closed.
+            pydantic.ValidationError: the fields do not make a record (nothing queued).
+        """
+        fields: dict[str, Any] = {
+            "time": datetime.now(UTC),
+            "request_id": request_id,
+            "client_id": client_id,
+            "image_sha256": image_sha256,
+            "task_id": task_id,
+            "mode_requested": mode_requested,
+            "mode_used": mode_used,
+            "degraded": degraded,
+            "label": label,
+            "specialist_digests": specialist_digests,
+            "registry_snapshot_version": registry_snapshot_version,
+            "outcome": outcome,
+        }
+        # Checked here, so that one bad record fails its caller, not a whole group.
+        AccessRecord.model_validate({**fields, "seq": 0, "prev_hash": GENESIS})
+        pending = _Pending(fields)
+        with self._wake:
+            if self._closed:
+                raise AccessLogError(f"{self.path.name} is closed")
+            self._queue.append(pending)
+            self._wake.notify()
+        return pending.done
+
+    def append(self, **fields: Any) -> AccessRecord:
+        """Appends one record and returns it once it is durable (see :meth:`submit`).
+
+        Raises:
+            AccessLogError: the log is closed, or the write or fsync failed.
+        """
+        return self.submit(**fields).result()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed:
+                    self._wake.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+            try:
+                records = self._log.append_many([p.fields for p in batch])
+            except OSError as exc:
+                error = AccessLogError(f"cannot write {self.path.name}: {exc.strerror or exc}")
+                for pending in batch:
+                    pending.done.set_exception(error)
+                continue
+            self._writes += 1
+            for pending, record in zip(batch, records, strict=True):
+                pending.done.set_result(record)
 
     def close(self) -> None:
-        """Releases the file."""
-        with self._lock:
-            self._log.close()
+        """Writes what is queued, stops the writer and releases the file."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._writer.is_alive() and self._writer is not threading.current_thread():
+            self._writer.join()
+        self._log.close()

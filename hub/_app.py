@@ -450,8 +450,8 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
 
     async def record(**fields: Any) -> None:
         access_log = hub.access_log
-        if access_log is not None:
-            await in_pool(lambda: access_log.append(**fields))
+        if access_log is not None:  # resolves once the record is durable (group commit)
+            await asyncio.wrap_future(access_log.submit(**fields))
 
     @app.post(
         "/v1/diagnose",

@@ -35,9 +35,10 @@ from generalist import (
     RadEvidence,
 )
 from hub._adapters import ServedAdapter
+from hub._batching import BatchingOptions, SpecialistBatcher, SpecialistOutput
 from hub._catalog import Catalog
 from hub._policy import fuse, vote_scores
-from hub._runtime import LoadedSpecialist, Neighbour
+from hub._runtime import LoadedSpecialist
 from protocol import (
     ArbitrationPolicy,
     DecodeLimits,
@@ -83,6 +84,7 @@ class EngineOptions:
         )
     )
     generalist_timeout_s: float = 30.0
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,25 @@ class DiagnosisEngine:
         self.calibrations = CalibrationCache()
         self.policies: dict[str, ArbitrationPolicy] = {}  # by task; see hub._policy
         self.adapters: dict[str, ServedAdapter] = {}  # by task; see hub._adapters
+        self._batchers: dict[str, SpecialistBatcher] = {}  # by bundle digest
+        self._inbound: dict[str, int] = {}  # by task: requests still decoding
+
+    def _batcher(self, specialist: LoadedSpecialist) -> SpecialistBatcher:
+        batcher = self._batchers.get(specialist.bundle_digest)
+        if batcher is None or batcher.specialist is not specialist:
+            served = self._catalog().all
+            if len(self._batchers) > 2 * len(served) + 16:  # forget replaced specialists
+                live = {s.bundle_digest for s in served}
+                self._batchers = {d: b for d, b in self._batchers.items() if d in live}
+            task_id = specialist.card.task_id
+            batcher = SpecialistBatcher(
+                specialist,
+                self._executor,
+                self.options.batching,
+                inbound=lambda: self._inbound.get(task_id, 0),
+            )
+            self._batchers[specialist.bundle_digest] = batcher
+        return batcher
 
     async def _in_pool(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -307,31 +328,44 @@ class DiagnosisEngine:
                     inputs[key] = preprocess(pixels, s.card.preprocessing)
             return hashlib.sha256(image).hexdigest(), decoded, inputs
 
-        image_sha256, decoded, inputs = await self._in_pool(decode)
-        decode_ms = _ms(stage)
-
-        stage = time.perf_counter()
-        outputs = await self._run_specialists(specialists, inputs)
+        retrieves = mode in _RETRIEVAL_MODES
+        self._inbound[task_id] = self._inbound.get(task_id, 0) + 1
+        try:
+            image_sha256, decoded, inputs = await self._in_pool(decode)
+            decode_ms = _ms(stage)
+            stage = time.perf_counter()
+            pending = [
+                self._batcher(s).submit(
+                    inputs[s.card.preprocessing.model_dump_json()], top_k if retrieves else 0
+                )
+                for s in specialists
+            ]
+        finally:
+            self._inbound[task_id] -= 1
+        outputs: list[SpecialistOutput] = await asyncio.gather(*pending)
         specialists_ms = _ms(stage)
 
         labels = task.labels
         moed = tuple(
             SpecialistPrediction(
                 specialist=s.provenance,
-                label=_label_of(probs, task),
-                probability=float(probs.max()),
-                probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
+                label=_label_of(out.probabilities, task),
+                probability=float(out.probabilities.max()),
+                probabilities={
+                    label: float(p) for label, p in zip(labels, out.probabilities, strict=True)
+                },
             )
-            for s, (probs, _) in zip(specialists, outputs, strict=True)
+            for s, out in zip(specialists, outputs, strict=True)
         )
-        ensemble = np.mean([probs for probs, _ in outputs], axis=0)
+        ensemble = np.mean([out.probabilities for out in outputs], axis=0)
 
         retrieval_ms = None
         rad: tuple[RetrievedCase, ...] = ()
-        if mode in _RETRIEVAL_MODES:
+        if retrieves:
+            # Searched in the specialists' batches (one faiss call per batch); merged here.
             stage = time.perf_counter()
-            rad = await self._retrieve(specialists, outputs, top_k)
-            retrieval_ms = _ms(stage)
+            rad = _merge_neighbours(specialists, outputs, top_k)
+            retrieval_ms = max(out.search_ms for out in outputs) + _ms(stage)
         return _Evidence(
             task=task,
             specialists=specialists,
@@ -345,48 +379,6 @@ class DiagnosisEngine:
             specialists_ms=specialists_ms,
             retrieval_ms=retrieval_ms,
         )
-
-    async def _run_specialists(
-        self,
-        specialists: tuple[LoadedSpecialist, ...],
-        inputs: dict[str, NDArray[np.float32]],
-    ) -> list[tuple[NDArray[np.float64], NDArray[np.float32]]]:
-        """Every specialist at once, each on the batch of its preprocessing."""
-
-        def runner(
-            s: LoadedSpecialist,
-        ) -> Callable[[], tuple[NDArray[np.float64], NDArray[np.float32]]]:
-            batch = inputs[s.card.preprocessing.model_dump_json()]
-            return lambda: s.run(batch)
-
-        results = await asyncio.gather(*(self._in_pool(runner(s)) for s in specialists))
-        return [(probs[0], embeddings) for probs, embeddings in results]
-
-    async def _retrieve(
-        self,
-        specialists: tuple[LoadedSpecialist, ...],
-        outputs: list[tuple[NDArray[np.float64], NDArray[np.float32]]],
-        top_k: int,
-    ) -> tuple[RetrievedCase, ...]:
-        """Each specialist's top-k in its own index, merged by similarity."""
-
-        def work() -> list[RetrievedCase]:
-            cases: list[RetrievedCase] = []
-            for s, (_, embedding) in zip(specialists, outputs, strict=True):
-                neighbours: list[Neighbour] = s.search(embedding, top_k)[0]
-                cases.extend(
-                    RetrievedCase(
-                        label=n.label,
-                        similarity=n.similarity,
-                        site_id=s.card.site_id,
-                        bundle_digest=s.bundle_digest,
-                    )
-                    for n in neighbours
-                )
-            cases.sort(key=lambda c: -c.similarity)
-            return cases[:top_k]
-
-        return tuple(await self._in_pool(work))
 
     def _adapter_for(self, task_id: str, mode: Mode) -> ServedAdapter | None:
         """The task's adapter, if it learnt ``mode``'s prompts (else the base model answers)."""
@@ -530,6 +522,24 @@ class _Evidence:
     decode_ms: float
     specialists_ms: float
     retrieval_ms: float | None
+
+
+def _merge_neighbours(
+    specialists: tuple[LoadedSpecialist, ...], outputs: list[SpecialistOutput], top_k: int
+) -> tuple[RetrievedCase, ...]:
+    """Each specialist's top-k in its own index, merged by similarity."""
+    cases = [
+        RetrievedCase(
+            label=n.label,
+            similarity=n.similarity,
+            site_id=s.card.site_id,
+            bundle_digest=s.bundle_digest,
+        )
+        for s, out in zip(specialists, outputs, strict=True)
+        for n in out.neighbours
+    ]
+    cases.sort(key=lambda c: -c.similarity)
+    return tuple(cases[:top_k])
 
 
 def _calibrated_answer(

@@ -28,6 +28,7 @@ from hub._adapters import (
     write_verified_copy,
 )
 from hub._auth import KeyFile
+from hub._batching import BatchingOptions
 from hub._catalog import Catalog
 from hub._engine import DiagnosisEngine, EngineOptions
 from hub._metrics import HubMetrics
@@ -62,11 +63,17 @@ class HubConfig:
     max_image_pixels: int = 16 * 1024 * 1024  # width x height (x frames, for DICOM)
     max_pixel_data_bytes: int = 64 * 1024 * 1024  # decoded: rows x cols x samples x frames x bits
     max_dicom_header_bytes: int = 1024 * 1024  # DICOM elements before the pixels, inflated
-    max_in_flight: int = 4  # diagnoses processed at once
+    # Diagnoses processed at once (and so the largest batch a specialist can see); the
+    # memory they may hold is bounded by max_in_flight x max_pixel_data_bytes.
+    max_in_flight: int = 16
     max_queue: int = 32  # admitted diagnoses waiting for a slot; more get 503
     retry_after_s: int = 2
     workers: int = 4  # threads for decoding, onnxruntime and faiss
     generalist_timeout_s: float = 30.0
+    # Dynamic batching (hub._batching): a batch waits at most this long for requests
+    # already on their way (never when none is), and holds at most max_batch requests.
+    batch_window_ms: float = 2.0
+    max_batch: int = 16
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     access_log_fsync: bool = True
     body_timeout_s: float = 30.0  # a request body must arrive within this
@@ -109,11 +116,14 @@ class HubConfig:
             "max_dicom_header_bytes",
             "max_in_flight",
             "workers",
+            "max_batch",
         ):
             if getattr(self, name) < 1:
                 raise HubConfigError(f"{name} must be at least 1")
         if self.max_queue < 0:
             raise HubConfigError("max_queue must be at least 0")
+        if self.batch_window_ms < 0:
+            raise HubConfigError("batch_window_ms must be at least 0")
 
 
 class Admission:
@@ -395,6 +405,9 @@ class Hub:
                     max_dicom_header_bytes=config.max_dicom_header_bytes,
                 ),
                 generalist_timeout_s=config.generalist_timeout_s,
+                batching=BatchingOptions(
+                    window_ms=config.batch_window_ms, max_batch=config.max_batch
+                ),
             ),
         )
         if config.policies is not None:

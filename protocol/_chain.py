@@ -20,7 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Generic, Protocol, TypeVar
@@ -136,15 +136,32 @@ class ChainedLog(Generic[_T]):
             pydantic.ValidationError: ``fields`` do not make a record.
             OSError: the write or the fsync failed (the head does not move).
         """
+        return self.append_many([fields])[0]
+
+    def append_many(self, batch: Sequence[Mapping[str, Any]]) -> list[_T]:
+        """Appends one record per item of ``batch``, in order: one write, one fsync.
+
+        Group commit: the records are durable together when this returns.
+
+        Raises:
+            pydantic.ValidationError: an item does not make a record (nothing is written).
+            OSError: the write or the fsync failed (the head does not move).
+        """
         count, previous = self.head
-        record = self.model.model_validate({**fields, "seq": count, "prev_hash": previous})
-        line = canonical_json(record)
-        self._handle.write(line + b"\n")
+        records: list[_T] = []
+        lines: list[bytes] = []
+        for fields in batch:
+            record = self.model.model_validate({**fields, "seq": count, "prev_hash": previous})
+            line = canonical_json(record)
+            records.append(record)
+            lines.append(line + b"\n")
+            count, previous = count + 1, line_hash(line)
+        self._handle.write(b"".join(lines))
         self._handle.flush()
         if self._fsync:
             os.fsync(self._handle.fileno())
-        self.head = (count + 1, line_hash(line))
-        return record
+        self.head = (count, previous)
+        return records
 
     def close(self) -> None:
         """Closes the file (and so releases the lock)."""

@@ -88,7 +88,14 @@ def serve(
             min=0.001, help="Largest decoded pixel data (rows x columns x samples x frames x bits)."
         ),
     ] = 64.0,
-    max_in_flight: Annotated[int, typer.Option(min=1, help="Diagnoses processed at once.")] = 4,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Diagnoses processed at once (the largest batch; memory: this x "
+            "--max-pixel-data-mb).",
+        ),
+    ] = 16,
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request body may take to arrive (then 408).")
     ] = 30.0,
@@ -122,6 +129,17 @@ def serve(
     ] = 10.0,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503.")] = 32,
     workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
+    batch_window_ms: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Dynamic batching: how long a batch waits for requests already being "
+            "decoded (never when none is; 0: no wait).",
+        ),
+    ] = 2.0,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Dynamic batching: requests per batch (1: off).")
+    ] = 16,
     gpu: Annotated[
         bool | None,
         typer.Option("--gpu/--cpu", help="Force or forbid CUDA (default: CUDA if present)."),
@@ -178,6 +196,8 @@ def serve(
         average_option_orders=average_option_orders,
         max_queue=max_queue,
         workers=workers,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
         generalist_timeout_s=generalist_timeout,
         runtime=RuntimeOptions(use_gpu=gpu),
     )
