@@ -105,7 +105,10 @@ build_ca="${GSCO_BUILD_CA:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}"
 # PyTorch's CPU build for the generalist image, which PyPI does not carry.
 wheels=()
 wheels_dir="${GSCO_WHEELS_DIR:-/opt/wheels}"
-if [[ -d "$wheels_dir" ]]; then wheels=(--volume "$wheels_dir:/wheels:ro"); fi
+if [[ -d "$wheels_dir" ]]; then
+  # The wheels stand in for PyTorch's index, which this machine cannot reach.
+  wheels=(--volume "$wheels_dir:/wheels:ro" --build-arg "TORCH_INDEX=${GSCO_TORCH_INDEX:-}")
+fi
 images=("$@")
 if [[ ${#images[@]} -eq 0 ]]; then
   images=(registry hub site federation)

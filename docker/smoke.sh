@@ -131,7 +131,7 @@ generalist=(--no-generalist)
 mode=ensemble
 if $with_generalist; then
   step "starting the CPU generalist container on 127.0.0.1:$generalist_port (vLLM: minutes)"
-  podman run --detach --name "$generalist_ctr" --network host --tmpfs /tmp \
+  podman run --detach --name "$generalist_ctr" --network host --tmpfs /tmp --shm-size 1g \
     --env GSCO_GENERALIST_HOST=127.0.0.1 --env "GSCO_GENERALIST_PORT=$generalist_port" \
     --health-interval disable "localhost/gsco-generalist-cpu:$version" >/dev/null
   generalist_start=$SECONDS

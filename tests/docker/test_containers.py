@@ -193,6 +193,12 @@ def test_compose_resolves_for_each_profile(profile: str, services: set[str]) -> 
         assert secret["file"].startswith("./secrets/")
 
 
+def test_the_cpu_generalist_gets_shared_memory_and_the_hubs_adapters() -> None:
+    generalist = _resolved("cpu")["services"]["generalist-cpu"]
+    assert generalist["shm_size"] == "1gb"  # vLLM's processes meet in /dev/shm (64 MB: fails)
+    assert "hub-state:/var/lib/gsco/hub:ro" in generalist["volumes"]
+
+
 def test_the_hub_talks_tls_to_the_registry_and_checks_its_own_tls() -> None:
     hub = _resolved("cpu")["services"]["hub"]
     command = hub["command"]
