@@ -12,7 +12,9 @@ generalist and requests ask for ``gsco``, so each request does the HTTP
 upload, decoding, every specialist, retrieval and the immediate ensemble
 fallback, the access log and metrics. Client-side latency is measured per
 request (p50/p95 over --requests sequential requests), then throughput at
-several concurrencies. Writes bench/results/hub_overhead.json.
+several concurrencies. The load generator is light (http.client, request bodies
+encoded once), as it shares the machine's cores with the hub. Writes
+bench/results/hub_overhead.json.
 
 In the same run, the same models are measured in plain onnxruntime (the hub's
 session options), as the ceiling the hub is held to: unbatched (one image through
@@ -28,6 +30,7 @@ plus retrieval; and the hub with dynamic batching off (--max-batch 1) for compar
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -86,25 +89,65 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _measure(url: str, images: list[bytes], requests: int) -> dict[str, object]:
+_BOUNDARY = "gsco-bench-boundary"
+
+
+def _multipart(image: bytes) -> bytes:
+    """The request body, encoded once: the load generator must not be what is measured."""
+    fields = {"task_id": "pneumonia-cxr", "mode": "gsco"}
+    header = '--{}\r\nContent-Disposition: form-data; name="{}"\r\n\r\n{}\r\n'
+    parts = [header.format(_BOUNDARY, name, value).encode() for name, value in fields.items()]
+    parts.append(
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+    )
+    parts.append(f"--{_BOUNDARY}--\r\n".encode())
+    return b"".join(parts)
+
+
+class _Client:
+    """One keep-alive connection (http.client: a light client, so that on a machine
+    shared with the hub most of the CPU goes to the hub, not to the load generator)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=120)
+
+    def diagnose(self, body: bytes) -> tuple[int, bytes]:
+        self._connection.request(
+            "POST",
+            "/v1/diagnose",
+            body=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={_BOUNDARY}"},
+        )
+        response = self._connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _measure(url: str, bodies: list[bytes], requests: int) -> dict[str, object]:
     latencies: list[float] = []
     stages: dict[str, list[float]] = {"decode": [], "specialists": [], "retrieval": []}
-    with httpx.Client(base_url=url, timeout=120) as http:
+    client = _Client(url)
+    try:
         for number in range(requests + 5):
             started = time.perf_counter()
-            answer = http.post(
-                "/v1/diagnose",
-                data={"task_id": "pneumonia-cxr", "mode": "gsco"},
-                files={"image": ("x.png", images[number % len(images)], "image/png")},
-            )
+            status, answer = client.diagnose(bodies[number % len(bodies)])
             elapsed = (time.perf_counter() - started) * 1000
-            answer.raise_for_status()
+            if status != 200:
+                raise SystemExit(f"the hub answered {status}: {answer[:500]!r}")
             if number < 5:
                 continue  # warm-up
             latencies.append(elapsed)
-            timings = answer.json()["timings"]
+            timings = json.loads(answer)["timings"]
             for stage in stages:
                 stages[stage].append(float(timings[f"{stage}_ms"] or 0.0))
+    finally:
+        client.close()
     return {
         "requests": requests,
         "p50_ms": round(_percentile(latencies, 50), 2),
@@ -114,23 +157,22 @@ def _measure(url: str, images: list[bytes], requests: int) -> dict[str, object]:
     }
 
 
-def _throughput(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
+def _throughput(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
     deadline = time.monotonic() + seconds
     done = [0] * concurrency
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
 
     def worker(index: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
+        client = _Client(url)
+        try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                answer = http.post(
-                    "/v1/diagnose",
-                    data={"task_id": "pneumonia-cxr", "mode": "gsco"},
-                    files={"image": ("x.png", images[done[index] % len(images)], "image/png")},
-                )
-                if answer.status_code == 200:
+                status, _ = client.diagnose(bodies[(index + done[index]) % len(bodies)])
+                if status == 200:
                     done[index] += 1
                     latencies[index].append((time.perf_counter() - started) * 1000)
+        finally:
+            client.close()
 
     started = time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -226,7 +268,7 @@ def main() -> int:
         try:
             client = registry.client()
             published = 0
-            images = _images(data, 32)
+            images = [_multipart(png) for png in _images(data, 32)]
             for count in COUNTS:
                 while published < count:
                     site = f"site-{published:02d}"
