@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -25,3 +26,32 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Prints ``error: message`` on stderr and exits with ``code``."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def check_grpc_health(
+    what: str,
+    target: str,
+    *,
+    service: str = "",
+    ca: Path | None = None,
+    timeout_s: float = 5.0,
+) -> None:
+    """Asks ``target``'s standard gRPC health service: prints ``WHAT TARGET: SERVING``.
+
+    Fails (exit 1) with what was wrong otherwise. The health commands images run.
+    """
+    from protocol import grpc_health
+    from protocol.errors import HealthCheckError
+
+    try:
+        status = grpc_health(
+            target,
+            service=service,
+            root_certificates=ca.read_bytes() if ca is not None else None,
+            timeout_s=timeout_s,
+        )
+    except HealthCheckError as exc:
+        fail(f"{what} {exc}")
+    if status != "SERVING":
+        fail(f"{what} {target}: {status}")
+    typer.echo(f"{what} {target}: {status}")

@@ -134,17 +134,9 @@ def health(
 
     What the federation and site images' health checks run.
     """
-    from gsco.cli._common import fail
-    from protocol import grpc_health
-    from protocol.errors import HealthCheckError
+    from gsco.cli._common import check_grpc_health
 
-    try:
-        status = grpc_health(address, timeout_s=timeout)
-    except HealthCheckError as exc:
-        fail(f"health service {exc}")
-    if status != "SERVING":
-        fail(f"health service {address}: {status}")
-    typer.echo(f"health service {address}: {status}")
+    check_grpc_health("health service", address, timeout_s=timeout)
 
 
 @app.command("add-site")

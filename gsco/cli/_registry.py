@@ -162,23 +162,10 @@ def health(
 
     What the registry image's health check runs.
     """
-    from gsco.cli._common import fail
-    from protocol import grpc_health
-    from protocol.errors import HealthCheckError
+    from gsco.cli._common import check_grpc_health
     from registry import SERVICE_NAME
 
-    try:
-        status = grpc_health(
-            registry,
-            service=SERVICE_NAME,
-            root_certificates=tls_ca.read_bytes() if tls_ca else None,
-            timeout_s=timeout,
-        )
-    except HealthCheckError as exc:
-        fail(f"registry {exc}")
-    if status != "SERVING":
-        fail(f"registry {registry}: {status}")
-    typer.echo(f"registry {registry}: {status}")
+    check_grpc_health("registry", registry, service=SERVICE_NAME, ca=tls_ca, timeout_s=timeout)
 
 
 @app.command("trust-root")
