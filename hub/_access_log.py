@@ -69,38 +69,41 @@ def verify_access_log(path: Path) -> list[AccessRecord]:
 
 def _verified(path: Path) -> tuple[list[AccessRecord], str]:
     """The records of ``path`` and the hash of its last line, after checking the chain."""
+    return _walked(_read(path), path.name)
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise AccessLogError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _walked(data: bytes, name: str) -> tuple[list[AccessRecord], str]:
     if data and not data.endswith(b"\n"):
-        raise AccessLogError(f"{path.name}: the last line is truncated (no newline)")
+        raise AccessLogError(f"{name}: the last line is truncated (no newline)")
     try:
         return walk_chain(data.splitlines(keepends=True), AccessRecord)
     except ChainError as exc:
-        raise AccessLogError(f"{path.name}: {exc}") from exc
+        raise AccessLogError(f"{name}: {exc}") from exc
 
 
-def _drop_unfinished_line(path: Path) -> int:
-    """Cuts an unterminated last line off ``path`` (a write the hub died in); its length.
+def _without_unfinished_line(path: Path, data: bytes) -> bytes:
+    """``data``, the content of ``path``, without an unterminated last line (cut off both).
 
-    Such a line was never fsynced as a whole, so no answer waited on it: the hub
-    answers only after the write of its record, newline included, was made durable.
+    Such a line is a write the hub died in. It was never fsynced as a whole, so no
+    answer waited on it: the hub answers only after the write of its record, newline
+    included, was made durable.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    except OSError as exc:
-        raise AccessLogError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not data or data.endswith(b"\n"):
-        return 0
+        return data
     keep = data.rfind(b"\n") + 1
     with path.open("r+b") as handle:
         handle.truncate(keep)
         handle.flush()
         os.fsync(handle.fileno())
-    return len(data) - keep
+    log.warning("%s: cut off an unfinished last line (%d bytes)", path, len(data) - keep)
+    return data[:keep]
 
 
 @dataclass
@@ -133,10 +136,8 @@ class AccessLog:
             self._log.close()
             raise AccessLogError(f"{path} is in use by another hub") from exc
         try:
-            dropped = _drop_unfinished_line(path)
-            if dropped:
-                log.warning("%s: cut off an unfinished last line (%d bytes)", path, dropped)
-            records, last = _verified(path)  # read and walked once
+            data = _without_unfinished_line(path, _read(path))  # read and walked once
+            records, last = _walked(data, path.name)
         except AccessLogError:
             self._log.close()
             raise
