@@ -65,7 +65,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { python -c 'from protocol import free_loopback_port; print(free_loopback_port())'; }
 registry_port="$(free_port)"
 hub_port="$(free_port)"
 generalist_port="$(free_port)"
