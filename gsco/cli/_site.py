@@ -392,6 +392,8 @@ def train(
             else f"backbone {config.backbone}, no search"
         )
     )
+    if "search_left_out" in recipe.reasons:
+        typer.echo(f"  not tried: {recipe.reasons['search_left_out']}")
     try:
         with TrainingProgress() as progress:
             result, manifest = run_training(plan, progress, progress.on_trial)
@@ -447,7 +449,10 @@ def _interrupted(out: Path, checkpoints: Path) -> str:
     if not kept:
         with contextlib.suppress(OSError):  # an empty folder is no checkpoint
             checkpoints.rmdir()
-        return f"interrupted before the first epoch ended: nothing was written ({out} is free)"
+        return (
+            f"interrupted before any checkpoint was written (during the recipe's search or "
+            f"the first epoch): nothing was kept ({out} is free)"
+        )
     return (
         f"interrupted: no bundle was written ({out} is free); the weights trained so far are "
         f"kept in {checkpoints} ({', '.join(kept)}: best = the lowest validation loss so far, "

@@ -23,8 +23,10 @@ from site_agent.train._metrics import (
 )
 from site_agent.train._recipe import (
     DEFAULT_MAX_MINUTES,
+    MIN_STEPS,
     RUNG_STEPS,
-    SMALL_SET,
+    SEARCH_RATE,
+    SEARCH_SHARE,
     Recipe,
     RecipeFlags,
     Trial,
@@ -44,8 +46,10 @@ from site_agent.train._zoo import (
 
 __all__ = [
     "DEFAULT_MAX_MINUTES",
+    "MIN_STEPS",
     "RUNG_STEPS",
-    "SMALL_SET",
+    "SEARCH_RATE",
+    "SEARCH_SHARE",
     "BackboneSpec",
     "BackboneZoo",
     "CumulativeLinkHead",
