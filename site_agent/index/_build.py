@@ -1,8 +1,8 @@
 """The retrieval index a site publishes, with its privacy controls.
 
 Default: class-conditional prototypes. Each class's training embeddings are
-clustered; a cluster smaller than k is dissolved into its nearest neighbours
-until every group holds at least k images; each group publishes only its
+clustered; every cluster smaller than k is dissolved into the nearest clusters
+that hold at least k images; each group publishes only its
 (optionally noised) mean direction and its size. Classes with fewer than k
 images publish nothing. Raw per-image rows need ``IndexMode.RAW``, an explicit
 opt-in. No sample ids, paths or per-patient fields are ever written.
@@ -46,24 +46,32 @@ def _unit(rows: NDArray[np.floating]) -> NDArray[np.float32]:
 
 
 def _groups(points: NDArray[np.float32], k: int, seed: int) -> NDArray[np.int64]:
-    """Cluster ids for ``points`` such that every cluster has at least ``k`` members."""
+    """Cluster ids for ``points`` such that every cluster has at least ``k`` members.
+
+    k-means with ``len(points) // k`` clusters; then every cluster smaller than
+    ``k`` is dissolved at once, its members joining the nearest centroid of a
+    cluster that is large enough. One always is (the mean size is at least
+    ``k``), and clusters only grow, so every group ends with at least ``k``.
+    (Dissolving the smallest cluster one at a time recomputed every centroid
+    each round: 7 s of a 85 s run on 4,708 images, more than the ONNX export.)
+    """
     n_clusters = len(points) // k
     if n_clusters <= 1:
         return np.zeros(len(points), dtype=np.int64)
     from sklearn.cluster import KMeans
 
-    assignment = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit_predict(points)
-    assignment = np.asarray(assignment, dtype=np.int64)
-    while True:
-        ids, sizes = np.unique(assignment, return_counts=True)
-        if sizes.min() >= k or len(ids) == 1:
-            return assignment
-        small = ids[sizes.argmin()]
-        keep = ids[ids != small]
-        centroids = np.stack([points[assignment == c].mean(axis=0) for c in keep])
-        members = np.flatnonzero(assignment == small)
+    fitted = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(points)
+    assignment = np.asarray(fitted.labels_, dtype=np.int64)
+    sizes = np.bincount(assignment, minlength=n_clusters)
+    keep = np.flatnonzero(sizes >= k)
+    members = np.flatnonzero(sizes[assignment] < k)
+    if len(members):
+        sums = np.zeros((n_clusters, points.shape[1]), dtype=np.float64)
+        np.add.at(sums, assignment, points)
+        centroids = sums[keep] / sizes[keep, None]
         nearest = (points[members] @ centroids.T).argmax(axis=1)
         assignment[members] = keep[nearest]
+    return assignment
 
 
 def build_index(

@@ -256,12 +256,6 @@ def plan_recipe(
         reasons["epochs"] = (
             f"{_BASE_EPOCHS}, or enough for {MIN_STEPS} optimiser steps at {steps} per epoch"
         )
-    if flags.patience is not None:
-        patience = flags.patience
-        reasons["patience"] = "given"
-    else:
-        patience = max(4, epochs // 2)
-        reasons["patience"] = "half of the epochs, at least 4"
     if flags.flip is not None:
         flip = flags.flip
         reasons["flip"] = "given"
@@ -310,6 +304,23 @@ def plan_recipe(
             )
             size = max(size // 2, 28, spec.min_input_size)
         reasons["input_size"] = why
+    if flags.epochs is None and not spec.fixed_size:
+        # The whole schedule must fit the budget (with the search's share and validation):
+        # a run cut by the deadline stops before its cosine schedule has annealed.
+        minutes = cost(backbone, size) * n * epochs * 1.3 * (1 + SEARCH_SHARE) / 60
+        if minutes > budget:
+            fitted = max(1, int(epochs * budget / minutes))
+            reasons["epochs"] += (
+                f"; cut to {fitted}: {epochs} were measured at {minutes:.0f} min with the "
+                f"search, over the {budget:g} min budget"
+            )
+            epochs = fitted
+    if flags.patience is not None:
+        patience = flags.patience
+        reasons["patience"] = "given"
+    else:
+        patience = max(4, epochs // 2)
+        reasons["patience"] = "half of the epochs, at least 4"
     config = replace(
         config,
         input_size=size,

@@ -40,6 +40,20 @@ def test_default_prototypes_hide_individual_images(k: int) -> None:
     check_index(built.arrays, _card(built.privacy))
 
 
+def test_small_clusters_are_dissolved_into_groups_of_at_least_k() -> None:
+    """Tight outlier clusters (3 images each) that k-means keeps apart still join a group >= k."""
+    rng = np.random.default_rng(1)
+    blob = rng.normal(size=(200, 8))
+    directions = rng.normal(size=(6, 8))  # six directions of their own (rows are normalised)
+    outliers = np.concatenate([d + rng.normal(scale=0.001, size=(3, 8)) for d in directions])
+    embeddings = np.concatenate([blob, outliers]).astype(np.float32)
+    labels = np.zeros(len(embeddings), dtype=np.int64)
+    built = build_index(embeddings, labels, ("a", "b"), IndexSettings(k=10))
+    assert built.arrays["group_sizes"].min() >= 10
+    assert built.arrays["group_sizes"].sum() == len(embeddings)
+    assert built.skipped_classes == ("b",)
+
+
 def test_class_smaller_than_k_publishes_nothing() -> None:
     embeddings, labels = _embeddings((7, 40))
     built = build_index(embeddings, labels, LABELS, IndexSettings(k=10))

@@ -134,6 +134,21 @@ def test_a_big_image_is_halved_only_when_the_budget_says_so() -> None:
     assert "halved" in tight.reasons["input_size"]
 
 
+def test_epochs_are_cut_so_that_the_whole_schedule_fits_the_budget() -> None:
+    """At the images' own 28 px nothing is halved: fewer epochs, each schedule completed."""
+    roomy = plan_recipe(_dataset(4708), RecipeFlags(), ZOO, base=TrainConfig())
+    assert roomy.config.epochs == 12
+    assert "cut" not in roomy.reasons["epochs"]
+    tight = plan_recipe(_dataset(4708), RecipeFlags(), ZOO, base=TrainConfig(), max_minutes=0.3)
+    assert 1 <= tight.config.epochs < 12
+    assert "cut to" in tight.reasons["epochs"]
+    assert tight.config.patience == max(4, tight.config.epochs // 2)
+    given = plan_recipe(
+        _dataset(4708), RecipeFlags(epochs=12), ZOO, base=TrainConfig(), max_minutes=0.3
+    )
+    assert given.config.epochs == 12  # a given number of epochs is the user's to keep
+
+
 @pytest.mark.slow
 def test_the_search_keeps_the_best_validation_loss_and_records_its_trials() -> None:
     data = _dataset(96)
