@@ -25,8 +25,6 @@ from federation._members import (
 )
 from federation._superlink import (
     NodeInfo,
-    flower_environment,
-    flower_executable,
     list_nodes,
     register_node,
     superlink_command,
@@ -53,8 +51,6 @@ __all__ = [
     "OwnCertificate",
     "SuperLinkError",
     "add_site",
-    "flower_environment",
-    "flower_executable",
     "init_consortium",
     "list_nodes",
     "members",

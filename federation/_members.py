@@ -5,13 +5,17 @@ follow it. A site is added only while it is enrolled and not revoked in the
 registry, and :func:`reconcile` unregisters the node key of every member whose
 registry identity is gone or revoked, so the two cannot silently disagree.
 ``ROOT/members.json`` records which node (id, key digest) belongs to which site.
+Changes to it hold an exclusive lock (``ROOT/members.lock``) from reading the
+list to writing it, so that two operators adding sites at once both land.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -29,6 +33,7 @@ from protocol import GscoError, Identifier, Sha256Hex, SiteKey, StrictModel, can
 __all__ = ["Member", "add_site", "members", "node_key_digest", "reconcile", "remove_site"]
 
 MEMBERS_FILE = "members.json"
+MEMBERS_LOCK = "members.lock"
 #: An OpenSSH public key line is well under this.
 MAX_NODE_KEY_BYTES = 16 * 1024
 #: The curves Flower accepts for SuperNode keys.
@@ -64,10 +69,25 @@ def members(consortium: Consortium) -> list[Member]:
         raise MembershipError(f"{path}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _changing(consortium: Consortium) -> Iterator[None]:
+    """Holds the membership's lock: one change at a time, across processes."""
+    with (consortium.root / MEMBERS_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _save(consortium: Consortium, entries: Iterable[Member]) -> None:
+    """Replaces ``members.json`` atomically (under :func:`_changing`)."""
     path = consortium.root / MEMBERS_FILE
     partial = path.with_suffix(".json.partial")
-    partial.write_bytes(canonical_json(_Members(members=tuple(entries)).model_dump(mode="json")))
+    with partial.open("wb") as out:
+        out.write(canonical_json(_Members(members=tuple(entries)).model_dump(mode="json")))
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(partial, path)
 
 
@@ -120,21 +140,22 @@ def add_site(
             f"site {site_id!r} is not enrolled in the registry (or is revoked): enrol it "
             f"with 'gsco registry enroll' first; the registry is the consortium's membership"
         )
-    current = members(consortium)
-    for member in current:
-        if member.site_id == site_id:
-            raise MembershipError(
-                f"site {site_id!r} is a member already (node {member.node_id}); "
-                f"'gsco federation remove-site {site_id}' first to change its key"
-            )
-        if member.node_key_sha256 == digest:
-            raise MembershipError(f"{node_key} is the node key of site {member.site_id!r}")
-    node_id = register_node(consortium, node_key)
-    member = Member(
-        site_id=site_id, node_id=node_id, node_key_sha256=digest, added_at=datetime.now(UTC)
-    )
-    _save(consortium, [*current, member])
-    return member
+    with _changing(consortium):
+        current = members(consortium)
+        for member in current:
+            if member.site_id == site_id:
+                raise MembershipError(
+                    f"site {site_id!r} is a member already (node {member.node_id}); "
+                    f"'gsco federation remove-site {site_id}' first to change its key"
+                )
+            if member.node_key_sha256 == digest:
+                raise MembershipError(f"{node_key} is the node key of site {member.site_id!r}")
+        node_id = register_node(consortium, node_key)
+        member = Member(
+            site_id=site_id, node_id=node_id, node_key_sha256=digest, added_at=datetime.now(UTC)
+        )
+        _save(consortium, [*current, member])
+        return member
 
 
 def remove_site(consortium: Consortium, site_id: str) -> Member:
@@ -144,13 +165,14 @@ def remove_site(consortium: Consortium, site_id: str) -> Member:
         MembershipError: the site is not a member.
         SuperLinkError: the SuperLink refused or could not be reached (nothing dropped).
     """
-    current = members(consortium)
-    found = [m for m in current if m.site_id == site_id]
-    if not found:
-        raise MembershipError(f"site {site_id!r} is not a member of {consortium.config.name}")
-    unregister_node(consortium, found[0].node_id)
-    _save(consortium, [m for m in current if m.site_id != site_id])
-    return found[0]
+    with _changing(consortium):
+        current = members(consortium)
+        found = [m for m in current if m.site_id == site_id]
+        if not found:
+            raise MembershipError(f"site {site_id!r} is not a member of {consortium.config.name}")
+        unregister_node(consortium, found[0].node_id)
+        _save(consortium, [m for m in current if m.site_id != site_id])
+        return found[0]
 
 
 def reconcile(consortium: Consortium, sites: Iterable[SiteKey]) -> list[Member]:

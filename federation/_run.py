@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from federation._consortium import Consortium
-from federation._superlink import flower_environment, flower_executable
 from federation.errors import SuperLinkError
+from protocol import flat_toml, flower_command, flower_environment
 
 __all__ = ["RunRequest", "RunResult", "recent_runs", "run_federation"]
 
@@ -97,16 +97,16 @@ def run_federation(
         SuperLinkError: ``flwr run`` failed, or the run wrote no results.
     """
     from simulations._compat import FLOWER_QUIET_ENV
-    from simulations._runtime import APP_DIR, run_config_toml
+    from simulations._runtime import APP_DIR
 
     runs = consortium.root / "runs"
     runs.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     results = (runs / f"{stamp}.json").resolve()
     config_file = runs / f"{stamp}.run-config.toml"
-    config_file.write_text(run_config_toml(request.run_config(results)), encoding="utf-8")
+    config_file.write_text(flat_toml(request.run_config(results)), encoding="utf-8")
     command = [
-        flower_executable("flwr"),
+        flower_command("flwr"),
         "run",
         str(APP_DIR),
         consortium.config.name,
@@ -114,7 +114,7 @@ def run_federation(
         str(config_file),
         "--stream",
     ]
-    env = {**flower_environment(consortium), **FLOWER_QUIET_ENV}
+    env = flower_environment(consortium.flwr_home, FLOWER_QUIET_ENV)
     process = subprocess.Popen(  # noqa: S603 - Flower's CLI, our own fixed arguments
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -141,9 +141,10 @@ def run_federation(
     if "error" in answer and isinstance(answer["error"], str):
         return RunResult(results, {}, answer["error"])
     sites = {str(k): v for k, v in answer.items() if isinstance(v, dict) and k != "_run"}
-    published = sum(  # each site's own specialist; the shared FedAvg one is extra
-        1 for v in sites.values() if v.get("status") == "published" and not v.get("federated")
-    )
+    summary = answer.get("_run")  # the ServerApp's own count of the sites that published
+    published = summary.get("published") if isinstance(summary, dict) else None
+    if not isinstance(published, int) or isinstance(published, bool):
+        raise SuperLinkError(f"{results}: the run's results have no '_run' summary")
     error = None
     if published < request.min_sites:
         error = (

@@ -13,21 +13,17 @@ The Control API is called through Flower's own ``flwr`` CLI with
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from federation._consortium import Consortium
 from federation.errors import SuperLinkError
+from protocol import flower_command, flower_environment
 
 __all__ = [
     "NodeInfo",
-    "flower_environment",
-    "flower_executable",
     "list_nodes",
     "register_node",
     "superlink_command",
@@ -46,36 +42,6 @@ class NodeInfo:
     status: str  # registered | online | offline | unregistered (Flower's words)
 
 
-def flower_executable(name: str) -> str:
-    """The path of Flower's ``name`` command: beside this Python, else on ``PATH``.
-
-    Raises:
-        SuperLinkError: Flower is not installed (``pip install 'gsco[site]'``).
-    """
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise SuperLinkError(f"{name} not found: install Flower with pip install 'gsco[site]'")
-    return found
-
-
-def flower_environment(consortium: Consortium | None = None) -> dict[str, str]:
-    """The environment of Flower's processes: its commands on ``PATH``, telemetry off.
-
-    The SuperLink starts ``flower-superexec`` children by name, so the folder
-    of Flower's commands leads ``PATH``.
-    """
-    env = dict(os.environ)
-    bin_dir = str(Path(flower_executable("flower-superlink")).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    if consortium is not None:
-        env["FLWR_HOME"] = str(consortium.flwr_home)
-    return env
-
-
 def superlink_command(
     consortium: Consortium,
     *,
@@ -89,11 +55,11 @@ def superlink_command(
 
     Raises:
         CertificateError: the SuperLink's certificate does not check.
-        SuperLinkError: Flower is not installed.
+        ToolNotFoundError: Flower is not installed.
     """
     consortium.check_certificates()
     return [
-        flower_executable("flower-superlink"),
+        flower_command("flower-superlink"),
         "--ssl-ca-certfile",
         str(consortium.ca_certificate),
         "--ssl-certfile",
@@ -114,11 +80,11 @@ def superlink_command(
 
 def _flwr(consortium: Consortium, *args: str) -> dict[str, Any]:
     """One ``flwr ... --format json`` call to this consortium's SuperLink."""
-    command = [flower_executable("flwr"), *args, consortium.config.name, "--format", "json"]
+    command = [flower_command("flwr"), *args, consortium.config.name, "--format", "json"]
     try:
         done = subprocess.run(  # noqa: S603 - Flower's CLI, fixed arguments, no shell
             command,
-            env=flower_environment(consortium),
+            env=flower_environment(consortium.flwr_home),
             capture_output=True,
             text=True,
             timeout=CONTROL_TIMEOUT_S,

@@ -59,6 +59,7 @@ from protocol._diagnosis import (
     StageTimings,
 )
 from protocol._dicom import DecodeLimits, DicomSize, bounded_dicom
+from protocol._flower import flat_toml, flower_command, flower_environment
 from protocol._health import grpc_health
 from protocol._images import (
     DICOM_PIXEL_TAGS,
@@ -85,6 +86,7 @@ from protocol.errors import (
     ImageDecodeError,
     ProtocolError,
     SchemaError,
+    ToolNotFoundError,
 )
 
 __all__ = [
@@ -146,6 +148,7 @@ __all__ = [
     "StrictModel",
     "TaskSpec",
     "TaskType",
+    "ToolNotFoundError",
     "TrainingRecipe",
     "UnreadableBundle",
     "Version",
@@ -158,6 +161,9 @@ __all__ = [
     "decide",
     "decode_image_bytes",
     "encode_png",
+    "flat_toml",
+    "flower_command",
+    "flower_environment",
     "free_loopback_port",
     "grpc_health",
     "is_dicom_bytes",

@@ -10,6 +10,7 @@ front end can report any of them as one clear line::
         ├── ArtifactError          model.onnx or index.npz breaks its contract (protocol._artifacts)
         ├── ImageDecodeError       an image that is corrupt, too large or not what it claims
         └── HealthCheckError       a gRPC health check that got no answer
+    └── ToolNotFoundError          a command GSCo starts (Flower's) is not installed
 
 Other roots (``signing.SigningError``, ...) subclass :class:`GscoError` too.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "ImageDecodeError",
     "ProtocolError",
     "SchemaError",
+    "ToolNotFoundError",
 ]
 
 
@@ -65,3 +67,7 @@ class ImageDecodeError(ProtocolError):
 
 class HealthCheckError(ProtocolError):
     """A gRPC health check got no answer (refused, TLS failure, timeout, unknown service)."""
+
+
+class ToolNotFoundError(GscoError):
+    """A command that GSCo starts (``flower-superlink``, ``flwr``, ...) is not installed."""

@@ -9,11 +9,9 @@ a free loopback port, telemetry off and no runtime dependency installation
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,42 +19,15 @@ from types import TracebackType
 
 import httpx
 
-from protocol import free_loopback_port
+from protocol import flat_toml, flower_command, flower_environment, free_loopback_port
 from simulations._compat import FLOWER_QUIET_ENV
 from simulations.errors import SimulationFailedError
 
-__all__ = ["APP_DIR", "FlowerRuntime", "run_config_toml"]
+__all__ = ["APP_DIR", "FlowerRuntime"]
 
 #: The Flower app folder shipped with this package.
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 _CONNECTION = "gsco"
-
-
-def _bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def _toml_value(value: object) -> str:
-    """One TOML value; a string in any characters (apostrophes, quotes, newlines) round-trips."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    # A JSON string is a TOML basic string (same escapes); ensure_ascii=False keeps
-    # characters outside the BMP whole (TOML has no surrogate-pair escapes).
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def run_config_toml(run_config: Mapping[str, object]) -> str:
-    """A Flower run config as a TOML document (what ``flwr run --run-config FILE`` reads).
-
-    Flower's inline ``k=v`` form cannot carry a value that holds both kinds of
-    quotes (its parser splits on them), so the run config goes in a file.
-    """
-    return "".join(
-        f"{json.dumps(key)} = {_toml_value(value)}\n" for key, value in run_config.items()
-    )
 
 
 class FlowerRuntime:
@@ -67,16 +38,14 @@ class FlowerRuntime:
         self.log_path = work_dir / "superlink.log"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
-        self.env = dict(
-            os.environ,
-            FLWR_HOME=str(self.home),
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            **FLOWER_QUIET_ENV,
-            # The SuperLink starts flower-superexec by name: find it beside this interpreter
-            # even when the environment is not activated (a venv's bin/gsco run by path).
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        self.env = flower_environment(
+            self.home,
+            {
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                **FLOWER_QUIET_ENV,
+            },
         )
 
     def __enter__(self) -> FlowerRuntime:
@@ -89,7 +58,7 @@ class FlowerRuntime:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our own fixed argument list
                 [
-                    _bin("flower-superlink"),
+                    flower_command("flower-superlink"),
                     "--insecure",
                     "--simulation",
                     "--isolation",
@@ -134,9 +103,9 @@ class FlowerRuntime:
             SimulationFailedError: the run did not complete.
         """
         config_file = self.home / f"run-config-{time.time_ns()}.toml"
-        config_file.write_text(run_config_toml(run_config), encoding="utf-8")
+        config_file.write_text(flat_toml(run_config), encoding="utf-8")
         command = [
-            _bin("flwr"),
+            flower_command("flwr"),
             "run",
             str(app_dir),
             _CONNECTION,

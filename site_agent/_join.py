@@ -10,11 +10,10 @@ SuperLink are the weights, metrics and counts the app sends.
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol import flat_toml, flower_command
 from site_agent._home import SiteHome
 from site_agent._node_key import node_key
 from site_agent.errors import OptionsError
@@ -82,10 +81,6 @@ class JoinSettings:
         return declared
 
 
-def _toml_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-
-
 def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
     """Checks ``settings``, writes the node config and returns the ``flower-supernode`` command.
 
@@ -93,8 +88,10 @@ def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
 
     Raises:
         OptionsError: see :meth:`JoinSettings.check`.
+        ToolNotFoundError: Flower is not installed.
     """
     task = settings.check()
+    supernode = flower_command("flower-supernode")  # before anything is written
     key = node_key(site)
     settings.work.mkdir(parents=True, exist_ok=True)
     node_config = {
@@ -109,13 +106,9 @@ def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
     if settings.registry_ca is not None:
         node_config["registry-ca"] = str(settings.registry_ca.resolve())
     config_path = site.root / NODE_CONFIG_FILE
-    config_path.write_text(
-        "".join(f"{json.dumps(k)} = {_toml_string(v)}\n" for k, v in node_config.items()),
-        encoding="utf-8",
-    )
-    beside = Path(sys.executable).parent / "flower-supernode"
+    config_path.write_text(flat_toml(node_config), encoding="utf-8")
     return [
-        str(beside) if beside.is_file() else "flower-supernode",
+        supernode,
         "--root-certificates",
         str(settings.ca.resolve()),
         "--superlink",

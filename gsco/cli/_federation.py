@@ -21,13 +21,13 @@ from federation import (
     superlink_command,
 )
 from federation._run import recent_runs
-from federation._superlink import flower_environment
 from gsco.cli._common import (
     DpClipOption,
     DpNoiseOption,
     FedAvgLocalEpochsOption,
     HealthAddressOption,
 )
+from protocol import flower_environment
 
 if TYPE_CHECKING:
     from protocol import SiteKey
@@ -120,7 +120,7 @@ def serve(
         f"authentication); state in {consortium.database}",
         err=True,
     )
-    os.execvpe(command[0], command, flower_environment(consortium))  # noqa: S606
+    os.execvpe(command[0], command, flower_environment(consortium.flwr_home))  # noqa: S606
 
 
 @app.command()

@@ -120,7 +120,7 @@ def join(
     )
     import os
 
-    from federation import flower_environment
+    from protocol import flower_environment
 
     os.execvpe(command[0], command, flower_environment())  # noqa: S606
 

@@ -127,6 +127,45 @@ def test_only_an_enrolled_site_with_a_p256_key_can_be_added(tmp_path: Path) -> N
     assert not (consortium.root / "members.json").exists()
 
 
+def test_two_sites_added_at_once_both_stay_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two operators' ``add-site`` at the same time: neither binding is lost.
+
+    Flower's Control API call is replaced by a slow stand-in (the real one is
+    exercised in test_superlink.py), so that both calls overlap for certain.
+    """
+    import threading
+    import time
+
+    from federation import _members, members
+
+    def slow_register(_consortium: Consortium, _key: Path) -> int:
+        time.sleep(0.3)
+        return next(ids)
+
+    ids = iter(range(100, 200))
+    monkeypatch.setattr(_members, "register_node", slow_register)
+    consortium = init_consortium(tmp_path / "c", "lung")
+    keys = {s: node_key(init_site(tmp_path / s, s)).public for s in ("st-marys", "st-johns")}
+    sites = [_site_key(s) for s in keys]
+    errors: list[BaseException] = []
+
+    def add(site_id: str) -> None:
+        try:
+            add_site(consortium, site_id, keys[site_id], sites)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(s,)) for s in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert {m.site_id for m in members(consortium)} == set(keys)
+
+
 def _joining_site(tmp_path: Path) -> tuple[Path, Consortium, Path]:
     """A site home made by ``gsco site init``, a consortium, and a (placeholder) data file."""
     from tests.federation.conftest import gsco_run

@@ -18,8 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from federation import flower_environment
-from protocol import free_loopback_port
+from protocol import flower_environment, free_loopback_port
 from site_agent import open_site
 from tests.federation.conftest import GSCO, Processes, gsco_run, wait_for_port, wait_for_status
 from tests.servers import start_hub, start_registry

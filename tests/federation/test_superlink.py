@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from federation import flower_environment, flower_executable, members, open_consortium
-from protocol import free_loopback_port
+from federation import members, open_consortium
+from protocol import flower_command, flower_environment, free_loopback_port
 from site_agent import open_site
 from tests.federation.conftest import (
     GSCO,
@@ -89,7 +89,7 @@ def test_only_member_sites_connect_and_everything_stops(
 
         def supernode(site_id: str) -> subprocess.Popen[str]:
             command = [
-                flower_executable("flower-supernode"),
+                flower_command("flower-supernode"),
                 "--root-certificates", str(open_consortium(root).ca_certificate),
                 "--superlink", f"127.0.0.1:{port}",
                 "--auth-supernode-private-key", str(keys[site_id].with_suffix(".key")),

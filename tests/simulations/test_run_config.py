@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from simulations._runtime import run_config_toml
+from protocol import flat_toml
 
 AWKWARD = {
     "data-dir": '/srv/St Mary\'s "East" wing/medmnist',
@@ -21,12 +21,12 @@ AWKWARD = {
 
 
 def test_every_value_round_trips_through_the_toml_document() -> None:
-    assert tomllib.loads(run_config_toml(AWKWARD)) == AWKWARD
+    assert tomllib.loads(flat_toml(AWKWARD)) == AWKWARD
 
 
 def test_flower_reads_the_file_as_it_was_written(tmp_path: Path) -> None:
     path = tmp_path / "run-config.toml"
-    path.write_text(run_config_toml(AWKWARD), encoding="utf-8")
+    path.write_text(flat_toml(AWKWARD), encoding="utf-8")
     assert parse_config_args([str(path)]) == AWKWARD
 
 
