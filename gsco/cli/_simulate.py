@@ -257,11 +257,20 @@ def demo(
     tune_generalist: Annotated[
         bool, typer.Option(help="Tune, sign and serve the generalist's LoRA adapter (FedAvg).")
     ] = True,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs each hospital trains.")] = 5,
+    minutes_per_site: Annotated[
+        float, typer.Option(min=0.1, help="Training time budget per site.")
+    ] = 3.0,
+    generalist: Annotated[
+        str, typer.Option(help="embedded (the CPU vLLM server) | none | an OpenAI base URL.")
+    ] = "embedded",
 ) -> None:
     """The whole system on this machine: 3 hospitals on PneumoniaMNIST, registry, hub, generalist.
 
     Everything it starts (Flower's SuperLink, the registry, the hub, the CPU
-    generalist) is stopped before it returns.
+    generalist) is stopped before it returns. A first look in a few minutes:
+    ``gsco demo --epochs 1 --minutes-per-site 0.5 --test-images 20
+    --no-tune-generalist --generalist none``.
     """
     typer.echo(
         "GSCo demo: 3 simulated hospitals train specialists on PneumoniaMNIST, sign and publish "
@@ -275,11 +284,11 @@ def demo(
         sites=3,
         partition="iid",
         backbone="tf_efficientnet_lite0",
-        epochs=5,
-        minutes_per_site=3.0,
+        epochs=epochs,
+        minutes_per_site=minutes_per_site,
         test_images=test_images,
         fault=None,
-        generalist="embedded",
+        generalist=generalist,
         generalist_down=False,
         fedavg_rounds=0,
         fedavg_local_epochs=1,

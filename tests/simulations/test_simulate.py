@@ -279,3 +279,21 @@ def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
     assert records
     assert "4 bundles" in _audit(out, tmp_path)
     assert "gsco (adapter)" in result.stdout
+
+
+def test_the_demo_shows_each_hospitals_training_progress(tmp_path: Path) -> None:
+    """``gsco demo`` itself, at its smallest: an epoch line for each of its three hospitals."""
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", GSCO_DATA_DIR=str(medmnist_dir()))
+    result = subprocess.run(
+        [
+            GSCO, "demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
+            "--minutes-per-site", "0.5", "--test-images", "16", "--no-tune-generalist",
+            "--generalist", "none",
+        ],
+        capture_output=True, text=True, env=env, timeout=1200, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "GSCo demo: 3 simulated hospitals" in result.stderr
+    for number in range(1, 4):  # relayed from each hospital's Flower ClientApp as it trains
+        assert f"hospital-0{number} epoch 1/1: train loss" in result.stderr, result.stderr[-3000:]
+    assert (tmp_path / "demo" / "report.md").is_file()
