@@ -1,9 +1,19 @@
-"""Generalist latency (p50/p95) and throughput at concurrency 1, 4 and 16.
+"""Generalist latency (p50/p95) and throughput at concurrency 1, 4 and 16, or per configuration.
 
 Uses the embedded CPU generalist (vLLM + SmolLM2; started if needed, stopped
 afterwards if this script started it) or --url for another OpenAI-compatible
 server. Sends GSCo prompts for the pneumonia-cxr task, constrained to its
 labels, and writes bench/results/generalist_latency.json.
+
+``--compare`` starts the embedded server once per configuration, one after
+the other (dtype bfloat16 or float32; torch.compile or ``--enforce-eager``;
+and the hub's own: the dtype chosen from this CPU's flags with LoRA on),
+records each one's start time (process start to the first answer of
+``/v1/models``) and its latency and throughput at concurrency 1 and 4 with
+the same GSCo prompt, and writes bench/results/generalist_configs.json. A
+running embedded server is stopped first.
+
+    python bench/generalist_latency.py --compare --requests-per-level 16
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from generalist import (
     OpenAICompatibleBackend,
     OpenAIConfig,
     RadEvidence,
+    cpu_dtype,
 )
 from protocol import Mode
 from site_agent.data import default_catalog
@@ -77,13 +88,71 @@ async def _level(url: str, model: str, concurrency: int, requests: int) -> dict[
     }
 
 
+#: (name, dtype, LoRA, eager); dtype None: the one chosen from this CPU's flags (the hub's).
+CONFIGS = (
+    ("bfloat16, compiled", "bfloat16", False, False),
+    ("float32, compiled", "float32", False, False),
+    ("bfloat16, eager", "bfloat16", False, True),
+    ("float32, eager", "float32", False, True),
+    ("the hub's: chosen dtype, LoRA on (eager)", None, True, False),
+)
+
+
+def _compare(requests: int, out: Path) -> int:
+    """Each configuration started fresh, timed, and measured with the same prompt."""
+    server = EmbeddedServer()
+    server.stop()
+    rows = []
+    for name, dtype, lora, eager in CONFIGS:
+        started = time.monotonic()
+        state = server.start(lora=lora, eager=eager, dtype=dtype)
+        start_s = time.monotonic() - started
+        try:
+            levels = [
+                asyncio.run(_level(state.url, MODEL_NAME, c, max(requests, c))) for c in (1, 4)
+            ]
+        finally:
+            server.stop()
+        row = {
+            "config": name,
+            "dtype": state.dtype,
+            "lora": lora,
+            "eager": eager or lora,  # vLLM turns torch.compile off on the CPU with LoRA
+            "start_s": round(start_s, 1),
+            "levels": levels,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    slowest = max(r["levels"][0]["p50_ms"] for r in rows)  # type: ignore[index]
+    report = {
+        "benchmark": "generalist_configs",
+        "time": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "cpu_dtype": cpu_dtype(),
+        "prompt": "GSCo mode, pneumonia-cxr, two MoED and two RAD evidence lines",
+        "configs": rows,
+        "speedup_p50_c1_vs_slowest": {
+            r["config"]: round(slowest / r["levels"][0]["p50_ms"], 2)  # type: ignore[index]
+            for r in rows
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "generalist_configs.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="OpenAI base URL [default: the embedded generalist]")
     parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--requests-per-level", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--compare", action="store_true", help="compare server configurations")
     args = parser.parse_args()
+    if args.compare:
+        return _compare(args.requests_per_level, args.out)
     server = EmbeddedServer()
     started_here = args.url is None and server.state() is None
     url = args.url or server.start().url

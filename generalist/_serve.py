@@ -73,6 +73,7 @@ class ServerState:
     # What it was started with: a server from an older release (no LoRA) is restarted.
     dtype: str | None = None
     lora: bool = False
+    eager: bool = False  # --enforce-eager: no torch.compile (LoRA turns it off anyway)
 
     @property
     def url(self) -> str:
@@ -224,27 +225,37 @@ class EmbeddedServer:
             return None
         return state
 
-    def start(self, port: int = 0, timeout_s: float = 900.0, *, lora: bool = True) -> ServerState:
+    def start(
+        self,
+        port: int = 0,
+        timeout_s: float = 900.0,
+        *,
+        lora: bool = True,
+        eager: bool = False,
+        dtype: str | None = None,
+    ) -> ServerState:
         """Starts the server (or returns the running one) and waits until it answers.
 
-        ``lora=False`` starts it without LoRA (and so with torch.compile): what
-        ``bench/generalist_latency.py`` compares against; the hub needs LoRA on.
+        ``lora=False`` starts it without LoRA (and so with torch.compile unless
+        ``eager``): what ``bench/generalist_latency.py`` compares against; the
+        hub needs LoRA on. ``dtype`` overrides :func:`cpu_dtype` (the benchmark).
 
         Raises:
             ServeError: it exited, or did not answer within ``timeout_s`` (then it is stopped).
         """
+        dtype = dtype or cpu_dtype()
         running = self.state()
         if running is not None and _ready(running.url):
-            if running.lora == lora:
+            if (running.lora, running.eager, running.dtype) == (lora, eager, dtype):
                 return running
             self._log(
-                f"the running generalist has LoRA {'on' if running.lora else 'off'}: restarting"
+                f"the running generalist has LoRA {'on' if running.lora else 'off'}"
+                f"{', eager' if running.eager else ''}, {running.dtype}: restarting"
             )
             self.stop()
         self.prepare()
         port = port or free_loopback_port()
         log_path = self.state_dir / "server.log"
-        dtype = cpu_dtype()
         env = dict(
             os.environ,
             VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
@@ -271,6 +282,8 @@ class EmbeddedServer:
             "--dtype",
             dtype,
         ]
+        if eager:
+            command.append("--enforce-eager")
         if lora:
             # LoRA on: the hub hot-loads evidence-tuned adapters. vLLM turns
             # torch.compile off on the CPU with LoRA, so it also starts in about a
@@ -287,12 +300,18 @@ class EmbeddedServer:
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         state = ServerState(
-            process.pid, port, str(log_path), _start_ticks(process.pid), dtype=dtype, lora=lora
+            process.pid,
+            port,
+            str(log_path),
+            _start_ticks(process.pid),
+            dtype=dtype,
+            lora=lora,
+            eager=eager,
         )
         (self.state_dir / "state.json").write_text(json.dumps(vars(state)))
         self._log(
             f"starting vLLM ({dtype}, LoRA {'on' if lora else 'off'}) on {state.url}"
-            f" ({'about a minute' if lora else 'compiling: minutes'}); log: {log_path}"
+            f" ({'about a minute' if lora or eager else 'compiling: minutes'}); log: {log_path}"
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
