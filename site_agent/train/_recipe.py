@@ -278,7 +278,6 @@ def plan_recipe(
         reasons["head"] = "softmax first; the search also tries the cumulative-link head"
 
     native = int(dataset.train.images.shape[1])
-    config = replace(base, backbone=backbone, weights=weights, batch_size=batch)
     cost = _StepCosts(zoo, dataset.channels, k, batch)
     if flags.input_size is not None:
         size = flags.input_size
@@ -322,7 +321,10 @@ def plan_recipe(
         patience = max(4, epochs // 2)
         reasons["patience"] = "half of the epochs, at least 4"
     config = replace(
-        config,
+        base,
+        backbone=backbone,
+        weights=weights,
+        batch_size=batch,
         input_size=size,
         epochs=epochs,
         learning_rate=lr,
