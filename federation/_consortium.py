@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import AwareDatetime, Field
 
 from federation.errors import CertificateError, ConsortiumError
-from protocol import GscoError, Identifier, StrictModel, canonical_json
+from protocol import GscoError, Identifier, StrictModel, canonical_json, flwr_connection_toml
 from signing import KeyFileError, write_new_file
 
 __all__ = [
@@ -241,11 +241,10 @@ def _write_flwr_config(consortium: Consortium) -> None:
     text = (
         "# Written by gsco federation init: how this consortium's flwr CLI calls reach\n"
         "# its SuperLink (the operator runs them on the SuperLink's machine).\n"
-        "[superlink]\n"
-        f'default = "{consortium.config.name}"\n\n'
-        f"[superlink.{consortium.config.name}]\n"
-        f'address = "127.0.0.1:{consortium.config.port}"\n'
-        f'root-certificates = "{consortium.ca_certificate.resolve()}"\n'
+    ) + flwr_connection_toml(
+        consortium.config.name,
+        f"127.0.0.1:{consortium.config.port}",
+        consortium.ca_certificate.resolve(),
     )
     (consortium.flwr_home / "config.toml").write_text(text)
 

@@ -59,7 +59,7 @@ from protocol._diagnosis import (
     StageTimings,
 )
 from protocol._dicom import DecodeLimits, DicomSize, bounded_dicom
-from protocol._flower import flat_toml, flower_command, flower_environment
+from protocol._flower import flat_toml, flower_command, flower_environment, flwr_connection_toml
 from protocol._health import grpc_health
 from protocol._images import (
     DICOM_PIXEL_TAGS,
@@ -164,6 +164,7 @@ __all__ = [
     "flat_toml",
     "flower_command",
     "flower_environment",
+    "flwr_connection_toml",
     "free_loopback_port",
     "grpc_health",
     "is_dicom_bytes",

@@ -1,9 +1,10 @@
-"""Flower's commands, their environment and the flat TOML they read: one way for every caller.
+"""Flower's commands, their environment and the TOML they read: one way for every caller.
 
 Three packages start Flower: the simulation runtime (``flower-superlink``,
 ``flwr run``), the consortium's SuperLink and runs (``federation``) and a
 hospital's SuperNode (``site_agent``). They find the commands, set up the
-environment of the processes and write Flower's TOML files here, so that a
+environment of the processes and write Flower's TOML files (run and node
+configuration, the ``flwr`` CLI's connection) here, so that a
 fix (say, a virtual environment run by path and not activated) reaches all
 three.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from protocol.errors import ToolNotFoundError
 
-__all__ = ["flat_toml", "flower_command", "flower_environment"]
+__all__ = ["flat_toml", "flower_command", "flower_environment", "flwr_connection_toml"]
 
 
 def flower_command(name: str) -> str:
@@ -82,3 +83,23 @@ def flat_toml(table: Mapping[str, object]) -> str:
     both kinds of quotes (its parser splits on them), so values go in a file.
     """
     return "".join(f"{json.dumps(key)} = {_toml_value(value)}\n" for key, value in table.items())
+
+
+def flwr_connection_toml(name: str, address: str, root_certificates: Path | None = None) -> str:
+    """The ``flwr`` CLI's ``config.toml``: one SuperLink connection, ``name``, the default.
+
+    Verified against ``root_certificates`` (a CA file), or plain text when it
+    is ``None`` (a private simulation SuperLink on loopback). The keys are
+    Flower's fixed names; the name and every value are quoted, so a name or a
+    path in any characters stays one value.
+    """
+    table: dict[str, object] = {"address": address}
+    if root_certificates is None:
+        table["insecure"] = True
+    else:
+        table["root-certificates"] = str(root_certificates)
+    lines = "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
+    return (
+        f"[superlink]\ndefault = {_toml_value(name)}\n\n"
+        f"[superlink.{json.dumps(name, ensure_ascii=False)}]\n{lines}"
+    )

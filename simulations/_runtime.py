@@ -19,7 +19,13 @@ from types import TracebackType
 
 import httpx
 
-from protocol import flat_toml, flower_command, flower_environment, free_loopback_port
+from protocol import (
+    flat_toml,
+    flower_command,
+    flower_environment,
+    flwr_connection_toml,
+    free_loopback_port,
+)
 from simulations._compat import FLOWER_QUIET_ENV
 from simulations.errors import SimulationFailedError
 
@@ -52,8 +58,7 @@ class FlowerRuntime:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_loopback_port()
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{_CONNECTION}"\n\n'
-            f'[superlink.{_CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            flwr_connection_toml(_CONNECTION, f"127.0.0.1:{self.port}")
         )
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our own fixed argument list

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import ToolNotFoundError, flower_command, flower_environment
+from protocol import ToolNotFoundError, flower_command, flower_environment, flwr_connection_toml
 
 
 def test_commands_are_found_beside_this_interpreter_first(
@@ -33,3 +33,17 @@ def test_a_missing_command_is_a_typed_error_that_says_what_to_install(
         flower_command("flower-supernode")
     with pytest.raises(ToolNotFoundError):
         flower_environment()
+
+
+def test_the_flwr_connection_file_keeps_any_name_and_path_whole(tmp_path: Path) -> None:
+    import tomllib
+
+    ca = tmp_path / 'St Mary\'s "TLS"' / "ca.pem"
+    verified = tomllib.loads(flwr_connection_toml("lung", "127.0.0.1:9093", ca))
+    assert verified["superlink"]["default"] == "lung"
+    assert verified["superlink"]["lung"] == {
+        "address": "127.0.0.1:9093",
+        "root-certificates": str(ca),
+    }
+    plain = tomllib.loads(flwr_connection_toml("gsco", "127.0.0.1:1"))
+    assert plain["superlink"]["gsco"] == {"address": "127.0.0.1:1", "insecure": True}
