@@ -4,8 +4,11 @@ The app is the same ServerApp and ClientApp that ``gsco simulate`` runs in
 Flower's simulation runtime (``simulations._flower``); here the SuperLink is
 the consortium's and each SuperNode is a hospital's (``gsco site join``).
 Each site trains, signs and publishes its specialist; with FedAvg rounds, the
-sites then co-train one shared specialist and each publishes it; the
-ServerApp writes what each did to ``ROOT/runs/<time>.json``.
+sites then co-train one shared specialist and each publishes it; with tuning
+rounds, they then tune the generalist's LoRA adapter (FedAvg), fit its
+arbitration policy without their cases meeting, and one publishes the
+adapter with the policy in its card. The ServerApp writes what each did to
+``ROOT/runs/<time>.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ class RunRequest:
     dp_noise_multiplier: float = 0.0  # DP-FedAvg (server-side fixed clipping); 0: no DP
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
+    # Then the generalist's LoRA adapter, tuned over the sites (0 rounds: none); each site
+    # needs --trusted-root and --generalist-model at join, and .npz data.
+    tune_rounds: int = 0
+    tune_local_epochs: int = 1
+    tune_examples_per_site: int = 120
+    tune_policy_cases_per_site: int = 60  # 0: no policy (the hub then weighs nothing)
+    tune_modes: tuple[str, ...] = ("gsco",)
 
     def run_config(self, results: Path) -> dict[str, object]:
         """The Flower run config (keys of ``simulations/flower_app/pyproject.toml``)."""
@@ -71,6 +81,11 @@ class RunRequest:
             "dp-noise-multiplier": float(self.dp_noise_multiplier),
             "dp-clipping-norm": float(self.dp_clipping_norm),
             "dp-delta": float(self.dp_delta),
+            "tune-rounds": self.tune_rounds,
+            "tune-local-epochs": self.tune_local_epochs,
+            "tune-examples-per-site": self.tune_examples_per_site,
+            "tune-policy-cases-per-site": self.tune_policy_cases_per_site,
+            "tune-modes": ",".join(self.tune_modes),
         }
 
 
@@ -81,6 +96,7 @@ class RunResult:
     path: Path
     sites: dict[str, dict[str, Any]]
     error: str | None
+    adapter: dict[str, Any] | None = None  # the adapter stage's outcome, when it ran
 
 
 def run_federation(
@@ -140,7 +156,7 @@ def run_federation(
     answer = json.loads(results.read_text())
     if "error" in answer and isinstance(answer["error"], str):
         return RunResult(results, {}, answer["error"])
-    sites = {str(k): v for k, v in answer.items() if isinstance(v, dict) and k != "_run"}
+    sites = {str(k): v for k, v in answer.items() if isinstance(v, dict) and not k.startswith("_")}
     summary = answer.get("_run")  # the ServerApp's own count of the sites that published
     published = summary.get("published") if isinstance(summary, dict) else None
     if not isinstance(published, int) or isinstance(published, bool):
@@ -151,7 +167,13 @@ def run_federation(
             f"{published} sites published, fewer than the {request.min_sites} the run needs "
             f"(--min-sites)"
         )
-    return RunResult(results, sites, error)
+    adapter = answer.get("_adapter")
+    if request.tune_rounds and error is None:
+        if not isinstance(adapter, dict):
+            error = "the generalist's adapter was not tuned (no site published a specialist)"
+        elif not adapter.get("published"):
+            error = f"the generalist's adapter was not published: {adapter.get('error', '?')}"
+    return RunResult(results, sites, error, adapter if isinstance(adapter, dict) else None)
 
 
 def recent_runs(consortium: Consortium) -> list[str]:
@@ -175,7 +197,9 @@ def recent_runs(consortium: Consortium) -> list[str]:
             lines.append(f"{results.stem}  {task}: {answer['error']}")
             continue
         statuses = [
-            v.get("status") for k, v in answer.items() if isinstance(v, dict) and k != "_run"
+            v.get("status")
+            for k, v in answer.items()
+            if isinstance(v, dict) and not k.startswith("_")
         ]
         counts = {s: statuses.count(s) for s in sorted({str(s) for s in statuses})}
         lines.append(f"{results.stem}  {task}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))

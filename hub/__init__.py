@@ -23,17 +23,16 @@ from hub._engine import (
 )
 from hub._fhir import FHIR_MEDIA_TYPE, diagnostic_report
 from hub._metrics import HubMetrics
-from hub._policy import (
+from hub._policy import fuse, load_policies, vote_scores, with_bias, with_modes_of
+from hub._policy_fit import (
     POLICY_WEIGHTS,
     SIGNIFICANCE,
+    PolicyEvidence,
+    add_answers,
     fit_label_bias,
     fit_mode,
     fit_policy,
-    fuse,
-    load_policies,
-    vote_scores,
-    with_bias,
-    with_modes_of,
+    fit_policy_from_answers,
 )
 from hub._runtime import (
     LoadedSpecialist,
@@ -56,6 +55,7 @@ from hub.errors import (
     HubUnavailableError,
     OverloadedError,
     PayloadTooLargeError,
+    PolicyFitError,
     RequestTimeoutError,
     SpecialistLoadError,
     SpecialistRuntimeError,
@@ -93,6 +93,8 @@ __all__ = [
     "Neighbour",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PolicyEvidence",
+    "PolicyFitError",
     "RegistrySync",
     "RequestTimeoutError",
     "RuntimeOptions",
@@ -101,6 +103,7 @@ __all__ = [
     "SpecialistRuntimeError",
     "SyncReport",
     "UnknownTaskError",
+    "add_answers",
     "arbitration_request",
     "create_app",
     "create_client_key",
@@ -109,6 +112,7 @@ __all__ = [
     "fit_label_bias",
     "fit_mode",
     "fit_policy",
+    "fit_policy_from_answers",
     "fuse",
     "load_policies",
     "load_specialist",

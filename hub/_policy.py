@@ -19,7 +19,8 @@ brings, and there the vote, holding each site to one vote, is the safer.
 
 ``w = 0`` is the base itself: a generalist that does not help cannot make
 answers worse than the specialists did on validation. :func:`fit_policy`
-chooses ``w`` from a small grid by validation accuracy, and only a weight
+(:mod:`hub._policy_fit`, which also fits across sites whose cases never
+meet) chooses ``w`` from a small grid by validation accuracy, and only a weight
 whose gain over the base is beyond chance (McNemar's exact test on the
 cases it fixed and broke, one-sided, at ``SIGNIFICANCE``) is ever chosen:
 a few lucky validation cases are not evidence. It records what each
@@ -37,31 +38,16 @@ patients need not share.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from hub.errors import HubConfigError
-from protocol import (
-    ArbitrationPolicy,
-    GscoError,
-    Mode,
-    ModePolicy,
-    TaskSpec,
-    TaskType,
-    calibrated_softmax,
-)
+from protocol import ArbitrationPolicy, GscoError, TaskSpec, calibrated_softmax
 
 __all__ = [
-    "POLICY_WEIGHTS",
-    "SIGNIFICANCE",
-    "fit_label_bias",
-    "fit_mode",
-    "fit_policy",
     "fuse",
     "load_policies",
     "vote_scores",
@@ -69,8 +55,6 @@ __all__ = [
     "with_modes_of",
 ]
 
-#: The generalist weights a fit considers (0: the ensemble alone).
-POLICY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 _FLOOR = 1e-6
 
 
@@ -99,96 +83,11 @@ def fuse(
     return np.asarray(fused / fused.sum(), dtype=np.float64)
 
 
-#: The ridge on the label bias (per unit of class-balanced loss): a bias is not free.
-BIAS_RIDGE = 1e-2
-_BIAS_LIMIT = 20.0
-
-
-def fit_label_bias(
-    generalist: NDArray[np.float64], truth: NDArray[np.int64], *, ridge: float = BIAS_RIDGE
-) -> tuple[float, ...] | None:
-    """The per-label log bias that best corrects ``generalist``'s scores on validation.
-
-    Minimises the class-balanced cross-entropy of ``softmax(log q + b)`` (each
-    label present in ``truth`` weighs the same, whatever its count) plus
-    ``ridge · |b|²``, by Newton's method: convex, so the answer does not
-    depend on a starting point or a step size. ``b`` sums to zero.
-
-    Args:
-        generalist: ``[N, K]`` calibrated label probabilities.
-        truth: ``[N]`` true label indices.
-        ridge: the weight of ``|b|²`` in the loss.
-
-    Returns:
-        ``K`` biases, or ``None`` when fewer than two labels occur in ``truth``
-        (nothing to balance).
-    """
-    n, k = generalist.shape
-    counts = np.bincount(truth, minlength=k).astype(np.float64)
-    present = counts > 0
-    if n == 0 or int(present.sum()) < 2:
-        return None
-    logs = _log(generalist)
-    logs = logs - logs.mean(axis=1, keepdims=True)
-    weights = (1.0 / (present.sum() * counts))[truth]  # each present label sums to 1/|present|
-    onehot = np.eye(k)[truth]
-
-    def loss(b: NDArray[np.float64]) -> float:
-        z = logs + b
-        top = z.max(axis=1, keepdims=True)
-        log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
-        nll = log_norm - (z * onehot).sum(axis=1)
-        return float((weights * nll).sum() + ridge * (b @ b))
-
-    bias = np.zeros(k)
-    current = loss(bias)
-    for _ in range(100):
-        p = calibrated_softmax(logs + bias)
-        gradient = (weights[:, None] * (p - onehot)).sum(axis=0) + 2 * ridge * bias
-        hessian = np.diag((weights[:, None] * p).sum(axis=0)) - np.einsum(
-            "n,ni,nj->ij", weights, p, p
-        )
-        step = np.linalg.solve(hessian + 2 * ridge * np.eye(k), gradient)
-        # Backtracking (Armijo): a full Newton step overshoots where the scores saturate.
-        size = 1.0
-        while size > 1e-8:
-            candidate = np.clip(bias - size * step, -_BIAS_LIMIT, _BIAS_LIMIT)
-            found = loss(candidate)
-            if found <= current - 1e-4 * size * float(gradient @ step):
-                break
-            size /= 2
-        else:
-            break
-        moved = float(np.abs(candidate - bias).max())
-        bias, current = candidate, found
-        if moved < 1e-9:
-            break
-    bias -= bias.mean()
-    return tuple(round(float(b), 6) for b in bias)
-
-
 def with_bias(generalist: NDArray[np.float64], bias: Sequence[float] | None) -> NDArray[np.float64]:
     """``generalist``'s probabilities (``[N, K]``) times ``exp(bias)``, renormalised."""
     if bias is None:
         return generalist
     return calibrated_softmax(_log(generalist) + np.asarray(bias, dtype=np.float64))
-
-
-#: The largest chance probability at which a weight's validation gain counts.
-SIGNIFICANCE = 0.05
-
-
-def _mcnemar_p(fixed: int, broken: int) -> float:
-    """One-sided exact McNemar p-value: the chance of ``fixed`` or more of ``fixed + broken``.
-
-    ``fixed``: cases the fused answer got right and the base wrong;
-    ``broken``: the reverse. Under the null (no better than the base)
-    each discordant case is a fair coin.
-    """
-    n = fixed + broken
-    if n == 0:
-        return 1.0
-    return min(1.0, float(sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n))
 
 
 def vote_scores(probabilities: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -206,132 +105,6 @@ def vote_scores(probabilities: NDArray[np.float64]) -> NDArray[np.float64]:
     n, k = probabilities.shape[0], probabilities.shape[-1]
     votes = (probabilities.argmax(axis=-1)[..., None] == np.arange(k)).sum(axis=0)
     return np.asarray((votes + probabilities.mean(axis=0)) / (n + 1), dtype=np.float64)
-
-
-def fit_mode(
-    ensemble: NDArray[np.float64],
-    generalist: NDArray[np.float64],
-    truth: NDArray[np.int64],
-    *,
-    voting: NDArray[np.float64] | None = None,
-    weights: Sequence[float] = POLICY_WEIGHTS,
-    label_bias: bool = True,
-) -> ModePolicy:
-    """One mode's base, label bias and generalist weight from validation evidence.
-
-    The base is what the specialists answer without the generalist: their
-    vote (:func:`vote_scores`) unless their mean probabilities (the ensemble)
-    answer strictly more validation cases right. Where validation cannot
-    tell them apart, the vote, which holds each site to one vote: a single
-    site whose specialist is confidently wrong (shifted, miscalibrated or
-    faulty) cannot decide alone. The generalist's weight is then trusted only
-    when it beats that base beyond chance.
-
-    Args:
-        ensemble: ``[N, K]`` the specialists' mean calibrated probabilities.
-        generalist: ``[N, K]`` the generalist's (contextually) calibrated label scores
-            in that mode.
-        truth: ``[N]`` the true label indices.
-        voting: ``[N, K]`` the vote's scores (:func:`vote_scores`); None: the
-            ensemble is the base (ordinal tasks, whose vote is a median grade).
-        weights: the candidate generalist weights.
-        label_bias: whether to fit a label bias (:func:`fit_label_bias`) first.
-    """
-    n = len(truth)
-    calibrated_accuracy = float((generalist.argmax(axis=1) == truth).mean())
-    bias = fit_label_bias(generalist, truth) if label_bias else None
-    generalist = with_bias(generalist, bias)
-    ensemble_correct = int((ensemble.argmax(axis=1) == truth).sum())
-    vote_correct = int((voting.argmax(axis=1) == truth).sum()) if voting is not None else -1
-    base_name: Literal["ensemble", "voting"] = "ensemble"
-    base = ensemble
-    if voting is not None and vote_correct >= ensemble_correct:
-        base_name, base = "voting", voting
-    tried: dict[str, float] = {}
-    base_right = base.argmax(axis=1) == truth
-    base_correct = int(base_right.sum())
-    best_weight, best_correct = 0.0, base_correct
-    gate_p = 1.0  # of the weight trusted, or else of the most accurate one
-    leading = base_correct
-    for weight in sorted(weights):
-        right = _fused_logs(base, generalist, weight).argmax(axis=1) == truth
-        correct = int(right.sum())
-        tried[f"{weight:g}"] = correct / n
-        if weight <= 0:
-            continue
-        # Trusted only when it beats the base beyond chance on validation (McNemar's
-        # exact one-sided test on the cases it fixed and broke), and beats smaller weights.
-        p = _mcnemar_p(int((right & ~base_right).sum()), int((base_right & ~right).sum()))
-        if correct > best_correct and p <= SIGNIFICANCE:
-            best_weight, best_correct, gate_p = weight, correct, p
-        elif best_weight == 0 and correct > leading:
-            gate_p = p
-        leading = max(leading, correct)
-    return ModePolicy(
-        generalist_weight=best_weight,
-        base=base_name,
-        validation_accuracy={
-            "ensemble": ensemble_correct / n,
-            **({"voting": vote_correct / n} if voting is not None else {}),
-            "generalist (calibrated)": calibrated_accuracy,
-            **(
-                {"generalist (calibrated+bias)": float((generalist.argmax(axis=1) == truth).mean())}
-                if bias is not None
-                else {}
-            ),
-            "policy": best_correct / n,
-        },
-        weights_tried=tried,
-        gate_p_value=round(gate_p, 6),
-        label_bias=bias,
-    )
-
-
-def fit_policy(
-    task: TaskSpec,
-    ensemble: NDArray[np.float64],
-    generalist: Mapping[Mode, NDArray[np.float64]],
-    truth: NDArray[np.int64],
-    *,
-    model: str,
-    specialists: NDArray[np.float64] | None = None,
-    weights: Sequence[float] = POLICY_WEIGHTS,
-    label_bias: bool = True,
-) -> ArbitrationPolicy:
-    """The policy of ``task``: one base and weight per generalist mode, fitted on validation.
-
-    ``generalist`` holds each mode's ``[N, K]`` calibrated scores for the same
-    ``N`` validation cases as ``ensemble`` and ``truth``; ``specialists``
-    (``[n, N, K]``, each specialist's calibrated probabilities) lets the vote
-    be the base (:func:`fit_mode`); not on ordinal tasks.
-    """
-    voting = None
-    if specialists is not None and task.task_type is not TaskType.ORDINAL:
-        voting = vote_scores(specialists)
-    modes = {
-        mode: fit_mode(
-            ensemble, scores, truth, voting=voting, weights=weights, label_bias=label_bias
-        )
-        for mode, scores in generalist.items()
-    }
-    best = max(
-        modes.items(),
-        key=lambda item: (item[1].validation_accuracy["policy"], -item[1].generalist_weight),
-        default=None,
-    )
-    plain = float((ensemble.argmax(axis=1) == truth).mean())
-    recommended = Mode.ENSEMBLE
-    if best is not None and best[1].validation_accuracy["policy"] > plain:
-        recommended = best[0]
-    return ArbitrationPolicy(
-        task_id=task.task_id,
-        labels=task.labels,
-        model=model[:200],
-        fitted_on="validation",
-        n_examples=len(truth),
-        modes=modes,
-        recommended_mode=recommended,
-    )
 
 
 def with_modes_of(policy: ArbitrationPolicy, other: ArbitrationPolicy) -> ArbitrationPolicy:

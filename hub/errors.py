@@ -14,6 +14,7 @@
     ├── SpecialistRuntimeError  a loaded specialist failed on an input
     ├── OverloadedError         the request queue is full (HTTP 503 with Retry-After)
     ├── AccessLogError          the access log is unreadable or its hash chain is broken
+    ├── PolicyFitError          a policy fit's evidence or a site's answer to it is unusable
     ├── HubRequestError         (client side) the hub refused a request: its status and reason
     └── HubUnavailableError     (client side) the hub cannot be reached
 
@@ -42,6 +43,7 @@ __all__ = [
     "HubUnavailableError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PolicyFitError",
     "RequestTimeoutError",
     "SpecialistLoadError",
     "SpecialistRuntimeError",
@@ -150,3 +152,12 @@ class HubRequestError(HubError):
 
 class HubUnavailableError(HubError):
     """The hub cannot be reached."""
+
+
+class PolicyFitError(HubError):
+    """A policy cannot be fitted: no usable validation evidence, or a malformed question or answer.
+
+    Raised at a site for a question it will not answer (see
+    :class:`hub.PolicyEvidence`), and where the sites' answers are summed, for
+    answers that do not fit together.
+    """

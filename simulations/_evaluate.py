@@ -27,7 +27,7 @@ from protocol import (
     vote,
 )
 
-__all__ = ["HUB_MODES", "Evaluation", "evaluate_through_hub", "specialist_name"]
+__all__ = ["HUB_MODES", "Evaluation", "evaluate_through_hub", "policy_arrays", "specialist_name"]
 
 #: The hub's modes, in the report's order.
 HUB_MODES = (Mode.VOTING, Mode.ENSEMBLE, Mode.MOED, Mode.RAD, Mode.GENERALIST, Mode.GSCO)
@@ -202,3 +202,28 @@ def evaluate_through_hub(
         evaluation.site_probs[site] = np.asarray(rows, dtype=np.float64)
     evaluation.seconds = time.monotonic() - started
     return evaluation
+
+
+def policy_arrays(
+    evaluation: Evaluation, modes: Sequence[Mode]
+) -> tuple[NDArray[np.float64], dict[Mode, NDArray[np.float64]], NDArray[np.float64] | None]:
+    """What a policy is fitted on, from an evaluation that asked ``ensemble`` and ``modes``.
+
+    The ensemble's probabilities, each mode's calibrated generalist scores
+    (modes without them for every case are left out) and each specialist's
+    probabilities (``[n, N, K]``; ``None`` without specialists).
+    """
+    ensemble = evaluation.scores[Mode.ENSEMBLE.value]
+    if ensemble is None:
+        raise ValueError("the evaluation has no ensemble scores")
+    calibrated = {
+        mode: scores
+        for mode in modes
+        if (scores := evaluation.scores.get(f"{mode.value} (calibrated)")) is not None
+    }
+    specialists = (
+        np.stack([evaluation.site_probs[s] for s in sorted(evaluation.site_probs)])
+        if evaluation.site_probs
+        else None
+    )
+    return ensemble, calibrated, specialists

@@ -15,16 +15,19 @@ Run through Flower's simulation runtime with ``flwr run`` (see
 
 Messages are routed by action, never by their content:
 
-=========================  ============================================
+=================================  ============================================
 ``query.site_id``          which site this SuperNode is
 ``train.specialist``       train, sign and publish the site's specialist
 ``query.initial_state``    the seeded starting weights of FedAvg (deployed runs)
 ``train.fedavg``           one FedAvg round of the shared specialist
 ``query.publish_shared``   publish the shared specialist from this site
 ``query.adapter_examples`` build the adapter's evidence examples here
+``query.adapter_initial_state``  the adapter's starting weights (deployed runs)
 ``train.adapter``          one FedAvg round of the generalist's adapter
+``query.adapter_policy_evidence``  score this site's policy cases with the final adapter
+``query.adapter_policy``   answer one question of the policy fit (sums and counts)
 ``query.publish_adapter``  sign and publish the federated adapter
-=========================  ============================================
+=================================  ============================================
 
 A message for any other action gets Flower's error reply.
 """
@@ -45,7 +48,6 @@ from flwr.app import (
     ConfigRecord,
     Context,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -57,8 +59,22 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 if TYPE_CHECKING:
     from site_agent.adapter import AdapterRecipe
 
+from simulations._flower_tune import (
+    ActionFedAvg,
+    adapter_card_template,
+    deployed_tune_job,
+    tune_adapter,
+)
 from simulations._site_job import SiteJob, SiteOutcome, local_update, run_site_job
-from simulations._tune_job import TuneJob, adapter_examples, adapter_update, publish_adapter
+from simulations._tune_job import (
+    TuneJob,
+    adapter_examples,
+    adapter_initial_state,
+    adapter_update,
+    policy_answer,
+    policy_evidence,
+    publish_adapter,
+)
 from simulations.errors import ScenarioError
 
 __all__ = ["client_app", "server_app"]
@@ -139,6 +155,9 @@ def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: 
 
 
 def _tune_job(context: Context) -> TuneJob:
+    """This SuperNode's adapter job: the simulation's, or (deployed) from its node config."""
+    if _deployed(context):
+        return deployed_tune_job(context.node_config, context.run_config, context.run_id)
     jobs = json.loads(Path(str(context.run_config["tune-jobs-file"])).read_text())
     return TuneJob.from_json(jobs[int(context.node_config["partition-id"])])
 
@@ -154,6 +173,15 @@ def adapter_examples_query(message: Message, context: Context) -> Message:
     )
 
 
+@client_app.query("adapter_initial_state")
+def adapter_initial_state_query(message: Message, context: Context) -> Message:
+    """The adapter's starting weights (the recipe's seeded LoRA initialisation)."""
+    job = _tune_job(context)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(adapter_initial_state(job))}), reply_to=message
+    )
+
+
 @client_app.train("adapter")
 def adapter_train(message: Message, context: Context) -> Message:
     """One FedAvg round of the generalist's LoRA adapter at this site."""
@@ -161,6 +189,31 @@ def adapter_train(message: Message, context: Context) -> Message:
 
     job = _tune_job(context)
     return _fedavg_round(message, lambda state, epochs: adapter_update(job, state, epochs))
+
+
+@client_app.query("adapter_policy_evidence")
+def adapter_policy_evidence_query(message: Message, context: Context) -> Message:
+    """Scores this site's policy cases with the final adapter (kept here); says the task."""
+    import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
+    job = _tune_job(context)
+    state = message.content.array_records["arrays"].to_torch_state_dict()
+    task = policy_evidence(job, state, str(message.content["policy"]["name"]))
+    return Message(
+        RecordDict({"policy": ConfigRecord({"site-id": job.site_id, "task": task})}),
+        reply_to=message,
+    )
+
+
+@client_app.query("adapter_policy")
+def adapter_policy_query(message: Message, context: Context) -> Message:
+    """This site's answer to one question of the policy fit: sums and counts, nothing else."""
+    job = _tune_job(context)
+    question = json.loads(str(message.content["policy"]["question"]))
+    answer = policy_answer(job, question)
+    return Message(
+        RecordDict({"policy": ConfigRecord({"answer": json.dumps(answer)})}), reply_to=message
+    )
 
 
 def _fedavg_round(
@@ -184,16 +237,26 @@ def _fedavg_round(
 
 @client_app.query("publish_adapter")
 def publish_adapter_query(message: Message, context: Context) -> Message:
-    """Writes, signs and publishes the federated adapter under this site's key."""
+    """Writes, signs and publishes the federated adapter (its policy in the card) here."""
     import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
 
+    from protocol import ArbitrationPolicy
+
     job = _tune_job(context)
-    training = json.loads(str(message.content["adapter"]["training"]))
+    record = message.content["adapter"]
+    training = json.loads(str(record["training"]))
+    policy = ArbitrationPolicy.parse(str(record["policy"])) if "policy" in record else None
     state = message.content.array_records["arrays"].to_torch_state_dict()
-    folder, digest = publish_adapter(job, state, training)
+    folder, digest, version = publish_adapter(job, state, training, policy)
+    if _deployed(context):  # where the site keeps its files stays at the site
+        folder = Path(folder).name
     return Message(
         RecordDict(
-            {"adapter": ConfigRecord({"bundle": folder, "digest": digest, "site-id": job.site_id})}
+            {
+                "adapter": ConfigRecord(
+                    {"bundle": folder, "digest": digest, "site-id": job.site_id, "version": version}
+                )
+            }
         ),
         reply_to=message,
     )
@@ -278,21 +341,6 @@ def fedavg_train(message: Message, context: Context) -> Message:
     return _fedavg_round(message, lambda state, epochs: local_update(job, state, epochs))
 
 
-class ActionFedAvg(FedAvg):
-    """FedAvg whose training rounds go to one named ``train`` action of the ClientApp."""
-
-    def __init__(self, action: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.action = action
-
-    def _construct_messages(  # type: ignore[no-untyped-def]
-        self, record, node_ids, message_type
-    ):
-        if message_type == MessageType.TRAIN:
-            message_type = f"{MessageType.TRAIN}.{self.action}"
-        return super()._construct_messages(record, node_ids, message_type)
-
-
 def _outcome(reply: Message, site: str, *, federated: bool = False) -> SiteOutcome:
     """The site's own outcome, or ``dropped-out`` when it answered with an error."""
     if reply.has_content():
@@ -372,8 +420,8 @@ def main(grid: Grid, context: Context) -> None:
             log(WARNING, "gsco: site %s (node %s) did not answer in time", site, node)
             outcomes[site] = json.loads(SiteOutcome(site, "dropped-out", "timed out").to_json())
     rounds = int(context.run_config.get("fedavg-rounds", 0))
+    live = [n for n, site in site_of.items() if outcomes[site]["status"] != "dropped-out"]
     if rounds:
-        live = [n for n, site in site_of.items() if outcomes[site]["status"] != "dropped-out"]
         outcomes.update(_federated(grid, context, jobs, live, site_of, rounds))
     report: dict[str, object] = dict(outcomes)
     if not jobs:  # deployed: the run succeeds while enough sites published
@@ -381,7 +429,34 @@ def main(grid: Grid, context: Context) -> None:
             1 for o in outcomes.values() if o["status"] == "published" and not o.get("federated")
         )
         report["_run"] = {"min_sites": wanted, "connected": len(nodes), "published": published}
+        if int(str(config.get("tune-rounds", 0))) > 0 and published:
+            report["_adapter"] = _deployed_tuning(grid, config, sorted(live))
     results_file.write_text(json.dumps(report, indent=2))
+
+
+def _deployed_tuning(grid: Grid, config: Any, nodes: list[int]) -> dict[str, Any]:
+    """After the specialists: the adapter tuned over the sites, its policy fitted at them."""
+    examples = int(str(config.get("tune-examples-per-site", 120)))
+    cases = int(str(config.get("tune-policy-cases-per-site", 0)))
+    log(INFO, "gsco: tuning the generalist's adapter over %d sites", len(nodes))
+    split = (
+        f"each site's own validation split: up to {examples} cases tune the adapter and up to "
+        f"{cases} others (at most half the split) fit its arbitration policy at the site; the "
+        "specialists' temperatures were fitted on the whole split"
+    )
+    return tune_adapter(
+        grid,
+        config,
+        nodes,
+        initial=None,
+        training=adapter_card_template(
+            int(str(config.get("tune-rounds", 1))),
+            int(str(config.get("tune-local-epochs", 1))),
+            [m for m in str(config.get("tune-modes", "gsco")).split(",") if m],
+            split,
+        ),
+        fit_policy=cases > 0,
+    )
 
 
 def _federated(
@@ -479,11 +554,10 @@ def _initial_arrays(grid: Grid, nodes: list[int], timeout_s: float) -> ArrayReco
 
 
 def _tune(grid: Grid, context: Context) -> None:
-    """FedAvg of the generalist's LoRA adapter; the first site signs the result.
+    """The simulation's adapter run: FedAvg of the adapter; a site signs the result.
 
-    Every site first builds its evidence examples (and says how many); then
-    ``tune-rounds`` FedAvg rounds (messages ``train.adapter``, weighted by
-    examples); then one site writes and signs the adapter bundle.
+    The simulation fits the adapter's policy itself, through its hub (see
+    ``simulations._run``), so none is fitted here.
     """
     from site_agent.adapter import AdapterTrainer
 
@@ -491,112 +565,18 @@ def _tune(grid: Grid, context: Context) -> None:
     jobs = [
         TuneJob.from_json(j) for j in json.loads(Path(str(config["tune-jobs-file"])).read_text())
     ]
-    results_file = Path(str(config["results-file"]))
-    timeout_s = float(config["timeout-s"])
-    rounds = int(config.get("tune-rounds", 1))
-    local_epochs = int(config.get("tune-local-epochs", 1))
     nodes = _wait_for_nodes(grid, len(jobs), 120.0)
     log(INFO, "gsco: adapter tuning, %d sites connected", len(nodes))
-    replies = grid.send_and_receive(
-        [
-            Message(
-                RecordDict({"ask": ConfigRecord({"what": "examples"})}),
-                node,
-                "query.adapter_examples",
-            )
-            for node in nodes
-        ],
-        timeout=timeout_s,
-    )
-    counts: dict[str, int] = {}
-    live = []
-    for reply in replies:
-        if reply.has_content():
-            record = reply.content["examples"]
-            counts[str(record["site-id"])] = int(str(record["count"]))
-            live.append(reply.metadata.src_node_id)
-        else:
-            reason = (reply.error.reason if reply.has_error() else None) or "no reply"
-            log(WARNING, "gsco: a site could not build adapter examples: %s", reason[-300:])
-    log(INFO, "gsco: adapter examples per site: %s", counts)
-    outcome: dict[str, object] = {"examples_per_site": counts, "rounds": rounds}
-    if not live:
-        outcome["error"] = "no site could build evidence examples"
-        results_file.write_text(json.dumps(outcome))
-        return
-
     first = jobs[0]
-    initial = AdapterTrainer(Path(first.model_dir), _recipe(first)).state()
-    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = ActionFedAvg(
-        "adapter",
-        fraction_train=1.0,
-        fraction_evaluate=0.0,
-        min_train_nodes=len(live),
-        min_available_nodes=len(live),
+    outcome = tune_adapter(
+        grid,
+        config,
+        nodes,
+        initial=lambda: AdapterTrainer(Path(first.model_dir), _recipe(first)).state(),
+        training=json.loads(str(config["adapter-card"])),
+        fit_policy=False,
     )
-    noise = float(config.get("tune-dp-noise-multiplier", 0.0))
-    clip = float(config.get("tune-dp-clipping-norm", 1.0))
-    if noise > 0:  # Flower's DP wrapper: the server clips each site's update and adds noise
-        strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise, clip, num_sampled_clients=len(live)
-        )
-    started = time.monotonic()
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial),
-        num_rounds=rounds,
-        timeout=timeout_s,
-        train_config=ConfigRecord({"local-epochs": local_epochs}),
-    )
-    losses = [
-        float(str(metrics.get("train-loss", "nan")))
-        for metrics in (result.train_metrics_clientapp or {}).values()
-    ]
-    outcome["tuning_seconds"] = round(time.monotonic() - started, 1)
-    outcome["losses"] = losses
-    log(INFO, "gsco: adapter FedAvg done in %.0f s; losses %s", outcome["tuning_seconds"], losses)
-    training = json.loads(str(config["adapter-card"]))
-    training["training"]["examples"] = sum(counts.values())
-    training["training"]["examples_per_site"] = counts
-    training["training"]["sites"] = sorted(counts)
-    training["training"]["rounds"] = rounds
-    training["training"]["local_epochs"] = local_epochs
-    if losses and losses[-1] == losses[-1]:
-        training["training"]["final_loss"] = max(0.0, losses[-1])
-    if noise > 0:
-        from simulations._fedavg import federation_card
-
-        privacy = federation_card(
-            rounds, len(live), local_epochs, noise, clip, float(config.get("dp-delta", 1e-5))
-        ).differential_privacy
-        assert privacy is not None
-        training["training"]["differential_privacy"] = privacy.model_dump(mode="json")
-    signer = live[0]
-    replies = grid.send_and_receive(
-        [
-            Message(
-                RecordDict(
-                    {
-                        "adapter": ConfigRecord({"training": json.dumps(training)}),
-                        "arrays": result.arrays,
-                    }
-                ),
-                signer,
-                "query.publish_adapter",
-            )
-        ],
-        timeout=timeout_s,
-    )
-    for reply in replies:
-        if reply.has_content():
-            outcome["bundle"] = str(reply.content["adapter"]["bundle"])
-            outcome["published"] = str(reply.content["adapter"]["digest"])
-            outcome["signed_by"] = str(reply.content["adapter"]["site-id"])
-        else:
-            reason = (reply.error.reason if reply.has_error() else None) or "no reply"
-            outcome["error"] = reason[-500:]
-    log(INFO, "gsco: adapter bundle %s", outcome.get("bundle", outcome.get("error")))
-    results_file.write_text(json.dumps(outcome, indent=2))
+    Path(str(config["results-file"])).write_text(json.dumps(outcome, indent=2))
 
 
 def _recipe(job: TuneJob) -> AdapterRecipe:

@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from protocol import GscoError, Mode, TaskType, free_loopback_port
-from simulations._evaluate import HUB_MODES, Evaluation, evaluate_through_hub, specialist_name
+from simulations._evaluate import (
+    HUB_MODES,
+    Evaluation,
+    evaluate_through_hub,
+    policy_arrays,
+    specialist_name,
+)
+from simulations._flower_tune import adapter_card_template
 from simulations._partition import Partition, PartitionSpec, partition
 from simulations._runtime import FlowerRuntime
 from simulations._site_job import FAULTS, SiteJob, SiteOutcome
@@ -700,22 +707,14 @@ def _tune_adapter(
         "labels": list(dataset.task.labels),
         "task_type": dataset.task.task_type.value,
         "version": 1,
-        "training": {
-            "framework": "flower",
-            "strategy": "fedavg",
-            "sites": [],
-            "examples": 1,
-            "examples_per_site": {},
-            "rounds": scenario.tune_rounds,
-            "local_epochs": scenario.tune_local_epochs,
-            "prompt_modes": list(scenario.tune_modes),
-            "option_order": "shuffled",
-            "evidence_split": (
-                f"each site's share of the validation split ({len(rows)} cases, disjoint "
-                "from the cases the adapter's arbitration policy is fitted on); the "
-                "specialists' temperatures were fitted on the whole split"
-            ),
-        },
+        **adapter_card_template(
+            scenario.tune_rounds,
+            scenario.tune_local_epochs,
+            scenario.tune_modes,
+            f"each site's share of the validation split ({len(rows)} cases, disjoint "
+            "from the cases the adapter's arbitration policy is fitted on); the "
+            "specialists' temperatures were fitted on the whole split",
+        ),
     }
     progress.stage(
         f"tuning the generalist's LoRA adapter: {len(jobs)} sites, "
@@ -860,18 +859,7 @@ def _fit_policy(
         modes=(Mode.ENSEMBLE, *modes),
         concurrency=scenario.concurrency,
     )
-    ensemble = evaluation.scores[Mode.ENSEMBLE.value]
-    assert ensemble is not None
-    calibrated = {
-        mode: scores
-        for mode in modes
-        if (scores := evaluation.scores.get(f"{mode.value} (calibrated)")) is not None
-    }
-    specialists = (
-        np.stack([evaluation.site_probs[s] for s in sorted(evaluation.site_probs)])
-        if evaluation.site_probs
-        else None
-    )
+    ensemble, calibrated, specialists = policy_arrays(evaluation, modes)
     return fit_policy(
         dataset.task,
         ensemble,

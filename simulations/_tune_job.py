@@ -1,4 +1,4 @@
-"""What one simulated hospital does to tune the generalist's adapter with the others.
+"""What one hospital does to tune the generalist's adapter with the others.
 
 1. ``examples``: the site syncs the registry through TUF (the hub's own sync
    and engine, used as a library), runs the task's verified specialists on
@@ -6,18 +6,28 @@
    the hub's prompt template. The examples stay in its home folder.
 2. ``update``: one FedAvg round's local training of the LoRA adapter, from the
    global weights.
-3. ``publish``: the site chosen to sign writes the final adapter as a signed
-   adapter bundle (see :mod:`site_agent.adapter`).
+3. ``policy evidence`` (deployed runs): with the final weights, the site runs
+   the hub's engine around its own copy of the tuned generalist
+   (:class:`site_agent.adapter.LocalGeneralist`) on other validation cases of
+   its own, keeps the scores, and answers the policy fit's questions with
+   sums and counts (:class:`hub.PolicyEvidence`).
+4. ``publish``: the site chosen to sign writes the final adapter (with the
+   fitted policy in its card, when there is one) as a signed adapter bundle
+   (see :mod:`site_agent.adapter`).
 
-Only adapter weights and example counts leave a site; images and prompts do not.
+Only adapter weights, sums and counts leave a site; images, prompts, scores
+and labels do not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,16 +39,27 @@ import numpy as np
 from simulations.errors import SimulationError
 
 if TYPE_CHECKING:
+    from generalist import GeneralistBackend
+    from hub import DiagnosisEngine
+    from protocol import ArbitrationPolicy, DiagnoseResponse, Mode, TaskSpec
     from signing import VerifiedManifest
     from site_agent import SiteHome
 
 __all__ = [
+    "MIN_POLICY_CASES",
     "TuneJob",
     "adapter_examples",
+    "adapter_initial_state",
     "adapter_update",
+    "policy_answer",
+    "policy_evidence",
     "publish_adapter",
     "publish_adapter_policy",
 ]
+
+#: The fewest validation cases a site answers policy questions about: sums over fewer
+#: would come too close to saying what each case is.
+MIN_POLICY_CASES = 10
 
 
 @dataclass(frozen=True)
@@ -57,12 +78,18 @@ class TuneJob:
     out_dir: str  # where a published adapter bundle is written
     recipe: dict[str, Any] = field(default_factory=dict)  # AdapterRecipe fields
     modes: tuple[str, ...] = ("gsco",)  # the prompt templates it learns, in rotation
+    registry_ca: str | None = None  # the registry's TLS CA (None: plain text)
+    # Validation rows the adapter's policy is fitted on at the site (disjoint from ``rows``);
+    # none: the policy is fitted elsewhere (the simulation fits it through its hub).
+    policy_rows: tuple[int, ...] = ()
+    scratch: str = ""  # the site's own working folder for this job (default: HOME/adapter)
+    task: dict[str, Any] | None = None  # the task (TaskSpec fields), for the adapter's card
 
     def to_json(self) -> str:
         """The job as JSON."""
         document = asdict(self)
-        document["rows"] = list(self.rows)
-        document["modes"] = list(self.modes)
+        for name in ("rows", "modes", "policy_rows"):
+            document[name] = list(document[name])
         return json.dumps(document)
 
     @classmethod
@@ -71,7 +98,20 @@ class TuneJob:
         document = json.loads(text)
         document["rows"] = tuple(document["rows"])
         document["modes"] = tuple(document.get("modes", ("gsco",)))
+        document["policy_rows"] = tuple(document.get("policy_rows", ()))
         return cls(**document)
+
+    @property
+    def folder(self) -> Path:
+        """Where the site keeps what this job makes (examples, scores, statistics)."""
+        return Path(self.scratch) if self.scratch else Path(self.home) / "adapter"
+
+    def registry_client(self, timeout_s: float = 60.0) -> Any:
+        """A :class:`registry.RegistryClient` for the job's registry."""
+        from registry import RegistryClient
+
+        ca = Path(self.registry_ca).read_bytes() if self.registry_ca else None
+        return RegistryClient(self.registry, root_certificates=ca, timeout_s=timeout_s)
 
 
 def recipe_of(document: Mapping[str, Any]) -> Any:
@@ -104,11 +144,44 @@ def _trainer(job: TuneJob) -> Any:
 
 
 def _examples_file(job: TuneJob) -> Path:
-    return Path(job.home) / "adapter" / f"examples-{job.task_id}.json"
+    return job.folder / f"examples-{job.task_id}.json"
+
+
+def _validation(job: TuneJob, rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The site's validation images and true label indices at ``rows``."""
+    with np.load(job.data, allow_pickle=False) as data:
+        images = data["val_images"][list(rows)]
+        truth = data["val_labels"].reshape(-1)[list(rows)]
+    return images, truth.astype(np.int64)
+
+
+@contextlib.contextmanager
+def _synced_engine(
+    job: TuneJob, generalist: GeneralistBackend | None = None
+) -> Iterator[tuple[DiagnosisEngine, TaskSpec]]:
+    """The hub's engine over the task's specialists, synced from the registry through TUF.
+
+    With it, the task as the specialists' cards describe it.
+    """
+    from hub import DiagnosisEngine, RegistrySync
+    from registry import TrustedRegistry
+
+    client = job.registry_client()
+    try:
+        trusted = TrustedRegistry(client, job.folder / "tuf", Path(job.trusted_root).read_bytes())
+        sync = RegistrySync(client=client, trusted=trusted)
+        report = sync.sync()
+        if not report.ok:
+            raise SimulationError(f"{job.site_id} could not sync the registry: {report.error}")
+        with ThreadPoolExecutor(2) as pool:
+            engine = DiagnosisEngine(lambda: sync.catalog, generalist, pool)
+            yield engine, sync.catalog.task_spec(job.task_id)
+    finally:
+        client.close()
 
 
 def adapter_examples(job: TuneJob) -> list[Any]:
-    """The site's evidence examples (built once, then read from its home folder)."""
+    """The site's evidence examples (built once, then read from its folder)."""
     from protocol import Mode, encode_png
     from site_agent.adapter import EvidenceExample, evidence_examples
 
@@ -118,35 +191,18 @@ def adapter_examples(job: TuneJob) -> list[Any]:
             EvidenceExample(e["prompt"], e["target"], e["system"], Mode(e["mode"]))
             for e in json.loads(path.read_text())
         ]
-    from hub import DiagnosisEngine, RegistrySync
-    from registry import RegistryClient, TrustedRegistry
-
-    with np.load(job.data, allow_pickle=False) as data:
-        images = data["val_images"][list(job.rows)]
-        truth = data["val_labels"].reshape(-1)[list(job.rows)]
-    client = RegistryClient(job.registry, timeout_s=60.0)
-    try:
-        trusted = TrustedRegistry(
-            client, Path(job.home) / "adapter" / "tuf", Path(job.trusted_root).read_bytes()
+    images, truth = _validation(job, job.rows)
+    with _synced_engine(job) as (engine, task):
+        labels = task.labels
+        examples = evidence_examples(
+            engine,
+            job.task_id,
+            [encode_png(image) for image in images],
+            [labels[int(y)] for y in truth],
+            modes=[Mode(m) for m in job.modes],
+            shuffle_options=True,
+            seed=sum(job.site_id.encode()),
         )
-        sync = RegistrySync(client=client, trusted=trusted)
-        report = sync.sync()
-        if not report.ok:
-            raise SimulationError(f"{job.site_id} could not sync the registry: {report.error}")
-        with ThreadPoolExecutor(2) as pool:
-            engine = DiagnosisEngine(lambda: sync.catalog, None, pool)
-            labels = sync.catalog.task_spec(job.task_id).labels
-            examples = evidence_examples(
-                engine,
-                job.task_id,
-                [encode_png(image) for image in images],
-                [labels[int(y)] for y in truth],
-                modes=[Mode(m) for m in job.modes],
-                shuffle_options=True,
-                seed=sum(job.site_id.encode()),
-            )
-    finally:
-        client.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -159,6 +215,126 @@ def adapter_examples(job: TuneJob) -> list[Any]:
     return examples
 
 
+def _evidence_file(job: TuneJob) -> Path:
+    return job.folder / f"policy-evidence-{job.task_id}.npz"
+
+
+def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> str:
+    """Scores the site's policy cases with the tuned adapter; the task (JSON) they are for.
+
+    The hub's engine runs around the site's own copy of the generalist with
+    the adapter's final weights ``state`` (answering as ``name``), with the
+    options asked in both orders as the hub asks them; the scores stay in
+    the site's folder for :func:`policy_answer`.
+
+    Raises:
+        SimulationError: the job has fewer than :data:`MIN_POLICY_CASES` policy cases,
+            or the registry cannot be synced.
+    """
+    from generalist import ReversedOrderAveraging
+    from hub import PolicyEvidence
+    from protocol import Mode
+    from simulations._evaluate import evaluate_through_hub, policy_arrays
+    from site_agent.adapter import LocalGeneralist
+
+    if len(job.policy_rows) < MIN_POLICY_CASES:
+        raise SimulationError(
+            f"{job.site_id} has {len(job.policy_rows)} validation cases for the policy, fewer "
+            f"than the {MIN_POLICY_CASES} a site answers about"
+        )
+    trainer = _trainer(job)
+    trainer.set_state(dict(state))
+    images, truth = _validation(job, job.policy_rows)
+    modes = tuple(Mode(m) for m in job.modes)
+    generalist = ReversedOrderAveraging(LocalGeneralist(trainer, name))
+    with (
+        _synced_engine(job, generalist) as (engine, task),
+        _engine_diagnose(engine, job.task_id) as diagnose,
+    ):
+        evaluation = evaluate_through_hub(
+            diagnose,
+            images,
+            truth,
+            task.labels,
+            task_type=task.task_type,
+            modes=(Mode.ENSEMBLE, *modes),
+            concurrency=1,
+        )
+    ensemble, generalist_scores, specialists = policy_arrays(evaluation, modes)
+    evidence = PolicyEvidence.of(task, ensemble, generalist_scores, evaluation.truth, specialists)
+    path = _evidence_file(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"ensemble": evidence.ensemble, "truth": evidence.truth}
+    arrays.update({f"generalist-{mode}": scores for mode, scores in evidence.generalist.items()})
+    if evidence.voting is not None:
+        arrays["voting"] = evidence.voting
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return task.model_dump_json()
+
+
+@contextlib.contextmanager
+def _engine_diagnose(
+    engine: DiagnosisEngine, task_id: str
+) -> Iterator[Callable[[bytes, Mode], DiagnoseResponse]]:
+    """``diagnose(png, mode)`` on ``engine`` from any thread, on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="policy-evidence", daemon=True)
+    thread.start()
+    counter = iter(range(1 << 62))
+
+    def diagnose(png: bytes, mode: Mode) -> DiagnoseResponse:
+        work = engine.diagnose(
+            request_id=f"policy-{next(counter)}",
+            task_id=task_id,
+            image=png,
+            media_type=None,
+            mode=mode,
+        )
+        return asyncio.run_coroutine_threadsafe(work, loop).result().response
+
+    try:
+        yield diagnose
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def policy_answer(job: TuneJob, question: Mapping[str, Any]) -> dict[str, Any]:
+    """The site's answer (sums and counts) to one question of the policy fit.
+
+    Raises:
+        SimulationError: the site has not scored its policy cases (:func:`policy_evidence`).
+        hub.PolicyFitError: the question is malformed.
+    """
+    from hub import PolicyEvidence
+
+    path = _evidence_file(job)
+    if not path.is_file():
+        raise SimulationError(f"{job.site_id} has no policy evidence for {job.task_id}")
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    evidence = PolicyEvidence(
+        arrays["ensemble"],
+        {
+            k.removeprefix("generalist-"): v
+            for k, v in arrays.items()
+            if k.startswith("generalist-")
+        },
+        arrays["truth"],
+        arrays.get("voting"),
+    )
+    return evidence.answer(question)
+
+
+def adapter_initial_state(job: TuneJob) -> dict[str, Any]:
+    """The adapter's starting weights: the recipe's seeded LoRA initialisation of the base model."""
+    from site_agent.adapter import AdapterTrainer
+
+    state: dict[str, Any] = AdapterTrainer(Path(job.model_dir), recipe_of(job.recipe)).state()
+    return state
+
+
 def adapter_update(
     job: TuneJob, state: Mapping[str, Any], epochs: int
 ) -> tuple[dict[str, Any], int, float]:
@@ -169,7 +345,8 @@ def adapter_update(
     trainer.set_state(dict(state))
     update = trainer.train(adapter_examples(job), epochs=epochs)
     # What tuning cost this site, for the report and bench/arbitration.py.
-    stats_path = Path(job.home) / "adapter" / f"stats-{job.task_id}.json"
+    stats_path = job.folder / f"stats-{job.task_id}.json"
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {"rounds": []}
     stats["rounds"].append({"seconds": round(update.seconds, 1), "loss": update.loss})
     stats["examples"] = update.examples
@@ -179,12 +356,19 @@ def adapter_update(
 
 
 def publish_adapter(
-    job: TuneJob, state: Mapping[str, Any], training: Mapping[str, Any]
-) -> tuple[str, str]:
-    """Writes, signs and publishes the federated adapter; returns its folder and digest.
+    job: TuneJob,
+    state: Mapping[str, Any],
+    training: Mapping[str, Any],
+    policy: ArbitrationPolicy | None = None,
+) -> tuple[str, str, int]:
+    """Writes, signs and publishes the federated adapter; its folder, digest and version.
 
     Published like a specialist (``gsco site publish``): through the registry's
-    checks and TUF, recorded in the site's egress ledger.
+    checks and TUF, recorded in the site's egress ledger. ``training`` holds
+    the card's task fields (``modality``, ``labels``, ``task_type``; else the
+    job's ``task``), its ``training`` record and its ``version`` (absent: one
+    above the last this site published for the task). ``policy``, fitted for
+    this adapter, goes into the card, each mode bound to the adapter.
     """
     from generalist import PROMPT_TEMPLATE_VERSION
     from protocol import AdapterCard, AdapterTraining, LoraSpec
@@ -197,11 +381,16 @@ def publish_adapter(
     home = open_site(Path(job.home))
     recipe = trainer.recipe
     layers = recipe.last_layers
+    task = {**(job.task or {}), **training}
+    if policy is not None:
+        unbound = {m: f.model_copy(update={"model": None}) for m, f in policy.modes.items()}
+        policy = policy.model_copy(update={"modes": unbound})
+    version = int(training["version"]) if "version" in training else _next_version(job)
     card = AdapterCard(
         task_id=job.task_id,
-        modality=str(training["modality"]),
-        labels=tuple(training["labels"]),
-        task_type=str(training["task_type"]),  # type: ignore[arg-type]
+        modality=str(task["modality"]),
+        labels=tuple(task["labels"]),
+        task_type=str(task["task_type"]),  # type: ignore[arg-type]
         base_model=job.base_model,
         base_model_sha256=base_model_sha256(Path(job.model_dir)),
         prompt_template=PROMPT_TEMPLATE_VERSION,
@@ -216,13 +405,21 @@ def publish_adapter(
         ),
         training=AdapterTraining.model_validate(training["training"]),
         site_id=job.site_id,
-        version=int(training.get("version", 1)),
+        version=version,
         license="Apache-2.0",
         created_at=datetime.now(UTC),
+        policy=policy,
     )
     out = Path(job.out_dir)
     manifest = write_adapter_bundle(out, trainer, card, home.private_key)
-    return str(out), _publish(home, job.registry, out, manifest)
+    return str(out), _publish(home, job, out, manifest), version
+
+
+def _next_version(job: TuneJob) -> int:
+    """One above the last adapter version this site published for the task (revoked too)."""
+    with job.registry_client() as client:
+        listed = client.bundles(task_id=job.task_id, site_id=job.site_id, include_revoked=True)
+    return 1 + max((ref.version for ref in listed if ref.kind == "adapter"), default=0)
 
 
 def publish_adapter_policy(
@@ -238,20 +435,27 @@ def publish_adapter_policy(
         AdapterTrainingError: the policy does not fit the adapter.
         RegistryError: the registry refused it.
     """
+    from registry import RegistryClient
     from site_agent import open_site
     from site_agent.adapter import write_policy_version
 
     home = open_site(home_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     card, manifest = write_policy_version(source, out_dir, policy, home.private_key)
-    return card.version, _publish(home, registry, out_dir, manifest)
-
-
-def _publish(home: SiteHome, registry: str, folder: Path, manifest: VerifiedManifest) -> str:
-    """Publishes the signed bundle ``folder``, records it in the egress ledger; its digest."""
-    from registry import RegistryClient
-
     with RegistryClient(registry, timeout_s=120.0) as client:
-        ref = client.publish(folder, home.private_key)
+        return card.version, _publish_with(client, home, registry, out_dir, manifest)
+
+
+def _publish(home: SiteHome, job: TuneJob, folder: Path, manifest: VerifiedManifest) -> str:
+    """Publishes the signed bundle ``folder`` to the job's registry; its digest."""
+    with job.registry_client(timeout_s=120.0) as client:
+        return _publish_with(client, home, job.registry, folder, manifest)
+
+
+def _publish_with(
+    client: Any, home: SiteHome, registry: str, folder: Path, manifest: VerifiedManifest
+) -> str:
+    """Publishes ``folder`` through ``client``, records it in the egress ledger; its digest."""
+    ref = client.publish(folder, home.private_key)
     home.ledger.record_publication(registry, ref, dict(manifest.files))
-    return ref.bundle_digest
+    return str(ref.bundle_digest)

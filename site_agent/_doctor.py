@@ -65,6 +65,8 @@ class DoctorSettings:
     min_free_disk_bytes: int = 5 * _GIB  # bytes free where bundles are written
     min_available_memory_bytes: int = 4 * _GIB  # bytes (adapter tuning peaks near 4.3 GB)
     clock_tolerance_s: float = 300.0  # seconds of skew tolerated against certificates
+    trusted_root: Path | None = None  # the registry's TUF root (adapter tuning)
+    generalist_model: Path | None = None  # the base model, transformers folder (adapter tuning)
 
 
 def examine_site(settings: DoctorSettings) -> list[Finding]:
@@ -80,10 +82,25 @@ def examine_site(settings: DoctorSettings) -> list[Finding]:
         findings.extend(_registry(settings, site))
     if settings.superlink is not None:
         findings.extend(_superlink(settings))
+    if settings.trusted_root is not None or settings.generalist_model is not None:
+        findings.append(_tuning(settings))
     findings.append(_flower())
     findings.append(_disk(settings.work or settings.home, settings.min_free_disk_bytes))
     findings.append(_memory(settings.min_available_memory_bytes))
     return findings
+
+
+def _tuning(settings: DoctorSettings) -> Finding:
+    from site_agent._join import tuning_problem
+
+    problem = tuning_problem(settings.trusted_root, settings.generalist_model)
+    if problem is not None:
+        return Finding(
+            "adapter tuning", False, problem, "ask the consortium for its TUF root and base model"
+        )
+    return Finding(
+        "adapter tuning", True, f"TUF root and base model ({settings.generalist_model}) present"
+    )
 
 
 def _home(root: Path) -> tuple[SiteHome | None, list[Finding]]:

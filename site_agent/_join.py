@@ -39,6 +39,11 @@ class JoinSettings:
     # Where the SuperNode serves the standard gRPC health service (plain text: keep it
     # on loopback); None: not served. What the site image's health check asks.
     health_address: str | None = None
+    # For tuning the generalist's adapter (gsco federation run --tune-rounds): the
+    # registry's TUF root (to verify the specialists whose evidence the site renders) and
+    # the base model in transformers format. Neither given: this site does not tune.
+    trusted_root: Path | None = None
+    generalist_model: Path | None = None
 
     def check(self) -> str:
         """Checks what can be checked before the SuperNode starts; returns the task id.
@@ -68,6 +73,9 @@ class JoinSettings:
                 raise OptionsError(f"{name} {ca}: not a readable PEM certificate ({exc})") from exc
         if not self.data.exists():
             raise OptionsError(f"--data {self.data}: no such file or folder")
+        problem = tuning_problem(self.trusted_root, self.generalist_model)
+        if problem is not None:
+            raise OptionsError(problem)
         if self.task_file is None:
             if self.task is None:
                 raise OptionsError("give --task (a catalog task) or --task-file")
@@ -79,6 +87,33 @@ class JoinSettings:
         if self.task is not None and self.task != declared:
             raise OptionsError(f"--task {self.task!r} but {self.task_file} declares {declared!r}")
         return declared
+
+
+def tuning_problem(trusted_root: Path | None, generalist_model: Path | None) -> str | None:
+    """What keeps this site from tuning the adapter with these options (``None``: nothing).
+
+    Neither given is fine (the site does not tune); one without the other is not.
+    """
+    import json
+
+    if trusted_root is None and generalist_model is None:
+        return None
+    if trusted_root is None or generalist_model is None:
+        return "adapter tuning needs both --trusted-root and --generalist-model"
+    try:
+        root = json.loads(trusted_root.read_bytes())
+        kind = root["signed"]["_type"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"--trusted-root {trusted_root}: not a readable TUF root ({exc})"
+    if kind != "root":
+        return f"--trusted-root {trusted_root}: TUF {kind} metadata, not the root"
+    for needed in ("config.json", "tokenizer_config.json"):
+        if not (generalist_model / needed).is_file():
+            return (
+                f"--generalist-model {generalist_model}: no {needed} (give the base model's "
+                "folder in transformers format, as the consortium hands it out)"
+            )
+    return None
 
 
 def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
@@ -105,6 +140,9 @@ def supernode_command(site: SiteHome, settings: JoinSettings) -> list[str]:
         node_config["task-file"] = str(settings.task_file.resolve())
     if settings.registry_ca is not None:
         node_config["registry-ca"] = str(settings.registry_ca.resolve())
+    if settings.trusted_root is not None and settings.generalist_model is not None:
+        node_config["trusted-root"] = str(settings.trusted_root.resolve())
+        node_config["generalist-model"] = str(settings.generalist_model.resolve())
     config_path = site.root / NODE_CONFIG_FILE
     config_path.write_text(flat_toml(node_config), encoding="utf-8")
     return [

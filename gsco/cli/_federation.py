@@ -237,11 +237,39 @@ def run(
     fedavg_local_epochs: FedAvgLocalEpochsOption = 1,
     dp_noise: DpNoiseOption = 0.0,
     dp_clip: DpClipOption = 1.0,
+    tune_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Then tune the generalist's LoRA adapter over the sites (FedAvg rounds; each "
+            "site joined with --trusted-root and --generalist-model, and .npz data).",
+        ),
+    ] = 0,
+    tune_local_epochs: Annotated[
+        int, typer.Option(min=1, help="Adapter epochs at each site per round.")
+    ] = 1,
+    tune_examples_per_site: Annotated[
+        int, typer.Option(min=1, help="Validation cases per site the adapter is tuned on.")
+    ] = 120,
+    tune_policy_cases: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Other validation cases per site the adapter's arbitration policy is fitted "
+            "on, at the site (at most half its split; 0: no policy, and the hub weighs nothing).",
+        ),
+    ] = 60,
+    tune_modes: Annotated[
+        str, typer.Option(help="The prompt modes the adapter learns, comma-separated.")
+    ] = "gsco",
 ) -> None:
     """Run the GSCo app on the member sites: each trains, signs and publishes its specialist.
 
     With --fedavg-rounds the sites then co-train one shared specialist (FedAvg,
-    optionally with DP), and each publishes it, signed with its own key.
+    optionally with DP), and each publishes it, signed with its own key. With
+    --tune-rounds they then tune the generalist's adapter, fit its arbitration
+    policy at the sites (only sums and counts leave them), and one site
+    publishes the adapter with the policy in its card.
     """
     from federation._run import RunRequest, run_federation
 
@@ -262,12 +290,55 @@ def run(
         fedavg_local_epochs=fedavg_local_epochs,
         dp_noise_multiplier=dp_noise,
         dp_clipping_norm=dp_clip,
+        tune_rounds=tune_rounds,
+        tune_local_epochs=tune_local_epochs,
+        tune_examples_per_site=tune_examples_per_site,
+        tune_policy_cases_per_site=tune_policy_cases,
+        tune_modes=_modes(tune_modes),
     )
     result = run_federation(consortium, request, on_line=lambda line: typer.echo(line, err=True))
     typer.echo(f"run of {task} on {consortium.config.name}: results in {result.path}")
     for site, outcome in sorted(result.sites.items()):
         typer.echo(f"  {site:<24} {outcome.get('status', '?'):<12} {outcome.get('detail', '')}")
+    if result.adapter is not None:
+        typer.echo(adapter_line(result.adapter))
     if result.error:
         from gsco.cli._common import fail
 
         fail(result.error)
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    """``--tune-modes``: generalist modes a policy can weigh, comma-separated."""
+    from gsco.cli._common import fail
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    allowed = ("gsco", "moed", "rad")
+    if not modes or set(modes) - set(allowed):
+        fail(f"--tune-modes {text!r}: give one or more of {', '.join(allowed)}")
+    return modes
+
+
+def adapter_line(adapter: dict[str, object]) -> str:
+    """One line on the adapter stage: what was published, by whom, and its policy."""
+    if not adapter.get("published"):
+        return f"  adapter: not published: {adapter.get('error', '?')}"
+    line = (
+        f"  adapter: version {adapter.get('version')} published by {adapter.get('signed_by')} "
+        f"(bundle {str(adapter['published'])[:12]})"
+    )
+    policy = adapter.get("policy")
+    if isinstance(policy, dict):
+        modes = policy.get("modes") or {}
+        weights = ", ".join(
+            f"{mode} weight {fitted.get('generalist_weight', 0):g}"
+            for mode, fitted in modes.items()
+            if isinstance(fitted, dict)
+        )
+        line += (
+            f"; policy fitted at {adapter.get('policy_sites')} sites on "
+            f"{policy.get('n_examples')} cases: {weights}"
+        )
+    else:
+        line += f"; no policy: {adapter.get('policy_error', 'not asked for')}"
+    return line

@@ -28,6 +28,19 @@ _SUPERLINK = "The consortium's SuperLink, host:port."
 _CA = "The consortium's CA certificate (PEM)."
 _DATA = "The site's data (.npz, folder or CSV manifest)."
 _REGISTRY = "The consortium's registry, host:port."
+TrustedRootOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="The registry's TUF root (1.root.json, from the consortium), for adapter tuning."
+    ),
+]
+GeneralistModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="The generalist's base model (transformers folder, from the consortium), for "
+        "adapter tuning."
+    ),
+]
 TaskOption = Annotated[
     str | None, typer.Option(help="The catalog task this site trains for (or give --task-file).")
 ]
@@ -84,13 +97,16 @@ def join(
     ] = 9094,
     home: HomeOption = None,
     health_address: HealthAddressOption = None,
+    trusted_root: TrustedRootOption = None,
+    generalist_model: GeneralistModelOption = None,
 ) -> None:
     """Start this site's Flower SuperNode: it connects out to the consortium and trains here.
 
     The SuperNode key is made on first use; hand its public key to the consortium
     ('gsco site node-key' shows it) before the first run. Specialists are
-    published to the registry exactly as 'gsco site publish' does. Run
-    'gsco site doctor' with the same options first.
+    published to the registry exactly as 'gsco site publish' does. With
+    --trusted-root and --generalist-model the site also takes part in tuning the
+    generalist's adapter. Run 'gsco site doctor' with the same options first.
     """
     from site_agent._join import JoinSettings, supernode_command
     from site_agent.errors import OptionsError
@@ -107,6 +123,8 @@ def join(
         local_port=port,
         task_file=task_file,
         health_address=health_address,
+        trusted_root=trusted_root,
+        generalist_model=generalist_model,
     )
     try:
         command = supernode_command(site, settings)
@@ -145,6 +163,8 @@ def doctor(
         float, typer.Option(min=0.0, help="Available memory (GiB) needed for training.")
     ] = 4.0,
     home: HomeOption = None,
+    trusted_root: TrustedRootOption = None,
+    generalist_model: GeneralistModelOption = None,
 ) -> None:
     """Check this site's set-up before a run: one line per check, and what to do.
 
@@ -172,6 +192,8 @@ def doctor(
             timeout_s=timeout,
             min_free_disk_bytes=int(min_disk_gib * 1024**3),
             min_available_memory_bytes=int(min_memory_gib * 1024**3),
+            trusted_root=trusted_root,
+            generalist_model=generalist_model,
         )
     )
     for finding in findings:

@@ -250,3 +250,75 @@ def test_join_takes_a_task_file_and_the_deployed_site_trains_for_it(tmp_path: Pa
     job = deployed_job(node, {"task": "knee-xr"}, run_id=7)
     assert job.task_spec().labels == ("no oa", "oa")
     assert job.task_spec().modality == "knee X-ray"
+
+
+def test_a_site_that_tunes_the_adapter_joins_with_the_registry_root_and_the_base_model(
+    tmp_path: Path,
+) -> None:
+    """Both options or neither; each checked first; the site's validation split shared out."""
+    import json
+    import tomllib
+
+    import numpy as np
+
+    from simulations._flower_tune import deployed_tune_job
+    from simulations.errors import ScenarioError
+    from site_agent._join import JoinSettings, supernode_command
+
+    home, consortium, data = _joining_site(tmp_path)
+    rng = np.random.default_rng(0)
+    splits = {"train": 20, "val": 50, "test": 10}
+    arrays = {}
+    for split, n in splits.items():
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1))
+    np.savez(data, **arrays)
+    root = tmp_path / "1.root.json"
+    root.write_text(json.dumps({"signed": {"_type": "root", "version": 1}, "signatures": []}))
+    model = tmp_path / "base-model"
+    model.mkdir()
+    settings = JoinSettings(
+        superlink="127.0.0.1:9092", ca=consortium.ca_certificate, task="pneumonia-cxr",
+        data=data, registry="127.0.0.1:50051", work=tmp_path / "work",
+    )  # fmt: skip
+    from site_agent import open_site
+
+    site = open_site(home)
+    refused = {
+        "one without the other": (replace(settings, trusted_root=root), "both --trusted-root"),
+        "not a root": (
+            replace(settings, trusted_root=data, generalist_model=model),
+            "not a readable TUF root",
+        ),
+        "no model": (
+            replace(settings, trusted_root=root, generalist_model=model),
+            "no config.json",
+        ),
+    }
+    for case, (refused_settings, error) in refused.items():
+        with pytest.raises(OptionsError, match=error):
+            supernode_command(site, refused_settings)
+        assert not (home / "supernode.toml").exists(), case
+    for name in ("config.json", "tokenizer_config.json"):
+        (model / name).write_text("{}")
+    supernode_command(site, replace(settings, trusted_root=root, generalist_model=model))
+    node = tomllib.loads((home / "supernode.toml").read_text())
+    assert node["trusted-root"] == str(root.resolve())
+    assert node["generalist-model"] == str(model.resolve())
+
+    run = {"tune-examples-per-site": 12, "tune-policy-cases-per-site": 40, "tune-modes": "gsco"}
+    job = deployed_tune_job(node, run, run_id=3)
+    assert job.site_id == "st-marys"
+    assert job.model_dir == str(model.resolve())
+    assert len(job.policy_rows) == 25  # at most half of the 50 validation cases
+    assert len(job.rows) == 12
+    assert not set(job.rows) & set(job.policy_rows)  # the policy never sees tuning cases
+    assert job.task is not None
+    assert job.task["labels"] == ["normal", "pneumonia"]
+    assert job.folder == tmp_path / "work" / "run-3" / "adapter-scratch-pneumonia-cxr"
+    assert deployed_tune_job(node, run, run_id=3) == job  # every message of the run agrees
+    plain = {k: v for k, v in node.items() if k not in ("trusted-root", "generalist-model")}
+    with pytest.raises(ScenarioError, match="--trusted-root, --generalist-model"):
+        deployed_tune_job(plain, run, run_id=3)
+    with pytest.raises(ScenarioError, match="MedMNIST-layout .npz"):
+        deployed_tune_job({**node, "data": str(tmp_path)}, run, run_id=3)

@@ -3,9 +3,12 @@
 A SuperLink with TLS and SuperNode authentication (``gsco federation serve``),
 three hospitals' SuperNodes (``gsco site join``, each with its own site home,
 data share and SuperNode key), a run (``gsco federation run``): every site
-trains, signs and publishes its specialist; a hub verifies all three; the
-egress ledgers match the registry (``gsco audit registry --ledger``). One
-SuperNode is killed mid-run and the run still completes with the others.
+trains, signs and publishes its specialist; the sites co-train a shared one
+and tune the generalist's adapter, fit its arbitration policy among
+themselves (their cases never meet) and one publishes it; a hub verifies the
+three sites; the egress ledgers match the registry (``gsco audit registry
+--ledger``). One SuperNode is killed mid-run and the run still completes with
+the others.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 from protocol import flower_environment, free_loopback_port
 from site_agent import open_site
+from tests.adapters import model_dir
 from tests.federation.conftest import GSCO, Processes, gsco_run, wait_for_port, wait_for_status
 from tests.servers import start_hub, start_registry
 from tests.site_agent.conftest import medmnist_dir
@@ -66,6 +70,12 @@ def test_three_hospitals_train_publish_and_are_audited(
         )
         wait_for_port(port, link, link_log)
         ca = root / "tls" / "ca.pem"
+        # What the consortium hands each site for adapter tuning, out of band: the
+        # registry's TUF root and the generalist's base model (transformers folder).
+        tuning = [
+            "--trusted-root", str(registry.root / "tuf" / "metadata" / "1.root.json"),
+            "--generalist-model", str(model_dir()),
+        ]  # fmt: skip
         nodes = {}
         for number, site_id in enumerate(SITES):
             home = tmp_path / site_id
@@ -81,13 +91,14 @@ def test_three_hospitals_train_publish_and_are_audited(
             data = _share(source, tmp_path / f"{site_id}.npz", number)
             site_options = [
                 "--home", str(home), "--superlink", f"127.0.0.1:{port}", "--ca", str(ca),
-                "--task", "pneumonia-cxr", "--data", str(data), *reg,
+                "--task", "pneumonia-cxr", "--data", str(data), *reg, *tuning,
             ]  # fmt: skip
             # The README's order: the site checks its set-up, then joins.
             doctor = gsco_run("site", "doctor", *site_options)
             assert doctor.returncode == 0, doctor.stdout + doctor.stderr
             assert "TLS verified" in doctor.stdout
             assert f"{site_id} enrolled, not revoked" in doctor.stdout
+            assert "ok      adapter tuning: TUF root and base model" in doctor.stdout
             join = [GSCO, "site", "join", *site_options, "--port", str(free_loopback_port())]
             nodes[site_id] = processes.start(join, tmp_path / f"{site_id}.log", env)
         members = json.loads((root / "members.json").read_text())["members"]
@@ -99,19 +110,37 @@ def test_three_hospitals_train_publish_and_are_audited(
                "--timeout-s", "900"]  # fmt: skip
         # With one FedAvg round: then the three co-train a shared specialist, which the
         # SuperLink starts from weights a site made (it has no data), and each publishes it.
-        done = gsco_run(*run, "--min-sites", "3", "--fedavg-rounds", "1", timeout=1200)
+        # With one tuning round: then they tune the generalist's adapter on 12 validation
+        # cases each, fit its policy on 20 others each, and one publishes it.
+        tune = ["--tune-rounds", "1", "--tune-examples-per-site", "12", "--tune-policy-cases", "20"]
+        done = gsco_run(*run, "--min-sites", "3", "--fedavg-rounds", "1", *tune, timeout=1800)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert done.stdout.count(" published ") == 6, done.stdout
+        sites_lines = [line for line in done.stdout.splitlines() if "adapter:" not in line]
+        assert sum(" published " in line for line in sites_lines) == 6, done.stdout
         assert done.stdout.count(" (fedavg) ") == 3, done.stdout
         results = Path(done.stdout.split("results in ", 1)[1].split()[0])
-        assert json.loads(results.read_text())["_run"]["published"] == 3  # sites' own
+        answer = json.loads(results.read_text())
+        assert answer["_run"]["published"] == 3  # sites' own
+        adapter = answer["_adapter"]
+        assert adapter["examples_per_site"] == dict.fromkeys(SITES, 12), adapter
+        assert adapter["policy"]["n_examples"] == 60  # 20 at each site, fitted on their sums
+        assert adapter["policy_sites"] == 3
+        assert "policy fitted at 3 sites on 60 cases: gsco weight" in done.stdout
+        assert f"adapter: version 1 published by {adapter['signed_by']}" in done.stdout
+        assert "/" not in adapter["bundle"]  # where a site keeps its files stays there
+        # Only the ServerApp's lines reach the consortium: no site's scores or labels.
+        assert "policy-evidence" not in done.stderr
         # A site's training log stays at the site (its SuperNode's log): only the
         # ServerApp's lines, outcomes and counts reach the consortium.
         assert "gsco: st-marys epoch 1/1" in (tmp_path / "st-marys.log").read_text()
         assert "epoch" not in done.stderr
 
         with registry.client() as client:
-            listed = client.bundles(task_id="pneumonia-cxr")
+            everything = client.bundles(task_id="pneumonia-cxr")
+        adapters = [ref for ref in everything if ref.kind == "adapter"]
+        assert [(a.site_id, a.version) for a in adapters] == [(adapter["signed_by"], 1)]
+        assert adapters[0].bundle_digest == adapter["published"]
+        listed = [ref for ref in everything if ref.kind == "specialist"]
         assert {ref.site_id for ref in listed} == set(SITES)
         shared = [ref for ref in listed if ref.version == 2]  # each site's second bundle
         assert {ref.site_id for ref in shared} == set(SITES), listed

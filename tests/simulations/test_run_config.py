@@ -40,3 +40,18 @@ def test_the_runtime_starts_without_the_environment_on_path(
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     with FlowerRuntime(tmp_path) as runtime:
         assert runtime.port > 0
+
+
+def test_every_key_a_deployed_run_sends_is_one_the_app_declares() -> None:
+    """Flower refuses a run whose config has a key the app does not declare ("Invalid run
+    configuration"), which only the deployment test would otherwise find."""
+    from federation._run import RunRequest
+    from simulations._runtime import APP_DIR
+
+    app = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    declared = app["tool"]["flwr"]["app"]["config"]
+    sent = RunRequest(task="pneumonia-cxr", fedavg_rounds=1, tune_rounds=1).run_config(
+        Path("/runs/r.json")
+    )
+    assert set(sent) - set(declared) == set()
+    assert declared["tune-rounds"] == 0  # a run that does not ask for tuning does not tune

@@ -1,0 +1,206 @@
+"""The policy fitted across sites whose cases never meet: only sums and counts are exchanged.
+
+Each site answers the fit's questions about its own cases
+(:meth:`hub.PolicyEvidence.answer`); the fit sums the answers. The result must
+be the policy the pooled cases give, and what a site sends must not grow
+with, or list, its cases.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import reduce
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hub import (
+    PolicyEvidence,
+    PolicyFitError,
+    add_answers,
+    fit_policy,
+    fit_policy_from_answers,
+)
+from protocol import Mode, TaskSpec
+
+TASK = TaskSpec(
+    task_id="chest-three", modality="chest X-ray", labels=("normal", "pneumonia", "effusion"),
+    task_type="multiclass",
+)  # fmt: skip
+
+
+def _cases(n: int, seed: int) -> dict[str, Any]:
+    """An ensemble right about 75% of the time; a generalist that helps in gsco, not in rad."""
+    rng = np.random.default_rng(seed)
+    k = len(TASK.labels)
+    truth = rng.integers(0, k, n)
+    ensemble = rng.dirichlet(np.ones(k), n)
+    ensemble[np.arange(n), truth] += np.where(rng.random(n) < 0.75, 1.0, 0.0)
+    ensemble /= ensemble.sum(axis=1, keepdims=True)
+    helpful = rng.dirichlet(np.ones(k) * 0.5, n)
+    helpful[np.arange(n), truth] += 2.5
+    helpful[:, 0] += 0.4  # a preference for the first label, which the label bias removes
+    helpful /= helpful.sum(axis=1, keepdims=True)
+    unrelated = rng.dirichlet(np.ones(k), n)
+    specialists = rng.dirichlet(np.ones(k), (3, n))
+    specialists[:, np.arange(n), truth] += 0.6
+    specialists /= specialists.sum(axis=2, keepdims=True)
+    return {
+        "ensemble": ensemble,
+        "generalist": {Mode.GSCO: helpful, Mode.RAD: unrelated},
+        "truth": truth,
+        "specialists": specialists,
+    }
+
+
+def _split(cases: dict[str, Any], bounds: list[int]) -> list[PolicyEvidence]:
+    """The cases shared out among sites at ``bounds`` (each site's own rows)."""
+    parts = []
+    for lo, hi in zip([0, *bounds], [*bounds, len(cases["truth"])], strict=True):
+        parts.append(
+            PolicyEvidence.of(
+                TASK,
+                cases["ensemble"][lo:hi],
+                {m: s[lo:hi] for m, s in cases["generalist"].items()},
+                cases["truth"][lo:hi],
+                cases["specialists"][:, lo:hi],
+            )
+        )
+    return parts
+
+
+def _asking(sites: list[PolicyEvidence], sent: list[str]) -> Any:
+    def ask(question: dict[str, Any]) -> dict[str, Any]:
+        answers = [site.answer(json.loads(json.dumps(question))) for site in sites]
+        sent.extend(json.dumps(a) for a in answers)  # what crosses the wire
+        return dict(reduce(add_answers, answers))
+
+    return ask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_fit_across_sites_is_the_fit_of_the_pooled_cases(seed: int) -> None:
+    cases = _cases(240, seed)
+    pooled = fit_policy(
+        TASK,
+        cases["ensemble"],
+        cases["generalist"],
+        cases["truth"],
+        model="adapter",
+        specialists=cases["specialists"],
+    )
+    sent: list[str] = []
+    federated = fit_policy_from_answers(
+        TASK, _asking(_split(cases, [37, 150]), sent), [Mode.GSCO, Mode.RAD], model="adapter"
+    )
+    assert federated.n_examples == pooled.n_examples == 240
+    assert federated.recommended_mode == pooled.recommended_mode
+    for mode, fitted in pooled.modes.items():
+        other = federated.modes[mode]
+        assert (other.base, other.generalist_weight) == (fitted.base, fitted.generalist_weight)
+        assert other.weights_tried == fitted.weights_tried
+        assert other.validation_accuracy == fitted.validation_accuracy
+        assert other.gate_p_value == fitted.gate_p_value
+        assert fitted.label_bias is not None
+        assert other.label_bias is not None
+        assert np.allclose(other.label_bias, fitted.label_bias, atol=1e-5)
+    # The helpful mode earns a weight; the unrelated one does not.
+    assert pooled.modes[Mode.GSCO].generalist_weight > 0
+    assert pooled.modes[Mode.RAD].generalist_weight == 0
+    assert sent
+
+
+def test_what_a_site_sends_does_not_grow_with_its_cases() -> None:
+    small, large = _split(_cases(400, 5), [12])
+    questions = [
+        {"what": "counts"},
+        {"what": "bias", "label_totals": [130, 140, 130], "candidates": {"gsco": [[0, 0, 0]] * 4}},
+        {"what": "weights", "biases": {"gsco": [0.1, -0.1, 0.0], "rad": None}, "weights": [0, 1]},
+    ]
+    for question in questions:
+        a, b = small.answer(question), large.answer(question)
+
+        def shape(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: shape(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [shape(v) for v in value]
+            return type(value).__name__
+
+        assert shape(a) == shape(b), question  # the same numbers, whatever the cases
+    counts = small.answer({"what": "counts"})
+    assert counts["n"] == 12
+    assert sum(counts["labels"]) == 12
+
+
+@pytest.mark.parametrize(
+    ("question", "message"),
+    [
+        ({"what": "cases"}, "unknown question"),
+        ({"what": "bias", "label_totals": [1, 1], "candidates": {"gsco": [[0, 0, 0]]}}, "3 finite"),
+        (
+            {"what": "bias", "label_totals": [5, 5, 5], "candidates": {"gsco": [[0, 0, 0]] * 28}},
+            "candidate biases",
+        ),
+        (
+            {"what": "bias", "label_totals": [5, 5, 5], "candidates": {"gsco": [[0, "x", 0]]}},
+            "list of numbers",
+        ),
+        (
+            {"what": "bias", "label_totals": [5, 5, 5], "candidates": {"gsco": [[0, 1e400, 0]]}},
+            "finite",
+        ),
+        (
+            {"what": "bias", "label_totals": [5, 0, 5], "candidates": {"gsco": [[0, 0, 0]]}},
+            "nobody has a label",
+        ),
+        (
+            {"what": "bias", "label_totals": [5, 5, 5], "candidates": {"moed": [[0, 0, 0]]}},
+            "no generalist scores for mode 'moed'",
+        ),
+        ({"what": "weights", "biases": {"gsco": None}, "weights": [-1.0]}, "not negative"),
+        ({"what": "weights", "biases": {"gsco": None}, "weights": []}, "1 to 32 weights"),
+        ({"what": "weights", "biases": [], "weights": [1.0]}, "biases must map"),
+    ],
+)
+def test_a_site_refuses_a_malformed_question(question: dict[str, Any], message: str) -> None:
+    (site,) = _split(_cases(60, 3), [])
+    with pytest.raises(PolicyFitError, match=message):
+        site.answer(question)
+
+
+def test_answers_that_do_not_fit_together_are_refused() -> None:
+    assert add_answers({"n": 2, "v": [1, 2.5], "x": None}, {"n": 3, "v": [1, 1], "x": None}) == {
+        "n": 5,
+        "v": [2, 3.5],
+        "x": None,
+    }
+    for a, b in [
+        ({"n": 1}, {"m": 1}),
+        ([1, 2], [1]),
+        ({"voting": None}, {"voting": 3}),
+        (True, 1),
+        ("1", 1),
+    ]:
+        with pytest.raises(PolicyFitError):
+            add_answers(a, b)
+
+
+def test_evidence_that_does_not_fit_together_is_refused() -> None:
+    cases = _cases(20, 4)
+    with pytest.raises(PolicyFitError, match="do not fit"):
+        PolicyEvidence(cases["ensemble"], {}, cases["truth"][:10])
+    with pytest.raises(PolicyFitError, match="outside"):
+        PolicyEvidence(cases["ensemble"], {}, cases["truth"] + 3)
+    with pytest.raises(PolicyFitError, match="scores are"):
+        PolicyEvidence(cases["ensemble"], {"gsco": cases["ensemble"][:, :2]}, cases["truth"])
+
+
+def test_no_cases_no_policy() -> None:
+    (site,) = _split(_cases(30, 6), [])
+    empty = PolicyEvidence(
+        site.ensemble[:0], {m: s[:0] for m, s in site.generalist.items()}, site.truth[:0]
+    )
+    with pytest.raises(PolicyFitError, match="no validation cases"):
+        fit_policy_from_answers(TASK, empty.answer, [Mode.GSCO], model="adapter")
