@@ -88,6 +88,11 @@ def _deployed(context: Context) -> bool:
     return not context.run_config.get("jobs-file")
 
 
+def _tuning_deployed(context: Context) -> bool:
+    """Whether this adapter run is a hospital's (a simulation's names its jobs file)."""
+    return not context.run_config.get("tune-jobs-file")
+
+
 def _job(context: Context) -> SiteJob:
     """This SuperNode's site job: the simulation's, or (deployed) from its node config."""
     if _deployed(context):
@@ -156,7 +161,7 @@ def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: 
 
 def _tune_job(context: Context) -> TuneJob:
     """This SuperNode's adapter job: the simulation's, or (deployed) from its node config."""
-    if _deployed(context):
+    if _tuning_deployed(context):
         return deployed_tune_job(context.node_config, context.run_config, context.run_id)
     jobs = json.loads(Path(str(context.run_config["tune-jobs-file"])).read_text())
     return TuneJob.from_json(jobs[int(context.node_config["partition-id"])])
@@ -248,7 +253,7 @@ def publish_adapter_query(message: Message, context: Context) -> Message:
     policy = ArbitrationPolicy.parse(str(record["policy"])) if "policy" in record else None
     state = message.content.array_records["arrays"].to_torch_state_dict()
     folder, digest, version = publish_adapter(job, state, training, policy)
-    if _deployed(context):  # where the site keeps its files stays at the site
+    if _tuning_deployed(context):  # where the site keeps its files stays at the site
         folder = Path(folder).name
     return Message(
         RecordDict(

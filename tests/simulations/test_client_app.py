@@ -189,3 +189,31 @@ def test_a_deployed_sites_failure_reaches_the_superlink_without_its_local_paths(
     assert without_paths(text) == (
         "registry 10.0.0.1:50051 refused; see https://example.org/a/b and <local path> <local path>"
     )
+
+
+def test_an_adapter_job_comes_from_the_simulation_or_from_the_hospitals_node_config(
+    tmp_path: Path,
+) -> None:
+    """A simulation's tuning run names its jobs file; a deployed one does not (the site's own)."""
+    from simulations._flower import _tune_job
+    from simulations._tune_job import TuneJob
+    from simulations.errors import ScenarioError
+
+    job = TuneJob(
+        site_id="hospital-01", home="/h", data="/d.npz", rows=(1, 2), task_id="pneumonia-cxr",
+        registry="127.0.0.1:9", trusted_root="/r.json", model_dir="/m", base_model="smollm2",
+        out_dir="/o",
+    )  # fmt: skip
+    jobs = tmp_path / "tune-jobs.json"
+    jobs.write_text(json.dumps([job.to_json()]))
+    simulated = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
+        run_config={"jobs-file": "", "tune-jobs-file": str(jobs), "stage": "tune"},
+    )  # fmt: skip
+    assert _tune_job(simulated) == job
+    deployed = Context(
+        run_id=1, node_id=7, node_config={"home": "/h"}, state=RecordDict(),
+        run_config={"jobs-file": "", "tune-jobs-file": "", "tune-rounds": 1},
+    )  # fmt: skip
+    with pytest.raises(ScenarioError, match="--trusted-root, --generalist-model"):
+        _tune_job(deployed)
