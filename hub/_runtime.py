@@ -179,10 +179,19 @@ def _session(model: bytes, options: RuntimeOptions) -> tuple[Any, tuple[str, ...
     return session, actual
 
 
+#: OpenMP threads inside one faiss search. The hub runs the specialists of a request
+#: (and their searches) in parallel on its worker threads; OpenMP threads inside each
+#: search on top of those oversubscribe the cores, and OpenBLAS's spinning threads
+#: (faiss-cpu links its OpenMP build) slowed a search of 32 to 512 index rows from
+#: 0.03 ms to 2-5 ms in the hub (bench/hub_overhead.py, 3 and 10 specialists).
+FAISS_THREADS = 1
+
+
 def _faiss_index(embeddings: NDArray[np.float32]) -> Any:
     import faiss
 
     faiss_blas_for_every_batch(faiss)
+    faiss.omp_set_num_threads(FAISS_THREADS)
     index: Any = faiss.IndexFlatIP(embeddings.shape[1])
     if faiss_uses_gpu():
         index = faiss.index_cpu_to_all_gpus(index)

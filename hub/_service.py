@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,14 @@ __all__ = ["Admission", "Hub", "HubConfig"]
 log = logging.getLogger(__name__)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not every platform has affinity masks
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class HubConfig:
     """Everything ``gsco hub serve`` is told. Sizes in bytes, times in seconds."""
@@ -68,7 +77,11 @@ class HubConfig:
     max_in_flight: int = 16
     max_queue: int = 32  # admitted diagnoses waiting for a slot; more get 503
     retry_after_s: int = 2
-    workers: int = 4  # threads for decoding, onnxruntime and faiss
+    # Threads for decoding, onnxruntime and faiss; None: the CPU cores this process may
+    # use (each session has one intra-op thread, so one thread per core keeps every core
+    # busy without more runnable threads than cores, which stretched each stage by the
+    # time a thread waits for a core: bench/hub_overhead.py).
+    workers: int | None = None
     generalist_timeout_s: float = 30.0
     # Dynamic batching (hub._batching): a batch waits at most this long for requests
     # already on their way (never when none is), and holds at most max_batch requests.
@@ -115,11 +128,12 @@ class HubConfig:
             "max_pixel_data_bytes",
             "max_dicom_header_bytes",
             "max_in_flight",
-            "workers",
             "max_batch",
         ):
             if getattr(self, name) < 1:
                 raise HubConfigError(f"{name} must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise HubConfigError("workers must be at least 1")
         if self.max_queue < 0:
             raise HubConfigError("max_queue must be at least 0")
         if self.batch_window_ms < 0:
@@ -173,7 +187,9 @@ class Hub:
         self.metrics = HubMetrics()
         self.api_keys = KeyFile(config.api_keys) if config.api_keys else None
         self._generalist = generalist
-        self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="gsco-hub")
+        self._executor = ThreadPoolExecutor(
+            config.workers or available_cores(), thread_name_prefix="gsco-hub"
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: RegistryReadAPI | None = registry

@@ -128,7 +128,14 @@ def serve(
         ),
     ] = 10.0,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503.")] = 32,
-    workers: Annotated[int, typer.Option(min=1, help="Threads for onnxruntime/faiss.")] = 4,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads for decoding, onnxruntime and faiss (default: the CPU cores this "
+            "process may use).",
+        ),
+    ] = None,
     batch_window_ms: Annotated[
         float,
         typer.Option(
