@@ -179,11 +179,10 @@ def _session(model: bytes, options: RuntimeOptions) -> tuple[Any, tuple[str, ...
     return session, actual
 
 
-#: OpenMP threads inside one faiss search. The hub runs the specialists of a request
-#: (and their searches) in parallel on its worker threads; OpenMP threads inside each
-#: search on top of those oversubscribe the cores, and OpenBLAS's spinning threads
-#: (faiss-cpu links its OpenMP build) slowed a search of 32 to 512 index rows from
-#: 0.03 ms to 2-5 ms in the hub (bench/hub_overhead.py, 3 and 10 specialists).
+#: OpenMP threads inside one faiss search. The hub's parallelism is its worker pool
+#: (one thread per core, each running a specialist's session and search): threads
+#: inside each search on top of those would only compete for the same cores. The
+#: hub's searches are small (a batch of embeddings against a site's prototype index).
 FAISS_THREADS = 1
 
 
