@@ -559,10 +559,10 @@ def _initial_arrays(grid: Grid, nodes: list[int], timeout_s: float) -> ArrayReco
 
 
 def _tune(grid: Grid, context: Context) -> None:
-    """The simulation's adapter run: FedAvg of the adapter; a site signs the result.
+    """The simulation's adapter run: FedAvg of the adapter, its policy, a site signs the result.
 
-    The simulation fits the adapter's policy itself, through its hub (see
-    ``simulations._run``), so none is fitted here.
+    The policy is fitted at the sites, as in a deployed run, when the jobs give
+    them policy cases (``tune-policy-cases-per-site``).
     """
     from site_agent.adapter import AdapterTrainer
 
@@ -579,7 +579,8 @@ def _tune(grid: Grid, context: Context) -> None:
         nodes,
         initial=lambda: AdapterTrainer(Path(first.model_dir), _recipe(first)).state(),
         training=json.loads(str(config["adapter-card"])),
-        fit_policy=False,
+        fit_policy=int(str(config.get("tune-policy-cases-per-site", 0))) > 0,
+        publish_without_policy=True,  # simulations/_run.py then fits it through its hub
     )
     Path(str(config["results-file"])).write_text(json.dumps(outcome, indent=2))
 

@@ -126,6 +126,10 @@ def adapter_card_template(
     }
 
 
+#: What the sites' copies of the tuned generalist call themselves in their answers.
+_LOCAL_NAME = "tuned-adapter-site-copy"
+
+
 class ActionFedAvg(FedAvg):
     """FedAvg whose training rounds go to one named ``train`` action of the ClientApp."""
 
@@ -167,12 +171,17 @@ def tune_adapter(
     initial: Callable[[], dict[str, Any]] | None,
     training: dict[str, Any],
     fit_policy: bool,
+    publish_without_policy: bool = False,
 ) -> dict[str, Any]:
     """The adapter stage over ``nodes``; its outcome (what the run's results record).
 
     ``initial`` makes the starting weights here (the simulation has the base
     model); ``None`` asks a site for them (a deployed SuperLink has none).
-    ``training`` is the card's template (:func:`adapter_card_template`).
+    ``training`` is the card's template (:func:`adapter_card_template`). When a
+    policy was asked for (``fit_policy``) and cannot be fitted, the adapter is
+    not published, unless ``publish_without_policy`` (the simulation then fits
+    one through its own hub): a hub would let an adapter without a policy
+    answer unchecked.
     """
     timeout_s = float(config["timeout-s"])
     rounds = int(config.get("tune-rounds", 1))
@@ -262,6 +271,13 @@ def tune_adapter(
     policy = None
     if fit_policy:
         policy = _fit_policy(grid, live, result.arrays, config, outcome)
+        if policy is None and not publish_without_policy:
+            outcome["error"] = (
+                f"the adapter's policy could not be fitted ({outcome.get('policy_error')}), so "
+                "it was not published: a hub would let it answer unchecked"
+            )
+            log(WARNING, "gsco: %s", outcome["error"])
+            return outcome
     _publish(grid, live, result.arrays, card, policy, timeout_s, outcome)
     return outcome
 
@@ -283,12 +299,11 @@ def _fit_policy(
     from protocol import Mode, TaskSpec
 
     timeout_s = float(config["timeout-s"])
-    name = f"adapter-{config.get('task', 'task')}"[:200]
     log(INFO, "gsco: the sites score their policy cases with the tuned adapter")
     replies = grid.send_and_receive(
         [
             Message(
-                RecordDict({"policy": ConfigRecord({"name": name}), "arrays": arrays}),
+                RecordDict({"policy": ConfigRecord({"name": _LOCAL_NAME}), "arrays": arrays}),
                 node,
                 "query.adapter_policy_evidence",
             )
@@ -315,6 +330,7 @@ def _fit_policy(
         )
         return None
     task = TaskSpec.model_validate_json(tasks.pop())
+    name = f"adapter-{task.task_id}"  # the hub names each mode after the adapter it serves
     questions = 0
 
     def ask(question: dict[str, Any]) -> dict[str, Any]:

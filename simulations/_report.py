@@ -323,7 +323,19 @@ def _markdown(report: Report, plots: list[str]) -> str:
                 f"Evidence split: {training['evidence_split']}.",
             ]
             published = adapter.get("policy_published")
-            if published:
+            fitted = adapter.get("policy")
+            if card.get("policy") and isinstance(fitted, dict) and not published:
+                lines += [
+                    "",
+                    f"Its arbitration policy was fitted at the {adapter.get('policy_sites')} "
+                    f"sites, as deployed hospitals fit it: each scored its own share of "
+                    f"{fitted.get('n_examples')} validation cases it was not tuned on with its "
+                    "copy of the tuned generalist, and only sums and counts left the sites "
+                    f"({adapter.get('policy_questions')} questions). It is in the card of "
+                    f"version {card['version']}, signed with the adapter; the hub applies it "
+                    "and shows it in `/v1/tasks`.",
+                ]
+            elif published:
                 lines += [
                     "",
                     f"Its arbitration policy, fitted on the hub's answers with version 1 (bundle "

@@ -536,7 +536,7 @@ def _arbitrate(
         return found
     adapter_modes = tuple(Mode(m) for m in scenario.tune_modes)
     found.adapter = _tune_adapter(
-        scenario, dataset, work, out, sites.published, address, rows.tuning, progress, on_line
+        scenario, dataset, work, out, sites.published, address, rows, progress, on_line
     )
     lap("tuning")
     if found.adapter.get("published"):
@@ -544,7 +544,13 @@ def _arbitrate(
             hub, dataset.task.task_id, found.adapter, found.adapter["published"], progress
         )
         lap("adapter sync")
+    if found.served is not None and found.served.card.policy is not None:
+        # Fitted at the sites, as deployed hospitals fit it, and published in the card.
+        assert hub.engine is not None  # started
+        found.adapter_policy = hub.engine.policy_in_service(dataset.task.task_id)
+        return found
     if found.served is not None and len(rows.adapter_policy):
+        # The sites could not fit it (too few cases each): through the hub, as before.
         fitted = _fit_policy(
             scenario, dataset, url, progress, rows.adapter_policy, modes=adapter_modes
         )
@@ -667,16 +673,26 @@ def _tune_adapter(
     out: Path,
     published: list[SiteOutcome],
     address: str,
-    rows: np.ndarray,
+    split: _ValidationRows,
     progress: Progress,
     on_line: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Federated tuning of the generalist's adapter (a second Flower run); its outcome."""
+    """Federated tuning of the generalist's adapter (a second Flower run); its outcome.
+
+    Each site tunes on its share of ``split.tuning`` and, as deployed sites do,
+    scores its share of ``split.adapter_policy`` for the policy fitted from
+    the sites' sums and counts (a site with fewer than
+    :data:`simulations._tune_job.MIN_POLICY_CASES` answers nothing).
+    """
     from generalist import MODEL_NAME, EmbeddedServer
     from site_agent.adapter import AdapterRecipe
 
+    rows = split.tuning
     sites = sorted({o.site_id for o in published if "(fedavg)" not in o.site_id})
     shares = np.array_split(np.random.default_rng(scenario.seed + 2).permutation(rows), len(sites))
+    policy_shares = np.array_split(
+        np.random.default_rng(scenario.seed + 3).permutation(split.adapter_policy), len(sites)
+    )
     recipe = AdapterRecipe(max_examples=scenario.tune_examples_per_site, seed=scenario.seed)
     tune_dir = work / "tune"
     tune_dir.mkdir(parents=True, exist_ok=True)
@@ -694,8 +710,9 @@ def _tune_adapter(
             out_dir=str(out / "adapter"),
             recipe=recipe.to_dict(),
             modes=tuple(scenario.tune_modes),
+            policy_rows=tuple(int(r) for r in np.sort(policy_share)),
         ).to_json()
-        for site, share in zip(sites, shares, strict=True)
+        for site, share, policy_share in zip(sites, shares, policy_shares, strict=True)
         if len(share)
     ]
     if not jobs:
@@ -731,6 +748,7 @@ def _tune_adapter(
                 "timeout-s": 60.0 * (10 + 5 * len(jobs) * scenario.tune_rounds),
                 "tune-rounds": scenario.tune_rounds,
                 "tune-local-epochs": scenario.tune_local_epochs,
+                "tune-policy-cases-per-site": max((len(p) for p in policy_shares), default=0),
                 "tune-dp-noise-multiplier": scenario.tune_dp_noise_multiplier,
                 "tune-dp-clipping-norm": scenario.tune_dp_clipping_norm,
                 "dp-delta": scenario.dp_delta,

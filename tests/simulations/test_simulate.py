@@ -234,7 +234,7 @@ def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
         out,
         "--dataset", "breastmnist", "--sites", "2", "--test-images", "8",
         "--generalist", "embedded", "--tune-generalist", "--tune-rounds", "1",
-        "--tune-examples", "12", "--policy-images", "8",
+        "--tune-examples", "12", "--policy-images", "24",
         "--tune-dp-noise", "0.3", "--tune-dp-clip", "1.0",
     )  # fmt: skip
     adapter = report["adapter"]
@@ -261,23 +261,28 @@ def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
     assert modes["moed"]["model"] is None
     assert report["arbitration_policy"]["model"] == "smollm2-135m-instruct"
     assert "evidence-tuned adapter" in (out / "report.md").read_text()
-    # The policy fitted for it is published with it: version 2, the same weights, signed.
-    assert card["version"] == 2
+    # Its policy was fitted at the two sites, as deployed hospitals fit it (12 validation
+    # cases each, not the tuning ones; only sums and counts left them), and is in the
+    # card of the one version published, signed with the weights.
+    assert adapter["policy_sites"] == 2
+    assert adapter["policy"]["n_examples"] == 24
+    assert card["version"] == 1
     assert set(card["policy"]["modes"]) == {"gsco"}
     signed = card["policy"]["modes"]["gsco"]
     assert signed["generalist_weight"] == modes["gsco"]["generalist_weight"]
-    assert adapter["policy_published"]["digest"] == adapter["digest"]
-    assert "published with it: version 2" in (out / "report.md").read_text()
+    assert signed["label_bias"] == modes["gsco"]["label_bias"]
+    assert "fitted at the 2 sites" in (out / "report.md").read_text()
     # Published like a specialist: in the registry's log, TUF, the signer's egress ledger.
     events, _ = verify_event_log((out / "registry" / "events.jsonl").read_bytes().splitlines())
     published = [e for e in events if e.kind == "publish" and e.backbone == "generalist-lora"]
-    assert [e.bundle_digest for e in published] == [adapter["published"], adapter["digest"]]
+    assert [e.bundle_digest for e in published] == [adapter["published"]]
+    assert adapter["digest"] == adapter["published"]
     signer = card["site_id"]
-    assert (out / "sites" / signer / "egress.jsonl").read_text().count("\n") == 3
+    assert (out / "sites" / signer / "egress.jsonl").read_text().count("\n") == 2
     # Every answer of the adapter's modes names it.
     records = verify_access_log(out / "hub" / "access.jsonl")
     assert records
-    assert "4 bundles" in _audit(out, tmp_path)
+    assert "3 bundles" in _audit(out, tmp_path)
     assert "gsco (adapter)" in result.stdout
 
 
