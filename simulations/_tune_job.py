@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from site_agent import SiteHome
 
 __all__ = [
+    "MAX_POLICY_QUESTIONS",
     "MIN_POLICY_CASES",
     "TuneJob",
     "adapter_examples",
@@ -60,6 +61,9 @@ __all__ = [
 #: The fewest validation cases a site answers policy questions about: sums over fewer
 #: would come too close to saying what each case is.
 MIN_POLICY_CASES = 10
+#: The most policy questions a site answers about one scoring of its cases (the fit asks
+#: two more than its Newton steps, which stop at 100 and in practice within 10).
+MAX_POLICY_QUESTIONS = 110
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,7 @@ def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> str:
     if evidence.voting is not None:
         arrays["voting"] = evidence.voting
     np.savez(path, **arrays)  # type: ignore[arg-type]
+    path.with_suffix(".asked").unlink(missing_ok=True)  # a new scoring: a new allowance
     return task.model_dump_json()
 
 
@@ -303,8 +308,14 @@ def _engine_diagnose(
 def policy_answer(job: TuneJob, question: Mapping[str, Any]) -> dict[str, Any]:
     """The site's answer (sums and counts) to one question of the policy fit.
 
+    A site answers at most :data:`MAX_POLICY_QUESTIONS` questions about one
+    scoring of its cases: enough for the fit (Newton's method stops well
+    before), and a bound on what a SuperLink that asks on and on, varying its
+    questions, could learn about single cases from the differences of sums.
+
     Raises:
-        SimulationError: the site has not scored its policy cases (:func:`policy_evidence`).
+        SimulationError: the site has not scored its policy cases (:func:`policy_evidence`),
+            or has answered its share of questions.
         hub.PolicyFitError: the question is malformed.
     """
     from hub import PolicyEvidence
@@ -312,6 +323,14 @@ def policy_answer(job: TuneJob, question: Mapping[str, Any]) -> dict[str, Any]:
     path = _evidence_file(job)
     if not path.is_file():
         raise SimulationError(f"{job.site_id} has no policy evidence for {job.task_id}")
+    asked_file = path.with_suffix(".asked")
+    asked = int(asked_file.read_text()) if asked_file.is_file() else 0
+    if asked >= MAX_POLICY_QUESTIONS:
+        raise SimulationError(
+            f"{job.site_id} has answered the {MAX_POLICY_QUESTIONS} policy questions a site "
+            "answers about one scoring of its cases"
+        )
+    asked_file.write_text(str(asked + 1))
     with np.load(path, allow_pickle=False) as stored:
         arrays = {key: stored[key] for key in stored.files}
     evidence = PolicyEvidence(

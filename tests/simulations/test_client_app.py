@@ -217,3 +217,37 @@ def test_an_adapter_job_comes_from_the_simulation_or_from_the_hospitals_node_con
     )  # fmt: skip
     with pytest.raises(ScenarioError, match="--trusted-root, --generalist-model"):
         _tune_job(deployed)
+
+
+def test_a_site_answers_a_bounded_number_of_policy_questions_about_its_cases(
+    tmp_path: Path,
+) -> None:
+    """Sums and counts only, and no more questions than a fit needs: a SuperLink asking on
+    and on could otherwise learn single cases from the differences of sums."""
+    import numpy as np
+
+    from simulations._tune_job import MAX_POLICY_QUESTIONS, TuneJob, policy_answer
+    from simulations.errors import SimulationError
+
+    job = TuneJob(
+        site_id="hospital-01", home="/h", data="/d.npz", rows=(), task_id="pneumonia-cxr",
+        registry="127.0.0.1:9", trusted_root="/r.json", model_dir="/m", base_model="smollm2",
+        out_dir="/o", scratch=str(tmp_path / "scratch"),
+    )  # fmt: skip
+    with pytest.raises(SimulationError, match="no policy evidence"):
+        policy_answer(job, {"what": "counts"})
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(2), 30)
+    job.folder.mkdir(parents=True)
+    np.savez(
+        job.folder / "policy-evidence-pneumonia-cxr.npz",
+        ensemble=probabilities,
+        truth=rng.integers(0, 2, 30),
+        **{"generalist-gsco": probabilities[:, ::-1]},
+    )
+    for _ in range(MAX_POLICY_QUESTIONS):
+        answer = policy_answer(job, {"what": "counts"})
+    assert answer["n"] == 30
+    assert sum(answer["labels"]) == 30
+    with pytest.raises(SimulationError, match="policy questions"):
+        policy_answer(job, {"what": "counts"})
