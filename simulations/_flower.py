@@ -34,6 +34,7 @@ A message for any other action gets Flower's error reply.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -159,6 +160,28 @@ def deployed_job(node: Mapping[str, object], run: Mapping[str, object], run_id: 
     )
 
 
+def _site_errors(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    """A deployed site's adapter handler whose failures leave without the site's local paths.
+
+    The traceback stays in the SuperNode's own log; the SuperLink gets the
+    error's type and message, each path replaced (:func:`without_paths`).
+    """
+
+    @functools.wraps(handler)
+    def handle(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except Exception as exc:
+            if not _tuning_deployed(context):
+                raise
+            log(WARNING, "gsco: %s failed", handler.__name__, exc_info=exc)
+            raise RuntimeError(without_paths(f"{type(exc).__name__}: {exc}")) from None
+
+    return handle
+
+
 def _tune_job(context: Context) -> TuneJob:
     """This SuperNode's adapter job: the simulation's, or (deployed) from its node config."""
     if _tuning_deployed(context):
@@ -168,6 +191,7 @@ def _tune_job(context: Context) -> TuneJob:
 
 
 @client_app.query("adapter_examples")
+@_site_errors
 def adapter_examples_query(message: Message, context: Context) -> Message:
     """Builds this site's evidence examples (kept at the site) and says how many."""
     job = _tune_job(context)
@@ -179,6 +203,7 @@ def adapter_examples_query(message: Message, context: Context) -> Message:
 
 
 @client_app.query("adapter_initial_state")
+@_site_errors
 def adapter_initial_state_query(message: Message, context: Context) -> Message:
     """The adapter's starting weights (the recipe's seeded LoRA initialisation)."""
     job = _tune_job(context)
@@ -188,6 +213,7 @@ def adapter_initial_state_query(message: Message, context: Context) -> Message:
 
 
 @client_app.train("adapter")
+@_site_errors
 def adapter_train(message: Message, context: Context) -> Message:
     """One FedAvg round of the generalist's LoRA adapter at this site."""
     import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
@@ -197,6 +223,7 @@ def adapter_train(message: Message, context: Context) -> Message:
 
 
 @client_app.query("adapter_policy_evidence")
+@_site_errors
 def adapter_policy_evidence_query(message: Message, context: Context) -> Message:
     """Scores this site's policy cases with the final adapter (kept here); says the task."""
     import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
@@ -211,6 +238,7 @@ def adapter_policy_evidence_query(message: Message, context: Context) -> Message
 
 
 @client_app.query("adapter_policy")
+@_site_errors
 def adapter_policy_query(message: Message, context: Context) -> Message:
     """This site's answer to one question of the policy fit: sums and counts, nothing else."""
     job = _tune_job(context)
@@ -241,6 +269,7 @@ def _fedavg_round(
 
 
 @client_app.query("publish_adapter")
+@_site_errors
 def publish_adapter_query(message: Message, context: Context) -> Message:
     """Writes, signs and publishes the federated adapter (its policy in the card) here."""
     import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)

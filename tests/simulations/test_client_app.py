@@ -251,3 +251,25 @@ def test_a_site_answers_a_bounded_number_of_policy_questions_about_its_cases(
     assert sum(answer["labels"]) == 30
     with pytest.raises(SimulationError, match="policy questions"):
         policy_answer(job, {"what": "counts"})
+
+
+def test_a_deployed_sites_adapter_failure_leaves_without_its_local_paths(tmp_path: Path) -> None:
+    """The SuperLink gets the error's type and message, each local path replaced."""
+    home = tmp_path / "secret-ward" / "home"
+    deployed = Context(
+        run_id=1, node_id=7, state=RecordDict(),
+        node_config={
+            "home": str(home), "data": str(tmp_path / "share.npz"), "task": "pneumonia-cxr",
+            "registry": "127.0.0.1:9", "work": str(tmp_path / "work"),
+            "trusted-root": str(tmp_path / "1.root.json"), "generalist-model": str(tmp_path),
+        },
+        run_config={"jobs-file": "", "tune-jobs-file": "", "tune-rounds": 1},
+    )  # fmt: skip
+    import numpy as np
+
+    np.savez(tmp_path / "share.npz", val_labels=np.zeros((20, 1), dtype=np.int64))
+    with pytest.raises(RuntimeError) as raised:
+        client_app(_message("query.adapter_examples"), deployed)
+    assert str(raised.value).startswith("SiteHomeError: ")
+    assert "<local path>" in str(raised.value)
+    assert "secret-ward" not in str(raised.value)
