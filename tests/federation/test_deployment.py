@@ -8,7 +8,7 @@ and tune the generalist's adapter, fit its arbitration policy among
 themselves (their cases never meet) and one publishes it; a hub verifies the
 three sites; the egress ledgers match the registry (``gsco audit registry
 --ledger``). One SuperNode is killed mid-run and the run still completes with
-the others.
+the others; a SuperNode whose key the consortium never added is refused.
 """
 
 from __future__ import annotations
@@ -104,6 +104,22 @@ def test_three_hospitals_train_publish_and_are_audited(
         members = json.loads((root / "members.json").read_text())["members"]
         for member in members:
             wait_for_status(root, member["node_id"], "online")
+        # A hospital the consortium never added: its SuperNode key is refused.
+        intruder = tmp_path / "intruder"
+        assert (
+            gsco_run("site", "init", "--site-id", "intruder", "--home", str(intruder)).returncode
+            == 0
+        )
+        assert gsco_run("site", "node-key", "--home", str(intruder)).returncode == 0
+        refused = processes.start(
+            [GSCO, "site", "join", "--home", str(intruder), "--superlink", f"127.0.0.1:{port}",
+             "--ca", str(ca), "--task", "pneumonia-cxr", "--data", str(tmp_path / "guys.npz"),
+             *reg, "--port", str(free_loopback_port())],
+            tmp_path / "intruder.log",
+            env,
+        )  # fmt: skip
+        assert refused.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in (tmp_path / "intruder.log").read_text()
 
         run = ["federation", "run", "--root", str(root), "--task", "pneumonia-cxr",
                "--backbone", "resnet18", "--epochs", "1", "--input-size", "28",
