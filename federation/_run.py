@@ -156,7 +156,7 @@ def run_federation(
     answer = json.loads(results.read_text())
     if "error" in answer and isinstance(answer["error"], str):
         return RunResult(results, {}, answer["error"])
-    sites = {str(k): v for k, v in answer.items() if isinstance(v, dict) and not k.startswith("_")}
+    sites = _site_outcomes(answer)
     summary = answer.get("_run")  # the ServerApp's own count of the sites that published
     published = summary.get("published") if isinstance(summary, dict) else None
     if not isinstance(published, int) or isinstance(published, bool):
@@ -174,6 +174,11 @@ def run_federation(
         elif not adapter.get("published"):
             error = f"the generalist's adapter was not published: {adapter.get('error', '?')}"
     return RunResult(results, sites, error, adapter if isinstance(adapter, dict) else None)
+
+
+def _site_outcomes(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each site did, from a run's results (``_run`` and ``_adapter`` are the run's own)."""
+    return {str(k): v for k, v in answer.items() if isinstance(v, dict) and not k.startswith("_")}
 
 
 def recent_runs(consortium: Consortium) -> list[str]:
@@ -196,11 +201,7 @@ def recent_runs(consortium: Consortium) -> list[str]:
         if isinstance(answer.get("error"), str):
             lines.append(f"{results.stem}  {task}: {answer['error']}")
             continue
-        statuses = [
-            v.get("status")
-            for k, v in answer.items()
-            if isinstance(v, dict) and not k.startswith("_")
-        ]
+        statuses = [v.get("status") for v in _site_outcomes(answer).values()]
         counts = {s: statuses.count(s) for s in sorted({str(s) for s in statuses})}
         lines.append(f"{results.stem}  {task}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return lines

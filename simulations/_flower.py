@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import (
     ArrayRecord,
@@ -57,14 +57,13 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
-if TYPE_CHECKING:
-    from site_agent.adapter import AdapterRecipe
-
 from simulations._flower_tune import (
     ActionFedAvg,
     adapter_card_template,
     deployed_tune_job,
+    first_arrays,
     tune_adapter,
+    tune_modes,
 )
 from simulations._site_job import SiteJob, SiteOutcome, local_update, run_site_job
 from simulations._tune_job import (
@@ -483,12 +482,7 @@ def _deployed_tuning(grid: Grid, config: Any, nodes: list[int]) -> dict[str, Any
         config,
         nodes,
         initial=None,
-        training=adapter_card_template(
-            int(str(config.get("tune-rounds", 1))),
-            int(str(config.get("tune-local-epochs", 1))),
-            [m for m in str(config.get("tune-modes", "gsco")).split(",") if m],
-            split,
-        ),
+        training=adapter_card_template(tune_modes(config), split),
         fit_policy=cases > 0,
     )
 
@@ -524,12 +518,13 @@ def _federated(
     if jobs:  # simulated: the first site's job is here
         initial = ArrayRecord(initial_state(SiteJob.from_json(jobs[0])))
     else:  # deployed: the first site makes them
-        found = _initial_arrays(grid, nodes, float(config["timeout-s"]))
-        if isinstance(found, str):
-            log(WARNING, "gsco: no FedAvg: %s", found)
+        found = first_arrays(grid, nodes, "initial_state", float(config["timeout-s"]))
+        if isinstance(found, list):
+            problem = "no site could make the starting weights (see the SuperNodes' logs)"
+            log(WARNING, "gsco: no FedAvg: %s", problem)
             return {
                 f"{site} (fedavg)": json.loads(
-                    SiteOutcome(site, "failed", found, federated=True).to_json()
+                    SiteOutcome(site, "failed", problem, federated=True).to_json()
                 )
                 for site in (site_of.get(n, "?") for n in nodes)
             }
@@ -568,33 +563,12 @@ def _federated(
     return shared
 
 
-def _initial_arrays(grid: Grid, nodes: list[int], timeout_s: float) -> ArrayRecord | str:
-    """The FedAvg starting weights from the first site that answers (or why there are none)."""
-    for node in nodes:
-        replies = grid.send_and_receive(
-            [
-                Message(
-                    RecordDict({"ask": ConfigRecord({"what": "initial-state"})}),
-                    node,
-                    "query.initial_state",
-                )
-            ],
-            timeout=timeout_s,
-        )
-        for reply in replies:
-            if reply.has_content() and "arrays" in reply.content.array_records:
-                return reply.content.array_records["arrays"]
-    return "no site could make the starting weights (see the SuperNodes' logs)"
-
-
 def _tune(grid: Grid, context: Context) -> None:
     """The simulation's adapter run: FedAvg of the adapter, its policy, a site signs the result.
 
     The policy is fitted at the sites, as in a deployed run, when the jobs give
     them policy cases (``tune-policy-cases-per-site``).
     """
-    from site_agent.adapter import AdapterTrainer
-
     config = context.run_config
     jobs = [
         TuneJob.from_json(j) for j in json.loads(Path(str(config["tune-jobs-file"])).read_text())
@@ -606,16 +580,9 @@ def _tune(grid: Grid, context: Context) -> None:
         grid,
         config,
         nodes,
-        initial=lambda: AdapterTrainer(Path(first.model_dir), _recipe(first)).state(),
+        initial=lambda: adapter_initial_state(first),
         training=json.loads(str(config["adapter-card"])),
         fit_policy=int(str(config.get("tune-policy-cases-per-site", 0))) > 0,
         publish_without_policy=True,  # simulations/_run.py then fits it through its hub
     )
     Path(str(config["results-file"])).write_text(json.dumps(outcome, indent=2))
-
-
-def _recipe(job: TuneJob) -> AdapterRecipe:
-    from simulations._tune_job import recipe_of
-
-    recipe: AdapterRecipe = recipe_of(job.recipe)
-    return recipe

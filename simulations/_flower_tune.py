@@ -33,7 +33,14 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError
 
-__all__ = ["ActionFedAvg", "adapter_card_template", "deployed_tune_job", "tune_adapter"]
+__all__ = [
+    "ActionFedAvg",
+    "adapter_card_template",
+    "deployed_tune_job",
+    "first_arrays",
+    "tune_adapter",
+    "tune_modes",
+]
 
 #: Node config keys a deployed site needs to tune the adapter (``gsco site join`` options).
 TUNE_NODE_KEYS = {"trusted-root": "--trusted-root", "generalist-model": "--generalist-model"}
@@ -98,7 +105,7 @@ def deployed_tune_job(
         base_model=str(run.get("tune-base-model", "")) or MODEL_NAME,
         out_dir=str(work / f"adapter-{task_id}"),
         recipe=recipe or AdapterRecipe(max_examples=examples, seed=seed).to_dict(),
-        modes=tuple(m for m in str(run.get("tune-modes", "gsco")).split(",") if m),
+        modes=tune_modes(run),
         registry_ca=str(node["registry-ca"]) if node.get("registry-ca") else None,
         policy_rows=tuple(int(r) for r in np.sort(order[:policy_cases])),
         scratch=str(work / f"adapter-scratch-{task_id}"),
@@ -106,19 +113,16 @@ def deployed_tune_job(
     )
 
 
-def adapter_card_template(
-    rounds: int, local_epochs: int, modes: Sequence[str], split: str
-) -> dict[str, Any]:
-    """The adapter card's ``training`` record before tuning (the sites are filled in after)."""
+def adapter_card_template(modes: Sequence[str], split: str) -> dict[str, Any]:
+    """The adapter card's ``training`` record as far as it is known before tuning.
+
+    :func:`tune_adapter` fills in the rest: the sites and their examples, the
+    rounds and local epochs, the final loss and the privacy budget.
+    """
     return {
         "training": {
             "framework": "flower",
             "strategy": "fedavg",
-            "sites": [],
-            "examples": 1,
-            "examples_per_site": {},
-            "rounds": rounds,
-            "local_epochs": local_epochs,
             "prompt_modes": list(modes),
             "option_order": "shuffled",
             "evidence_split": split,
@@ -149,18 +153,29 @@ def _reason(reply: Message) -> str:
     return ((reply.error.reason if reply.has_error() else None) or "no reply")[-300:]
 
 
-def _initial_state(grid: Grid, nodes: list[int], timeout_s: float) -> ArrayRecord | str:
-    """The adapter's starting weights from the first site that answers (or why none did)."""
+def first_arrays(
+    grid: Grid, nodes: list[int], action: str, timeout_s: float
+) -> ArrayRecord | list[str]:
+    """The arrays of the first site that answers ``query.ACTION``, or why none did.
+
+    How a SuperLink, which has no model, gets the starting weights of a
+    FedAvg from the sites (the seeded initialisation every site would make).
+    """
     reasons = []
     for node in nodes:
         ask = RecordDict({"ask": ConfigRecord({"what": "initial-state"})})
         for reply in grid.send_and_receive(
-            [Message(ask, node, "query.adapter_initial_state")], timeout=timeout_s
+            [Message(ask, node, f"query.{action}")], timeout=timeout_s
         ):
             if reply.has_content() and "arrays" in reply.content.array_records:
                 return reply.content.array_records["arrays"]
             reasons.append(_reason(reply))
-    return "no site could make the adapter's starting weights: " + "; ".join(reasons)
+    return reasons
+
+
+def tune_modes(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The prompt modes the adapter learns: the run config's comma-separated ``tune-modes``."""
+    return tuple(m for m in str(config.get("tune-modes", "gsco")).split(",") if m)
 
 
 def tune_adapter(
@@ -212,10 +227,16 @@ def tune_adapter(
         outcome["error"] = "no site could build evidence examples"
         return outcome
     live.sort()
-    start = ArrayRecord(initial()) if initial is not None else _initial_state(grid, live, timeout_s)
-    if isinstance(start, str):
-        outcome["error"] = start
-        return outcome
+    if initial is not None:
+        start = ArrayRecord(initial())
+    else:
+        found = first_arrays(grid, live, "adapter_initial_state", timeout_s)
+        if isinstance(found, list):
+            outcome["error"] = "no site could make the adapter's starting weights: " + "; ".join(
+                found
+            )
+            return outcome
+        start = found
     strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = ActionFedAvg(
         "adapter",
         fraction_train=1.0,
@@ -355,7 +376,7 @@ def _fit_policy(
             summed = answer if summed is None else add_answers(summed, answer)
         return dict(summed)
 
-    modes = [Mode(m) for m in str(config.get("tune-modes", "gsco")).split(",") if m]
+    modes = [Mode(m) for m in tune_modes(config)]
     try:
         policy = fit_policy_from_answers(task, ask, modes, model=name)
     except PolicyFitError as exc:

@@ -725,8 +725,6 @@ def _tune_adapter(
         "task_type": dataset.task.task_type.value,
         "version": 1,
         **adapter_card_template(
-            scenario.tune_rounds,
-            scenario.tune_local_epochs,
             scenario.tune_modes,
             f"each site's share of the validation split ({len(rows)} cases, disjoint "
             "from the cases the adapter's arbitration policy is fitted on); the "
