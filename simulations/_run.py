@@ -747,6 +747,8 @@ def _tune_adapter(
                 "tune-rounds": scenario.tune_rounds,
                 "tune-local-epochs": scenario.tune_local_epochs,
                 "tune-policy-cases-per-site": max((len(p) for p in policy_shares), default=0),
+                # The modes the sites fit the adapter's policy for: every mode it learns.
+                "tune-modes": ",".join(scenario.tune_modes),
                 "tune-dp-noise-multiplier": scenario.tune_dp_noise_multiplier,
                 "tune-dp-clipping-norm": scenario.tune_dp_clipping_norm,
                 "dp-delta": scenario.dp_delta,
