@@ -9,6 +9,12 @@ this queue): with nothing else in flight the window closes at once, so a lone re
 is never delayed. Retrieval runs in the same job, one faiss search over the whole
 batch's embeddings.
 
+The specialists share the hub's worker threads: with ``slots`` set (the number of
+workers), a batch is formed only once a worker is free for it, so that the requests
+which arrive while every worker is busy join it rather than waiting behind it in the
+executor's queue (with ten specialists on two workers that more than doubles the
+batches).
+
 A failed batch is retried one request at a time, so one input that onnxruntime
 refuses fails only its own request.
 """
@@ -26,6 +32,7 @@ from numpy.typing import NDArray
 
 from hub._runtime import LoadedSpecialist, Neighbour
 from hub.errors import SpecialistRuntimeError
+from protocol import decide
 
 __all__ = ["BatchingOptions", "SpecialistBatcher", "SpecialistOutput"]
 
@@ -36,12 +43,15 @@ class BatchingOptions:
 
     window_ms: float = 2.0  # the longest a batch waits for requests already on their way
     max_batch: int = 32
+    slots: int | None = None  # batches running at once, all specialists (None: no bound)
 
     def __post_init__(self) -> None:
         if self.window_ms < 0:
             raise ValueError("window_ms must be >= 0")
         if self.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if self.slots is not None and self.slots < 1:
+            raise ValueError("slots must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class SpecialistOutput:
     """One request's share of a batch."""
 
     probabilities: NDArray[np.float64]  # [K], calibrated
+    values: list[float]  # the same, as Python floats
+    label_index: int  # the label they stand for (protocol.decide)
     embedding: NDArray[np.float32]  # [1, D]
     neighbours: list[Neighbour]  # the top_k asked for (empty when 0)
     batch_size: int  # how many requests shared the run
@@ -75,8 +87,12 @@ def _run_batch(specialist: LoadedSpecialist, items: list[_Item]) -> list[Special
         for i, neighbours in zip(wanted, specialist.search(embeddings[wanted], k), strict=True):
             found[i] = neighbours[: items[i].top_k]
         search_ms = (time.perf_counter() - started) * 1000
+    chosen = decide(probs, specialist.task.task_type).tolist()
+    values = probs.tolist()
     return [
-        SpecialistOutput(probs[i], embeddings[i : i + 1], found[i], len(items), search_ms)
+        SpecialistOutput(
+            probs[i], values[i], chosen[i], embeddings[i : i + 1], found[i], len(items), search_ms
+        )
         for i in range(len(items))
     ]
 
@@ -85,7 +101,9 @@ class SpecialistBatcher:
     """The queue of one specialist. Used from the event loop only.
 
     ``inbound()`` says how many requests for the specialist's task are still on their
-    way (being decoded); the window is waited only while it is above zero.
+    way (being decoded); the window is waited only while it is above zero. ``slots()``
+    gives the running loop's semaphore of batch slots, shared by the batchers of one
+    executor (``BatchingOptions.slots`` of them), or None for no bound.
     """
 
     def __init__(
@@ -94,11 +112,13 @@ class SpecialistBatcher:
         executor: Executor,
         options: BatchingOptions,
         inbound: Callable[[], int],
+        slots: Callable[[], asyncio.Semaphore | None] = lambda: None,
     ) -> None:
         self.specialist = specialist
         self._executor = executor
         self._options = options
         self._inbound = inbound
+        self._slots = slots
         self._queue: list[_Item] = []
         self._arrived = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
@@ -139,11 +159,19 @@ class SpecialistBatcher:
                             await asyncio.wait_for(self._arrived.wait(), remaining)
                         except TimeoutError:
                             break
-                batch = self._queue[: options.max_batch]
-                del self._queue[: options.max_batch]
-                await self._answer(batch)
+                slots = self._slots()
+                if slots is None:
+                    await self._take_and_answer()
+                    continue
+                async with slots:  # the batch is formed once a worker is free
+                    await self._take_and_answer()
         finally:
             self._drainer = None
+
+    async def _take_and_answer(self) -> None:
+        batch = self._queue[: self._options.max_batch]
+        del self._queue[: self._options.max_batch]
+        await self._answer(batch)
 
     async def _answer(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()

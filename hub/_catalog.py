@@ -86,4 +86,4 @@ class Catalog:
         Raises:
             UnknownTaskError: no verified specialist for the task is loaded.
         """
-        return self.for_task(task_id)[0].card.task_spec()
+        return self.for_task(task_id)[0].task

@@ -123,6 +123,7 @@ class DiagnosisEngine:
         self.adapters: dict[str, ServedAdapter] = {}  # by task; see hub._adapters
         self._batchers: dict[str, SpecialistBatcher] = {}  # by bundle digest
         self._inbound: dict[str, int] = {}  # by task: requests still decoding
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def _batcher(self, specialist: LoadedSpecialist) -> SpecialistBatcher:
         batcher = self._batchers.get(specialist.bundle_digest)
@@ -137,9 +138,20 @@ class DiagnosisEngine:
                 self._executor,
                 self.options.batching,
                 inbound=lambda: self._inbound.get(task_id, 0),
+                slots=self._batch_slots,
             )
             self._batchers[specialist.bundle_digest] = batcher
         return batcher
+
+    def _batch_slots(self) -> asyncio.Semaphore | None:
+        """The running loop's semaphore of batch slots, shared by every batcher."""
+        count = self.options.batching.slots
+        if count is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(count))
+        return self._slots[1]
 
     async def _in_pool(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -322,7 +334,7 @@ class DiagnosisEngine:
             }
             inputs: dict[str, NDArray[np.float32]] = {}
             for s in specialists:
-                key = s.card.preprocessing.model_dump_json()
+                key = s.preprocessing_key
                 if key not in inputs:
                     pixels = decoded[s.card.preprocessing.channels][None]
                     inputs[key] = preprocess(pixels, s.card.preprocessing)
@@ -335,9 +347,7 @@ class DiagnosisEngine:
             decode_ms = _ms(stage)
             stage = time.perf_counter()
             pending = [
-                self._batcher(s).submit(
-                    inputs[s.card.preprocessing.model_dump_json()], top_k if retrieves else 0
-                )
+                self._batcher(s).submit(inputs[s.preprocessing_key], top_k if retrieves else 0)
                 for s in specialists
             ]
         finally:
@@ -349,11 +359,9 @@ class DiagnosisEngine:
         moed = tuple(
             SpecialistPrediction(
                 specialist=s.provenance,
-                label=_label_of(out.probabilities, task),
-                probability=float(out.probabilities.max()),
-                probabilities={
-                    label: float(p) for label, p in zip(labels, out.probabilities, strict=True)
-                },
+                label=labels[out.label_index],
+                probability=max(out.values),
+                probabilities=dict(zip(labels, out.values, strict=True)),
             )
             for s, out in zip(specialists, outputs, strict=True)
         )
@@ -528,18 +536,17 @@ def _merge_neighbours(
     specialists: tuple[LoadedSpecialist, ...], outputs: list[SpecialistOutput], top_k: int
 ) -> tuple[RetrievedCase, ...]:
     """Each specialist's top-k in its own index, merged by similarity."""
-    cases = [
+    found = [(n, s) for s, out in zip(specialists, outputs, strict=True) for n in out.neighbours]
+    found.sort(key=lambda pair: -pair[0].similarity)  # stable: ties keep the catalog's order
+    return tuple(
         RetrievedCase(
             label=n.label,
             similarity=n.similarity,
             site_id=s.card.site_id,
             bundle_digest=s.bundle_digest,
         )
-        for s, out in zip(specialists, outputs, strict=True)
-        for n in out.neighbours
-    ]
-    cases.sort(key=lambda c: -c.similarity)
-    return tuple(cases[:top_k])
+        for n, s in found[:top_k]
+    )
 
 
 def _calibrated_answer(

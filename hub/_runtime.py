@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from protocol import (
     IndexMode,
     SpecialistCard,
     SpecialistProvenance,
+    TaskSpec,
     calibrated_softmax,
     check_index,
     check_onnx,
@@ -101,9 +102,9 @@ class LoadedSpecialist:
     _index_labels: NDArray[np.int64] = field(repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
+    @cached_property
     def provenance(self) -> SpecialistProvenance:
-        """Which signed bundle this is."""
+        """Which signed bundle this is (built once: every answer names it)."""
         return SpecialistProvenance(
             bundle_digest=self.bundle_digest,
             site_id=self.card.site_id,
@@ -113,6 +114,16 @@ class LoadedSpecialist:
             dp_epsilon=dp.epsilon if (dp := self.card.training_privacy) else None,
             dp_delta=dp.delta if dp else None,
         )
+
+    @cached_property
+    def task(self) -> TaskSpec:
+        """The task this specialist answers (``card.task_spec()``, built once)."""
+        return self.card.task_spec()
+
+    @cached_property
+    def preprocessing_key(self) -> str:
+        """Its preprocessing, as a key: specialists that preprocess alike share one input."""
+        return self.card.preprocessing.model_dump_json()
 
     @property
     def key(self) -> tuple[str, str, str, bool]:
@@ -151,13 +162,16 @@ class LoadedSpecialist:
         with self._lock:  # GPU indexes are not safe for concurrent searches
             similarities, rows = self._index.search(_normalise(embeddings), k)
         labels = self.card.labels
-        return [
+        entry_labels = self._index_labels[np.maximum(rows, 0)].tolist()  # -1: nothing found
+        return [  # plain Python from here: per-element NumPy calls cost more than the search
             [
-                Neighbour(labels[int(self._index_labels[row])], float(np.clip(sim, -1.0, 1.0)))
-                for sim, row in zip(sims, found, strict=True)
+                Neighbour(labels[label], sim)
+                for sim, row, label in zip(sims, found, found_labels, strict=True)
                 if row >= 0
             ]
-            for sims, found in zip(similarities, rows, strict=True)
+            for sims, found, found_labels in zip(
+                np.clip(similarities, -1.0, 1.0).tolist(), rows.tolist(), entry_labels, strict=True
+            )
         ]
 
 

@@ -187,9 +187,8 @@ class Hub:
         self.metrics = HubMetrics()
         self.api_keys = KeyFile(config.api_keys) if config.api_keys else None
         self._generalist = generalist
-        self._executor = ThreadPoolExecutor(
-            config.workers or available_cores(), thread_name_prefix="gsco-hub"
-        )
+        self.workers = config.workers or available_cores()
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="gsco-hub")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: RegistryReadAPI | None = registry
@@ -422,7 +421,9 @@ class Hub:
                 ),
                 generalist_timeout_s=config.generalist_timeout_s,
                 batching=BatchingOptions(
-                    window_ms=config.batch_window_ms, max_batch=config.max_batch
+                    window_ms=config.batch_window_ms,
+                    max_batch=config.max_batch,
+                    slots=self.workers,
                 ),
             ),
         )

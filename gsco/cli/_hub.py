@@ -225,6 +225,8 @@ def serve(
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=10,
             timeout_keep_alive=5,  # an idle connection is closed after 5 s
+            access_log=False,  # the hub's own access log records every answer
+            proxy_headers=behind_tls_proxy,  # X-Forwarded-* means nothing without a proxy
             http=with_header_timeout(header_timeout),  # and one that never completes its headers
         )
     )

@@ -105,8 +105,57 @@ def test_an_input_onnxruntime_refuses_fails_only_its_own_request(
         assert out.batch_size == 1  # the batch was retried one request at a time
 
 
+@pytest.mark.parametrize("bounded", [True, False])
+def test_a_batch_is_formed_when_a_worker_is_free_so_late_requests_join_it(
+    specialist: LoadedSpecialist, bounded: bool
+) -> None:
+    """Specialists share the workers: a batch that waits for one takes who came meanwhile.
+
+    One worker, two specialists' queues. A holds the only batch slot while its run
+    is held up; B's first request and five later ones wait. With the slots shared
+    (``BatchingOptions.slots``), B's batch is formed when A's run ends and holds all
+    six, with the same answers as alone; without a bound, B's first request sits in
+    the executor's queue as a batch of one and the five later ones follow apart.
+    """
+    import threading
+
+    inputs = _inputs(6)
+    gate = threading.Event()
+
+    async def main() -> list:
+        slots = asyncio.Semaphore(1)
+        options = BatchingOptions(slots=1 if bounded else None)
+
+        def shared() -> asyncio.Semaphore | None:
+            return slots if bounded else None
+
+        with ThreadPoolExecutor(1) as pool:
+            first = SpecialistBatcher(specialist, pool, options, lambda: 0, shared)
+            second = SpecialistBatcher(specialist, pool, options, lambda: 0, shared)
+            pool.submit(gate.wait)  # the only worker is busy until the gate opens
+            held = first.submit(inputs[0])
+            early = second.submit(inputs[0])
+            await asyncio.sleep(0.05)  # both drainers have run: one holds the slot
+            late = [second.submit(x) for x in inputs[1:]]
+            await asyncio.sleep(0.05)
+            gate.set()
+            return list(await asyncio.gather(held, early, *late))
+
+    held, *outputs = asyncio.run(main())
+    assert held.batch_size == 1
+    sizes = [out.batch_size for out in outputs]
+    assert sizes == ([6] * 6 if bounded else [1, 5, 5, 5, 5, 5])
+    for x, out in zip(inputs, outputs, strict=True):
+        probs, _ = specialist.run(x)
+        np.testing.assert_allclose(out.probabilities, probs[0], rtol=1e-5, atol=1e-6)
+        assert out.values == pytest.approx(probs[0].tolist(), rel=1e-5, abs=1e-6)
+        assert out.label_index == int(np.argmax(probs[0]))
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         BatchingOptions(max_batch=0)
     with pytest.raises(ValueError, match="window_ms"):
         BatchingOptions(window_ms=-1)
+    with pytest.raises(ValueError, match="slots"):
+        BatchingOptions(slots=0)
