@@ -55,6 +55,8 @@ _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 #: The conversion program, run by path with the vLLM environment's interpreter.
 _CONVERT = Path(__file__).resolve().parent / "_convert.py"
+# vLLM's OpenAI server with its CPU LoRA ops grouped per adapter (see the file).
+_LAUNCH = Path(__file__).resolve().parent / "_vllm_cpu_launch.py"
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class ServerState:
 
 
 #: What the server's command line holds: a process without it is not ours.
-_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+_SERVER_MODULE = str(_LAUNCH)  # the script our server's command line runs
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -265,8 +267,7 @@ class EmbeddedServer:
         env.pop("VIRTUAL_ENV", None)
         command = [
             str(self.python),
-            "-m",
-            "vllm.entrypoints.openai.api_server",
+            str(_LAUNCH),
             "--model",
             str(self.model_dir),
             "--served-model-name",
