@@ -9,11 +9,13 @@ this queue): with nothing else in flight the window closes at once, so a lone re
 is never delayed. Retrieval runs in the same job, one faiss search over the whole
 batch's embeddings.
 
-The specialists share the hub's worker threads: with ``slots`` set (the number of
-workers), a batch is formed only once a worker is free for it, so that the requests
-which arrive while every worker is busy join it rather than waiting behind it in the
-executor's queue (with ten specialists on two workers that more than doubles the
-batches).
+The specialists share the hub's worker threads: with ``slots`` set, at most that
+many batches exist at once (running or waiting in the executor's queue), and a
+specialist's next batch is formed only when one of them ends, so that the requests
+which arrive while the workers are busy join it rather than queueing behind it as
+batches of their own. The hub sets two slots per worker (one batch running, one
+ready to start): with one per worker, a worker that finished waited for the event
+loop to form the next batch (at concurrency 1 with ten specialists, 17.0 -> 19.6 ms).
 
 A failed batch is retried one request at a time, so one input that onnxruntime
 refuses fails only its own request.
@@ -43,7 +45,7 @@ class BatchingOptions:
 
     window_ms: float = 2.0  # the longest a batch waits for requests already on their way
     max_batch: int = 32
-    slots: int | None = None  # batches running at once, all specialists (None: no bound)
+    slots: int | None = None  # batches formed at once, all specialists (None: no bound)
 
     def __post_init__(self) -> None:
         if self.window_ms < 0:

@@ -423,7 +423,7 @@ class Hub:
                 batching=BatchingOptions(
                     window_ms=config.batch_window_ms,
                     max_batch=config.max_batch,
-                    slots=self.workers,
+                    slots=2 * self.workers,  # one running and one ready, per worker
                 ),
             ),
         )

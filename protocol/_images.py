@@ -153,7 +153,12 @@ def _decode_pillow(data: bytes, channels: int, max_pixels: int) -> NDArray[np.ui
             with Image.open(io.BytesIO(data)) as image:
                 _check_size(image.height, image.width, max_pixels)
                 image.load()
-                converted = image.convert("L" if channels == 1 else "RGB")
+                mode = "L" if channels == 1 else "RGB"
+                # np.asarray copies the pixels out before the file is closed; an image
+                # already in the mode wanted is not converted (that would copy it twice).
+                pixels = np.asarray(
+                    image if image.mode == mode else image.convert(mode), dtype=np.uint8
+                )
     except ImageDecodeError:
         raise
     except (
@@ -165,7 +170,7 @@ def _decode_pillow(data: bytes, channels: int, max_pixels: int) -> NDArray[np.ui
         Image.DecompressionBombWarning,
     ) as exc:
         raise ImageDecodeError(f"not a readable image ({exc})") from exc
-    return np.asarray(converted, dtype=np.uint8)
+    return pixels
 
 
 def _to_uint8(values: NDArray[np.generic]) -> NDArray[np.uint8]:

@@ -52,7 +52,9 @@ def preprocess(images: NDArray[np.uint8], spec: Preprocessing) -> NDArray[np.flo
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
     for i, pixels in enumerate(images):
         image = _resize_one(pixels, spec.input_size, spec.resize)
-        image = image.convert("L" if spec.channels == 1 else "RGB")
+        mode = "L" if spec.channels == 1 else "RGB"
+        if image.mode != mode:  # converting to its own mode would only copy it
+            image = image.convert(mode)
         array = np.asarray(image, dtype=np.float32) / 255.0
         array = array[None] if spec.channels == 1 else array.transpose(2, 0, 1)
         out[i] = (array - mean) / std
