@@ -56,6 +56,8 @@ RUN apt-get update \
     && chown -R gsco:gsco /var/lib/gsco \
     && mkdir -p /run/secrets
 COPY docker/generalist-entrypoint.sh /usr/local/bin/generalist-entrypoint
+# vLLM's server with its CPU LoRA ops one product per adapter, as 'gsco generalist serve'.
+COPY generalist/_vllm_cpu_launch.py /opt/vllm/gsco_vllm_cpu_launch.py
 # TORCHDYNAMO_DISABLE: no torch.compile at run time. With LoRA on, vLLM runs the model
 # eagerly anyway; the label-set (structured output) helpers would otherwise need a C++
 # compiler and Python's headers in the image at the first request.

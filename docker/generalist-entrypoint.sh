@@ -8,7 +8,9 @@ dtype="${GSCO_DTYPE:-}"
 if [ -z "$dtype" ]; then
   if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then dtype=bfloat16; else dtype=float32; fi
 fi
-exec python3 -m vllm.entrypoints.openai.api_server \
+# The launcher replaces vLLM's per-token CPU LoRA ops with one product per adapter
+# (generalist/_vllm_cpu_launch.py), then runs vLLM's OpenAI server.
+exec python3 /opt/vllm/gsco_vllm_cpu_launch.py \
   --model /opt/models/smollm2-135m-instruct \
   --served-model-name smollm2-135m-instruct \
   --host "${GSCO_GENERALIST_HOST:-0.0.0.0}" --port "${GSCO_GENERALIST_PORT:-8000}" \

@@ -235,6 +235,10 @@ def test_the_generalist_image_picks_its_dtype_as_the_embedded_server_does() -> N
     (flags,) = re.findall(r"grep -qwE '([^']+)' /proc/cpuinfo", script)
     assert set(flags.split("|")) == _BF16_FLAGS
     assert f"--max-lora-rank {MAX_LORA_RANK}" in script
+    # vLLM started through the launcher with the grouped LoRA ops, the one the image copies.
+    assert "exec python3 /opt/vllm/gsco_vllm_cpu_launch.py" in script
+    dockerfile = (DOCKER / "generalist-cpu.Dockerfile").read_text()
+    assert "COPY generalist/_vllm_cpu_launch.py /opt/vllm/gsco_vllm_cpu_launch.py" in dockerfile
 
 
 def test_make_secrets_makes_what_a_real_registry_serves_tls_with(tmp_path: Path) -> None:
