@@ -151,6 +151,7 @@ def test_requirements_of_expands_the_extras_and_never_mixes_runtimes() -> None:
 
     cpu, gpu = names("hub"), names("hub-core,gpu")
     assert {"onnxruntime", "faiss-cpu", "fastapi", "pydantic"} <= cpu
+    assert {"uvloop", "httptools"} <= cpu & gpu  # the hub image serves as it was measured
     assert not {"onnxruntime-gpu", "faiss-gpu-cu12"} & cpu
     assert {"onnxruntime-gpu", "faiss-gpu-cu12", "fastapi"} <= gpu
     assert not {"onnxruntime", "faiss-cpu"} & gpu
