@@ -24,6 +24,7 @@ refuses fails only its own request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -161,19 +162,13 @@ class SpecialistBatcher:
                             await asyncio.wait_for(self._arrived.wait(), remaining)
                         except TimeoutError:
                             break
-                slots = self._slots()
-                if slots is None:
-                    await self._take_and_answer()
-                    continue
-                async with slots:  # the batch is formed once a worker is free
-                    await self._take_and_answer()
+                # With slots, the batch is formed once one is free (a worker is about to be).
+                async with self._slots() or contextlib.nullcontext():
+                    batch = self._queue[: options.max_batch]
+                    del self._queue[: options.max_batch]
+                    await self._answer(batch)
         finally:
             self._drainer = None
-
-    async def _take_and_answer(self) -> None:
-        batch = self._queue[: self._options.max_batch]
-        del self._queue[: self._options.max_batch]
-        await self._answer(batch)
 
     async def _answer(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
