@@ -3,7 +3,9 @@
 As inference servers do (Triton's dynamic batcher is the model): each specialist has
 a queue. A batch starts as soon as the specialist is free and takes every request
 queued by then, up to ``max_batch``; while it runs, the next requests queue and form
-the next batch. Before a batch starts it may wait up to ``window_ms`` for more, but
+the next batch. "Free" means fewer than ``per_specialist`` of its batches are running
+(an onnxruntime session is safe to run from several threads): the hub allows one per
+worker, so that a task served by one specialist uses every core. Before a batch starts it may wait up to ``window_ms`` for more, but
 only while other requests for the same task are still being decoded (on their way to
 this queue): with nothing else in flight the window closes at once, so a lone request
 is never delayed. Retrieval runs in the same job, one faiss search over the whole
@@ -24,11 +26,11 @@ refuses fails only its own request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,6 +49,7 @@ class BatchingOptions:
     window_ms: float = 2.0  # the longest a batch waits for requests already on their way
     max_batch: int = 32
     slots: int | None = None  # batches formed at once, all specialists (None: no bound)
+    per_specialist: int = 1  # batches of one specialist at once (its session is thread-safe)
 
     def __post_init__(self) -> None:
         if self.window_ms < 0:
@@ -55,6 +58,8 @@ class BatchingOptions:
             raise ValueError("max_batch must be >= 1")
         if self.slots is not None and self.slots < 1:
             raise ValueError("slots must be >= 1")
+        if self.per_specialist < 1:
+            raise ValueError("per_specialist must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class SpecialistBatcher:
         self._queue: list[_Item] = []
         self._arrived = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._answering: set[asyncio.Task[None]] = set()  # batches running (strong refs)
 
     def submit(
         self, inputs: NDArray[np.float32], top_k: int = 0
@@ -162,13 +169,41 @@ class SpecialistBatcher:
                             await asyncio.wait_for(self._arrived.wait(), remaining)
                         except TimeoutError:
                             break
-                # With slots, the batch is formed once one is free (a worker is about to be).
-                async with self._slots() or contextlib.nullcontext():
-                    batch = self._queue[: options.max_batch]
-                    del self._queue[: options.max_batch]
-                    await self._answer(batch)
+                # The batch is formed once this specialist may start another and, with
+                # slots, once one is free (a worker is about to be).
+                running = self._running_semaphore(loop)
+                await running.acquire()
+                slots = self._slots()
+                try:
+                    if slots is not None:
+                        await slots.acquire()
+                except BaseException:
+                    running.release()
+                    raise
+                batch = self._queue[: options.max_batch]
+                del self._queue[: options.max_batch]
+                answering = loop.create_task(self._answer(batch))
+                self._answering.add(answering)
+                answering.add_done_callback(partial(self._answered, running, slots))
         finally:
             self._drainer = None
+
+    def _running_semaphore(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+        """The running loop's bound on this specialist's batches (``per_specialist``)."""
+        if self._running is None or self._running[0] is not loop:
+            self._running = (loop, asyncio.Semaphore(self._options.per_specialist))
+        return self._running[1]
+
+    def _answered(
+        self,
+        running: asyncio.Semaphore,
+        slots: asyncio.Semaphore | None,
+        answering: asyncio.Task[None],
+    ) -> None:
+        self._answering.discard(answering)
+        running.release()
+        if slots is not None:
+            slots.release()
 
     async def _answer(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()

@@ -159,6 +159,7 @@ class LoadedSpecialist:
         if self._index is None or k < 1:
             return [[] for _ in range(len(embeddings))]
         k = min(k, self.index_size)
+        _faiss_threads_here()
         with self._lock:  # GPU indexes are not safe for concurrent searches
             similarities, rows = self._index.search(_normalise(embeddings), k)
         labels = self.card.labels
@@ -199,12 +200,30 @@ def _session(model: bytes, options: RuntimeOptions) -> tuple[Any, tuple[str, ...
 #: hub's searches are small (a batch of embeddings against a site's prototype index).
 FAISS_THREADS = 1
 
+_openmp = threading.local()
+
+
+def _faiss_threads_here() -> None:
+    """Sets :data:`FAISS_THREADS` for the calling thread, once per thread.
+
+    OpenMP's thread count is a per-thread setting: ``omp_set_num_threads`` in the
+    thread that loaded an index does not reach the worker threads that search it.
+    Unset, each worker's search (faiss's BLAS is OpenBLAS built on OpenMP) started
+    a team of one thread per core, which spin between searches: measured, the hub
+    used 1.8 cores at concurrency 1 with one specialist, 0.9 with one thread.
+    """
+    if not getattr(_openmp, "set", False):
+        import faiss
+
+        faiss.omp_set_num_threads(FAISS_THREADS)
+        _openmp.set = True
+
 
 def _faiss_index(embeddings: NDArray[np.float32]) -> Any:
     import faiss
 
     faiss_blas_for_every_batch(faiss)
-    faiss.omp_set_num_threads(FAISS_THREADS)
+    _faiss_threads_here()
     index: Any = faiss.IndexFlatIP(embeddings.shape[1])
     if faiss_uses_gpu():
         index = faiss.index_cpu_to_all_gpus(index)

@@ -424,6 +424,7 @@ class Hub:
                     window_ms=config.batch_window_ms,
                     max_batch=config.max_batch,
                     slots=2 * self.workers,  # one running and one ready, per worker
+                    per_specialist=self.workers,  # one specialist may use every worker
                 ),
             ),
         )

@@ -6,6 +6,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def _inputs(count: int) -> list[np.ndarray]:
 
 
 def _batcher(
-    specialist: LoadedSpecialist, pool: ThreadPoolExecutor, inbound: int = 0, **options: float
+    specialist: LoadedSpecialist, pool: ThreadPoolExecutor, inbound: int = 0, **options: Any
 ) -> SpecialistBatcher:
     return SpecialistBatcher(specialist, pool, BatchingOptions(**options), lambda: inbound)
 
@@ -152,6 +153,74 @@ def test_a_batch_is_formed_when_a_worker_is_free_so_late_requests_join_it(
         assert out.label_index == int(np.argmax(probs[0]))
 
 
+@pytest.mark.parametrize("per_specialist", [1, 2])
+def test_one_specialist_runs_as_many_batches_at_once_as_per_specialist_allows(
+    specialist: LoadedSpecialist, per_specialist: int
+) -> None:
+    """With ``per_specialist=2`` a task served by one specialist uses both workers.
+
+    Its session is thread-safe; the runs are held up so that they overlap if allowed.
+    """
+    import threading
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    real_run = specialist.run
+
+    def slow_run(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.1)
+        with lock:
+            running -= 1
+        return real_run(inputs)
+
+    specialist.run = slow_run  # type: ignore[method-assign]
+    inputs = _inputs(4)
+
+    async def main() -> list:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = _batcher(specialist, pool, max_batch=1, per_specialist=per_specialist)
+            return list(await asyncio.gather(*(batcher.run(x) for x in inputs)))
+
+    outputs = asyncio.run(main())
+    assert most == per_specialist
+    for x, out in zip(inputs, outputs, strict=True):
+        probs, _ = real_run(x)
+        np.testing.assert_allclose(out.probabilities, probs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_search_uses_one_openmp_thread_in_whichever_thread_runs_it(
+    specialist: LoadedSpecialist,
+) -> None:
+    """OpenMP's thread count is per thread: the worker that searches sets its own.
+
+    Left at the default, faiss's BLAS started a team of one thread per core in
+    every worker thread, spinning between searches (the hub used 1.8 cores at
+    concurrency 1 with one specialist instead of 0.9).
+    """
+    import threading
+
+    import faiss
+
+    from hub._runtime import FAISS_THREADS
+
+    embedding = specialist.run(_inputs(1)[0])[1]
+    seen: list[int] = []
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(2)  # what a new thread may start with
+        specialist.search(embedding, 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [FAISS_THREADS]
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         BatchingOptions(max_batch=0)
@@ -159,3 +228,5 @@ def test_options_are_checked() -> None:
         BatchingOptions(window_ms=-1)
     with pytest.raises(ValueError, match="slots"):
         BatchingOptions(slots=0)
+    with pytest.raises(ValueError, match="per_specialist"):
+        BatchingOptions(per_specialist=0)
