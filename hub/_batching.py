@@ -5,11 +5,11 @@ a queue. A batch starts as soon as the specialist is free and takes every reques
 queued by then, up to ``max_batch``; while it runs, the next requests queue and form
 the next batch. "Free" means fewer than ``per_specialist`` of its batches are running
 (an onnxruntime session is safe to run from several threads): the hub allows one per
-worker, so that a task served by one specialist uses every core. Before a batch starts it may wait up to ``window_ms`` for more, but
-only while other requests for the same task are still being decoded (on their way to
-this queue): with nothing else in flight the window closes at once, so a lone request
-is never delayed. Retrieval runs in the same job, one faiss search over the whole
-batch's embeddings.
+worker, so that a task served by one specialist uses every core. Before a batch starts
+it may wait up to ``window_ms`` for more, but only while other requests for the same
+task are still being decoded (on their way to this queue): with nothing else in flight
+the window closes at once, so a lone request is never delayed. Retrieval runs in the
+same job, one faiss search over the whole batch's embeddings.
 
 The specialists share the hub's worker threads: with ``slots`` set, at most that
 many batches exist at once (running or waiting in the executor's queue), and a

@@ -64,6 +64,7 @@ from protocol._health import grpc_health
 from protocol._images import (
     DICOM_PIXEL_TAGS,
     MAX_IMAGE_PIXELS,
+    PILLOW_FORMATS,
     decode_image_bytes,
     encode_png,
     is_dicom_bytes,
@@ -96,6 +97,7 @@ __all__ = [
     "INDEX_KEYS",
     "INT64_MAX",
     "MAX_IMAGE_PIXELS",
+    "PILLOW_FORMATS",
     "UINT32_MAX",
     "UINT64_MAX",
     "AdapterCard",

@@ -7,8 +7,6 @@ lazily, so installs without it can still check indexes.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protocol._card import IndexMode, SpecialistCard
+from protocol._npy import NpyError, read_npz
 from protocol.errors import ProtocolError
 
 __all__ = [
@@ -116,21 +115,25 @@ def check_onnx(data: bytes) -> OnnxSummary:
     return OnnxSummary(input_shape, logits[1], embedding[1], opsets)
 
 
-def load_index(data: bytes, max_entries: int = 2_000_000) -> dict[str, NDArray[np.generic]]:
+#: The most bytes the arrays of one ``index.npz`` may hold once inflated (a raw index
+#: of 200,000 entries of 1280-d float32 embeddings).
+MAX_INDEX_BYTES = 1024**3
+
+
+def load_index(
+    data: bytes, max_entries: int = 2_000_000, max_bytes: int = MAX_INDEX_BYTES
+) -> dict[str, NDArray[np.generic]]:
     """Reads ``index.npz`` bytes without unpickling anything.
+
+    Every array's size is read from its header and bounded (``max_bytes`` in all)
+    before it is inflated or allocated.
 
     Raises:
         ArtifactError: not an npz of plain arrays, or too large.
     """
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            keys = set(archive.files)
-            if keys != INDEX_KEYS:
-                raise ArtifactError(
-                    f"index.npz must hold exactly {sorted(INDEX_KEYS)}, holds {sorted(keys)}"
-                )
-            arrays = {key: archive[key] for key in INDEX_KEYS}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        arrays = read_npz(data, names=INDEX_KEYS, max_bytes=max_bytes)
+    except NpyError as exc:
         raise ArtifactError(f"index.npz is not a readable npz of plain arrays: {exc}") from exc
     if len(arrays["labels"]) > max_entries:
         raise ArtifactError(f"index.npz has more than {max_entries} entries")

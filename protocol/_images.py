@@ -21,11 +21,13 @@ from PIL import Image, UnidentifiedImageError
 
 from protocol._diagnosis import MediaType
 from protocol._dicom import DecodeLimits, bounded_dicom
+from protocol._npy import NpyError, read_npy
 from protocol.errors import ImageDecodeError
 
 __all__ = [
     "DICOM_PIXEL_TAGS",
     "MAX_IMAGE_PIXELS",
+    "PILLOW_FORMATS",
     "decode_image_bytes",
     "encode_png",
     "is_dicom_bytes",
@@ -114,7 +116,7 @@ def decode_image_bytes(
     if found is MediaType.DICOM:
         pixels = _decode_dicom(data, limits)
     elif found is MediaType.NPY:
-        pixels = _decode_npy(data, max_pixels)
+        pixels = _decode_npy(data, limits)
     else:
         pixels = _decode_pillow(data, channels, max_pixels)
     if pixels.ndim == 2:
@@ -146,11 +148,16 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
         )
 
 
+#: The formats Pillow may read. Its other plugins (EPS, which runs Ghostscript; DDS,
+#: ICO, PCX, PSD, SGI, TGA, ...) are rarely medical images and are never tried.
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM", "JPEG2000")
+
+
 def _decode_pillow(data: bytes, channels: int, max_pixels: int) -> NDArray[np.uint8]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as image:
                 _check_size(image.height, image.width, max_pixels)
                 image.load()
                 mode = "L" if channels == 1 else "RGB"
@@ -161,15 +168,12 @@ def _decode_pillow(data: bytes, channels: int, max_pixels: int) -> NDArray[np.ui
                 )
     except ImageDecodeError:
         raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"not a readable image ({exc})") from exc
+    except Exception as exc:  # Pillow's parsers on untrusted bytes: any failure is the file's
+        # (OSError, ValueError and SyntaxError mostly; NotImplementedError, struct.error,
+        # IndexError from some plugins; the bomb warning, raised as an error above).
+        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     return pixels
 
 
@@ -185,12 +189,12 @@ def _to_uint8(values: NDArray[np.generic]) -> NDArray[np.uint8]:
     return np.asarray(np.round(scaled * 255.0), dtype=np.uint8)
 
 
-def _decode_npy(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+def _decode_npy(data: bytes, limits: DecodeLimits) -> NDArray[np.uint8]:
+    try:  # the header's size is checked before anything is allocated
+        array = read_npy(data, max_bytes=limits.max_pixel_data_bytes)
+    except NpyError as exc:
         raise ImageDecodeError(f"not a readable .npy array ({exc})") from exc
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "buif":
+    if array.dtype.kind not in "buif":
         raise ImageDecodeError("a .npy image must be a numeric array")
     if array.ndim == 3 and array.shape[-1] not in (1, 3) and array.shape[0] in (1, 3):
         array = np.moveaxis(array, 0, -1)  # channels-first
@@ -198,7 +202,7 @@ def _decode_npy(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
         raise ImageDecodeError(
             f"a .npy image must be [H, W], [H, W, 1|3] or [1|3, H, W], not {list(array.shape)}"
         )
-    _check_size(array.shape[0], array.shape[1], max_pixels)
+    _check_size(array.shape[0], array.shape[1], limits.max_image_pixels)
     return _to_uint8(array)
 
 
