@@ -7,8 +7,9 @@ lazily, so installs without it can still check indexes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,6 +58,31 @@ def _dims(value_info: object) -> tuple[int | str, ...]:
     )
 
 
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds, its subgraphs' (``If``/``Loop``/``Scan`` bodies) included.
+
+    A tensor with external data names a file that onnxruntime reads relative to its
+    working directory when it loads a model from bytes: in a subgraph's initializer it
+    once passed the check (only the top graph was walked).
+    """
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+            for sparse in attribute.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
 def check_onnx(data: bytes) -> OnnxSummary:
     """Checks ``model.onnx``: valid ONNX, self-contained, standard ops, GSCo interface.
 
@@ -75,10 +101,7 @@ def check_onnx(data: bytes) -> OnnxSummary:
             f"model.onnx has ONNX IR version {model.ir_version}; hubs load versions 3 to "
             f"{MAX_ONNX_IR_VERSION} (onnxruntime 1.18 and later): re-export it"
         )
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
-    external = [t.name for t in tensors if uses_external_data(t)]
+    external = [t.name for t in _all_tensors(model.graph) if uses_external_data(t)]
     if external:
         raise ArtifactError(f"model.onnx references external data ({', '.join(external[:3])})")
     try:

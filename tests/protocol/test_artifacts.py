@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -87,3 +88,67 @@ def test_index_loads_without_pickle() -> None:
 
 def test_onnx_module_is_importable() -> None:
     assert onnx.__version__
+
+
+def _external(name: str, location: str) -> onnx.TensorProto:
+    tensor = helper.make_tensor(name, TensorProto.FLOAT, [2], [0.0, 0.0])
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("float_data")
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def _model_with_a_subgraph(branch_tensor: onnx.TensorProto) -> bytes:
+    """The GSCo interface, with an If whose then-branch holds ``branch_tensor``."""
+    out = [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2])]
+    then_branch = helper.make_graph(
+        [helper.make_node("Identity", [branch_tensor.name], ["o"])],
+        "then",
+        [],
+        out,
+        initializer=[branch_tensor],
+    )
+    ones = helper.make_tensor("one", TensorProto.FLOAT, [2], [1.0, 1.0])
+    else_branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["o"], value=ones)], "else", [], out
+    )
+    true = helper.make_tensor("t", TensorProto.BOOL, [], [True])
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=true),
+        helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0, axes=[1, 2, 3]),
+        helper.make_node("Unsqueeze", ["m", "axis"], ["m1"]),
+        helper.make_node("Mul", ["m1", "y"], ["logits"]),
+        helper.make_node("Identity", ["logits"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 2]),
+        ],
+        initializer=[helper.make_tensor("axis", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_external_data_in_a_subgraph_is_refused_before_any_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime reads a model-from-bytes' external data relative to its working folder.
+
+    With a file of that name there, onnx.checker accepted the model and the hub's
+    session would have loaded the file's bytes as weights (a site reading a hub's or a
+    registry's files through its model's outputs). Only the top graph was walked.
+    """
+    (tmp_path / "secret.token").write_bytes(b"\x01" * 8)
+    monkeypatch.chdir(tmp_path)
+    inline = helper.make_tensor("w", TensorProto.FLOAT, [2], [0.5, 0.5])
+    assert check_onnx(_model_with_a_subgraph(inline)).num_classes == 2  # the shape is fine
+    with pytest.raises(ArtifactError, match=r"external data \(w\)"):
+        check_onnx(_model_with_a_subgraph(_external("w", "secret.token")))
