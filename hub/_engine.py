@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -39,6 +40,7 @@ from hub._batching import BatchingOptions, SpecialistBatcher, SpecialistOutput
 from hub._catalog import Catalog
 from hub._policy import fuse, vote_scores
 from hub._runtime import LoadedSpecialist
+from hub.errors import SpecialistRuntimeError
 from protocol import (
     ArbitrationPolicy,
     DecodeLimits,
@@ -60,6 +62,7 @@ from protocol import (
 )
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GENERALIST_MODES",
@@ -171,7 +174,9 @@ class DiagnosisEngine:
         Raises:
             UnknownTaskError: no verified specialist serves ``task_id``.
             ImageDecodeError: the image is corrupt, too large or not ``media_type``.
-            SpecialistRuntimeError: a specialist failed on the image.
+            SpecialistRuntimeError: every specialist of the task failed on the image
+                (one that fails while others answer is left out: the answer is
+                ``degraded`` and its warnings say which).
         """
         started = time.perf_counter()
         catalog = self._catalog()  # this request's snapshot, whatever syncs meanwhile
@@ -188,10 +193,10 @@ class DiagnosisEngine:
             found.retrieval_ms,
         )
 
-        warnings: list[str] = []
+        warnings: list[str] = list(found.left_out)
         generalist_use = None
         generalist_ms = None
-        degraded = False
+        degraded = bool(found.left_out)
         mode_used = mode
         scores: dict[str, float] | None
         if mode in GENERALIST_MODES:
@@ -352,8 +357,9 @@ class DiagnosisEngine:
             ]
         finally:
             self._inbound[task_id] -= 1
-        outputs: list[SpecialistOutput] = await asyncio.gather(*pending)
+        results = await asyncio.gather(*pending, return_exceptions=True)
         specialists_ms = _ms(stage)
+        specialists, outputs, left_out = _answered(specialists, results, for_generalist)
 
         labels = task.labels
         moed = tuple(
@@ -386,6 +392,7 @@ class DiagnosisEngine:
             decode_ms=decode_ms,
             specialists_ms=specialists_ms,
             retrieval_ms=retrieval_ms,
+            left_out=left_out,
         )
 
     def _adapter_for(self, task_id: str, mode: Mode) -> ServedAdapter | None:
@@ -530,6 +537,43 @@ class _Evidence:
     decode_ms: float
     specialists_ms: float
     retrieval_ms: float | None
+    left_out: tuple[str, ...] = ()  # specialists that failed on the image, as warnings
+
+
+def _answered(
+    specialists: tuple[LoadedSpecialist, ...],
+    results: list[SpecialistOutput | BaseException],
+    tolerate: bool,
+) -> tuple[tuple[LoadedSpecialist, ...], list[SpecialistOutput], tuple[str, ...]]:
+    """The specialists that answered, their outputs, and a warning for each that failed.
+
+    One specialist that fails on an image (onnxruntime refused the run, or it needed
+    more than the hub's run memory) is left out of the answer, which says so, rather
+    than failing every request of its task: one site's model cannot take a task down.
+    When every specialist failed, or ``tolerate`` is false (the evidence a site's
+    adapter examples are built from), its error is raised. Anything else is a bug.
+    """
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, SpecialistRuntimeError):
+            raise result
+    failed = [
+        (s, r)
+        for s, r in zip(specialists, results, strict=True)
+        if isinstance(r, SpecialistRuntimeError)
+    ]
+    if failed and (not tolerate or len(failed) == len(specialists)):
+        raise failed[0][1]
+    for specialist, error in failed:
+        log.warning("specialist %s left out of an answer: %s", specialist.bundle_digest[:12], error)
+    kept = [
+        (s, r) for s, r in zip(specialists, results, strict=True) if isinstance(r, SpecialistOutput)
+    ]
+    warnings = tuple(
+        f"specialist {s.bundle_digest[:12]} ({s.card.site_id}) failed on this image and was "
+        "left out"
+        for s, _ in failed
+    )
+    return tuple(s for s, _ in kept), [r for _, r in kept], warnings
 
 
 def _merge_neighbours(

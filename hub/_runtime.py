@@ -47,12 +47,57 @@ _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
 
+#: What every specialist run of one hub process may allocate at once, by default.
+DEFAULT_MAX_RUN_MEMORY_BYTES = 4 * 1024**3
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How specialists run. ``None`` picks the default."""
+    """How specialists run. ``None`` picks the default.
+
+    ``max_run_memory_bytes`` bounds what onnxruntime allocates while running (the
+    activations of every batch running at once, all specialists together; their
+    weights are not counted): the sessions share one CPU arena of that size (on a
+    GPU, each session's CUDA arena). A run that needs more fails as that run's
+    :class:`SpecialistRuntimeError` instead of taking the process's memory: a
+    418-byte model whose ``ConstantOfShape`` asked for 2 GB on every request passed
+    every check of the model's contract. The arena is per process and set by the
+    first session created; a later different setting is logged and ignored.
+    """
 
     use_gpu: bool | None = None  # None: the GPU when onnxruntime really has CUDA
     intra_op_threads: int | None = 1  # per session; sessions of one request run in parallel
+    max_run_memory_bytes: int = DEFAULT_MAX_RUN_MEMORY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_run_memory_bytes < 1024**2:
+            raise ValueError("max_run_memory_bytes must be at least 1 MiB")
+
+
+_arena_lock = threading.Lock()
+_arena_bytes: list[int] = []  # the shared CPU arena's size, once registered
+
+
+def _shared_cpu_arena(max_bytes: int) -> int:
+    """Registers (once per process) the CPU arena every specialist session allocates from."""
+    import onnxruntime as ort
+
+    with _arena_lock:
+        if not _arena_bytes:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # kSameAsRequested (1): the arena grows by what a run asks, up to max_mem.
+            config = ort.OrtArenaCfg({"max_mem": max_bytes, "arena_extend_strategy": 1})
+            ort.create_and_register_allocator(info, config)
+            _arena_bytes.append(max_bytes)
+        elif _arena_bytes[0] != max_bytes:
+            log.warning(
+                "the specialists' memory arena is %d bytes for this process; %d is ignored",
+                _arena_bytes[0],
+                max_bytes,
+            )
+        return _arena_bytes[0]
 
 
 @cache
@@ -183,9 +228,15 @@ def _session(model: bytes, options: RuntimeOptions) -> tuple[Any, tuple[str, ...
     if options.intra_op_threads:
         session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = 1
+    _shared_cpu_arena(options.max_run_memory_bytes)
+    session_options.add_session_config_entry("session.use_env_allocators", "1")
     wanted = onnx_providers(options.use_gpu)
+    providers: list[str | tuple[str, dict[str, str]]] = [
+        (name, {"gpu_mem_limit": str(options.max_run_memory_bytes)}) if name == _CUDA else name
+        for name in wanted
+    ]
     try:
-        session = ort.InferenceSession(model, sess_options=session_options, providers=wanted)
+        session = ort.InferenceSession(model, sess_options=session_options, providers=providers)
     except Exception as exc:
         raise SpecialistLoadError(f"onnxruntime cannot load model.onnx: {exc}") from exc
     actual = tuple(session.get_providers())

@@ -34,6 +34,32 @@ def tiny_onnx(seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
+def memory_bomb_onnx(elements: int, seed: int = 0) -> bytes:
+    """:func:`tiny_onnx` whose every run also fills ``elements`` floats and sums them.
+
+    A few hundred bytes that pass every check of the model contract: the size is a
+    constant, so no input or shape bound sees it (onnxruntime only declines to fold
+    it at load, above 1 GB).
+    """
+    import onnx
+
+    model = onnx.load_model_from_string(tiny_onnx(seed))
+    graph = model.graph
+    graph.initializer.append(helper.make_tensor("bomb_shape", TensorProto.INT64, [1], [elements]))
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    logits = graph.node[1]
+    logits.output[0] = "plain_logits"
+    graph.node.extend(
+        [
+            helper.make_node("ConstantOfShape", ["bomb_shape"], ["bomb"], value=one),
+            helper.make_node("ReduceSum", ["bomb"], ["bomb_sum"], keepdims=1),
+            helper.make_node("Div", ["bomb_sum", "bomb_sum"], ["unit"]),
+            helper.make_node("Mul", ["plain_logits", "unit"], ["logits"]),
+        ]
+    )
+    return model.SerializeToString()
+
+
 def external_data_onnx(location: str = "../../../etc/shadow") -> bytes:
     """:func:`tiny_onnx` with its weight moved to an external file at ``location``."""
     import onnx

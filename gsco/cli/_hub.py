@@ -96,6 +96,14 @@ def serve(
             "--max-pixel-data-mb).",
         ),
     ] = 16,
+    max_run_memory_mb: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="What the specialists' runs may allocate at once, all together (onnxruntime's "
+            "shared arena; weights not counted). A run that needs more fails alone.",
+        ),
+    ] = 4096.0,
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request body may take to arrive (then 408).")
     ] = 30.0,
@@ -206,7 +214,9 @@ def serve(
         batch_window_ms=batch_window_ms,
         max_batch=max_batch,
         generalist_timeout_s=generalist_timeout,
-        runtime=RuntimeOptions(use_gpu=gpu),
+        runtime=RuntimeOptions(
+            use_gpu=gpu, max_run_memory_bytes=int(max_run_memory_mb * 1024 * 1024)
+        ),
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -457,3 +457,63 @@ def test_decompression_and_frame_bombs_are_refused_from_the_header(
         if hub is not None:
             hub.stop()
         registry.stop()
+
+
+def test_a_model_that_allocates_gigabytes_per_run_is_left_out_and_the_hub_stays_small(
+    tmp_path: Path, site_a: SiteKeys, site_b: SiteKeys
+) -> None:
+    """One site's 900-byte model asks for 4 GB on every run; another's is ordinary.
+
+    With ``--max-run-memory-mb 256`` every run of the first fails alone: the answers
+    come from the other site's specialist, marked degraded and naming the one left
+    out, and the hub's peak RSS hardly moves. A 200-byte ``.npy`` whose header
+    declares 37 GiB is a 422 like any undecodable image.
+    """
+    from tests.bundles import memory_bomb_onnx, read_files, write_bundle_files
+    from tests.servers import peak_rss_bytes
+
+    registry = start_registry(tmp_path / "registry")
+    hub: RunningHub | None = None
+    try:
+        with registry.client() as client:
+            client.enroll("site-a", site_a.public.pem)
+            client.enroll("site-b", site_b.public.pem)
+            publish(registry, site_a, tmp_path)
+            bomb = write_bundle_files(
+                tmp_path / "bomb", site_b, model=memory_bomb_onnx(1_000_000_000)
+            )
+            digest = client.publish_files(read_files(bomb), site_b.private).bundle_digest
+        hub = start_hub(
+            registry,
+            tmp_path / "hub",
+            "--allow-anonymous",
+            "--no-generalist",
+            "--max-run-memory-mb",
+            "256",
+        )
+        before = peak_rss_bytes(hub.process.pid)
+        for seed in range(3):
+            answer = post_image(hub.url, png(seed), mode="ensemble")
+            assert answer.status_code == 200, answer.text
+            response = DiagnoseResponse.parse(answer.content)
+            assert response.degraded
+            assert [s.site_id for s in response.specialists] == ["site-a"]
+            assert [p.specialist.site_id for p in response.moed] == ["site-a"]
+            assert response.warnings == (
+                f"specialist {digest[:12]} (site-b) failed on this image and was left out",
+            )
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000,), }"
+        header += " " * (63 - (10 + len(header)) % 64) + "\n"
+        npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+        refused = post_image(
+            hub.url, npy + b"\0" * 64, filename="x.npy", media_type="application/octet-stream"
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["type"] == "ImageDecodeError"
+        grown = peak_rss_bytes(hub.process.pid) - before
+        assert grown < 128 * 1024 * 1024, f"the hub's peak RSS grew by {grown >> 20} MB"
+        assert httpx.get(hub.url + "/healthz").status_code == 200
+    finally:
+        if hub is not None:
+            hub.stop()
+        registry.stop()

@@ -200,3 +200,58 @@ def test_the_worker_pool_has_one_thread_per_core_unless_told(
     assert make_hub(None, workers=5).executor._max_workers == 5
     with pytest.raises(HubConfigError, match="workers"):
         make_hub(None, workers=0).config.check()
+
+
+def test_a_specialist_that_fails_is_left_out_and_only_a_task_of_failures_fails(
+    tmp_path: Path, site_a: SiteKeys, site_b: SiteKeys
+) -> None:
+    """site-b's model asks for 8 GB per run, over the hub's 4 GiB of run memory.
+
+    Its runs fail alone: answers come from site-a, degraded and naming site-b. The
+    evidence a site's adapter examples are built from is not patched up: it fails.
+    A task whose every specialist fails fails with SpecialistRuntimeError.
+    """
+    from hub import SpecialistRuntimeError
+    from tests.bundles import memory_bomb_onnx
+
+    registry = Registry(tmp_path / "registry")
+    hubs: list[Hub] = []
+    try:
+        bomb = memory_bomb_onnx(2_000_000_000)
+        for site, model in ((site_a, tiny_onnx(1)), (site_b, bomb)):
+            registry.enroll(site.site_id, site.public.pem)
+            folder = write_bundle_files(tmp_path / site.site_id, site, model=model)
+            publish_to(registry, read_files(folder), site)
+        alone = write_bundle_files(
+            tmp_path / "alone", site_b, model=bomb, card_overrides={"task_id": "lonely-task"}
+        )
+        publish_to(registry, read_files(alone), site_b)
+        config = {
+            "registry": "in-process",
+            "trusted_root": registry.root / "tuf" / "metadata" / "1.root.json",
+            "allow_anonymous": True,
+            "sync_interval_s": 3600.0,
+            "access_log_fsync": False,
+        }
+        hub = Hub(
+            HubConfig(**config, state_dir=tmp_path / "hub"), registry=InProcessRegistry(registry)
+        )
+        hubs.append(hub)
+        hub.start()
+        answer = _diagnose(hub, Mode.ENSEMBLE)
+        assert answer.degraded
+        assert [s.site_id for s in answer.specialists] == ["site-a"]
+        assert answer.warnings[0].endswith("(site-b) failed on this image and was left out")
+        assert hub.engine is not None
+        with pytest.raises(SpecialistRuntimeError, match="site-b"):
+            asyncio.run(hub.engine.evidence(task_id="pneumonia-cxr", image=png(0)))
+        with pytest.raises(SpecialistRuntimeError, match="site-b"):
+            asyncio.run(
+                hub.engine.diagnose(
+                    request_id="t", task_id="lonely-task", image=png(0), media_type=None
+                )
+            )
+    finally:
+        for hub in hubs:
+            asyncio.run(hub.aclose())
+        registry.close()
