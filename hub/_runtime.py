@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -68,12 +69,60 @@ class RuntimeOptions:
     use_gpu: bool | None = None  # None: the GPU when onnxruntime really has CUDA
     intra_op_threads: int | None = 1  # per session; sessions of one request run in parallel
     max_run_memory_bytes: int = DEFAULT_MAX_RUN_MEMORY_BYTES
+    max_run_seconds: float = 30.0  # a run still going is stopped (between two operators)
 
     def __post_init__(self) -> None:
         if self.max_run_memory_bytes < 1024**2:
             raise ValueError("max_run_memory_bytes must be at least 1 MiB")
+        if not self.max_run_seconds > 0:
+            raise ValueError("max_run_seconds must be positive")
 
 
+class _Watchdog:
+    """Stops onnxruntime runs that outlive their deadline.
+
+    Each run registers its ``RunOptions`` under its thread; one daemon thread looks
+    every ``period_s`` and sets ``terminate`` on the runs past their deadline, which
+    onnxruntime checks between operators (a single operator is never interrupted:
+    the run memory bounds how large one can be). A specialist whose model runs for
+    minutes would otherwise hold a worker, and with two such requests every task's.
+    """
+
+    def __init__(self, period_s: float = 0.25) -> None:
+        self._period_s = period_s
+        self._runs: dict[int, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, seconds: float) -> Any:
+        """A ``RunOptions`` for the calling thread's next run, stopped after ``seconds``."""
+        import onnxruntime as ort
+
+        run_options = ort.RunOptions()
+        self._runs[threading.get_ident()] = (time.monotonic() + seconds, run_options)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="gsco-run-watchdog", daemon=True
+                    )
+                    self._thread.start()
+        return run_options
+
+    def done(self) -> None:
+        """The calling thread's run ended."""
+        self._runs.pop(threading.get_ident(), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._period_s)
+            now = time.monotonic()
+            for deadline, run_options in list(self._runs.values()):
+                if now > deadline:
+                    run_options.terminate = True
+
+
+_watchdog = _Watchdog()
 _arena_lock = threading.Lock()
 _arena_bytes: list[int] = []  # the shared CPU arena's size, once registered
 
@@ -146,6 +195,7 @@ class LoadedSpecialist:
     _index: Any = field(repr=False)  # faiss index over unit-length rows, or None
     _index_labels: NDArray[np.int64] = field(repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    max_run_seconds: float = RuntimeOptions.max_run_seconds
 
     @cached_property
     def provenance(self) -> SpecialistProvenance:
@@ -190,12 +240,22 @@ class LoadedSpecialist:
         Raises:
             SpecialistRuntimeError: onnxruntime failed on the input.
         """
+        run_options = _watchdog.watch(self.max_run_seconds)
         try:
-            logits, embeddings = self._session.run(["logits", "embedding"], {"image": inputs})
+            logits, embeddings = self._session.run(
+                ["logits", "embedding"], {"image": inputs}, run_options
+            )
         except Exception as exc:
+            why = (
+                f"was stopped after {self.max_run_seconds:g} s"
+                if run_options.terminate
+                else f"failed: {exc}"
+            )
             raise SpecialistRuntimeError(
-                f"specialist {self.bundle_digest[:12]} ({self.card.site_id}) failed: {exc}"
+                f"specialist {self.bundle_digest[:12]} ({self.card.site_id}) {why}"
             ) from exc
+        finally:
+            _watchdog.done()
         probs = calibrated_softmax(logits, self.card.calibration_temperature)
         return probs, np.asarray(embeddings, dtype=np.float32)
 
@@ -320,4 +380,5 @@ def load_specialist(
         _session=session,
         _index=index,
         _index_labels=np.asarray(arrays["labels"], dtype=np.int64),
+        max_run_seconds=options.max_run_seconds,
     )

@@ -60,6 +60,37 @@ def memory_bomb_onnx(elements: int, seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
+def slow_onnx(steps: int = 2000, size: int = 1024, seed: int = 0) -> bytes:
+    """:func:`tiny_onnx` whose every run also chains ``steps`` products of ``size``-square matrices.
+
+    Six kilobytes that take seconds to minutes per run (1.3 s for 200 steps here),
+    none of it foldable at load: every product depends on the image.
+    """
+    import onnx
+
+    model = onnx.load_model_from_string(tiny_onnx(seed))
+    graph = model.graph
+    graph.initializer.append(helper.make_tensor("square", TensorProto.INT64, [2], [size, size]))
+    graph.node[1].output[0] = "plain_logits"
+    small = helper.make_tensor("small", TensorProto.FLOAT, [1], [1e-3])
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
+        helper.make_node("ConstantOfShape", ["square"], ["matrix"], value=small),
+        helper.make_node("Mul", ["matrix", "mean"], ["product0"]),
+    ]
+    nodes += [
+        helper.make_node("MatMul", [f"product{i}", "matrix"], [f"product{i + 1}"])
+        for i in range(steps)
+    ]
+    nodes += [
+        helper.make_node("ReduceSum", [f"product{steps}"], ["total"], keepdims=1),
+        helper.make_node("Mul", ["total", "total"], ["zero"]),  # tiny: the logits hardly move
+        helper.make_node("Add", ["plain_logits", "zero"], ["logits"]),
+    ]
+    graph.node.extend(nodes)
+    return model.SerializeToString()
+
+
 def external_data_onnx(location: str = "../../../etc/shadow") -> bytes:
     """:func:`tiny_onnx` with its weight moved to an external file at ``location``."""
     import onnx

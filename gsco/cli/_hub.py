@@ -104,6 +104,14 @@ def serve(
             "shared arena; weights not counted). A run that needs more fails alone.",
         ),
     ] = 4096.0,
+    max_run_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="A specialist's run still going after this is stopped (that specialist is "
+            "left out of the answer).",
+        ),
+    ] = 30.0,
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request body may take to arrive (then 408).")
     ] = 30.0,
@@ -215,7 +223,9 @@ def serve(
         max_batch=max_batch,
         generalist_timeout_s=generalist_timeout,
         runtime=RuntimeOptions(
-            use_gpu=gpu, max_run_memory_bytes=int(max_run_memory_mb * 1024 * 1024)
+            use_gpu=gpu,
+            max_run_memory_bytes=int(max_run_memory_mb * 1024 * 1024),
+            max_run_seconds=max_run_seconds,
         ),
     )
     logging.basicConfig(

@@ -255,3 +255,42 @@ def test_a_specialist_that_fails_is_left_out_and_only_a_task_of_failures_fails(
         for hub in hubs:
             asyncio.run(hub.aclose())
         registry.close()
+
+
+def test_a_run_past_max_run_seconds_is_stopped_and_its_specialist_left_out(
+    tmp_path: Path, site_a: SiteKeys, site_b: SiteKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """site-b's 6 KB model runs for seconds to minutes; the hub stops it after 0.5 s."""
+    from hub import RuntimeOptions
+    from tests.bundles import slow_onnx
+
+    registry = Registry(tmp_path / "registry")
+    hub: Hub | None = None
+    try:
+        for site, model in ((site_a, tiny_onnx(1)), (site_b, slow_onnx(steps=2000))):
+            registry.enroll(site.site_id, site.public.pem)
+            folder = write_bundle_files(tmp_path / site.site_id, site, model=model)
+            publish_to(registry, read_files(folder), site)
+        hub = Hub(
+            HubConfig(
+                registry="in-process",
+                trusted_root=registry.root / "tuf" / "metadata" / "1.root.json",
+                state_dir=tmp_path / "hub",
+                allow_anonymous=True,
+                sync_interval_s=3600.0,
+                access_log_fsync=False,
+                runtime=RuntimeOptions(max_run_seconds=0.5),
+            ),
+            registry=InProcessRegistry(registry),
+        )
+        hub.start()
+        with caplog.at_level("WARNING", logger="hub._engine"):
+            answer = _diagnose(hub, Mode.ENSEMBLE)
+        assert answer.degraded
+        assert [s.site_id for s in answer.specialists] == ["site-a"]
+        assert answer.warnings[0].endswith("(site-b) failed on this image and was left out")
+        assert "(site-b) was stopped after 0.5 s" in caplog.text
+    finally:
+        if hub is not None:
+            asyncio.run(hub.aclose())
+        registry.close()
