@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from hub import Hub, HubConfig
+from registry import InProcessRegistry, Registry
 from tests.bundles import read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
 from tests.servers import RunningRegistry, start_registry
@@ -108,3 +109,23 @@ def post_image(
         data={"task_id": "pneumonia-cxr", "mode": mode},
         timeout=timeout_s,
     )
+
+
+def in_process_hub(
+    registry: Registry, state_dir: Path, generalist: Any = None, **overrides: Any
+) -> Hub:
+    """A started hub syncing from ``registry`` in process (through TUF, no server), no fsync."""
+    config = HubConfig(
+        **{
+            "registry": "in-process",
+            "trusted_root": registry.root / "tuf" / "metadata" / "1.root.json",
+            "state_dir": state_dir,
+            "allow_anonymous": True,
+            "sync_interval_s": 3600.0,
+            "access_log_fsync": False,
+            **overrides,
+        }
+    )
+    hub = Hub(config, generalist=generalist, registry=InProcessRegistry(registry))
+    hub.start()
+    return hub

@@ -17,15 +17,22 @@ from typing import Any
 import pytest
 
 from generalist import ArbitrationRequest, GeneralistResponseError
-from hub import Hub, HubConfig
+from hub import Hub
 from protocol import Mode
-from registry import InProcessRegistry, Registry
+from registry import Registry
 from tests.bundles import publish_to, read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
 from tests.generalists import ScriptedGeneralist, is_content_free
-from tests.hub.conftest import png
+from tests.hub.conftest import in_process_hub, png
 
 LABELS = ("normal", "pneumonia")
+
+
+def _publish(registry: Registry, where: Path, models: dict[SiteKeys, bytes]) -> None:
+    for site, model in models.items():
+        registry.enroll(site.site_id, site.public.pem)
+        folder = write_bundle_files(where / site.site_id, site, model=model)
+        publish_to(registry, read_files(folder), site)
 
 
 def _follows_the_evidence(request: ArbitrationRequest) -> dict[str, float]:
@@ -40,10 +47,7 @@ def _follows_the_evidence(request: ArbitrationRequest) -> dict[str, float]:
 @pytest.fixture
 def store(tmp_path: Path, site_a: SiteKeys, site_b: SiteKeys) -> Iterator[Registry]:
     registry = Registry(tmp_path / "registry")
-    for site, seed in ((site_a, 1), (site_b, 2)):
-        registry.enroll(site.site_id, site.public.pem)
-        folder = write_bundle_files(tmp_path / site.site_id, site, model=tiny_onnx(seed))
-        publish_to(registry, read_files(folder), site)
+    _publish(registry, tmp_path, {site_a: tiny_onnx(1), site_b: tiny_onnx(2)})
     yield registry
     registry.close()
 
@@ -53,20 +57,8 @@ def make_hub(store: Registry, tmp_path: Path) -> Iterator[Any]:
     hubs: list[Hub] = []
 
     def make(generalist: Any, **overrides: Any) -> Hub:
-        config = HubConfig(
-            **{
-                "registry": "in-process",
-                "trusted_root": store.root / "tuf" / "metadata" / "1.root.json",
-                "state_dir": tmp_path / f"hub-{len(hubs)}",
-                "allow_anonymous": True,
-                "sync_interval_s": 3600.0,
-                "access_log_fsync": False,
-                **overrides,
-            }
-        )
-        hub = Hub(config, generalist=generalist, registry=InProcessRegistry(store))
+        hub = in_process_hub(store, tmp_path / f"hub-{len(hubs)}", generalist, **overrides)
         hubs.append(hub)
-        hub.start()
         return hub
 
     yield make
@@ -215,29 +207,15 @@ def test_a_specialist_that_fails_is_left_out_and_only_a_task_of_failures_fails(
     from tests.bundles import memory_bomb_onnx
 
     registry = Registry(tmp_path / "registry")
-    hubs: list[Hub] = []
+    hub: Hub | None = None
     try:
         bomb = memory_bomb_onnx(2_000_000_000)
-        for site, model in ((site_a, tiny_onnx(1)), (site_b, bomb)):
-            registry.enroll(site.site_id, site.public.pem)
-            folder = write_bundle_files(tmp_path / site.site_id, site, model=model)
-            publish_to(registry, read_files(folder), site)
+        _publish(registry, tmp_path, {site_a: tiny_onnx(1), site_b: bomb})
         alone = write_bundle_files(
             tmp_path / "alone", site_b, model=bomb, card_overrides={"task_id": "lonely-task"}
         )
         publish_to(registry, read_files(alone), site_b)
-        config = {
-            "registry": "in-process",
-            "trusted_root": registry.root / "tuf" / "metadata" / "1.root.json",
-            "allow_anonymous": True,
-            "sync_interval_s": 3600.0,
-            "access_log_fsync": False,
-        }
-        hub = Hub(
-            HubConfig(**config, state_dir=tmp_path / "hub"), registry=InProcessRegistry(registry)
-        )
-        hubs.append(hub)
-        hub.start()
+        hub = in_process_hub(registry, tmp_path / "hub")
         answer = _diagnose(hub, Mode.ENSEMBLE)
         assert answer.degraded
         assert [s.site_id for s in answer.specialists] == ["site-a"]
@@ -252,7 +230,7 @@ def test_a_specialist_that_fails_is_left_out_and_only_a_task_of_failures_fails(
                 )
             )
     finally:
-        for hub in hubs:
+        if hub is not None:
             asyncio.run(hub.aclose())
         registry.close()
 
@@ -267,23 +245,10 @@ def test_a_run_past_max_run_seconds_is_stopped_and_its_specialist_left_out(
     registry = Registry(tmp_path / "registry")
     hub: Hub | None = None
     try:
-        for site, model in ((site_a, tiny_onnx(1)), (site_b, slow_onnx(steps=2000))):
-            registry.enroll(site.site_id, site.public.pem)
-            folder = write_bundle_files(tmp_path / site.site_id, site, model=model)
-            publish_to(registry, read_files(folder), site)
-        hub = Hub(
-            HubConfig(
-                registry="in-process",
-                trusted_root=registry.root / "tuf" / "metadata" / "1.root.json",
-                state_dir=tmp_path / "hub",
-                allow_anonymous=True,
-                sync_interval_s=3600.0,
-                access_log_fsync=False,
-                runtime=RuntimeOptions(max_run_seconds=0.5),
-            ),
-            registry=InProcessRegistry(registry),
+        _publish(registry, tmp_path, {site_a: tiny_onnx(1), site_b: slow_onnx(steps=2000)})
+        hub = in_process_hub(
+            registry, tmp_path / "hub", runtime=RuntimeOptions(max_run_seconds=0.5)
         )
-        hub.start()
         with caplog.at_level("WARNING", logger="hub._engine"):
             answer = _diagnose(hub, Mode.ENSEMBLE)
         assert answer.degraded

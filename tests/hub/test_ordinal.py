@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from hub import Hub, HubConfig, create_app
+from hub import Hub, create_app
 from protocol import Mode
-from registry import InProcessRegistry, Registry
+from registry import Registry
 from tests.bundles import EMBEDDING_DIM, publish_to, read_files, write_bundle_files
 from tests.conftest import SiteKeys
-from tests.hub.conftest import png
+from tests.hub.conftest import in_process_hub, png
 
 GRADES = ("none", "mild", "severe")
 # Site A: "severe" by the largest probability, "mild" by the median (0.40 + 0.15 >= 0.5).
@@ -127,19 +127,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path, sites: list[SiteKeys]) -
         registry.enroll(site.site_id, site.public.pem)
         folder = _write(tmp_path / site.site_id, site, request.param)
         publish_to(registry, read_files(folder), site)
-    hub = Hub(
-        HubConfig(
-            registry="in-process",
-            trusted_root=registry.root / "tuf" / "metadata" / "1.root.json",
-            state_dir=tmp_path / "hub",
-            allow_anonymous=True,
-            sync_interval_s=3600.0,
-            access_log_fsync=False,
-        ),
-        generalist=None,
-        registry=InProcessRegistry(registry),
-    )
-    hub.start()
+    hub = in_process_hub(registry, tmp_path / "hub")
     yield hub
     asyncio.run(hub.aclose())
     registry.close()
