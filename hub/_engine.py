@@ -359,7 +359,7 @@ class DiagnosisEngine:
             self._inbound[task_id] -= 1
         results = await asyncio.gather(*pending, return_exceptions=True)
         specialists_ms = _ms(stage)
-        specialists, outputs, left_out = _answered(specialists, results, for_generalist)
+        specialists, outputs, left_out = _answered(specialists, results)
 
         labels = task.labels
         moed = tuple(
@@ -543,15 +543,15 @@ class _Evidence:
 def _answered(
     specialists: tuple[LoadedSpecialist, ...],
     results: list[SpecialistOutput | BaseException],
-    tolerate: bool,
 ) -> tuple[tuple[LoadedSpecialist, ...], list[SpecialistOutput], tuple[str, ...]]:
     """The specialists that answered, their outputs, and a warning for each that failed.
 
-    One specialist that fails on an image (onnxruntime refused the run, or it needed
-    more than the hub's run memory) is left out of the answer, which says so, rather
-    than failing every request of its task: one site's model cannot take a task down.
-    When every specialist failed, or ``tolerate`` is false (the evidence a site's
-    adapter examples are built from), its error is raised. Anything else is a bug.
+    One specialist that fails on an image (onnxruntime refused the run, it needed
+    more than the hub's run memory or time) is left out of the answer, which says
+    so, rather than failing every request of its task: one site's model cannot take
+    a task down. The evidence a site builds its adapter examples from leaves it out
+    the same way, so the examples are the prompts the hub would send. When every
+    specialist failed, its error is raised. Anything else is a bug.
     """
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, SpecialistRuntimeError):
@@ -561,7 +561,7 @@ def _answered(
         for s, r in zip(specialists, results, strict=True)
         if isinstance(r, SpecialistRuntimeError)
     ]
-    if failed and (not tolerate or len(failed) == len(specialists)):
+    if failed and len(failed) == len(specialists):
         raise failed[0][1]
     for specialist, error in failed:
         log.warning("specialist %s left out of an answer: %s", specialist.bundle_digest[:12], error)
