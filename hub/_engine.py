@@ -40,6 +40,7 @@ from hub._batching import BatchingOptions, SpecialistBatcher, SpecialistOutput
 from hub._catalog import Catalog
 from hub._policy import fuse, vote_scores
 from hub._runtime import LoadedSpecialist
+from hub._suspend import Suspensions
 from hub.errors import SpecialistRuntimeError
 from protocol import (
     ArbitrationPolicy,
@@ -126,6 +127,7 @@ class DiagnosisEngine:
         self.adapters: dict[str, ServedAdapter] = {}  # by task; see hub._adapters
         self._batchers: dict[str, SpecialistBatcher] = {}  # by bundle digest
         self._inbound: dict[str, int] = {}  # by task: requests still decoding
+        self.suspensions = Suspensions()  # specialists that keep failing, left out a while
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def _batcher(self, specialist: LoadedSpecialist) -> SpecialistBatcher:
@@ -135,6 +137,7 @@ class DiagnosisEngine:
             if len(self._batchers) > 2 * len(served) + 16:  # forget replaced specialists
                 live = {s.bundle_digest for s in served}
                 self._batchers = {d: b for d, b in self._batchers.items() if d in live}
+                self.suspensions.forget(live)
             task_id = specialist.card.task_id
             batcher = SpecialistBatcher(
                 specialist,
@@ -317,8 +320,8 @@ class DiagnosisEngine:
         for_generalist: bool,
     ) -> _Evidence:
         """Decodes, runs the specialists and retrieves: everything before the generalist."""
-        specialists = catalog.for_task(task_id)
         task = catalog.task_spec(task_id)
+        specialists, suspended = self.suspensions.admit(catalog.for_task(task_id))
         stage = time.perf_counter()
         channel_counts = {s.card.preprocessing.channels for s in specialists}
         sends_image = bool(
@@ -359,7 +362,11 @@ class DiagnosisEngine:
             self._inbound[task_id] -= 1
         results = await asyncio.gather(*pending, return_exceptions=True)
         specialists_ms = _ms(stage)
-        specialists, outputs, left_out = _answered(specialists, results)
+        for specialist, result in zip(specialists, results, strict=True):
+            if not isinstance(result, BaseException) or isinstance(result, SpecialistRuntimeError):
+                self.suspensions.record(specialist, ok=not isinstance(result, BaseException))
+        specialists, outputs, failed = _answered(specialists, results)
+        left_out = suspended + failed
 
         labels = task.labels
         moed = tuple(

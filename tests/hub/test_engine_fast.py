@@ -259,3 +259,91 @@ def test_a_run_past_max_run_seconds_is_stopped_and_its_specialist_left_out(
         if hub is not None:
             asyncio.run(hub.aclose())
         registry.close()
+
+
+def test_a_specialist_failing_again_and_again_is_suspended_then_tried_again(
+    tmp_path: Path, site_a: SiteKeys, site_b: SiteKeys
+) -> None:
+    """After three failed runs in a row site-b's model is not run for a while.
+
+    Each failed run of a slow model costs a worker up to --max-run-seconds; while
+    suspended it costs nothing, and the answers say why it is missing. Once the
+    cool-down is over it is run again (and suspended twice as long if it fails).
+    """
+    from hub._suspend import Suspensions
+    from tests.bundles import memory_bomb_onnx
+
+    registry = Registry(tmp_path / "registry")
+    hub: Hub | None = None
+    try:
+        _publish(registry, tmp_path, {site_a: tiny_onnx(1), site_b: memory_bomb_onnx(2 * 10**9)})
+        hub = in_process_hub(registry, tmp_path / "hub")
+        assert hub.engine is not None
+        now = [0.0]
+        hub.engine.suspensions = Suspensions(failures=3, cool_down_s=60, clock=lambda: now[0])
+        bomb = next(s for s in hub.catalog.all if s.card.site_id == "site-b")
+        runs = [0]
+        real_run = bomb.run
+
+        def counted(inputs: Any) -> Any:
+            runs[0] += 1
+            return real_run(inputs)
+
+        bomb.run = counted  # type: ignore[method-assign]
+        for _ in range(3):
+            assert "failed on this image" in _diagnose(hub, Mode.ENSEMBLE).warnings[0]
+        assert runs == [3]
+        for _ in range(2):
+            answer = _diagnose(hub, Mode.ENSEMBLE)
+            assert answer.degraded
+            assert [s.site_id for s in answer.specialists] == ["site-a"]
+            assert "is suspended after 3 failed runs in a row" in answer.warnings[0]
+        assert runs == [3]  # not run while suspended
+        now[0] = 61.0
+        assert "failed on this image" in _diagnose(hub, Mode.ENSEMBLE).warnings[0]
+        assert runs == [4]  # tried again, failed: suspended for 120 s now
+        now[0] = 61.0 + 119.0
+        assert "is suspended" in _diagnose(hub, Mode.ENSEMBLE).warnings[0]
+        assert runs == [4]
+    finally:
+        if hub is not None:
+            asyncio.run(hub.aclose())
+        registry.close()
+
+
+def test_suspensions_clear_on_success_and_never_leave_a_task_empty() -> None:
+    from types import SimpleNamespace
+
+    from hub._suspend import Suspensions
+
+    now = [0.0]
+    suspensions = Suspensions(failures=2, cool_down_s=10, max_cool_down_s=15, clock=lambda: now[0])
+    a, b = (
+        SimpleNamespace(bundle_digest=d * 64, card=SimpleNamespace(site_id=f"site-{d}"))
+        for d in "ab"
+    )
+    both: Any = (a, b)
+    suspensions.record(a, ok=False)
+    suspensions.record(a, ok=True)  # a success clears the count
+    suspensions.record(a, ok=False)
+    assert suspensions.admit(both) == (both, ())
+    suspensions.record(a, ok=False)  # two in a row
+    kept, warnings = suspensions.admit(both)
+    assert kept == (b,)
+    assert warnings == (
+        "specialist aaaaaaaaaaaa (site-a) is suspended after 2 failed runs in a row "
+        "and was left out",
+    )
+    suspensions.record(b, ok=False)
+    suspensions.record(b, ok=False)
+    assert suspensions.admit(both) == (both, ())  # all suspended: all run, nothing else answers
+    now[0] = 11.0
+    suspensions.record(a, ok=False)  # failed again once back: 20 s, capped at 15
+    now[0] = 11.0 + 14.0
+    assert suspensions.admit(both)[0] == (b,)  # a: 15 s from 11; b's 10 s are over
+    now[0] = 11.0 + 15.5
+    assert suspensions.admit(both)[0] == both
+    suspensions.forget({b.bundle_digest})
+    assert suspensions.admit((a,)) == ((a,), ())
+    with pytest.raises(ValueError, match="failures"):
+        Suspensions(failures=0)
