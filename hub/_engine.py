@@ -544,7 +544,7 @@ class _Evidence:
     decode_ms: float
     specialists_ms: float
     retrieval_ms: float | None
-    left_out: tuple[str, ...] = ()  # specialists that failed on the image, as warnings
+    left_out: tuple[str, ...] = ()  # specialists failed on the image or suspended: warnings
 
 
 def _answered(
