@@ -53,6 +53,8 @@ def read_npy(data: bytes, *, max_bytes: int) -> NDArray[np.generic]:
     shape, fortran_order, dtype = header
     if dtype.hasobject:
         raise NpyError("object arrays are refused (reading them would unpickle)")
+    if dtype.itemsize == 0:  # numpy would make 'U0'/'S0' one character wide when allocating
+        raise NpyError(f"arrays of zero-size items ({dtype.str}) are refused")
     if not all(isinstance(size, int) and size >= 0 for size in shape):
         raise NpyError(f"malformed .npy shape {shape!r}")
     count = math.prod(shape)
@@ -64,7 +66,7 @@ def read_npy(data: bytes, *, max_bytes: int) -> NDArray[np.generic]:
         raise NpyError(
             f"the header declares {size} bytes of data, the file has {len(data) - offset}"
         )
-    if count == 0 or dtype.itemsize == 0:
+    if count == 0:
         return np.zeros(shape, dtype=dtype)
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     array = flat.reshape(shape[::-1]).transpose() if fortran_order else flat.reshape(shape)

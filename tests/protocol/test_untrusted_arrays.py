@@ -73,6 +73,10 @@ def test_a_huge_declared_shape_is_refused_from_the_header_without_allocating() -
         (b"\x93NUMPY\x01\x00\xff\x7f" + b"{" * 40, "malformed .npy header"),
         (b"\x93NUMPY\x09\x00", "malformed .npy header|unsupported .npy format version"),
         (_npy_bytes((-1, 2)), "malformed .npy"),
+        # Zero-size items that numpy widens to one character when it allocates (37 GiB).
+        (_npy_bytes((10**10,), descr="<U0"), "zero-size items"),
+        (_npy_bytes((10**10,), descr="|S0"), "zero-size items"),
+        (_npy_bytes((10**10,), descr="|V0"), "zero-size items"),
     ],
 )
 def test_malformed_headers_are_typed_errors(data: bytes, message: str) -> None:
