@@ -12,8 +12,10 @@ anything allocated. Nothing is unpickled: object dtypes are refused.
 from __future__ import annotations
 
 import io
+import lzma
 import math
 import zipfile
+import zlib
 from collections.abc import Collection
 
 import numpy as np
@@ -110,7 +112,15 @@ def read_npz(
             return arrays
     except NpyError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,  # a corrupt deflate stream
+        lzma.LZMAError,
+        OSError,
+        EOFError,
+        ValueError,
+    ) as exc:
         raise NpyError(f"not a readable .npz ({type(exc).__name__}: {exc})") from exc
     except (NotImplementedError, RuntimeError) as exc:  # a compression method, encryption
         raise NpyError(f"not a readable .npz ({exc})") from exc

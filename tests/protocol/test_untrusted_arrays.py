@@ -161,6 +161,35 @@ def test_index_members_must_be_exactly_the_three_arrays() -> None:
             load_index(_zip(members))
 
 
+def test_mutated_indexes_fail_only_as_artifact_errors() -> None:
+    """Corrupt deflate streams escaped as zlib.error (a 500 at the registry, a failed sync)."""
+    seeds = []
+    for save in (np.savez, np.savez_compressed):
+        buffer = io.BytesIO()
+        save(buffer, **GOOD_INDEX)
+        seeds.append(buffer.getvalue())
+    generator = random.Random(3)
+    escaped: list[str] = []
+    for _ in range(3000):
+        data = bytearray(generator.choice(seeds))
+        for _ in range(generator.randint(1, 6)):
+            at = generator.randrange(len(data))
+            roll = generator.random()
+            if roll < 0.6:
+                data[at] = generator.randrange(256)
+            elif roll < 0.8:
+                del data[at : at + generator.randint(1, 8)]
+            else:
+                data[at:at] = generator.randbytes(generator.randint(1, 8))
+        try:
+            load_index(bytes(data))
+        except ArtifactError:
+            continue
+        except Exception as exc:  # noqa: BLE001  (what the test looks for)
+            escaped.append(f"{type(exc).__name__}: {exc}"[:200])
+    assert not escaped, escaped[:10]
+
+
 def _pillow(array: np.ndarray, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, fmt, **options)
