@@ -208,5 +208,9 @@ def bounded_dicom(data: bytes, limits: DecodeLimits) -> tuple[bytes, DicomSize]:
         raise
     except zlib.error as exc:
         raise ImageDecodeError(f"the deflated DICOM data set is corrupt ({exc})") from exc
-    except (InvalidDicomError, AttributeError, ValueError, KeyError, OSError, EOFError) as exc:
+    except InvalidDicomError as exc:
         raise ImageDecodeError(f"not a readable DICOM file ({exc})") from exc
+    except Exception as exc:  # pydicom on untrusted bytes: any failure is the file's
+        # (ValueError, KeyError, OSError mostly; BytesLengthException, NotImplementedError
+        # for an unknown VR, TypeError from a mangled string element)
+        raise ImageDecodeError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc

@@ -220,14 +220,22 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> NDArray[np.uint8]:
             index=size.frames // 2 if size.frames > 1 else None, allow_excess_frames=False
         )
         pixels = dataset.pixel_array.astype(np.float64)
-    except (InvalidDicomError, AttributeError, ValueError, RuntimeError, OSError, KeyError) as exc:
+        # pydicom converts an element when it is first read: these can fail as well.
+        pixels = pixels * float(dataset.get("RescaleSlope", 1) or 1) + float(
+            dataset.get("RescaleIntercept", 0) or 0
+        )
+        low, high = _window(dataset, pixels)
+        inverted = dataset.get("PhotometricInterpretation") == "MONOCHROME1"
+    except InvalidDicomError as exc:
         raise ImageDecodeError(f"DICOM pixel data cannot be decoded ({exc})") from exc
-    pixels = pixels * float(dataset.get("RescaleSlope", 1) or 1) + float(
-        dataset.get("RescaleIntercept", 0) or 0
-    )
-    low, high = _window(dataset, pixels)
+    except Exception as exc:  # pydicom on untrusted bytes: any failure is the file's
+        # (ValueError, KeyError, OSError mostly; BytesLengthException, NotImplementedError
+        # for an unknown VR, TypeError from a mangled string element)
+        raise ImageDecodeError(
+            f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})"
+        ) from exc
     scaled = np.clip((pixels - low) / max(high - low, 1e-6), 0.0, 1.0)
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+    if inverted:
         scaled = 1.0 - scaled
     return np.asarray(np.round(scaled * 255.0), dtype=np.uint8)
 

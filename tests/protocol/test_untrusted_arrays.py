@@ -271,3 +271,39 @@ def test_mutated_images_of_many_formats_fail_only_as_image_decode_errors() -> No
             assert pixels.dtype == np.uint8
             assert pixels.shape[-1] == channels
     assert not escaped, escaped[:10]
+
+
+def test_mutated_dicom_files_fail_only_as_image_decode_errors() -> None:
+    """pydicom's BytesLengthException, NotImplementedError (an unknown VR) and TypeError
+    escaped as 500s; every failure of pydicom on received bytes is an ImageDecodeError."""
+    import warnings
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    seeds = [
+        Path(str(get_testdata_file(name))).read_bytes()
+        for name in ("CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm")
+    ]
+    generator = random.Random(5)
+    escaped: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about what the mutations break
+        for _ in range(1500):
+            data = bytearray(generator.choice(seeds))
+            for _ in range(generator.randint(1, 6)):
+                at = generator.randrange(132, len(data))  # keep the preamble: reach pydicom
+                roll = generator.random()
+                if roll < 0.6:
+                    data[at] = generator.randrange(256)
+                elif roll < 0.8:
+                    del data[at : at + generator.randint(1, 8)]
+                else:
+                    data[at:at] = generator.randbytes(generator.randint(1, 8))
+            try:
+                decode(bytes(data), 1)
+            except ImageDecodeError:
+                continue
+            except Exception as exc:  # noqa: BLE001  (what the test looks for)
+                escaped.append(f"{type(exc).__name__}: {exc}"[:200])
+    assert not escaped, escaped[:10]
