@@ -34,6 +34,18 @@ def tiny_onnx(seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
+def _tiny_with(seed: int, initializer: Any, nodes: list[Any]) -> bytes:
+    """:func:`tiny_onnx` whose logits come out of ``nodes``, which read ``plain_logits``."""
+    import onnx
+
+    model = onnx.load_model_from_string(tiny_onnx(seed))
+    graph = model.graph
+    graph.initializer.append(initializer)
+    graph.node[1].output[0] = "plain_logits"
+    graph.node.extend(nodes)
+    return model.SerializeToString()
+
+
 def memory_bomb_onnx(elements: int, seed: int = 0) -> bytes:
     """:func:`tiny_onnx` whose every run also fills ``elements`` floats and sums them.
 
@@ -41,23 +53,17 @@ def memory_bomb_onnx(elements: int, seed: int = 0) -> bytes:
     constant, so no input or shape bound sees it (onnxruntime only declines to fold
     it at load, above 1 GB).
     """
-    import onnx
-
-    model = onnx.load_model_from_string(tiny_onnx(seed))
-    graph = model.graph
-    graph.initializer.append(helper.make_tensor("bomb_shape", TensorProto.INT64, [1], [elements]))
     one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-    logits = graph.node[1]
-    logits.output[0] = "plain_logits"
-    graph.node.extend(
+    return _tiny_with(
+        seed,
+        helper.make_tensor("bomb_shape", TensorProto.INT64, [1], [elements]),
         [
             helper.make_node("ConstantOfShape", ["bomb_shape"], ["bomb"], value=one),
             helper.make_node("ReduceSum", ["bomb"], ["bomb_sum"], keepdims=1),
             helper.make_node("Div", ["bomb_sum", "bomb_sum"], ["unit"]),
             helper.make_node("Mul", ["plain_logits", "unit"], ["logits"]),
-        ]
+        ],
     )
-    return model.SerializeToString()
 
 
 def slow_onnx(steps: int = 2000, size: int = 1024, seed: int = 0) -> bytes:
@@ -66,12 +72,6 @@ def slow_onnx(steps: int = 2000, size: int = 1024, seed: int = 0) -> bytes:
     Six kilobytes that take seconds to minutes per run (1.3 s for 200 steps here),
     none of it foldable at load: every product depends on the image.
     """
-    import onnx
-
-    model = onnx.load_model_from_string(tiny_onnx(seed))
-    graph = model.graph
-    graph.initializer.append(helper.make_tensor("square", TensorProto.INT64, [2], [size, size]))
-    graph.node[1].output[0] = "plain_logits"
     small = helper.make_tensor("small", TensorProto.FLOAT, [1], [1e-3])
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
@@ -87,8 +87,8 @@ def slow_onnx(steps: int = 2000, size: int = 1024, seed: int = 0) -> bytes:
         helper.make_node("Mul", ["total", "total"], ["zero"]),  # tiny: the logits hardly move
         helper.make_node("Add", ["plain_logits", "zero"], ["logits"]),
     ]
-    graph.node.extend(nodes)
-    return model.SerializeToString()
+    square = helper.make_tensor("square", TensorProto.INT64, [2], [size, size])
+    return _tiny_with(seed, square, nodes)
 
 
 def external_data_onnx(location: str = "../../../etc/shadow") -> bytes:

@@ -17,6 +17,7 @@ import random
 import struct
 import tracemalloc
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -161,6 +162,47 @@ def test_index_members_must_be_exactly_the_three_arrays() -> None:
             load_index(_zip(members))
 
 
+def _mutations(
+    seeds: list[bytes], count: int, seed: int, *, keep: int = 0, truncate: bool = False
+) -> Iterator[bytes]:
+    """``count`` seeded mutants of ``seeds``: 1-6 bytes flipped, runs cut or inserted.
+
+    ``keep`` leading bytes are never touched; with ``truncate`` a mutation may also cut
+    the file short (and runs of up to 16 bytes are cut).
+    """
+    generator = random.Random(seed)
+    flip, cut, insert, longest = (0.5, 0.7, 0.85, 16) if truncate else (0.6, 0.8, 1.0, 8)
+    for _ in range(count):
+        data = bytearray(generator.choice(seeds))
+        for _ in range(generator.randint(1, 6)):
+            if len(data) <= keep:
+                break
+            at = generator.randrange(keep, len(data))
+            roll = generator.random()
+            if roll < flip:
+                data[at] = generator.randrange(256)
+            elif roll < cut:
+                del data[at : at + generator.randint(1, longest)]
+            elif roll < insert:
+                data[at:at] = generator.randbytes(generator.randint(1, 8))
+            else:
+                del data[at:]
+        yield bytes(data)
+
+
+def _escaped(read: Callable[[bytes], object], inputs: Iterable[bytes], typed: type) -> list[str]:
+    """The exceptions other than ``typed`` that ``read`` raised on ``inputs``."""
+    escaped = []
+    for data in inputs:
+        try:
+            read(data)
+        except typed:
+            continue
+        except Exception as exc:  # noqa: BLE001  (what the tests look for)
+            escaped.append(f"{type(exc).__name__}: {exc}"[:200])
+    return escaped
+
+
 def test_mutated_indexes_fail_only_as_artifact_errors() -> None:
     """Corrupt deflate streams escaped as zlib.error (a 500 at the registry, a failed sync)."""
     seeds = []
@@ -168,25 +210,7 @@ def test_mutated_indexes_fail_only_as_artifact_errors() -> None:
         buffer = io.BytesIO()
         save(buffer, **GOOD_INDEX)
         seeds.append(buffer.getvalue())
-    generator = random.Random(3)
-    escaped: list[str] = []
-    for _ in range(3000):
-        data = bytearray(generator.choice(seeds))
-        for _ in range(generator.randint(1, 6)):
-            at = generator.randrange(len(data))
-            roll = generator.random()
-            if roll < 0.6:
-                data[at] = generator.randrange(256)
-            elif roll < 0.8:
-                del data[at : at + generator.randint(1, 8)]
-            else:
-                data[at:at] = generator.randbytes(generator.randint(1, 8))
-        try:
-            load_index(bytes(data))
-        except ArtifactError:
-            continue
-        except Exception as exc:  # noqa: BLE001  (what the test looks for)
-            escaped.append(f"{type(exc).__name__}: {exc}"[:200])
+    escaped = _escaped(load_index, _mutations(seeds, 3000, seed=3), ArtifactError)
     assert not escaped, escaped[:10]
 
 
@@ -242,27 +266,11 @@ def test_mutated_images_of_many_formats_fail_only_as_image_decode_errors() -> No
     Before the bounds, this run's ancestors found MemoryError, tokenize.TokenError,
     SyntaxError and NotImplementedError.
     """
-    generator = random.Random(7)
-    seeds = _seeds()
     escaped: list[str] = []
-    for _ in range(4000):
-        data = bytearray(generator.choice(seeds))
-        for _ in range(generator.randint(1, 6)):
-            if not data:
-                break
-            at = generator.randrange(len(data))
-            roll = generator.random()
-            if roll < 0.5:
-                data[at] = generator.randrange(256)
-            elif roll < 0.7:
-                del data[at : at + generator.randint(1, 16)]
-            elif roll < 0.85:
-                data[at:at] = generator.randbytes(generator.randint(1, 8))
-            else:
-                del data[at:]
+    for data in _mutations(_seeds(), 4000, seed=7, truncate=True):
         for channels in (1, 3):
             try:
-                pixels = decode(bytes(data), channels)
+                pixels = decode(data, channels)
             except ImageDecodeError:
                 continue
             except Exception as exc:  # noqa: BLE001  (what the test looks for)
@@ -285,25 +293,12 @@ def test_mutated_dicom_files_fail_only_as_image_decode_errors() -> None:
         Path(str(get_testdata_file(name))).read_bytes()
         for name in ("CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm")
     ]
-    generator = random.Random(5)
-    escaped: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about what the mutations break
-        for _ in range(1500):
-            data = bytearray(generator.choice(seeds))
-            for _ in range(generator.randint(1, 6)):
-                at = generator.randrange(132, len(data))  # keep the preamble: reach pydicom
-                roll = generator.random()
-                if roll < 0.6:
-                    data[at] = generator.randrange(256)
-                elif roll < 0.8:
-                    del data[at : at + generator.randint(1, 8)]
-                else:
-                    data[at:at] = generator.randbytes(generator.randint(1, 8))
-            try:
-                decode(bytes(data), 1)
-            except ImageDecodeError:
-                continue
-            except Exception as exc:  # noqa: BLE001  (what the test looks for)
-                escaped.append(f"{type(exc).__name__}: {exc}"[:200])
+        # The first 132 bytes (preamble and DICM) kept, so that the mutants reach pydicom.
+        escaped = _escaped(
+            lambda data: decode(data, 1),
+            _mutations(seeds, 1500, seed=5, keep=132),
+            ImageDecodeError,
+        )
     assert not escaped, escaped[:10]
