@@ -4,8 +4,9 @@
 address) end to end: the hash-chained event log against the committed head and
 against what is stored, the TUF metadata from a trusted root (rollback, freeze,
 delegations, revocations), every bundle's signature and file hashes, version
-order, each index's privacy settings (raw-mode indexes are flagged), and a scan
-of cards, metrics and ONNX metadata for personal data. Given sites' egress
+order, each index's privacy settings (raw-mode indexes are flagged), every
+adapter's content, policy bounds and consortium co-signatures, and a scan of
+cards, metrics and ONNX metadata for personal data. Given sites' egress
 ledgers and hubs' access logs, it cross-checks them against the registry.
 The :class:`AuditReport` writes ``report.json`` and ``report.md``.
 """

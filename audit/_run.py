@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from audit._adapters import check_consortium_adapters
 from audit._phi import PhiHit, scan_card, scan_json_strings, scan_onnx_metadata
 from audit._report import AuditReport, Severity
 from audit._sources import RegistrySource
@@ -17,7 +18,9 @@ from registry import (
     AcceptedAdapter,
     AcceptedBundle,
     AdapterLimits,
+    Event,
     RegistryError,
+    RejectCode,
     RejectedError,
     TrustedRegistry,
     keyring_of,
@@ -67,8 +70,9 @@ def run_audit(
         for s in sites
     ]
     _check_listing(report, source)
-    _check_event_log(report, source, sites, bundles)
+    events = _check_event_log(report, source, sites, bundles)
     files_by_bundle = _check_bundles(report, source, sites, bundles)
+    check_consortium_adapters(report, source, sites, bundles, events)
     _check_tuf(report, source, trusted_root, bundles, files_by_bundle)
     _check_versions(report, bundles)
     for path in ledgers:
@@ -101,14 +105,15 @@ def _check_listing(report: AuditReport, source: RegistrySource) -> None:
 
 def _check_event_log(
     report: AuditReport, source: RegistrySource, sites: list[SiteKey], bundles: list[BundleRef]
-) -> None:
+) -> list[Event]:
+    """The event log against the registry's rows; its events (none if it is broken)."""
     report.ran("event-log")
     try:
         head, lines = source.event_log()
         events, _ = verify_event_log(lines, head)
     except GscoError as exc:
         report.add(Severity.FAIL, "event-log", "events.jsonl", str(exc))
-        return
+        return []
     report.inventory["event_log"] = {"entries": len(events)}
     enrolled = {(e.site_id, e.key_id) for e in events if e.kind == "enroll"}
     published = {e.bundle_digest for e in events if e.kind == "publish"}
@@ -141,6 +146,7 @@ def _check_event_log(
             Severity.FAIL, "event-log", f"bundle {digest[:16]}…",
             "the event log records its publication but the registry does not hold it",
         )  # fmt: skip
+    return events
 
 
 # -- bundles -------------------------------------------------------------------------
@@ -196,7 +202,12 @@ def _check_bundles(
                         "the registry lists",
                     )  # fmt: skip
             except RejectedError as exc:
-                report.add(Severity.FAIL, "bundle-signature", subject, str(exc))
+                check = {
+                    RejectCode.INVALID_ADAPTER: "adapter-content",
+                    RejectCode.INVALID_POLICY: "adapter-policy",
+                    RejectCode.INVALID_CARD: "card-schema",
+                }.get(exc.code, "bundle-signature")
+                report.add(Severity.FAIL, check, subject, str(exc))
         _check_contents(report, subject, files, entry)
     report.inventory["bundles"] = inventory
     return hashes
@@ -340,7 +351,11 @@ def _check_tuf(
             subject = _bundle_name(ref)
             report.ran("tuf-targets")
             try:
-                resolves = trusted.resolves(ref.site_id, ref.bundle_digest)
+                resolves = (
+                    trusted.adapter_resolves(ref.task_id, ref.bundle_digest)
+                    if ref.kind == "adapter"
+                    else trusted.resolves(ref.site_id, ref.bundle_digest)
+                )
             except RegistryError as exc:
                 report.add(Severity.FAIL, "tuf-targets", subject, str(exc))
                 continue
@@ -351,6 +366,13 @@ def _check_tuf(
                         "revoked, but the signed TUF metadata still serves it",
                     )  # fmt: skip
                 continue
+            if not resolves and ref.kind == "adapter":
+                report.add(
+                    Severity.INFO, "tuf-targets", subject,
+                    "not the consortium's adapter in effect now (superseded, or its "
+                    "co-signers' keys revoked below the threshold)",
+                )  # fmt: skip
+                continue
             if not resolves:
                 report.add(
                     Severity.FAIL, "tuf-targets", subject,
@@ -358,8 +380,10 @@ def _check_tuf(
                 )  # fmt: skip
                 continue
             try:
-                served = trusted.bundle_files(
-                    ref.site_id, ref.bundle_digest, adapter=ref.kind == "adapter"
+                served = (
+                    trusted.adapter_files(ref.task_id, ref.bundle_digest)
+                    if ref.kind == "adapter"
+                    else trusted.bundle_files(ref.site_id, ref.bundle_digest)
                 )
             except RegistryError as exc:
                 report.add(Severity.FAIL, "tuf-targets", subject, str(exc))

@@ -59,6 +59,8 @@ class RunRequest:
     tune_examples_per_site: int = 120
     tune_policy_cases_per_site: int = 60  # 0: no policy (the hub then weighs nothing)
     tune_modes: tuple[str, ...] = ("gsco",)
+    # How every FedAvg combines updates (None: trimmed-mean from 3 sites up, else fedavg).
+    aggregation: str | None = None
 
     def run_config(self, results: Path) -> dict[str, object]:
         """The Flower run config (keys of ``simulations/flower_app/pyproject.toml``)."""
@@ -86,6 +88,7 @@ class RunRequest:
             "tune-examples-per-site": self.tune_examples_per_site,
             "tune-policy-cases-per-site": self.tune_policy_cases_per_site,
             "tune-modes": ",".join(self.tune_modes),
+            "aggregation": self.aggregation or "",
         }
 
 

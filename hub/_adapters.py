@@ -2,9 +2,13 @@
 
 An adapter bundle (see :func:`registry.verify_adapter`) is read with its
 sizes bounded before any byte is read, verified against the keys of the
-sites the registry delegates to in TUF (the same trust as a specialist), and
-checked against the generalist in service: the same base model, the same
-prompt template, the same view of the image. The verified bytes are then
+sites the registry delegates to in TUF (the same trust as a specialist), its
+content checked (configuration allow-list, finite and bounded tensors, the
+policy in its card within bounds), and checked against the generalist in
+service: the same base model, the same prompt template, the same view of the
+image. From the registry, it also needs the consortium's backing: the task's
+adapter role co-signed by enough of its training sites
+(:mod:`registry._consortium`). The verified bytes are then
 written to a folder of the hub's own, named by their digest, and vLLM is
 asked to load that copy, so what vLLM reads is what was verified.
 
@@ -43,6 +47,8 @@ class ServedAdapter:
     card: AdapterCard
     path: Path  # the verified copy vLLM loaded
     source: str = "operator"  # "operator" (--adapter, pinned) or "registry" (synced)
+    # The training sites whose co-signatures put it in service (a registry adapter).
+    endorsed_by: tuple[str, ...] = ()
 
 
 def adapter_name(card: AdapterCard, digest: str) -> str:

@@ -562,6 +562,8 @@ def create_app(hub: Hub, *, manage_lifecycle: bool = True) -> Any:
                         {
                             "name": adapters[task].name,
                             "bundle_digest": adapters[task].digest,
+                            "source": adapters[task].source,
+                            "endorsed_by": list(adapters[task].endorsed_by),
                             "card": adapters[task].card.model_dump(mode="json"),
                         }
                         if task in adapters

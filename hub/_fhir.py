@@ -11,6 +11,7 @@ clinician has not signed off.
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +23,22 @@ FHIR_MEDIA_TYPE = "application/fhir+json"
 _SYSTEM = "urn:gsco:label"
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and format characters replaced (FHIR strings refuse them).
+
+    Labels, task and site ids cannot hold them (the card schema refuses
+    them); warnings and the generalist's model name come from elsewhere.
+    """
+    return "".join(
+        "\ufffd" if unicodedata.category(c)[0] == "C" and c not in "\t\n" else c for c in text
+    )
+
+
 def _ext(name: str, value: Any) -> dict[str, Any]:
     key = {bool: "valueBoolean", int: "valueInteger", float: "valueDecimal"}.get(
         type(value), "valueString"
     )
-    return {"url": f"urn:gsco:{name}", key: value}
+    return {"url": f"urn:gsco:{name}", key: _printable(value) if isinstance(value, str) else value}
 
 
 def diagnostic_report(response: DiagnoseResponse, image_sha256: str) -> dict[str, Any]:

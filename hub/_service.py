@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ from hub._sync import RegistrySync, SyncReport
 from hub.errors import AdapterRefusedError, HubConfigError, OverloadedError
 from protocol import ArbitrationPolicy, BundleRef, DecodeLimits, GscoError
 from registry import AdapterLimits
+from signing import KeyRing
 
 if TYPE_CHECKING:
     from registry import RegistryReadAPI
@@ -46,6 +48,15 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Hub", "HubConfig"]
 
 log = logging.getLogger(__name__)
+
+
+def _claimed_task(files: dict[str, bytes]) -> str | None:
+    """The task an adapter's card names (unverified: it picks the keys, then it is checked)."""
+    try:
+        task = json.loads(files.get("adapter_card.json", b"")).get("task_id")
+    except (ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
 
 
 def available_cores() -> int:
@@ -97,6 +108,9 @@ class HubConfig:
     # into vLLM at start. The verified copies go to STATE/adapters, which vLLM must read.
     adapters: tuple[Path, ...] = ()
     max_lora_rank: int = 16  # the generalist's --max-lora-rank
+    # The fewest training sites whose co-signatures put a registry adapter in service here,
+    # whatever threshold the registry delegates (registry.MIN_SIGNERS at least).
+    min_adapter_signers: int = 2
     # Ask the generalist with the options as given and reversed, and average its label
     # scores (generalist.ReversedOrderAveraging): decisions that do not follow option order,
     # at twice the generalist requests.
@@ -132,6 +146,8 @@ class HubConfig:
         ):
             if getattr(self, name) < 1:
                 raise HubConfigError(f"{name} must be at least 1")
+        if self.min_adapter_signers < 2:
+            raise HubConfigError("min_adapter_signers must be at least 2: no site decides alone")
         if self.workers is not None and self.workers < 1:
             raise HubConfigError("workers must be at least 1")
         if self.max_queue < 0:
@@ -250,14 +266,23 @@ class Hub:
         answering: a warning is logged and shown in ``/v1/tasks``, and ``None``
         is returned.
 
+        A registry adapter also needs the consortium's backing: the co-signatures
+        of enough of its training sites on its task's adapter role
+        (:meth:`RegistrySync.adapter_backing`).
+
         Raises:
-            AdapterRefusedError: the bundle fails verification or does not fit.
+            AdapterRefusedError: the bundle fails verification, does not fit, or
+                (from the registry) lacks the consortium's backing.
         """
         assert self.engine is not None and self._sync is not None  # noqa: PT018
         limits = AdapterLimits(max_rank=self.config.max_lora_rank)
+        keyring = self._sync.keyring
+        if source == "registry":
+            card_task = _claimed_task(files)
+            keyring = self._sync.adapter_keyring(card_task) if card_task else KeyRing(())
         accepted = verify_for_service(
             files,
-            self._sync.keyring,
+            keyring,
             base_model=backend.config.model,
             sees_images=backend.sees_images,
             limits=limits,
@@ -268,6 +293,23 @@ class Hub:
                 f"{accepted.digest[:12]}"
             )
         card = accepted.card
+        endorsed: tuple[str, ...] = ()
+        if source == "registry" and card.task_id != _claimed_task(files):  # pragma: no cover
+            raise AdapterRefusedError("the adapter's card changed while it was checked")
+        if source == "registry":
+            try:
+                endorsed = self._sync.adapter_backing(
+                    card, accepted.manifest.site_id, self.config.min_adapter_signers
+                )
+            except GscoError as exc:
+                raise AdapterRefusedError(str(exc)) from exc
+        else:
+            log.warning(
+                "adapter %s for %s is pinned by the operator (--adapter): served without the "
+                "consortium's co-signatures",
+                accepted.digest[:12],
+                card.task_id,
+            )
         copy = write_verified_copy(files, self.config.state_dir / "adapters", accepted.digest)
         name = adapter_name(card, accepted.digest)
         try:
@@ -283,7 +325,12 @@ class Hub:
             )
             return None
         served = ServedAdapter(
-            name=name, digest=accepted.digest, card=card, path=copy, source=source
+            name=name,
+            digest=accepted.digest,
+            card=card,
+            path=copy,
+            source=source,
+            endorsed_by=endorsed,
         )
         previous = self.engine.adapters.get(card.task_id)
         self.engine.adapters[card.task_id] = served
@@ -317,11 +364,12 @@ class Hub:
             log.warning("could not unload adapter %s: %s", served.name, exc)
 
     def _reconcile_adapters(self) -> None:
-        """After a sync: the registry's newest verified adapter per task in service.
+        """After a sync: each task's consortium adapter in service, as its trusted role says.
 
-        A registry adapter that is no longer listed (revoked, or its site's key
-        revoked) is taken out of service at once; operator-pinned ones stay.
-        Refusals are remembered by digest and not retried.
+        A registry adapter that its role no longer lists (revoked, replaced, its
+        key revoked, its role refused by TUF) is taken out of service at once
+        and the base model answers; operator-pinned ones stay. Refusals are
+        remembered by digest and not retried.
         """
         if self.engine is None or self._sync is None:
             return
@@ -329,31 +377,37 @@ class Hub:
         if not isinstance(backend, OpenAICompatibleBackend):
             return
         listed = {ref.bundle_digest: ref for ref in self._sync.adapters}
+        problems = (
+            self._sync.last_report.adapter_problems if self._sync.last_report is not None else {}
+        )
+        for task_id, problem in problems.items():
+            self.adapter_warnings[task_id] = (
+                f"the consortium's adapter role is refused, so the base model answers: {problem}"
+            )
         for task_id, served in list(self.engine.adapters.items()):
             if served.source == "registry" and served.digest not in listed:
                 del self.engine.adapters[task_id]
                 self._unload(backend, served)
                 log.warning(
-                    "adapter %s of %s is no longer in the registry (revoked): the base model "
-                    "answers",
+                    "adapter %s of %s is no longer the consortium's (revoked, replaced or its "
+                    "role refused): the base model answers",
                     served.digest[:12],
                     task_id,
                 )
-        newest: dict[str, BundleRef] = {}
+        current: dict[str, BundleRef] = {}
         for ref in listed.values():
-            if ref.bundle_digest in self._adapter_refused:
-                continue
-            held = newest.get(ref.task_id)
-            if held is None or (ref.version, ref.published_at) > (held.version, held.published_at):
-                newest[ref.task_id] = ref
-        for task_id, ref in newest.items():
-            current = self.engine.adapters.get(task_id)
-            if current is not None and (
-                current.source == "operator" or current.digest == ref.bundle_digest
-            ):
+            if ref.bundle_digest not in self._adapter_refused:
+                current.setdefault(ref.task_id, ref)
+        for task_id, ref in current.items():
+            held = self.engine.adapters.get(task_id)
+            if held is not None and (held.source == "operator" or held.digest == ref.bundle_digest):
                 continue
             try:
                 files = self._sync.adapter_files(ref)
+                if _claimed_task(files) != ref.task_id:
+                    raise AdapterRefusedError(
+                        f"the adapter role of {ref.task_id} lists an adapter for another task"
+                    )
                 if (
                     self._serve_adapter(
                         backend, files, source="registry", expected_digest=ref.bundle_digest
@@ -366,6 +420,7 @@ class Hub:
             except GscoError as exc:
                 self._adapter_refused[ref.bundle_digest] = str(exc)
                 self.adapter_warnings[task_id] = f"adapter {ref.bundle_digest[:12]}: {exc}"
+                self.metrics.adapter_refusals.inc()
                 log.warning(
                     "refused adapter %s of %s: %s", ref.bundle_digest[:12], ref.site_id, exc
                 )

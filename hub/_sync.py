@@ -12,7 +12,11 @@ One :meth:`RegistrySync.sync` call:
    against keys the registry delegated to the site, and loads it;
 5. keeps, per ``(site, task, backbone)``, the highest version, and the label set
    of the task's earliest specialist (a specialist that disagrees is refused);
-6. swaps the new :class:`~hub._catalog.Catalog` in whole.
+6. swaps the new :class:`~hub._catalog.Catalog` in whole;
+7. notes each task's consortium adapter, the one bundle its adapter role lists
+   now (TUF verifies the role's threshold of site signatures); the hub checks
+   and loads it (:mod:`hub._adapters`). A role TUF refuses is reported, and
+   that task's generalist answers with its base model.
 
 A registry that cannot be reached leaves the current catalog in service.
 """
@@ -27,12 +31,15 @@ from datetime import UTC, datetime
 
 from hub._catalog import Catalog
 from hub._runtime import LoadedSpecialist, RuntimeOptions, load_specialist
-from protocol import BundleRef, GscoError
+from protocol import AdapterCard, BundleRef, GscoError, SiteKey
 from registry import (
+    NotFoundError,
     RegistryReadAPI,
     TrustedRegistry,
     UntrustedMetadataError,
+    check_backing,
     keyring_of,
+    role_signers,
     verify_publication,
 )
 from signing import KeyRing
@@ -53,6 +60,8 @@ class SyncReport:
     rejected: dict[str, str] = field(default_factory=dict)  # digest -> why
     # Listing entries the registry could not (or would not) describe validly: skipped.
     unreadable: dict[str, str] = field(default_factory=dict)  # digest -> why
+    # Tasks whose consortium adapter role TUF refused (e.g. too few valid co-signatures).
+    adapter_problems: dict[str, str] = field(default_factory=dict)  # task -> why
     error: str | None = None  # why the sync failed (the catalog is unchanged)
     seconds: float = 0.0
 
@@ -75,6 +84,7 @@ class RegistrySync:
         self._lock = threading.Lock()  # one sync at a time
         self._catalog = Catalog()
         self._keyring = KeyRing(())
+        self._site_keys: dict[str, list[SiteKey]] = {}
         self._adapters: tuple[BundleRef, ...] = ()
         # Refusals are remembered per snapshot: a bundle is retried when the registry changes.
         self._rejected: dict[str, str] = {}
@@ -88,12 +98,50 @@ class RegistrySync:
 
     @property
     def adapters(self) -> tuple[BundleRef, ...]:
-        """Adapter bundles listed, unrevoked and in trusted metadata at the last sync."""
+        """Each task's consortium adapter as its trusted role lists it at the last sync."""
         return self._adapters
 
     def adapter_files(self, ref: BundleRef) -> dict[str, bytes]:
-        """An adapter bundle's files, fetched and checked against TUF's hashes (unverified)."""
-        return self._trusted.bundle_files(ref.site_id, ref.bundle_digest, adapter=True)
+        """A consortium adapter's files, checked against its role's hashes (not yet verified)."""
+        return self._trusted.adapter_files(ref.task_id, ref.bundle_digest)
+
+    def adapter_keyring(self, task_id: str) -> KeyRing:
+        """The keys the registry delegates the task's adapter role to (every enrolled site's).
+
+        A consortium adapter's bundle may be signed by any training site, with or
+        without a specialist of its own in service.
+        """
+        delegation = self._trusted.adapter_delegation(task_id)
+        keyids = delegation[1] if delegation is not None else frozenset()
+        return keyring_of(
+            key for keys in self._site_keys.values() for key in keys if key.key_id in keyids
+        )
+
+    def adapter_backing(
+        self, card: AdapterCard, signed_by: str, min_signers: int
+    ) -> tuple[str, ...]:
+        """The training sites whose co-signatures of the task's adapter role TUF verified.
+
+        The registry's rule (:func:`registry.check_backing`) with the role's
+        delegated threshold, never below ``min_signers``: distinct sites among
+        the card's trainers, keys as the registry delegated them.
+
+        Raises:
+            RejectedError: ``NO_CONSORTIUM_BACKING``.
+            NotFoundError: the role is not delegated (revoked meanwhile).
+        """
+        delegation = self._trusted.adapter_delegation(card.task_id)
+        if delegation is None:
+            raise NotFoundError(f"the registry delegates no adapter role for {card.task_id}")
+        threshold, keyids = delegation
+        keys = {
+            site: [k.public_key_pem.encode() for k in listed if k.key_id in keyids]
+            for site, listed in self._site_keys.items()
+        }
+        signers = role_signers(self._trusted.adapter_role_metadata(card.task_id), keys)
+        return check_backing(
+            card, signers, signed_by, max(threshold, min_signers), [s for s in keys if keys[s]]
+        )
 
     @property
     def keyring(self) -> KeyRing:
@@ -129,6 +177,10 @@ class RegistrySync:
         ]
         keyring = keyring_of(sites)
         self._keyring = keyring
+        self._site_keys = {}
+        for site in self._client.sites():
+            if not site.revoked:
+                self._site_keys.setdefault(site.site_id, []).append(site)
         current = {s.bundle_digest: s for s in self._catalog.all}
         candidates: dict[str, LoadedSpecialist] = {}
         rejected: dict[str, str] = {}
@@ -137,14 +189,22 @@ class RegistrySync:
         for digest, problem in unreadable.items():
             log.warning("registry lists bundle %s unreadably, skipped: %s", digest[:16], problem)
         adapters: list[BundleRef] = []
+        adapter_problems: dict[str, str] = {}
         for ref in listing.bundles:
             if ref.revoked or ref.bundle_digest in self._rejected:
                 continue
+            if ref.kind == "adapter":
+                if ref.task_id in adapter_problems:
+                    continue
+                try:
+                    if self._trusted.adapter_resolves(ref.task_id, ref.bundle_digest):
+                        adapters.append(ref)  # checked and loaded by the hub (hub._adapters)
+                except UntrustedMetadataError as exc:
+                    adapter_problems[ref.task_id] = str(exc)
+                    log.warning("the adapter role of %s is refused: %s", ref.task_id, exc)
+                continue
             if not self._trusted.resolves(ref.site_id, ref.bundle_digest):
                 continue  # listed by the registry but not in trusted metadata
-            if ref.kind == "adapter":
-                adapters.append(ref)  # verified and loaded by the hub (hub._adapters)
-                continue
             loaded = current.get(ref.bundle_digest)
             if loaded is None:
                 try:
@@ -169,6 +229,7 @@ class RegistrySync:
             unloaded=tuple(sorted(before - after)),
             rejected=dict(self._rejected),
             unreadable=unreadable,
+            adapter_problems=adapter_problems,
         )
 
     def _load(self, ref: BundleRef, keyring: KeyRing) -> LoadedSpecialist:

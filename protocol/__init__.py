@@ -4,7 +4,7 @@ Everything that crosses a process or trust boundary is one of these models:
 strict (unknown fields are errors), versioned (``schema_version``) and immutable.
 """
 
-from protocol._adapter import AdapterCard, AdapterTraining, LoraSpec
+from protocol._adapter import LORA_MODULES, AdapterCard, AdapterTraining, LoraSpec
 from protocol._artifacts import (
     INDEX_KEYS,
     ArtifactError,
@@ -15,11 +15,15 @@ from protocol._artifacts import (
 )
 from protocol._base import (
     INT64_MAX,
+    LABEL_CHARACTERS,
+    LABEL_PUNCTUATION,
+    PRINTABLE,
     UINT32_MAX,
     UINT64_MAX,
     Count,
     Identifier,
     Label,
+    ModelName,
     PositiveCount,
     Sha256Hex,
     StrictModel,
@@ -71,6 +75,14 @@ from protocol._images import (
     sniff_media_type,
 )
 from protocol._net import free_loopback_port
+from protocol._policy import (
+    BIAS_CEILING,
+    MAX_POLICY_WEIGHT,
+    POLICY_WEIGHTS,
+    SIGNIFICANCE,
+    bias_limit,
+    policy_problems,
+)
 from protocol._preprocess import preprocess
 from protocol._registry import (
     ADAPTER_BACKBONE,
@@ -92,12 +104,20 @@ from protocol.errors import (
 
 __all__ = [
     "ADAPTER_BACKBONE",
+    "BIAS_CEILING",
     "DICOM_PIXEL_TAGS",
     "GENESIS",
     "INDEX_KEYS",
     "INT64_MAX",
+    "LABEL_CHARACTERS",
+    "LABEL_PUNCTUATION",
+    "LORA_MODULES",
     "MAX_IMAGE_PIXELS",
+    "MAX_POLICY_WEIGHT",
     "PILLOW_FORMATS",
+    "POLICY_WEIGHTS",
+    "PRINTABLE",
+    "SIGNIFICANCE",
     "UINT32_MAX",
     "UINT64_MAX",
     "AdapterCard",
@@ -133,6 +153,7 @@ __all__ = [
     "MediaType",
     "Mode",
     "ModePolicy",
+    "ModelName",
     "OnnxSummary",
     "PositiveCount",
     "Preprocessing",
@@ -154,6 +175,7 @@ __all__ = [
     "TrainingRecipe",
     "UnreadableBundle",
     "Version",
+    "bias_limit",
     "bounded_dicom",
     "calibrated_softmax",
     "canonical_digest",
@@ -173,6 +195,7 @@ __all__ = [
     "line_hash",
     "load_index",
     "mean_absolute_error",
+    "policy_problems",
     "preprocess",
     "quadratic_weighted_kappa",
     "sniff_media_type",

@@ -22,8 +22,10 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from protocol._base import (
+    PRINTABLE,
     Identifier,
     Label,
+    ModelName,
     PositiveCount,
     Sha256Hex,
     StrictModel,
@@ -34,10 +36,14 @@ from protocol._card import DifferentialPrivacy
 from protocol._diagnosis import ArbitrationPolicy, Mode
 from protocol._task import Modality, TaskSpec, TaskType, check_label_set
 
-__all__ = ["AdapterCard", "AdapterTraining", "LoraSpec"]
+__all__ = ["LORA_MODULES", "AdapterCard", "AdapterTraining", "LoraSpec"]
 
-_MODULE = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,20}$")]
-_NOTE = Annotated[str, StringConstraints(max_length=1000)]
+#: The projections of a Llama-family decoder layer a LoRA adapter may adapt: those vLLM's
+#: LoRA kernels serve. Never ``lm_head`` or ``embed_tokens`` (vLLM serves neither, and
+#: they would reach every token of every answer).
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_MODULE = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_NOTE = Annotated[str, StringConstraints(max_length=1000), PRINTABLE]
 
 
 class LoraSpec(StrictModel):
@@ -45,17 +51,26 @@ class LoraSpec(StrictModel):
 
     rank: Annotated[int, Field(strict=True, ge=1, le=256)]
     alpha: Annotated[int, Field(strict=True, ge=1, le=4096)]
-    target_modules: Annotated[tuple[_MODULE, ...], Field(min_length=1, max_length=16)]
+    target_modules: Annotated[tuple[_MODULE, ...], Field(min_length=1, max_length=7)]
     layers: Annotated[
         tuple[Annotated[int, Field(strict=True, ge=0, le=1023)], ...], Field(max_length=1024)
     ] = ()  # adapted layers; empty: all
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LoraSpec:
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError("target_modules name a projection twice")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ValueError("layers must be distinct and in increasing order")
+        return self
 
 
 class AdapterTraining(StrictModel):
     """Where and how the adapter was trained (FedAvg over sites, with Flower)."""
 
     framework: Literal["flower", "local"] = "flower"
-    strategy: Literal["fedavg", "local"] = "fedavg"
+    # How the sites' updates were combined (FedAvg, or one of Flower's robust strategies).
+    strategy: Literal["fedavg", "trimmed-mean", "median", "krum", "local"] = "fedavg"
     sites: Annotated[tuple[Identifier, ...], Field(min_length=1, max_length=500)]
     examples: PositiveCount  # evidence examples over all sites and one pass
     examples_per_site: dict[Identifier, PositiveCount]
@@ -81,7 +96,7 @@ class AdapterCard(StrictModel):
     modality: Modality
     labels: Annotated[tuple[Label, ...], Field(min_length=2, max_length=256)]
     task_type: TaskType
-    base_model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    base_model: ModelName  # the served name adapter_config.json must name too
     base_model_sha256: Sha256Hex  # of the base model's weights file(s), as the site tuned it
     prompt_template: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     sees_image: bool = False  # whether the prompts it learnt carried the image
@@ -90,7 +105,7 @@ class AdapterCard(StrictModel):
     validation_accuracy: UnitFloat | None = None  # on evidence held out from tuning
     site_id: Identifier  # the signing site
     version: Version
-    license: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    license: Annotated[str, StringConstraints(min_length=1, max_length=64), PRINTABLE]
     created_at: AwareDatetime
     # The arbitration policy fitted for this adapter's answers (on validation evidence, never
     # its own tuning cases); it applies to this adapter whatever name it is served under.
@@ -99,9 +114,13 @@ class AdapterCard(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> AdapterCard:
         check_label_set(self.labels, self.task_type)
-        unknown = set(self.training.examples_per_site) - set(self.training.sites)
-        if unknown:
-            raise ValueError(f"examples_per_site names sites not in sites: {sorted(unknown)}")
+        training = self.training
+        if len(set(training.sites)) != len(training.sites):
+            raise ValueError("training.sites names a site twice")
+        if set(training.examples_per_site) != set(training.sites):
+            raise ValueError("examples_per_site must name exactly the training sites")
+        if sum(training.examples_per_site.values()) != training.examples:
+            raise ValueError("examples is not the sum of examples_per_site")
         if self.policy is not None:
             if (self.policy.task_id, self.policy.labels) != (self.task_id, self.labels):
                 raise ValueError("the policy is for another task or label set than the adapter")

@@ -3,16 +3,85 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+)
 
 from protocol.errors import EncodingError, SchemaError
 
 #: Lower-case identifiers for tasks and sites: ``pneumonia-cxr``, ``st-marys``.
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")]
+#: Punctuation a label or a modality may hold besides letters, digits, marks and single spaces.
+LABEL_PUNCTUATION = "-_.,:()[]/'+%"
+
+
+def _check_label(value: str) -> str:
+    """A label is data shown on clinicians' screens and in prompts: a strict character class.
+
+    Letters, digits and combining marks of any script, single inner spaces and
+    :data:`LABEL_PUNCTUATION`, starting with a letter or digit, in Unicode NFC:
+    no control, format (bidirectional overrides, zero-width) or separator
+    characters, no markup, nothing a terminal or a browser would interpret.
+    """
+    if unicodedata.normalize("NFC", value) != value:
+        raise ValueError("must be in Unicode normal form C")
+    if value[:1].isspace() or value[-1:].isspace() or "  " in value:
+        raise ValueError("no leading, trailing or repeated spaces")
+    if unicodedata.category(value[:1])[0] not in "LN":
+        raise ValueError("must start with a letter or a digit")
+    for char in value:
+        kind = unicodedata.category(char)
+        if char == " " or kind[0] in "LN" or kind in ("Mn", "Mc") or char in LABEL_PUNCTUATION:
+            continue
+        raise ValueError(
+            f"holds {char!a} (U+{ord(char):04X}, {kind}): only letters, digits, single "
+            f"spaces and {LABEL_PUNCTUATION!r} are allowed"
+        )
+    return value
+
+
+def _no_dot_dot(value: str) -> str:
+    if ".." in value:
+        raise ValueError("a model name may not hold '..'")
+    return value
+
+
+def _check_text(value: str) -> str:
+    """Free text (notes, licenses): printable, one line, no control or format characters."""
+    for char in value:
+        kind = unicodedata.category(char)
+        if kind[0] == "C" or kind in ("Zl", "Zp"):
+            raise ValueError(f"holds {char!a} (U+{ord(char):04X}, {kind}): not printable")
+    return value
+
+
+#: Add to a free-text field's ``Annotated`` metadata: printable, one line (see _check_text).
+PRINTABLE = AfterValidator(_check_text)
+
+
+#: Add to a label-like field's ``Annotated`` metadata (labels, modalities; see _check_label).
+LABEL_CHARACTERS = AfterValidator(_check_label)
 #: A class label as shown to clinicians and the generalist (``normal``, ``pneumonia``).
-Label = Annotated[str, StringConstraints(min_length=1, max_length=80, strip_whitespace=True)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=80), LABEL_CHARACTERS]
+#: A served model's name (``smollm2-135m-instruct``, ``org/model-7b``): no path, no URL.
+ModelName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$",
+    ),
+    AfterValidator(_no_dot_dot),
+]
 #: A lower-case hexadecimal sha256 digest.
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 #: A probability or a normalised score.

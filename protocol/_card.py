@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from protocol._base import (
+    PRINTABLE,
     Count,
     Identifier,
     Label,
@@ -92,7 +93,7 @@ class HeldOutMetrics(StrictModel):
 class DataSummary(StrictModel):
     """Coarse counts only: nothing here may identify a patient or an image."""
 
-    source: Annotated[str, StringConstraints(max_length=100)]
+    source: Annotated[str, StringConstraints(max_length=100), PRINTABLE]
     n_train: Count
     n_val: Count
     n_test: Count
@@ -129,12 +130,12 @@ class DifferentialPrivacy(StrictModel):
 
     epsilon: PositiveFloat
     delta: Annotated[float, Field(gt=0.0, lt=1.0)]
-    accountant: Annotated[str, StringConstraints(max_length=40)]
+    accountant: Annotated[str, StringConstraints(max_length=40), PRINTABLE]
     max_grad_norm: PositiveFloat
     noise_multiplier: Annotated[float, Field(ge=0.0)]
 
 
-ShortText = Annotated[str, StringConstraints(max_length=300)]
+ShortText = Annotated[str, StringConstraints(max_length=300), PRINTABLE]
 
 
 class RecipeTrial(StrictModel):
@@ -170,7 +171,8 @@ class FederatedTraining(StrictModel):
     """
 
     framework: Literal["flower"] = "flower"
-    strategy: Literal["fedavg"] = "fedavg"
+    # How the sites' updates were combined (FedAvg, or one of Flower's robust strategies).
+    strategy: Literal["fedavg", "trimmed-mean", "median", "krum"] = "fedavg"
     rounds: PositiveCount
     sites: PositiveCount  # sites that took part
     local_epochs: PositiveCount
@@ -196,7 +198,7 @@ class SpecialistCard(StrictModel):
     training_recipe: TrainingRecipe | None = None
     site_id: Identifier
     version: Version
-    license: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    license: Annotated[str, StringConstraints(min_length=1, max_length=64), PRINTABLE]
     created_at: AwareDatetime
 
     @model_validator(mode="after")

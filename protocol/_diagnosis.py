@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from protocol._base import (
+    PRINTABLE,
     Count,
     Identifier,
     Label,
@@ -204,6 +205,10 @@ class ErrorResponse(StrictModel):
     request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+_Key40 = Annotated[str, StringConstraints(max_length=40), PRINTABLE]
+_ModelText = Annotated[str, StringConstraints(min_length=1, max_length=200), PRINTABLE]
+
+
 class ModePolicy(StrictModel):
     """How far one mode's generalist answer is trusted against the specialists' answer.
 
@@ -220,15 +225,17 @@ class ModePolicy(StrictModel):
 
     generalist_weight: Annotated[float, Field(ge=0.0, le=100.0)]
     base: Literal["ensemble", "voting"] = "ensemble"
-    validation_accuracy: dict[Annotated[str, StringConstraints(max_length=40)], UnitFloat]
-    weights_tried: dict[Annotated[str, StringConstraints(max_length=20)], UnitFloat]
+    validation_accuracy: dict[
+        Annotated[str, StringConstraints(max_length=40), PRINTABLE], UnitFloat
+    ]
+    weights_tried: dict[Annotated[str, StringConstraints(max_length=20), PRINTABLE], UnitFloat]
     # The gate's one-sided McNemar p-value against the base on validation: of the weight
     # trusted, or (weight 0) of the most accurate weight, which did not pass hub.SIGNIFICANCE.
     # None in policies fitted before it was recorded.
     gate_p_value: UnitFloat | None = None
     # The generalist this mode was fitted on, when not the policy's ``model`` (an adapter
     # that learnt only this mode's prompts).
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    model: _ModelText | None = None
     # Log bias per label (the policy's label order), added to the calibrated log scores.
     label_bias: (
         Annotated[
@@ -237,6 +244,10 @@ class ModePolicy(StrictModel):
         ]
         | None
     ) = None
+    # A federated fit: of the sites whose answers it counted (ArbitrationPolicy.sites), how
+    # many saw the trusted weight fix more of their own cases than it broke (None: fitted in
+    # one place, or before it was recorded).
+    sites_agreeing: Count | None = None
 
 
 class ArbitrationPolicy(StrictModel):
@@ -245,15 +256,31 @@ class ArbitrationPolicy(StrictModel):
     schema_version: Literal[1] = 1
     task_id: Identifier
     labels: Annotated[tuple[Label, ...], Field(min_length=2, max_length=256)]
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]  # the generalist
+    model: Annotated[
+        str, StringConstraints(min_length=1, max_length=200), PRINTABLE
+    ]  # the generalist
     fitted_on: Literal["validation"] = "validation"
     n_examples: PositiveCount
     modes: dict[Mode, ModePolicy]
     recommended_mode: Mode = Mode.GSCO  # the best on validation (ensemble if none beat it)
+    # A federated fit (hub.fit_policy_from_answers): the sites whose answers it counted,
+    # and those it left out with why (inconsistent or out-of-bound answers, no answer).
+    sites: Annotated[tuple[Identifier, ...], Field(max_length=1000)] = ()
+    sites_excluded: Annotated[
+        dict[Identifier, Annotated[str, StringConstraints(max_length=300), PRINTABLE]],
+        Field(max_length=1000),
+    ] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _bias_per_label(self) -> ArbitrationPolicy:
+        if set(self.sites) & set(self.sites_excluded):
+            raise ValueError("a site is both counted and excluded")
         for mode, fitted in self.modes.items():
+            if fitted.sites_agreeing is not None and fitted.sites_agreeing > len(self.sites):
+                raise ValueError(
+                    f"mode {mode.value}: {fitted.sites_agreeing} sites agreeing, "
+                    f"{len(self.sites)} counted"
+                )
             if fitted.label_bias is not None and len(fitted.label_bias) != len(self.labels):
                 raise ValueError(
                     f"mode {mode.value}: {len(fitted.label_bias)} label biases for "

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from protocol._base import Identifier, Label, StrictModel
+from protocol._base import LABEL_CHARACTERS, PRINTABLE, Identifier, Label, StrictModel
 
 __all__ = ["TaskSpec", "TaskType", "check_label_set"]
 
@@ -29,7 +29,8 @@ def check_label_set(labels: tuple[str, ...], task_type: TaskType) -> None:
         raise ValueError(f"a binary task has exactly 2 labels, got {len(labels)}")
 
 
-Modality = Annotated[str, StringConstraints(min_length=2, max_length=100, strip_whitespace=True)]
+#: The imaging modality named in prompts (``chest X-ray``): the characters of a label.
+Modality = Annotated[str, StringConstraints(min_length=2, max_length=100), LABEL_CHARACTERS]
 
 
 class TaskSpec(StrictModel):
@@ -45,7 +46,7 @@ class TaskSpec(StrictModel):
     labels: Annotated[tuple[Label, ...], Field(min_length=2, max_length=256)]
     task_type: TaskType
     synonyms: dict[Label, tuple[Label, ...]] = Field(default_factory=dict)
-    description: Annotated[str, StringConstraints(max_length=1000)] = ""
+    description: Annotated[str, StringConstraints(max_length=1000), PRINTABLE] = ""
     #: Whether the anatomy allows left-right mirroring (training may then augment with it).
     mirroring: bool = False
 

@@ -11,16 +11,34 @@ from registry._adapter import (
     AcceptedAdapter,
     AdapterLimits,
     check_adapter_config,
+    check_adapter_policy,
     check_adapter_weights,
     verify_adapter,
 )
 from registry._client import BundleListing, RegistryClient
+from registry._consortium import (
+    MIN_SIGNERS,
+    Endorsement,
+    assemble_adapter_role,
+    check_adapter_role,
+    check_backing,
+    endorse,
+    parse_adapter_path,
+    propose_adapter_role,
+    required_signers,
+    role_signers,
+)
 from registry._core import Registry
 from registry._events import Event, verify_event_log
 from registry._inprocess import InProcessRegistry, RegistryReadAPI
 from registry._reader import RegistryReader, keyring_of
 from registry._server import SERVICE_NAME, ServerConfig, admin_token_for, start_server
-from registry._tuf import build_site_targets, target_path
+from registry._tuf import (
+    adapter_role,
+    adapter_target_path,
+    build_site_targets,
+    target_path,
+)
 from registry._tuf_client import TrustedRegistry, TufSource
 from registry._uploads import UploadLimits
 from registry._verify import (
@@ -48,6 +66,7 @@ from registry.errors import (
 __all__ = [
     "ADAPTER_BUNDLE_FILES",
     "BUNDLE_FILES",
+    "MIN_SIGNERS",
     "REQUIRED_FILES",
     "SERVICE_NAME",
     "AcceptedAdapter",
@@ -55,6 +74,7 @@ __all__ = [
     "AdapterLimits",
     "BundleListing",
     "ConflictError",
+    "Endorsement",
     "Event",
     "EventLogError",
     "InProcessRegistry",
@@ -75,12 +95,23 @@ __all__ = [
     "TufSource",
     "UntrustedMetadataError",
     "UploadLimits",
+    "adapter_role",
+    "adapter_target_path",
     "admin_token_for",
+    "assemble_adapter_role",
     "build_site_targets",
     "check_adapter_config",
+    "check_adapter_policy",
+    "check_adapter_role",
     "check_adapter_weights",
+    "check_backing",
     "check_names_and_sizes",
+    "endorse",
     "keyring_of",
+    "parse_adapter_path",
+    "propose_adapter_role",
+    "required_signers",
+    "role_signers",
     "start_server",
     "target_path",
     "verify_adapter",

@@ -16,6 +16,7 @@ from protocol._pb import registry_pb2 as pb
 from protocol._pb import registry_pb2_grpc as pb_grpc
 from protocol.serde import bundle_ref_from_pb, site_key_from_pb, unreadable_from_pb
 from registry._service import CHUNK_BYTES
+from registry._tuf import adapter_role as adapter_role_name
 from registry._tuf import build_site_targets
 from registry.errors import (
     ConflictError,
@@ -145,6 +146,28 @@ class RegistryClient:
             lambda: self._stub.Publish(_messages(files, site_targets), timeout=self.timeout_s)
         )
         return bundle_ref_from_pb(response.bundle)
+
+    def publish_adapter(self, files: dict[str, bytes], adapter_role: bytes) -> BundleRef:
+        """Streams a consortium adapter bundle with its co-signed role version.
+
+        ``adapter_role``: the task's next adapter role version with its training
+        sites' signatures (:func:`registry.assemble_adapter_role`).
+        """
+        response = self._call(
+            lambda: self._stub.Publish(_messages(files, adapter_role), timeout=self.timeout_s)
+        )
+        return bundle_ref_from_pb(response.bundle)
+
+    def adapter_role(self, task_id: str) -> bytes | None:
+        """The task's consortium adapter role as the registry serves it (None: none yet).
+
+        Untrusted bytes: what a site proposing the next version builds on
+        (the registry refuses any version but the next).
+        """
+        try:
+            return self.fetch_metadata(f"{adapter_role_name(task_id)}.json")
+        except NotFoundError:
+            return None
 
     def fetch_metadata(self, name: str) -> bytes:
         """One TUF metadata file (untrusted bytes: give them to a TUF client)."""

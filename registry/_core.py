@@ -22,8 +22,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tuf.api.metadata import Metadata, Targets
+
 from protocol import (
     ADAPTER_BACKBONE,
+    AdapterCard,
     BundleRef,
     GscoError,
     SiteKey,
@@ -31,9 +34,17 @@ from protocol import (
 from registry._adapter import CARD_FILE as ADAPTER_CARD
 from registry._adapter import AcceptedAdapter, AdapterLimits, verify_adapter
 from registry._blobs import BlobStore
+from registry._consortium import (
+    MIN_SIGNERS,
+    announced_adapter,
+    check_adapter_role,
+    check_backing,
+    parse_adapter_path,
+    role_signers,
+)
 from registry._events import EventLog, verify_event_log
 from registry._reader import DATABASE, RegistryReader, event_head_in, has_kind_column
-from registry._tuf import TufRepository
+from registry._tuf import TufRepository, adapter_role
 from registry._verify import (
     AcceptedBundle,
     Limits,
@@ -82,10 +93,26 @@ def _now() -> str:
 class Registry(RegistryReader):
     """One registry storage folder, open for writing. Thread-safe; one process at a time."""
 
-    def __init__(self, root: Path, limits: Limits | None = None) -> None:
+    def __init__(
+        self, root: Path, limits: Limits | None = None, *, adapter_threshold: int | None = None
+    ) -> None:
+        """Opens (or creates) the registry in ``root``.
+
+        ``adapter_threshold``: how many training sites must co-sign a task's
+        consortium adapter (see :mod:`registry._consortium`); never fewer than
+        :data:`registry.MIN_SIGNERS`. Kept in the registry's database: None
+        keeps the stored value (:data:`MIN_SIGNERS` in a new registry); a new
+        value is recorded in the event log.
+
+        Raises:
+            StoreError: the storage cannot be opened, or the threshold is below
+                :data:`MIN_SIGNERS`.
+        """
         # Not RegistryReader.__init__: the writer creates what the reader only opens.
         self.root = root
         self.limits = limits or Limits()
+        if adapter_threshold is not None and adapter_threshold < MIN_SIGNERS:
+            raise StoreError(f"the adapter threshold is at least {MIN_SIGNERS}")
         root.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(root)
         self.events = EventLog(root / "events.jsonl")
@@ -106,7 +133,22 @@ class Registry(RegistryReader):
         self._open_reads(root / DATABASE)
         self.tuf = TufRepository(root / "tuf")
         self.recovered = self._recover()
+        self.adapter_threshold = self._threshold(adapter_threshold)
         self._sync_tuf()
+
+    def _threshold(self, wanted: int | None) -> int:
+        """The stored adapter threshold, set to ``wanted`` (and logged) when that differs."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'adapter_threshold'").fetchone()
+        stored = int(row[0]) if row else None
+        if wanted is None or wanted == stored:
+            return stored or MIN_SIGNERS
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('adapter_threshold', ?)", (str(wanted),)
+            )
+            self._event(db, "configure", adapter_threshold=wanted)
+        log.info("the consortium adapter threshold is now %d training sites", wanted)
+        return wanted
 
     # -- transactions and recovery ------------------------------------------------
 
@@ -142,8 +184,12 @@ class Registry(RegistryReader):
             for orphan in orphans:
                 self.blobs.delete(orphan)
             recorded: dict[str, set[str]] = {}
-            for site_id, digest in self._db.execute("SELECT site_id, digest FROM bundles"):
+            for site_id, task_id, digest, kind in self._db.execute(
+                "SELECT site_id, task_id, digest, kind FROM bundles"
+            ):
                 recorded.setdefault(site_id, set()).add(digest)
+                if kind == "adapter":
+                    recorded.setdefault(adapter_role(task_id), set()).add(digest)
             reverted = self.tuf.revert_unrecorded_site_targets(recorded)
             for site_id in reverted:
                 log.warning(
@@ -190,10 +236,63 @@ class Registry(RegistryReader):
         for site in self.sites():
             sites.setdefault(site.site_id, ([], []))[0].append(site.public_key_pem.encode())
         for ref in self.bundles():
-            if ref.site_id in sites:
+            if ref.site_id in sites and ref.bundle_digest in self._site_listed(ref.site_id):
                 sites[ref.site_id][1].append(ref.bundle_digest)
         published = {ref.site_id for ref in self.bundles(include_revoked=True)}
-        self.tuf.sync(sites, published)
+        keys_by_site = {site: pems for site, (pems, _) in sites.items()}
+        self.tuf.sync(
+            sites, published, self._current_adapters(keys_by_site), self.adapter_threshold
+        )
+
+    def _site_listed(self, site_id: str) -> set[str]:
+        """The bundles a site's own delegated metadata lists (not the consortium's adapters)."""
+        if not (self.tuf.metadata_dir / f"{site_id}.json").is_file():
+            return set()
+        return self.tuf.site_target_digests(site_id)
+
+    def _current_adapters(self, keys_by_site: Mapping[str, list[bytes]]) -> dict[str, str | None]:
+        """Each task's consortium adapter in effect (None: revoked, or its backing lost).
+
+        The bundle the task's adapter role lists now, unless it was revoked or
+        its co-signers with unrevoked keys no longer meet the threshold.
+        """
+        current: dict[str, str | None] = {}
+        for task_id in self._adapter_tasks():
+            data = self.tuf.adapter_role_bytes(task_id)
+            if data is None:
+                continue
+            role = Metadata[Targets].from_bytes(data)
+            found = {parse_adapter_path(path) for path in role.signed.targets}
+            digests = {entry[1] for entry in found if entry is not None}
+            digest = digests.pop() if len(digests) == 1 else None
+            current[task_id] = (
+                digest if digest and self._still_backed(digest, role, keys_by_site) else None
+            )
+        return current
+
+    def _adapter_tasks(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT task_id FROM bundles WHERE kind = 'adapter'")
+        return sorted(task for (task,) in rows)
+
+    def _still_backed(
+        self, digest: str, role: Metadata[Targets], keys_by_site: Mapping[str, list[bytes]]
+    ) -> bool:
+        try:
+            ref = self.bundle(digest)
+            if ref.revoked:
+                return False
+            card = AdapterCard.parse(self.blobs.get(self.bundle_files(digest)[ADAPTER_CARD]))
+            check_backing(
+                card,
+                role_signers(role, keys_by_site),
+                ref.site_id,
+                self.adapter_threshold,
+                keys_by_site,
+            )
+        except GscoError as exc:
+            log.warning("the consortium adapter %s is out of effect: %s", digest[:12], exc)
+            return False
+        return True
 
     def authenticate_upload(
         self, site_targets: bytes, declared: Mapping[str, tuple[int, str]]
@@ -215,6 +314,10 @@ class Registry(RegistryReader):
                 ``INVALID_TUF_METADATA``.
         """
         check_names_and_sizes({name: size for name, (size, _) in declared.items()}, self.limits)
+        if _announces_adapter(site_targets):
+            return self._authenticate_adapter(site_targets, declared)
+        if ADAPTER_CARD in declared:
+            raise _unbacked_adapter()
         with self._lock:
             site_id, digest, announced = self.tuf.announced_bundle(site_targets)
             keys = [s for s in self.sites(include_revoked=True) if s.site_id == site_id]
@@ -237,6 +340,32 @@ class Registry(RegistryReader):
                 unsigned_code=RejectCode.UNAUTHENTICATED,
             )
         return site_id
+
+    def _authenticate_adapter(self, role: bytes, declared: Mapping[str, tuple[int, str]]) -> str:
+        """The header of a consortium adapter: its role signed by enough enrolled sites."""
+        task_id, _, announced = announced_adapter(role)
+        if dict(announced) != dict(declared):
+            raise RejectedError(
+                RejectCode.UNAUTHENTICATED,
+                "the header declares other files, sizes or hashes than the sites signed",
+            )
+        with self._lock:
+            signers = role_signers(Metadata[Targets].from_bytes(role), self._active_keys())
+        needed = max(self.adapter_threshold, MIN_SIGNERS)
+        if len(signers) < needed:
+            raise RejectedError(
+                RejectCode.NO_CONSORTIUM_BACKING,
+                f"the adapter role for {task_id} is signed by {len(signers)} enrolled sites; "
+                f"it needs at least {needed}",
+            )
+        return adapter_role(task_id)
+
+    def _active_keys(self) -> dict[str, list[bytes]]:
+        """Every enrolled, unrevoked key (PEM), by site."""
+        keys: dict[str, list[bytes]] = {}
+        for site in self.sites():
+            keys.setdefault(site.site_id, []).append(site.public_key_pem.encode())
+        return keys
 
     def check_signature(
         self, signature: bytes | None, digests: Mapping[str, str], sizes: Mapping[str, int]
@@ -277,17 +406,25 @@ class Registry(RegistryReader):
                 ``INVALID_TUF_METADATA`` for a wrong ``site_targets``.
         """
         with self._lock:
+            signers: tuple[str, ...] = ()
             try:
                 accepted = self._check(files)
                 card = accepted.card
-                self.tuf.check_site_targets(
-                    site_targets,
-                    card.site_id,
-                    [s.public_key_pem.encode() for s in self.sites() if s.site_id == card.site_id],
-                    accepted.digest,
-                    accepted.files,
-                    {name: len(data) for name, data in files.items()},
-                )
+                if isinstance(accepted, AcceptedAdapter):
+                    signers = self._check_consortium(accepted, files, site_targets)
+                else:
+                    self.tuf.check_site_targets(
+                        site_targets,
+                        card.site_id,
+                        [
+                            s.public_key_pem.encode()
+                            for s in self.sites()
+                            if s.site_id == card.site_id
+                        ],
+                        accepted.digest,
+                        accepted.files,
+                        {name: len(data) for name, data in files.items()},
+                    )
             except RejectedError as exc:
                 with self._transaction() as db:
                     self._event(db, "reject", code=exc.code.value, reason=str(exc)[:1000])
@@ -299,7 +436,10 @@ class Registry(RegistryReader):
             stored = {name: self.blobs.put(files[name]) for name in sorted(files)}
             if stored != dict(accepted.files):
                 raise StoreError("stored blobs do not match the verified digests")
-            self.tuf.store_site_targets(card.site_id, site_targets)
+            if isinstance(accepted, AcceptedAdapter):
+                self.tuf.store_adapter_role(card.task_id, site_targets)
+            else:
+                self.tuf.store_site_targets(card.site_id, site_targets)
             published = datetime.now(UTC)
             with self._transaction() as db:
                 db.execute(
@@ -328,6 +468,7 @@ class Registry(RegistryReader):
                     task_id=card.task_id,
                     backbone=backbone,
                     version=card.version,  # an adapter's backbone is ADAPTER_BACKBONE
+                    **({"co_signed_by": list(signers)} if signers else {}),
                 )
             self._sync_tuf()
             return self.bundle(accepted.digest)
@@ -363,19 +504,49 @@ class Registry(RegistryReader):
                 max_rank=256,
             ),
         )
-        card = accepted.card
-        last = self.last_version(card.site_id, card.task_id, ADAPTER_BACKBONE)
-        if last is not None and card.version <= last:
-            raise RejectedError(
-                RejectCode.STALE_VERSION,
-                f"adapter version {card.version} is not newer than {last}, the last that site "
-                f"{card.site_id} published for {card.task_id}",
-            )
         if self._db.execute(
             "SELECT 1 FROM bundles WHERE digest = ?", (accepted.digest,)
         ).fetchone():
             raise ConflictError(f"adapter {accepted.digest[:16]}… is published already")
         return accepted
+
+    def _check_consortium(
+        self, accepted: AcceptedAdapter, files: Mapping[str, bytes], role: bytes
+    ) -> tuple[str, ...]:
+        """The consortium's backing of an adapter: its role version, co-signed by its trainers.
+
+        Returns the co-signing training sites.
+
+        Raises:
+            RejectedError: ``NO_CONSORTIUM_BACKING`` (a single site's metadata, or
+                too few co-signers), ``STALE_VERSION`` (not the role's next
+                version, or a card that says another), ``INVALID_TUF_METADATA``.
+        """
+        if not _announces_adapter(role):
+            raise _unbacked_adapter()
+        card = accepted.card
+        metadata = check_adapter_role(
+            role,
+            task_id=card.task_id,
+            bundle_digest=accepted.digest,
+            files=accepted.files,
+            sizes={name: len(data) for name, data in files.items()},
+            previous=self.tuf.adapter_role_bytes(card.task_id),
+        )
+        if card.version != metadata.signed.version:
+            raise RejectedError(
+                RejectCode.STALE_VERSION,
+                f"the card says version {card.version}; the consortium's adapter for "
+                f"{card.task_id} is at version {metadata.signed.version}",
+            )
+        keys = self._active_keys()
+        return check_backing(
+            card,
+            role_signers(metadata, keys),
+            accepted.manifest.site_id,
+            self.adapter_threshold,
+            keys,
+        )
 
     def revoke_bundle(self, digest: str, reason: str) -> int:
         """Revokes one bundle; returns 1, or 0 if it was revoked already."""
@@ -425,3 +596,20 @@ def _claimed(files: Mapping[str, bytes]) -> tuple[str, str, str] | None:
     except GscoError:
         return None
     return card.site_id, card.task_id, card.backbone
+
+
+def _announces_adapter(metadata: bytes) -> bool:
+    """Whether publish-header metadata is a consortium adapter role (else a site's own)."""
+    try:
+        announced_adapter(metadata)
+    except RejectedError:
+        return False
+    return True
+
+
+def _unbacked_adapter() -> RejectedError:
+    return RejectedError(
+        RejectCode.NO_CONSORTIUM_BACKING,
+        "an adapter is published with its task's consortium role, co-signed by its training "
+        "sites (gsco federation run --tune-rounds), never on one site's own metadata",
+    )

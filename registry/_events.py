@@ -30,7 +30,7 @@ from registry.errors import EventLogError
 
 __all__ = ["GENESIS", "Event", "EventLog", "line_hash", "verify_event_log"]
 
-EventKind = Literal["enroll", "publish", "revoke-bundle", "revoke-key", "reject"]
+EventKind = Literal["enroll", "publish", "revoke-bundle", "revoke-key", "reject", "configure"]
 
 
 class Event(StrictModel):
@@ -48,6 +48,11 @@ class Event(StrictModel):
     version: Annotated[int, Field(ge=1)] | None = None
     code: Annotated[str, Field(max_length=40)] | None = None
     reason: Annotated[str, Field(max_length=1000)] | None = None
+    # A consortium adapter's publication: the training sites whose co-signatures put it in
+    # effect (see registry._consortium).
+    co_signed_by: Annotated[tuple[Identifier, ...], Field(max_length=1000)] | None = None
+    # A change of the consortium's settings (``configure``): the adapter co-signing threshold.
+    adapter_threshold: Annotated[int, Field(ge=1, le=1000)] | None = None
     prev_hash: Sha256Hex
 
 

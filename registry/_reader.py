@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from protocol import UINT32_MAX, BundleRef, SiteKey, UnreadableBundle
 from registry._blobs import BlobStore
 from registry._events import GENESIS, EventLog, verify_event_log
-from registry._tuf import TufRepository
+from registry._tuf import ADAPTER_TARGETS, TufRepository
 from registry._verify import Limits
 from registry.errors import NotFoundError, StoreError
 from signing import KeyRing, PublicKey, TrustedKey
@@ -248,22 +248,32 @@ class RegistryReader:
         return files
 
     def target_blob(self, path: str) -> str:
-        """The blob digest behind a TUF target path ``<site>/<bundle digest>/<file>``.
+        """The blob digest behind a TUF target path.
+
+        ``<site>/<bundle digest>/<file>``, or a consortium adapter's
+        ``_adapters/<task>/<bundle digest>/<file>``.
 
         Raises:
             NotFoundError: no such bundle, site or file.
         """
         parts = path.split("/")
-        # Only the canonical form: three plain components, no '..', '.', or empty ones.
+        # Only the canonical form: plain components, no '..', '.', or empty ones.
         if (
-            len(parts) != 3
+            len(parts) not in (3, 4)
             or posixpath.normpath(path) != path
             or any(part in ("", ".", "..") or "\\" in part for part in parts)
+            or (len(parts) == 4 and parts[0] != ADAPTER_TARGETS)
         ):
             raise NotFoundError(f"not a target path: {path[:200]!r}")
-        site_id, digest, name = parts
+        owner, digest, name = parts[-3:]
         files = self.bundle_files(digest)
-        if self.bundle(digest).site_id != site_id or name not in files:
+        ref = self.bundle(digest)
+        matches = (
+            ref.kind == "adapter" and ref.task_id == owner
+            if len(parts) == 4
+            else ref.site_id == owner
+        )
+        if not matches or name not in files:
             raise NotFoundError(f"no target {path!r}")
         return files[name]
 

@@ -36,6 +36,8 @@ class ServerConfig:
     max_bundle_bytes: int = 1024**3
     workers: int = 8  # gRPC threads; more than uploads.max_uploads_total, so reads always get one
     uploads: UploadLimits = field(default_factory=UploadLimits)
+    # Training sites that must co-sign a consortium adapter (None: the stored setting).
+    adapter_threshold: int | None = None
 
 
 def admin_token_for(root: Path, given: str | None) -> str:
@@ -59,7 +61,11 @@ def start_server(config: ServerConfig) -> tuple[grpc.Server, Registry, int]:
             f"max_uploads_total ({config.uploads.max_uploads_total}) must be below the "
             f"number of workers ({config.workers}), so that reads are always served"
         )
-    registry = Registry(config.root, Limits(max_bundle_bytes=config.max_bundle_bytes))
+    registry = Registry(
+        config.root,
+        Limits(max_bundle_bytes=config.max_bundle_bytes),
+        adapter_threshold=config.adapter_threshold,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
         options=[

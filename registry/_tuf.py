@@ -7,6 +7,13 @@ targets role delegates each site's published bundles, by path
 delegated-targets metadata (``<site>.json``) when it publishes. Revoking a
 bundle or a key re-signs the top-level targets without that path or
 delegation, so a hub updating through ``tuf.ngclient`` stops resolving it.
+
+A task's consortium adapter has a role of its own, ``_adapter.<task>``
+(``_`` cannot begin a site id), delegated paths
+``_adapters/<task>/<digest>/*`` of its one current bundle, with every
+enrolled site key and a *threshold*: its metadata takes effect only with that
+many sites' signatures (see :mod:`registry._consortium`). Its version orders
+the task's adapters across the consortium.
 """
 
 from __future__ import annotations
@@ -40,7 +47,18 @@ from tuf.api.serialization.json import JSONSerializer
 from registry.errors import ConflictError, NotFoundError, RejectCode, RejectedError
 from signing import PublicKey, load_private_key
 
-__all__ = ["EXPIRY", "TufRepository", "build_site_targets", "site_tuf_key", "target_path"]
+__all__ = [
+    "ADAPTER_ROLE_PREFIX",
+    "ADAPTER_TARGETS",
+    "EXPIRY",
+    "TufRepository",
+    "adapter_role",
+    "adapter_target_path",
+    "build_site_targets",
+    "parse_targets",
+    "site_tuf_key",
+    "target_path",
+]
 
 #: How long each role's metadata stays valid.
 EXPIRY = {
@@ -52,8 +70,22 @@ EXPIRY = {
 }
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 _METADATA_NAME = re.compile(
-    r"^(?:timestamp|(?:\d+\.)?(?:root|snapshot|targets|[a-z0-9][a-z0-9._-]{0,62}))\.json$"
+    r"^(?:timestamp|(?:\d+\.)?(?:root|snapshot|targets|_adapter\.[a-z0-9][a-z0-9._-]{0,62}"
+    r"|[a-z0-9][a-z0-9._-]{0,62}))\.json$"
 )
+#: A task's consortium adapter role is ``_adapter.<task>``; its targets ``_adapters/<task>/...``.
+ADAPTER_ROLE_PREFIX = "_adapter."
+ADAPTER_TARGETS = "_adapters"
+
+
+def adapter_role(task_id: str) -> str:
+    """The name of a task's consortium adapter role."""
+    return f"{ADAPTER_ROLE_PREFIX}{task_id}"
+
+
+def adapter_target_path(task_id: str, bundle_digest: str, name: str) -> str:
+    """The TUF target path of one file of a task's consortium adapter."""
+    return f"{ADAPTER_TARGETS}/{task_id}/{bundle_digest}/{name}"
 
 
 def target_path(site_id: str, bundle_digest: str, name: str) -> str:
@@ -103,14 +135,20 @@ def build_site_targets(
     return metadata.to_bytes(JSONSerializer(compact=True))
 
 
-def _parse_site_targets(data: bytes, code: RejectCode) -> Metadata[Targets]:
-    """A site's delegated-targets metadata, parsed but not verified."""
+def parse_targets(
+    data: bytes, code: RejectCode, what: str = "the site's targets metadata"
+) -> Metadata[Targets]:
+    """Delegated-targets metadata (a site's, an adapter role's), parsed but not verified.
+
+    Raises:
+        RejectedError: ``code``, when it does not parse or is not targets metadata.
+    """
     try:
         metadata = Metadata[Targets].from_bytes(data)
     except (DeserializationError, ValueError, TypeError) as exc:
-        raise RejectedError(code, f"the site's targets metadata does not parse: {exc}") from exc
+        raise RejectedError(code, f"{what} does not parse: {exc}") from exc
     if not isinstance(metadata.signed, Targets):
-        raise RejectedError(code, "the site's metadata is not targets metadata")
+        raise RejectedError(code, f"{what} is not targets metadata")
     return metadata
 
 
@@ -227,7 +265,7 @@ class TufRepository:
         def reject(message: str) -> RejectedError:
             return RejectedError(RejectCode.INVALID_TUF_METADATA, message)
 
-        metadata = _parse_site_targets(data, RejectCode.INVALID_TUF_METADATA)
+        metadata = parse_targets(data, RejectCode.INVALID_TUF_METADATA)
         keys = [site_tuf_key(pem) for pem in site_keys]
         delegator = Targets(
             delegations=Delegations(
@@ -284,7 +322,7 @@ class TufRepository:
 
         if not data:
             raise reject("the publish header carries no signed site metadata")
-        metadata = _parse_site_targets(data, RejectCode.UNAUTHENTICATED)
+        metadata = parse_targets(data, RejectCode.UNAUTHENTICATED)
         parts = [path.split("/") for path in metadata.signed.targets]
         sites = {p[0] for p in parts}
         if len(sites) != 1 or any(len(p) != 3 for p in parts):
@@ -319,12 +357,24 @@ class TufRepository:
         """Stores a checked site's delegated metadata."""
         self._write(f"{site_id}.json", Metadata[Targets].from_bytes(data))
 
+    def store_adapter_role(self, task_id: str, data: bytes) -> None:
+        """Stores a checked version of a task's consortium adapter role."""
+        self._write(f"{adapter_role(task_id)}.json", Metadata[Targets].from_bytes(data))
+
+    def adapter_role_bytes(self, task_id: str) -> bytes | None:
+        """The current version of a task's consortium adapter role (None: never published)."""
+        path = self.metadata_dir / f"{adapter_role(task_id)}.json"
+        return path.read_bytes() if path.is_file() else None
+
     def site_target_digests(self, site_id: str, version: int | None = None) -> set[str]:
-        """The bundle digests a site's stored delegated metadata lists (that version, or now)."""
+        """The bundle digests a role's stored metadata lists (that version, or now).
+
+        ``site_id``: a site's role, or a task's consortium adapter role.
+        """
         name = f"{site_id}.json" if version is None else f"{version}.{site_id}.json"
         signed = self._load(name).signed
         assert isinstance(signed, Targets)
-        return {path.split("/")[1] for path in signed.targets if path.count("/") == 2}
+        return {path.split("/")[-2] for path in signed.targets if path.count("/") >= 2}
 
     def revert_unrecorded_site_targets(self, recorded: Mapping[str, set[str]]) -> list[str]:
         """Recovery: rolls back site metadata stored by a publication that never committed.
@@ -343,8 +393,8 @@ class TufRepository:
         reverted = []
         for current in sorted(self.metadata_dir.glob("*.json")):
             site_id = current.stem
-            if "." in site_id or site_id in TOP_ROLES:
-                continue
+            if site_id in TOP_ROLES or re.match(r"^\d+\.", site_id):
+                continue  # a top-level role, or a versioned copy
             known = recorded.get(site_id, set())
             version = self._load(current.name).signed.version
             if self.site_target_digests(site_id) <= known:
@@ -366,21 +416,32 @@ class TufRepository:
 
     # -- top-level roles ----------------------------------------------------------
 
-    def sync(self, sites: Mapping[str, tuple[list[bytes], list[str]]], published: set[str]) -> None:
+    def sync(
+        self,
+        sites: Mapping[str, tuple[list[bytes], list[str]]],
+        published: set[str],
+        adapters: Mapping[str, str | None] | None = None,
+        adapter_threshold: int = 2,
+    ) -> None:
         """Re-signs the top-level roles to match ``{site: (key PEMs, active bundle digests)}``.
 
         Only sites with an unrevoked key and an active bundle get a delegation,
         and only for those bundles' paths; ``published`` names every site that
-        ever published (its metadata stays in the snapshot). Versions are
+        ever published (its metadata stays in the snapshot). ``adapters`` maps
+        each task that ever had a consortium adapter to its current one (None:
+        revoked); the task's role is delegated to every unrevoked site key with
+        ``adapter_threshold``, for that bundle's paths only. Versions are
         bumped only on change.
         """
         targets = self._load("targets.json")
         keys: dict[str, Key] = {}
         roles: dict[str, DelegatedRole] = {}
+        every_key: dict[str, Key] = {}
         for site_id, (pems, digests) in sorted(sites.items()):
+            site_keys = [site_tuf_key(pem) for pem in pems]
+            every_key.update({key.keyid: key for key in site_keys})
             if not pems or not digests:
                 continue
-            site_keys = [site_tuf_key(pem) for pem in pems]
             keys.update({key.keyid: key for key in site_keys})
             roles[site_id] = DelegatedRole(
                 site_id,
@@ -388,6 +449,17 @@ class TufRepository:
                 1,
                 True,
                 sorted(f"{site_id}/{digest}/*" for digest in digests),
+            )
+        for task_id, digest in sorted((adapters or {}).items()):
+            if digest is None or not every_key:
+                continue
+            keys.update(every_key)
+            roles[adapter_role(task_id)] = DelegatedRole(
+                adapter_role(task_id),
+                sorted(every_key),
+                adapter_threshold,
+                True,
+                [adapter_target_path(task_id, digest, "*")],
             )
         wanted = Delegations(keys=keys, roles=roles) if roles else None
         if targets.signed.delegations != wanted:
@@ -398,10 +470,10 @@ class TufRepository:
         # that drops an entry (deletion is a rollback); revocation acts through the
         # delegations above, never by forgetting metadata.
         meta = {"targets.json": MetaFile(version=targets.signed.version)}
-        for site_id in sorted(published):
-            if (self.metadata_dir / f"{site_id}.json").exists():
-                version = self._load(f"{site_id}.json").signed.version
-                meta[f"{site_id}.json"] = MetaFile(version=version)
+        for role in sorted(published | {adapter_role(task) for task in adapters or {}}):
+            if (self.metadata_dir / f"{role}.json").exists():
+                version = self._load(f"{role}.json").signed.version
+                meta[f"{role}.json"] = MetaFile(version=version)
         if snapshot.signed.meta != meta:
             snapshot.signed.meta = meta
             self._resign("snapshot", snapshot)

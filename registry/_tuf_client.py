@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from registry._adapter import ADAPTER_BUNDLE_FILES
-from registry._tuf import target_path
+from registry._tuf import adapter_role, adapter_target_path, target_path
 from registry._verify import BUNDLE_FILES, REQUIRED_FILES
 from registry.errors import (
     NotFoundError,
@@ -164,6 +165,64 @@ class TrustedRegistry:
             raise _download_failed(exc, f"TUF could not fetch site {site_id}'s metadata") from exc
         return info is not None
 
+    def adapter_resolves(self, task_id: str, bundle_digest: str) -> bool:
+        """Whether the task's consortium adapter role, as trusted now, lists this bundle.
+
+        TUF checks the role's signatures against its delegation's keys and
+        threshold (the registry's targets key signs both).
+
+        Raises:
+            UntrustedMetadataError: the role is refused (too few valid signatures,
+                a rollback, expired).
+            RegistryUnavailableError: the registry cannot be reached.
+        """
+        path = adapter_target_path(task_id, bundle_digest, SIGNATURE_FILE)
+        try:
+            info = self._refreshed().get_targetinfo(path)
+        except tuf_errors.RepositoryError as exc:
+            raise UntrustedMetadataError(
+                f"TUF refused the consortium's adapter role for {task_id}: {exc}"
+            ) from exc
+        except tuf_errors.DownloadError as exc:
+            raise _download_failed(
+                exc, f"TUF could not fetch the adapter role of {task_id}"
+            ) from exc
+        return info is not None
+
+    def adapter_delegation(self, task_id: str) -> tuple[int, frozenset[str]] | None:
+        """The task's adapter role as the registry delegates it: ``(threshold, key ids)``."""
+        self._refreshed()
+        targets = Metadata[Targets].from_bytes((self._metadata_dir / "targets.json").read_bytes())
+        delegations = targets.signed.delegations
+        role = (delegations.roles or {}).get(adapter_role(task_id)) if delegations else None
+        return (role.threshold, frozenset(role.keyids)) if role is not None else None
+
+    def adapter_role_metadata(self, task_id: str) -> Metadata[Targets]:
+        """The task's adapter role as TUF verified it at the last :meth:`adapter_resolves`.
+
+        Raises:
+            NotFoundError: not verified yet.
+        """
+        path = self._metadata_dir / f"{quote(adapter_role(task_id), '')}.json"
+        if not path.is_file():
+            raise NotFoundError(f"no verified adapter role for {task_id}")
+        return Metadata[Targets].from_bytes(path.read_bytes())
+
+    def adapter_files(self, task_id: str, bundle_digest: str) -> dict[str, bytes]:
+        """A consortium adapter's files, each checked against the role's lengths and hashes.
+
+        Raises:
+            NotFoundError: the trusted role does not list the bundle.
+            UntrustedMetadataError: the role or a file is refused.
+            RegistryUnavailableError: the registry cannot be reached.
+        """
+        return self._files(
+            lambda name: adapter_target_path(task_id, bundle_digest, name),
+            ADAPTER_BUNDLE_FILES,
+            ADAPTER_BUNDLE_FILES,
+            f"the consortium adapter {bundle_digest[:16]}… for {task_id}",
+        )
+
     def bundle_files(
         self, site_id: str, bundle_digest: str, *, adapter: bool = False
     ) -> dict[str, bytes]:
@@ -175,15 +234,29 @@ class TrustedRegistry:
             UntrustedMetadataError: a file's length or hash differs (a swapped file).
             RegistryUnavailableError: the registry cannot be reached.
         """
-        updater = self._refreshed()
-        files: dict[str, bytes] = {}
         names, required = (
             (ADAPTER_BUNDLE_FILES, ADAPTER_BUNDLE_FILES)
             if adapter
             else (BUNDLE_FILES, REQUIRED_FILES)
         )
+        return self._files(
+            lambda name: target_path(site_id, bundle_digest, name),
+            names,
+            required,
+            f"bundle {bundle_digest[:16]}… of site {site_id}",
+        )
+
+    def _files(
+        self,
+        path_of: Callable[[str], str],
+        names: Iterable[str],
+        required: Iterable[str],
+        what: str,
+    ) -> dict[str, bytes]:
+        updater = self._refreshed()
+        files: dict[str, bytes] = {}
         for name in sorted(names):
-            path = target_path(site_id, bundle_digest, name)
+            path = path_of(name)
             try:
                 info = updater.get_targetinfo(path)
                 if info is None:
@@ -195,9 +268,8 @@ class TrustedRegistry:
                 raise UntrustedMetadataError(f"TUF refused {path}: {exc}") from exc
             except tuf_errors.DownloadError as exc:
                 raise _download_failed(exc, f"TUF could not fetch {path}") from exc
-        if not set(files) >= required:
+        if not set(files) >= set(required):
             raise NotFoundError(
-                f"bundle {bundle_digest[:16]}… of site {site_id} is not in the trusted metadata "
-                "(never published, or revoked)"
+                f"{what} is not in the trusted metadata (never published, or revoked)"
             )
         return files

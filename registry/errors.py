@@ -55,7 +55,9 @@ class RejectCode(StrEnum):
     INVALID_MODEL = "INVALID_MODEL"  # model.onnx breaks the ONNX contract
     INVALID_INDEX = "INVALID_INDEX"  # index.npz breaks its contract or contradicts the card
     INVALID_ADAPTER = "INVALID_ADAPTER"  # a LoRA adapter vLLM would not serve, or not as declared
-    STALE_VERSION = "STALE_VERSION"  # not newer than the site's last version (a replay)
+    INVALID_POLICY = "INVALID_POLICY"  # a policy outside what a fit on its evidence could give
+    STALE_VERSION = "STALE_VERSION"  # not newer than the last version (a replay), or a jump
+    NO_CONSORTIUM_BACKING = "NO_CONSORTIUM_BACKING"  # too few training sites co-signed it
     INVALID_TUF_METADATA = "INVALID_TUF_METADATA"  # the site's delegated targets metadata is wrong
     UNAUTHENTICATED = "UNAUTHENTICATED"  # the publish header is not signed by the site's key
     BUSY = "BUSY"  # too many uploads in progress (for the site or in total); retry later

@@ -34,7 +34,13 @@ def initial_state(job: SiteJob) -> dict[str, torch.Tensor]:
 
 
 def federation_card(
-    rounds: int, sites: int, local_epochs: int, noise: float, clip: float, delta: float
+    rounds: int,
+    sites: int,
+    local_epochs: int,
+    noise: float,
+    clip: float,
+    delta: float,
+    strategy: str = "fedavg",
 ) -> FederatedTraining:
     """The card's ``federation`` entry; with noise, the user-level privacy spent (RDP)."""
     privacy = None
@@ -51,5 +57,9 @@ def federation_card(
             noise_multiplier=noise,
         )
     return FederatedTraining(
-        rounds=rounds, sites=sites, local_epochs=local_epochs, differential_privacy=privacy
+        strategy=strategy,  # type: ignore[arg-type]
+        rounds=rounds,
+        sites=sites,
+        local_epochs=local_epochs,
+        differential_privacy=privacy,
     )

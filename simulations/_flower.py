@@ -26,7 +26,9 @@ Messages are routed by action, never by their content:
 ``train.adapter``          one FedAvg round of the generalist's adapter
 ``query.adapter_policy_evidence``  score this site's policy cases with the final adapter
 ``query.adapter_policy``   answer one question of the policy fit (sums and counts)
-``query.publish_adapter``  sign and publish the federated adapter
+``query.prepare_adapter``  write and sign the adapter, propose its role version
+``query.endorse_adapter``  check the adapter and co-sign its role version
+``query.publish_adapter``  publish the adapter with the sites' co-signatures
 =================================  ============================================
 
 A message for any other action gets Flower's error reply.
@@ -55,10 +57,15 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
+from simulations._aggregation import Screening, default_aggregation, robust_strategy
+from simulations._faults import (
+    INFLATED_EXAMPLES,
+    lie_in_policy_answer,
+    poison_update,
+    rogue_publications,
+)
 from simulations._flower_tune import (
-    ActionFedAvg,
     adapter_card_template,
     deployed_tune_job,
     first_arrays,
@@ -71,9 +78,11 @@ from simulations._tune_job import (
     adapter_examples,
     adapter_initial_state,
     adapter_update,
+    endorse_adapter,
     policy_answer,
     policy_evidence,
-    publish_adapter,
+    prepare_adapter,
+    publish_consortium_adapter,
 )
 from simulations.errors import ScenarioError
 
@@ -192,13 +201,18 @@ def _tune_job(context: Context) -> TuneJob:
 @client_app.query("adapter_examples")
 @_site_errors
 def adapter_examples_query(message: Message, context: Context) -> Message:
-    """Builds this site's evidence examples (kept at the site) and says how many."""
+    """Builds this site's evidence examples (kept at the site); declares how many.
+
+    And how many validation cases it holds for the policy fit.
+    """
     job = _tune_job(context)
-    examples = adapter_examples(job)
-    return Message(
-        RecordDict({"examples": ConfigRecord({"site-id": job.site_id, "count": len(examples)})}),
-        reply_to=message,
+    count = len(adapter_examples(job))
+    if "inflate-examples" in job.faults:
+        count = INFLATED_EXAMPLES
+    declared = ConfigRecord(
+        {"site-id": job.site_id, "count": count, "policy-cases": len(job.policy_rows)}
     )
+    return Message(RecordDict({"examples": declared}), reply_to=message)
 
 
 @client_app.query("adapter_initial_state")
@@ -218,7 +232,17 @@ def adapter_train(message: Message, context: Context) -> Message:
     import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
 
     job = _tune_job(context)
-    return _fedavg_round(message, lambda state, epochs: adapter_update(job, state, epochs))
+    server_round = int(str(message.content.config_records["config"].get("server-round", 1)))
+
+    def update(state: Any, epochs: int) -> tuple[dict[str, Any], int, float]:
+        trained, examples, loss = adapter_update(job, state, epochs)
+        if "poison-adapter" in job.faults:
+            trained = poison_update(trained, state, server_round)
+        if "inflate-examples" in job.faults:
+            examples = INFLATED_EXAMPLES
+        return trained, examples, loss
+
+    return _fedavg_round(message, update)
 
 
 @client_app.query("adapter_policy_evidence")
@@ -229,11 +253,9 @@ def adapter_policy_evidence_query(message: Message, context: Context) -> Message
 
     job = _tune_job(context)
     state = message.content.array_records["arrays"].to_torch_state_dict()
-    task = policy_evidence(job, state, str(message.content["policy"]["name"]))
-    return Message(
-        RecordDict({"policy": ConfigRecord({"site-id": job.site_id, "task": task})}),
-        reply_to=message,
-    )
+    task, cases = policy_evidence(job, state, str(message.content["policy"]["name"]))
+    reply = ConfigRecord({"site-id": job.site_id, "task": task, "cases": cases})
+    return Message(RecordDict({"policy": reply}), reply_to=message)
 
 
 @client_app.query("adapter_policy")
@@ -243,6 +265,8 @@ def adapter_policy_query(message: Message, context: Context) -> Message:
     job = _tune_job(context)
     question = json.loads(str(message.content["policy"]["question"]))
     answer = policy_answer(job, question)
+    if "lie-policy" in job.faults:
+        answer = lie_in_policy_answer(question, answer)
     return Message(
         RecordDict({"policy": ConfigRecord({"answer": json.dumps(answer)})}), reply_to=message
     )
@@ -267,10 +291,10 @@ def _fedavg_round(
     )
 
 
-@client_app.query("publish_adapter")
+@client_app.query("prepare_adapter")
 @_site_errors
-def publish_adapter_query(message: Message, context: Context) -> Message:
-    """Writes, signs and publishes the federated adapter (its policy in the card) here."""
+def prepare_adapter_query(message: Message, context: Context) -> Message:
+    """Writes and signs the federated adapter (its policy in the card); proposes its role."""
     import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
 
     from protocol import ArbitrationPolicy
@@ -280,7 +304,58 @@ def publish_adapter_query(message: Message, context: Context) -> Message:
     training = json.loads(str(record["training"]))
     policy = ArbitrationPolicy.parse(str(record["policy"])) if "policy" in record else None
     state = message.content.array_records["arrays"].to_torch_state_dict()
-    folder, digest, version = publish_adapter(job, state, training, policy)
+    files, proposal = prepare_adapter(job, state, training, policy)
+    return Message(
+        RecordDict(
+            {
+                "bundle": ConfigRecord(dict(files)),
+                "adapter": ConfigRecord({"proposal": proposal, "site-id": job.site_id}),
+            }
+        ),
+        reply_to=message,
+    )
+
+
+def _bundle_files(message: Message) -> dict[str, bytes]:
+    """The adapter bundle's files a message carries (``bundle``: name -> bytes)."""
+    return {str(k): bytes(v) for k, v in message.content["bundle"].items()}  # type: ignore[arg-type]
+
+
+@client_app.query("endorse_adapter")
+@_site_errors
+def endorse_adapter_query(message: Message, context: Context) -> Message:
+    """Checks the consortium's adapter against what this site trained, then co-signs it."""
+    import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs it imported)
+
+    job = _tune_job(context)
+    files = _bundle_files(message)
+    proposal = bytes(message.content["adapter"]["proposal"])  # type: ignore[arg-type]
+    received = message.content.array_records["arrays"].to_torch_state_dict()
+    if "rogue-adapter" in job.faults:
+        refusals = rogue_publications(job, received, json.loads(files["adapter_card.json"]))
+        reply = ConfigRecord(
+            {"declined": "a rogue site: it wants its own adapter", "rogue": json.dumps(refusals)}
+        )
+        return Message(RecordDict({"endorsement": reply}), reply_to=message)
+    endorsement = endorse_adapter(job, files, proposal, received)
+    return Message(
+        RecordDict({"endorsement": ConfigRecord({"json": endorsement.to_json()})}),
+        reply_to=message,
+    )
+
+
+@client_app.query("publish_adapter")
+@_site_errors
+def publish_adapter_query(message: Message, context: Context) -> Message:
+    """Publishes the adapter this site prepared, with the training sites' co-signatures."""
+    from registry import Endorsement
+
+    job = _tune_job(context)
+    files = _bundle_files(message)
+    record = message.content["adapter"]
+    endorsements = [Endorsement.from_json(e) for e in json.loads(str(record["endorsements"]))]
+    proposal = bytes(record["proposal"])  # type: ignore[arg-type]
+    folder, digest, version = publish_consortium_adapter(job, files, proposal, endorsements)
     if _tuning_deployed(context):  # where the site keeps its files stays at the site
         folder = Path(folder).name
     return Message(
@@ -455,7 +530,8 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config.get("fedavg-rounds", 0))
     live = [n for n, site in site_of.items() if outcomes[site]["status"] != "dropped-out"]
     if rounds:
-        outcomes.update(_federated(grid, context, jobs, live, site_of, rounds))
+        declared = {n: int(str(outcomes[site].get("n_train", 0))) for n, site in site_of.items()}
+        outcomes.update(_federated(grid, context, jobs, live, site_of, rounds, declared))
     report: dict[str, object] = dict(outcomes)
     if not jobs:  # deployed: the run succeeds while enough sites published
         published = sum(  # each site's own specialist; the shared FedAvg one is extra
@@ -494,8 +570,13 @@ def _federated(
     nodes: list[int],
     site_of: dict[int, str],
     rounds: int,
+    declared: dict[int, int],
 ) -> dict[str, dict[str, object]]:
-    """FedAvg over ``nodes``, then every participant publishes the shared specialist."""
+    """Robust FedAvg over ``nodes``, then every participant publishes the shared specialist.
+
+    ``declared``: the training images each site reported when it trained its
+    own specialist; a round's ``num-examples`` counts for no more.
+    """
     from simulations._fedavg import federation_card, initial_state
 
     config = context.run_config
@@ -504,17 +585,15 @@ def _federated(
     clip = float(config.get("dp-clipping-norm", 1.0))
     delta = float(config.get("dp-delta", 1e-5))
     log(INFO, "gsco: FedAvg over %d sites, %d rounds", len(nodes), rounds)
-    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = ActionFedAvg(
+    screening = Screening(site_of, {n: c for n, c in declared.items() if c > 0})
+    strategy = robust_strategy(
         "fedavg",
-        fraction_train=1.0,
-        fraction_evaluate=0.0,
-        min_train_nodes=max(1, len(nodes)),
-        min_available_nodes=max(1, len(nodes)),
+        nodes,
+        screening,
+        aggregation=str(config.get("aggregation", "")) or None,
+        dp_noise=noise,
+        dp_clip=clip,
     )
-    if noise > 0:
-        strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise, clip, num_sampled_clients=max(1, len(nodes))
-        )
     if jobs:  # simulated: the first site's job is here
         initial = ArrayRecord(initial_state(SiteJob.from_json(jobs[0])))
     else:  # deployed: the first site makes them
@@ -536,7 +615,15 @@ def _federated(
         timeout=float(config["timeout-s"]),
         train_config=ConfigRecord({"local-epochs": local_epochs}),
     )
-    federation = federation_card(rounds, len(nodes), local_epochs, noise, clip, delta)
+    federation = federation_card(
+        rounds,
+        len(nodes),
+        local_epochs,
+        noise,
+        clip,
+        delta,
+        str(config.get("aggregation", "")) or default_aggregation(len(nodes)),
+    )
     log(INFO, "gsco: FedAvg done; %d sites publish the shared specialist", len(nodes))
     replies = grid.send_and_receive(
         [
@@ -558,6 +645,9 @@ def _federated(
     for reply in replies:
         site = site_of.get(reply.metadata.src_node_id, "?")
         outcome = _outcome(reply, site, federated=True)
+        if site in screening.events:  # what of its updates was refused or clipped
+            notes = "; ".join(screening.events[site])
+            outcome = replace(outcome, detail=f"{outcome.detail} [FedAvg: {notes}]"[:2000])
         shared[f"{site} (fedavg)"] = json.loads(outcome.to_json())
         log(INFO, "gsco: site %s shared specialist %s %s", site, outcome.status, outcome.detail)
     return shared

@@ -1,18 +1,32 @@
-"""The ServerApp's adapter stage: FedAvg of the generalist's LoRA adapter, its policy, its bundle.
+"""The ServerApp's adapter stage: robust FedAvg of the adapter, its policy, its co-signatures.
+
+The generalist's LoRA adapter is trained, its arbitration policy fitted, the
+consortium's co-signatures gathered and the bundle published.
 
 The same stage runs in the simulation (``stage = "tune"``, each site's
 :class:`TuneJob` from the run's jobs file) and in a deployed run (after the
 sites' specialists, when ``tune-rounds`` > 0: each SuperNode makes its job
 from its node config, :func:`deployed_tune_job`).
 
-1. every site builds its evidence examples and says how many;
-2. ``tune-rounds`` FedAvg rounds of the adapter's weights, weighted by examples
-   (Flower's server-side DP clipping and noise when asked);
-3. deployed: the arbitration policy of the final adapter, fitted across the
+1. every site builds its evidence examples and declares how many, and how
+   many policy cases it holds; the run's own settings bound both;
+2. ``tune-rounds`` rounds of the adapter's weights, each site's update
+   screened, bounded and clipped, then aggregated by a robust strategy of
+   Flower's (:mod:`simulations._aggregation`; Flower's server-side DP
+   clipping and noise when asked);
+3. when asked, the arbitration policy of the final adapter, fitted across the
    sites without their cases meeting (:func:`hub.fit_policy_from_answers`:
    each site scores its own policy cases with its copy of the tuned
-   generalist and answers with sums and counts);
-4. one site signs and publishes the adapter bundle, the policy in its card.
+   generalist and answers with sums and counts, every answer checked, a site
+   whose answers cannot be true excluded by name);
+4. one site writes and signs the bundle (the policy in its card) and proposes
+   the next version of the task's consortium adapter role; every training
+   site checks it and co-signs (``registry._consortium``);
+5. that site publishes it with the co-signatures; the registry accepts it
+   only with enough of them, and hubs verify the same.
+
+What a site did that was refused (an update, a count, a policy answer, its
+own adapter) is in the outcome under ``refused``, by site.
 """
 
 from __future__ import annotations
@@ -25,16 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
+from simulations._aggregation import Screening, default_aggregation, robust_strategy
 from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError
 
 __all__ = [
-    "ActionFedAvg",
     "adapter_card_template",
     "deployed_tune_job",
     "first_arrays",
@@ -134,21 +147,6 @@ def adapter_card_template(modes: Sequence[str], split: str) -> dict[str, Any]:
 _LOCAL_NAME = "tuned-adapter-site-copy"
 
 
-class ActionFedAvg(FedAvg):
-    """FedAvg whose training rounds go to one named ``train`` action of the ClientApp."""
-
-    def __init__(self, action: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.action = action
-
-    def _construct_messages(  # type: ignore[no-untyped-def]
-        self, record, node_ids, message_type
-    ):
-        if message_type == MessageType.TRAIN:
-            message_type = f"{MessageType.TRAIN}.{self.action}"
-        return super()._construct_messages(record, node_ids, message_type)
-
-
 def _reason(reply: Message) -> str:
     return ((reply.error.reason if reply.has_error() else None) or "no reply")[-300:]
 
@@ -178,6 +176,83 @@ def tune_modes(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(m for m in str(config.get("tune-modes", "gsco")).split(",") if m)
 
 
+def _whole(value: object) -> int | None:
+    """A count a site sent: a non-negative integer (a bool, a float, a string are not)."""
+    if type(value) is int and value >= 0:
+        return value
+    return None
+
+
+class _Refusals:
+    """What was refused of each site, for the outcome and the report."""
+
+    def __init__(self) -> None:
+        self.by_site: dict[str, list[str]] = {}
+
+    def add(self, site: str, what: str) -> None:
+        self.by_site.setdefault(site, []).append(what[:300])
+        log(WARNING, "gsco: refused of %s: %s", site, what[:300])
+
+
+def _declarations(
+    grid: Grid,
+    nodes: list[int],
+    config: Mapping[str, Any],
+    refused: _Refusals,
+    timeout_s: float,
+) -> tuple[dict[int, str], dict[int, int], dict[int, int]]:
+    """Each site's id, examples and policy cases as it declared them, bounded by the run.
+
+    A site that declares more than the run asks for counts as the run's
+    bound; a malformed declaration, or a site id already taken, leaves the
+    site out.
+    """
+    max_examples = int(str(config.get("tune-examples-per-site", 120)))
+    max_cases = int(str(config.get("tune-policy-cases-per-site", 0)))
+    replies = grid.send_and_receive(
+        [
+            Message(
+                RecordDict({"ask": ConfigRecord({"what": "examples"})}),
+                node,
+                "query.adapter_examples",
+            )
+            for node in nodes
+        ],
+        timeout=timeout_s,
+    )
+    site_of: dict[int, str] = {}
+    examples: dict[int, int] = {}
+    cases: dict[int, int] = {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if not reply.has_content():
+            log(WARNING, "gsco: a site could not build adapter examples: %s", _reason(reply))
+            continue
+        record = reply.content["examples"]
+        site = str(record.get("site-id", ""))[:64] or f"node-{node}"
+        if site in site_of.values():
+            refused.add(site, "a second SuperNode claimed this site id; left out")
+            continue
+        count = _whole(record.get("count"))
+        policy_cases = _whole(record.get("policy-cases", 0))
+        if count is None or count < 1 or policy_cases is None:
+            refused.add(
+                site, f"declared {record.get('count')!r} examples: not a positive integer; left out"
+            )
+            continue
+        if count > max_examples:
+            refused.add(
+                site,
+                f"claimed {count:,} examples; counted as the run's {max_examples} at most",
+            )
+            count = max_examples
+        if policy_cases > max_cases:
+            refused.add(site, f"claimed {policy_cases:,} policy cases; the run allows {max_cases}")
+            policy_cases = max_cases
+        site_of[node], examples[node], cases[node] = site, count, policy_cases
+    return site_of, examples, cases
+
+
 def tune_adapter(
     grid: Grid,
     config: Mapping[str, Any],
@@ -194,39 +269,26 @@ def tune_adapter(
     model); ``None`` asks a site for them (a deployed SuperLink has none).
     ``training`` is the card's template (:func:`adapter_card_template`). When a
     policy was asked for (``fit_policy``) and cannot be fitted, the adapter is
-    not published, unless ``publish_without_policy`` (the simulation then fits
-    one through its own hub): a hub would let an adapter without a policy
-    answer unchecked.
+    not published, unless ``publish_without_policy`` (the simulation's hub
+    operator then fits and sets one): a hub would let an adapter without a
+    policy answer unchecked.
     """
     timeout_s = float(config["timeout-s"])
     rounds = int(config.get("tune-rounds", 1))
     local_epochs = int(config.get("tune-local-epochs", 1))
-    replies = grid.send_and_receive(
-        [
-            Message(
-                RecordDict({"ask": ConfigRecord({"what": "examples"})}),
-                node,
-                "query.adapter_examples",
-            )
-            for node in nodes
-        ],
-        timeout=timeout_s,
-    )
-    counts: dict[str, int] = {}
-    live = []
-    for reply in replies:
-        if reply.has_content():
-            record = reply.content["examples"]
-            counts[str(record["site-id"])] = int(str(record["count"]))
-            live.append(reply.metadata.src_node_id)
-        else:
-            log(WARNING, "gsco: a site could not build adapter examples: %s", _reason(reply))
+    refused = _Refusals()
+    site_of, declared, cases = _declarations(grid, nodes, config, refused, timeout_s)
+    counts = {site_of[node]: declared[node] for node in declared}
     log(INFO, "gsco: adapter examples per site: %s", counts)
-    outcome: dict[str, Any] = {"examples_per_site": counts, "rounds": rounds}
+    outcome: dict[str, Any] = {
+        "examples_per_site": counts,
+        "rounds": rounds,
+        "refused": refused.by_site,
+    }
+    live = sorted(site_of)
     if not live:
         outcome["error"] = "no site could build evidence examples"
         return outcome
-    live.sort()
     if initial is not None:
         start = ArrayRecord(initial())
     else:
@@ -237,19 +299,15 @@ def tune_adapter(
             )
             return outcome
         start = found
-    strategy: FedAvg | DifferentialPrivacyServerSideFixedClipping = ActionFedAvg(
+    screening = Screening(site_of, declared)
+    strategy = robust_strategy(
         "adapter",
-        fraction_train=1.0,
-        fraction_evaluate=0.0,
-        min_train_nodes=len(live),
-        min_available_nodes=len(live),
+        live,
+        screening,
+        aggregation=str(config.get("aggregation", "")) or None,
+        dp_noise=float(config.get("tune-dp-noise-multiplier", 0.0)),
+        dp_clip=float(config.get("tune-dp-clipping-norm", 1.0)),
     )
-    noise = float(config.get("tune-dp-noise-multiplier", 0.0))
-    clip = float(config.get("tune-dp-clipping-norm", 1.0))
-    if noise > 0:  # Flower's DP wrapper: the server clips each site's update and adds noise
-        strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise, clip, num_sampled_clients=len(live)
-        )
     started = time.monotonic()
     result = strategy.start(
         grid=grid,
@@ -258,10 +316,14 @@ def tune_adapter(
         timeout=timeout_s,
         train_config=ConfigRecord({"local-epochs": local_epochs}),
     )
+    for site, events in screening.events.items():
+        for event in events:
+            refused.add(site, event)
     losses = [
         float(str(metrics.get("train-loss", "nan")))
         for metrics in (result.train_metrics_clientapp or {}).values()
     ]
+    outcome["aggregation"] = str(config.get("aggregation", "")) or default_aggregation(len(live))
     outcome["tuning_seconds"] = round(time.monotonic() - started, 1)
     outcome["losses"] = losses
     if len(losses) < rounds:  # a round in which no site trained leaves nothing to publish
@@ -272,26 +334,11 @@ def tune_adapter(
         log(WARNING, "gsco: %s", outcome["error"])
         return outcome
     log(INFO, "gsco: adapter FedAvg done in %.0f s; losses %s", outcome["tuning_seconds"], losses)
-    card = json.loads(json.dumps(training))
-    record = card["training"]
-    record["examples"] = sum(counts.values())
-    record["examples_per_site"] = counts
-    record["sites"] = sorted(counts)
-    record["rounds"] = rounds
-    record["local_epochs"] = local_epochs
-    if losses and losses[-1] == losses[-1]:
-        record["final_loss"] = max(0.0, losses[-1])
-    if noise > 0:
-        from simulations._fedavg import federation_card
-
-        privacy = federation_card(
-            rounds, len(live), local_epochs, noise, clip, float(config.get("dp-delta", 1e-5))
-        ).differential_privacy
-        assert privacy is not None
-        record["differential_privacy"] = privacy.model_dump(mode="json")
+    card = _card_training(training, counts, rounds, local_epochs, losses, config, len(live))
+    card["training"]["strategy"] = outcome["aggregation"]
     policy = None
     if fit_policy:
-        policy = _fit_policy(grid, live, result.arrays, config, outcome)
+        policy = _fit_policy(grid, live, site_of, cases, result.arrays, config, outcome, refused)
         if policy is None and not publish_without_policy:
             outcome["error"] = (
                 f"the adapter's policy could not be fitted ({outcome.get('policy_error')}), so "
@@ -299,24 +346,66 @@ def tune_adapter(
             )
             log(WARNING, "gsco: %s", outcome["error"])
             return outcome
-    _publish(grid, live, result.arrays, card, policy, timeout_s, outcome)
+    _co_sign_and_publish(grid, live, site_of, result.arrays, card, policy, timeout_s, outcome)
+    outcome["refused"] = refused.by_site
     return outcome
+
+
+def _card_training(
+    training: dict[str, Any],
+    counts: Mapping[str, int],
+    rounds: int,
+    local_epochs: int,
+    losses: list[float],
+    config: Mapping[str, Any],
+    sites: int,
+) -> dict[str, Any]:
+    """The card's ``training`` record, filled in with what the run did."""
+    card: dict[str, Any] = json.loads(json.dumps(training))
+    record = card["training"]
+    record["examples"] = sum(counts.values())
+    record["examples_per_site"] = dict(counts)
+    record["sites"] = sorted(counts)
+    record["rounds"] = rounds
+    record["local_epochs"] = local_epochs
+    if losses and losses[-1] == losses[-1]:
+        record["final_loss"] = min(1e6, max(0.0, losses[-1]))
+    noise = float(config.get("tune-dp-noise-multiplier", 0.0))
+    if noise > 0:
+        from simulations._fedavg import federation_card
+
+        privacy = federation_card(
+            rounds,
+            sites,
+            local_epochs,
+            noise,
+            float(config.get("tune-dp-clipping-norm", 1.0)),
+            float(config.get("dp-delta", 1e-5)),
+        ).differential_privacy
+        assert privacy is not None
+        record["differential_privacy"] = privacy.model_dump(mode="json")
+    return card
 
 
 def _fit_policy(
     grid: Grid,
     nodes: list[int],
+    site_of: Mapping[int, str],
+    declared: Mapping[int, int],
     arrays: ArrayRecord,
     config: Mapping[str, Any],
     outcome: dict[str, Any],
+    refused: _Refusals,
 ) -> Any:
     """The final adapter's policy, fitted across the sites (``None``, and why, if it cannot be).
 
-    Each site scores its own policy cases with the adapter's final weights;
-    then every question of the fit goes to the sites that could, and only
-    their summed answers come back.
+    Each site scores its own policy cases with the adapter's final weights
+    and says how many it scored (no more than it declared); then every
+    question of the fit goes to the sites that could, each answer is checked
+    (:func:`hub.fit_policy_from_answers`), and a site whose answers cannot be
+    true is excluded by name.
     """
-    from hub import PolicyFitError, add_answers, fit_policy_from_answers
+    from hub import PolicyFitError, fit_policy_from_answers
     from protocol import Mode, TaskSpec
 
     timeout_s = float(config["timeout-s"])
@@ -332,104 +421,216 @@ def _fit_policy(
         ],
         timeout=timeout_s,
     )
-    answering, tasks, left_out = [], set(), {}
+    node_of: dict[str, int] = {}
+    scored: dict[str, int] = {}
+    tasks: dict[str, str] = {}
+    left_out = {}
     for reply in replies:
-        if reply.has_content():
-            record = reply.content["policy"]
-            answering.append(reply.metadata.src_node_id)
-            tasks.add(str(record["task"]))
-        else:
-            left_out[str(reply.metadata.src_node_id)] = _reason(reply)
-            log(WARNING, "gsco: a site cannot answer for the policy: %s", _reason(reply))
+        node = reply.metadata.src_node_id
+        site = site_of.get(node, f"node-{node}")
+        if not reply.has_content():
+            left_out[site] = _reason(reply)
+            log(WARNING, "gsco: %s cannot answer for the policy: %s", site, _reason(reply))
+            continue
+        record = reply.content["policy"]
+        n = _whole(record.get("cases"))
+        if n is None or n < 1 or n > declared.get(node, 0):
+            refused.add(
+                site,
+                f"scored {record.get('cases')!r} policy cases, having declared "
+                f"{declared.get(node, 0)}; left out of the policy",
+            )
+            continue
+        node_of[site], scored[site], tasks[site] = node, n, str(record.get("task", ""))
     if left_out:
         outcome["policy_left_out"] = left_out
-    if not answering or len(tasks) != 1:
+    described = set(tasks.values())
+    if not node_of or len(described) != 1:
         outcome["policy_error"] = (
             "no site could score policy cases"
-            if not answering
+            if not node_of
             else "the sites describe the task differently"
         )
         return None
-    task = TaskSpec.model_validate_json(tasks.pop())
+    task = TaskSpec.model_validate_json(described.pop())
     name = f"adapter-{task.task_id}"  # the hub names each mode after the adapter it serves
     questions = 0
 
-    def ask(question: dict[str, Any]) -> dict[str, Any]:
+    def ask(question: dict[str, Any], asked: Sequence[str]) -> dict[str, Any]:
         nonlocal questions
         questions += 1
         text = json.dumps(question)
-        summed: Any = None
+        answers: dict[str, Any] = {}
         for reply in grid.send_and_receive(
             [
                 Message(
                     RecordDict({"policy": ConfigRecord({"question": text})}),
-                    node,
+                    node_of[site],
                     "query.adapter_policy",
                 )
-                for node in answering
+                for site in asked
             ],
             timeout=timeout_s,
         ):
-            if not reply.has_content():
-                raise PolicyFitError(f"a site stopped answering the policy fit: {_reason(reply)}")
-            answer = json.loads(str(reply.content["policy"]["answer"]))
-            summed = answer if summed is None else add_answers(summed, answer)
-        return dict(summed)
+            site = site_of.get(reply.metadata.src_node_id, "")
+            if not reply.has_content() or site not in asked:
+                continue  # the fit excludes a site that does not answer, by name
+            try:
+                answers[site] = json.loads(str(reply.content["policy"]["answer"]))
+            except (KeyError, ValueError, RecursionError):
+                answers[site] = None  # fails the fit's checks: excluded by name
+        return dict(answers)
 
     modes = [Mode(m) for m in tune_modes(config)]
     try:
-        policy = fit_policy_from_answers(task, ask, modes, model=name)
+        policy = fit_policy_from_answers(
+            task, ask, modes, model=name, parties=sorted(node_of), declared=scored
+        )
     except PolicyFitError as exc:
         outcome["policy_error"] = str(exc)[:500]
         log(WARNING, "gsco: no policy for the adapter: %s", exc)
         return None
+    for site, reason in policy.sites_excluded.items():
+        refused.add(site, f"policy answers excluded: {reason}")
     outcome["policy"] = json.loads(policy.model_dump_json())
-    outcome["policy_sites"] = len(answering)
+    outcome["policy_sites"] = len(policy.sites)
     outcome["policy_questions"] = questions
     log(
         INFO,
         "gsco: adapter policy fitted on %d cases at %d sites (%d questions): %s",
         policy.n_examples,
-        len(answering),
+        len(policy.sites),
         questions,
         ", ".join(f"{m.value} weight {p.generalist_weight:g}" for m, p in policy.modes.items()),
     )
     return policy
 
 
-def _publish(
+def _one(grid: Grid, message: Message, timeout_s: float) -> Message | None:
+    """The reply to one message (None: none came)."""
+    replies = list(grid.send_and_receive([message], timeout=timeout_s))
+    return replies[0] if replies else None
+
+
+def _co_sign_and_publish(
     grid: Grid,
     nodes: list[int],
+    site_of: Mapping[int, str],
     arrays: ArrayRecord,
     card: dict[str, Any],
     policy: Any,
     timeout_s: float,
     outcome: dict[str, Any],
 ) -> None:
-    """The first site that succeeds signs and publishes the adapter (the policy in its card)."""
+    """One site writes, signs and proposes; every trainer checks and co-signs; it publishes."""
+    from registry import MIN_SIGNERS, Endorsement
+
     adapter: dict[str, Any] = {"training": json.dumps(card)}
     if policy is not None:
         adapter["policy"] = policy.model_dump_json()
+    prepared = None
     for signer in nodes:
-        replies = grid.send_and_receive(
-            [
-                Message(
-                    RecordDict({"adapter": ConfigRecord(adapter), "arrays": arrays}),
-                    signer,
-                    "query.publish_adapter",
-                )
-            ],
-            timeout=timeout_s,
+        reply = _one(
+            grid,
+            Message(
+                RecordDict({"adapter": ConfigRecord(adapter), "arrays": arrays}),
+                signer,
+                "query.prepare_adapter",
+            ),
+            timeout_s,
         )
-        for reply in replies:
-            if reply.has_content():
-                published = reply.content["adapter"]
-                outcome["bundle"] = str(published["bundle"])
-                outcome["published"] = str(published["digest"])
-                outcome["signed_by"] = str(published["site-id"])
-                outcome["version"] = int(str(published["version"]))
-                outcome.pop("error", None)
-                log(INFO, "gsco: adapter bundle %s", outcome["bundle"])
-                return
-            outcome["error"] = _reason(reply)[-500:]
-            log(WARNING, "gsco: a site could not publish the adapter: %s", outcome["error"])
+        if reply is not None and reply.has_content():
+            prepared = (
+                signer,
+                reply.content["bundle"],
+                bytes(reply.content["adapter"]["proposal"]),  # type: ignore[arg-type]
+            )
+            break
+        outcome["error"] = _reason(reply)[-500:] if reply is not None else "no reply"
+        log(WARNING, "gsco: a site could not prepare the adapter: %s", outcome["error"])
+    if prepared is None:
+        return
+    signer, bundle, proposal = prepared
+    replies = grid.send_and_receive(
+        [
+            Message(
+                RecordDict(
+                    {
+                        "bundle": bundle,
+                        "adapter": ConfigRecord({"proposal": proposal}),
+                        "arrays": arrays,
+                    }
+                ),
+                node,
+                "query.endorse_adapter",
+            )
+            for node in nodes
+        ],
+        timeout=timeout_s,
+    )
+    endorsements: list[str] = []
+    co_signers: list[str] = []
+    declined: dict[str, str] = {}
+    for reply in replies:
+        site = site_of.get(reply.metadata.src_node_id, "?")
+        if not reply.has_content():
+            declined[site] = _reason(reply)
+            continue
+        record = reply.content["endorsement"]
+        if "rogue" in record:  # a simulated attacker's own publications, refused
+            for refusal in json.loads(str(record["rogue"])):
+                outcome.setdefault("refused", {}).setdefault(site, []).append(refusal[:300])
+        if "declined" in record:
+            declined[site] = str(record["declined"])[:300]
+            continue
+        try:
+            Endorsement.from_json(str(record["json"]))
+        except (KeyError, ValueError) as exc:
+            declined[site] = f"a malformed co-signature: {exc}"
+            continue
+        endorsements.append(str(record["json"]))
+        co_signers.append(site)
+    outcome["co_signed_by"] = sorted(co_signers)
+    if declined:
+        outcome["declined_to_co_sign"] = declined
+    needed = max(MIN_SIGNERS, len(nodes) // 2 + 1)
+    log(INFO, "gsco: %d of %d sites co-signed the adapter", len(co_signers), len(nodes))
+    if len(co_signers) < needed:
+        outcome["error"] = (
+            f"only {len(co_signers)} of {len(nodes)} training sites co-signed the adapter; "
+            f"it takes effect with {needed}: not published"
+        )
+        log(WARNING, "gsco: %s", outcome["error"])
+        return
+    reply = _one(
+        grid,
+        Message(
+            RecordDict(
+                {
+                    "bundle": bundle,
+                    "adapter": ConfigRecord(
+                        {"proposal": proposal, "endorsements": json.dumps(endorsements)}
+                    ),
+                }
+            ),
+            signer,
+            "query.publish_adapter",
+        ),
+        timeout_s,
+    )
+    if reply is None or not reply.has_content():
+        outcome["error"] = _reason(reply)[-500:] if reply is not None else "no reply"
+        log(WARNING, "gsco: the adapter was not published: %s", outcome["error"])
+        return
+    published = reply.content["adapter"]
+    outcome["bundle"] = str(published["bundle"])
+    outcome["published"] = str(published["digest"])
+    outcome["signed_by"] = str(published["site-id"])
+    outcome["version"] = int(str(published["version"]))
+    outcome.pop("error", None)
+    log(
+        INFO,
+        "gsco: adapter bundle %s published, co-signed by %s",
+        outcome["published"][:12],
+        ", ".join(co_signers),
+    )

@@ -307,13 +307,17 @@ def _markdown(report: Report, plots: list[str]) -> str:
             lines += [
                 f"A LoRA adapter (rank {card['lora']['rank']}, "
                 f"{', '.join(card['lora']['target_modules'])}, "
-                f"{len(card['lora']['layers']) or 'all'} layers) was tuned with FedAvg over "
-                f"{len(training['sites'])} sites ({training['rounds']} rounds of "
+                f"{len(card['lora']['layers']) or 'all'} layers) was tuned over "
+                f"{len(training['sites'])} sites with {training.get('strategy', 'fedavg')} "
+                f"(every update screened and clipped; {training['rounds']} rounds of "
                 f"{training['local_epochs']} local epoch(s), "
                 f"{training['examples']} evidence examples: "
                 + ", ".join(f"{k} {v}" for k, v in training["examples_per_site"].items())
                 + f") in {adapter.get('tuning_seconds', '?')} s, signed by "
-                f"{card['site_id']} (bundle `{adapter['digest'][:16]}`), verified by the hub and "
+                f"{card['site_id']} (bundle `{adapter['digest'][:16]}`, version "
+                f"{card['version']} of the consortium's adapter for the task), co-signed by "
+                + ", ".join(adapter.get("co_signed_by") or ["?"])
+                + f", verified by the hub and "
                 f"loaded into vLLM as `{adapter['name']}`. It learnt the prompts of "
                 + ", ".join(f"`{m}`" for m in training["prompt_modes"])
                 + ": their `MODE (adapter)` rows are its calibrated answers, and their own "
@@ -322,40 +326,38 @@ def _markdown(report: Report, plots: list[str]) -> str:
                 "",
                 f"Evidence split: {training['evidence_split']}.",
             ]
-            published = adapter.get("policy_published")
             fitted = adapter.get("policy")
-            if card.get("policy") and isinstance(fitted, dict) and not published:
+            if card.get("policy") and isinstance(fitted, dict):
+                excluded = fitted.get("sites_excluded") or {}
                 lines += [
                     "",
                     f"Its arbitration policy was fitted at the {adapter.get('policy_sites')} "
                     f"sites, as deployed hospitals fit it: each scored its own share of "
                     f"{fitted.get('n_examples')} validation cases it was not tuned on with its "
                     "copy of the tuned generalist, and only sums and counts left the sites "
-                    f"({adapter.get('policy_questions')} questions). It is in the card of "
-                    f"version {card['version']}, signed with the adapter; the hub applies it "
-                    "and shows it in `/v1/tasks`.",
+                    f"({adapter.get('policy_questions')} questions), each answer checked "
+                    "before it counted"
+                    + (
+                        " (excluded: "
+                        + "; ".join(f"{site}: {why}" for site, why in excluded.items())
+                        + ")"
+                        if excluded
+                        else ""
+                    )
+                    + f". It is in the card of version {card['version']}, co-signed with the "
+                    "adapter; the hub applies it and shows it in `/v1/tasks`.",
                 ]
-            elif published:
+            elif adapter.get("policy_set_by_operator") or adapter.get("policy_error"):
                 lines += [
                     "",
-                    f"Its arbitration policy, fitted on the hub's answers with version 1 (bundle "
-                    f"`{str(adapter.get('published', ''))[:16]}`, on validation cases it was not "
-                    f"tuned on), was signed by {published['signed_by']} and published with it: "
-                    f"version {published['version']} of the adapter (bundle "
-                    f"`{published['digest'][:16]}`), the same weights and a card that carries "
-                    "the policy. The hub serves that version, applies the policy to its answers "
-                    "and shows it in `/v1/tasks`.",
-                ]
-            elif adapter.get("policy_error"):
-                lines += [
-                    "",
-                    "The adapter's policy was not published with it "
-                    f"({adapter['policy_error']}); the hub operator put it in service.",
+                    "The sites could not fit the adapter's policy"
+                    + (f" ({adapter['policy_error']})" if adapter.get("policy_error") else "")
+                    + "; the hub operator fitted it through the hub and put it in service.",
                 ]
         else:
             lines.append(
                 "Adapter tuning did not give an adapter in service: "
-                + str(adapter.get("refused") or adapter.get("error") or "unknown")
+                + str(adapter.get("not_served") or adapter.get("error") or "unknown")
             )
     overturned = report.get("overturned_ensemble") or {}
     if overturned:
@@ -396,8 +398,27 @@ def _markdown(report: Report, plots: list[str]) -> str:
             f"{_interval(accuracy['accuracy']) if accuracy else '-'} |"
         )
     faults = [s for s in report["sites"] if s["fault"] and not s["federated"]]
-    if faults or report["scenario"]["generalist_down"]:
+    refused = (adapter or {}).get("refused") or {}
+    if faults or refused or report["scenario"]["generalist_down"]:
         lines += ["", "## Faults and attacks", ""]
+        attackers = report["scenario"].get("adapter_faults") or {}
+        for site_id, what in sorted(refused.items()):
+            number = site_id.rsplit("-", 1)[-1].lstrip("0")
+            kinds = attackers.get(number) or attackers.get(site_id) or []
+            lines.append(
+                f"- **{site_id}**"
+                + (f" ({', '.join(kinds)})" if kinds else "")
+                + ": detected and refused in the adapter stage: "
+                + "; ".join(what)
+                + "."
+            )
+        if refused and adapter and adapter.get("digest"):
+            lines.append(
+                "  The hub serves the consortium's adapter "
+                f"(`{adapter['digest'][:16]}`, co-signed by "
+                + ", ".join(adapter.get("co_signed_by") or [])
+                + ")."
+            )
         for site in faults:
             lines.append(f"- **{site['site_id']}** ({site['fault']}): {site['status']}. ")
             if site["fault"] in ("tamper", "unsigned"):

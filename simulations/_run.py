@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from protocol import GscoError, Mode, TaskType, free_loopback_port
+from simulations._aggregation import AGGREGATIONS
 from simulations._evaluate import (
     HUB_MODES,
     Evaluation,
@@ -37,6 +38,7 @@ from simulations._evaluate import (
     policy_arrays,
     specialist_name,
 )
+from simulations._faults import ADAPTER_FAULTS
 from simulations._flower_tune import adapter_card_template
 from simulations._partition import Partition, PartitionSpec, partition
 from simulations._runtime import FlowerRuntime
@@ -73,7 +75,11 @@ class Scenario:
     max_val_images: int = 200
     test_images: int | None = 200  # None: the whole test split
     seed: int = 0
-    faults: dict[int, str] = field(default_factory=dict)
+    faults: dict[int, str] = field(default_factory=dict)  # the sites' stage (FAULTS)
+    # The adapter stage's attackers (simulations._faults.ADAPTER_FAULTS): site -> faults.
+    adapter_faults: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # How every FedAvg combines the sites' updates (None: trimmed-mean from 3 sites up).
+    aggregation: str | None = None
     generalist: str = "embedded"  # "embedded", "none", or an OpenAI-compatible base URL
     generalist_down: bool = False  # the generalist refuses connections during the evaluation
     concurrency: int = 4
@@ -104,6 +110,24 @@ class Scenario:
                 raise ScenarioError(f"fault {fault!r} names site {site}; sites are 1..{self.sites}")
             if fault not in FAULTS:
                 raise ScenarioError(f"unknown fault {fault!r}: use one of {', '.join(FAULTS)}")
+        for site, kinds in self.adapter_faults.items():
+            if not 1 <= site <= self.sites:
+                raise ScenarioError(
+                    f"fault {kinds[0]!r} names site {site}; sites are 1..{self.sites}"
+                )
+            strange = sorted(set(kinds) - set(ADAPTER_FAULTS))
+            if strange:
+                raise ScenarioError(
+                    f"unknown fault {strange[0]!r}: use one of {', '.join(FAULTS + ADAPTER_FAULTS)}"
+                )
+            if not self.tune_generalist:
+                raise ScenarioError(
+                    f"fault {kinds[0]!r} attacks the adapter: pass --tune-generalist"
+                )
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            raise ScenarioError(
+                f"unknown aggregation {self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
+            )
         if self.epochs < 1 or self.max_minutes_per_site <= 0:
             raise ScenarioError("epochs and the time budget per site must be positive")
         if self.fedavg_rounds < 0 or self.fedavg_local_epochs < 1:
@@ -485,6 +509,7 @@ def _train_sites(
                 ),
                 "fedavg-rounds": scenario.fedavg_rounds,
                 "fedavg-local-epochs": scenario.fedavg_local_epochs,
+                "aggregation": scenario.aggregation or "",
                 "dp-noise-multiplier": scenario.dp_noise_multiplier,
                 "dp-clipping-norm": scenario.dp_clipping_norm,
                 "dp-delta": scenario.dp_delta,
@@ -525,7 +550,9 @@ def _arbitrate(
     lap: _Laps,
     usable: bool,
 ) -> _Arbitration:
-    """The base model's policy, then the adapter: tuned, served, its policy fitted and published."""
+    """The base model's policy, then the adapter: tuned, co-signed, published and served."""
+    from hub import with_modes_of
+
     found = _Arbitration()
     rows = _validation_rows(scenario, len(dataset.val))
     if usable and len(rows.base_policy):
@@ -550,15 +577,20 @@ def _arbitrate(
         found.adapter_policy = hub.engine.policy_in_service(dataset.task.task_id)
         return found
     if found.served is not None and len(rows.adapter_policy):
-        # The sites could not fit it (too few cases each): through the hub, as before.
+        # The sites could not fit it (too few cases each): the hub operator fits it through
+        # the hub and puts it in service (hub.set_policy); only the sites' co-signatures
+        # could put a policy in the adapter's card.
         fitted = _fit_policy(
             scenario, dataset, url, progress, rows.adapter_policy, modes=adapter_modes
         )
         lap("adapter policy")
-        found.served, found.adapter_policy = _publish_adapter_policy(
-            hub, address, out, found.adapter, found.served, fitted, found.policy, progress
-        )
-        lap("adapter policy publication")
+        named = fitted.model_copy(update={"model": found.served.name})
+        merged = with_modes_of(found.policy, named) if found.policy is not None else named
+        hub.set_policy(merged)
+        found.adapter["policy_set_by_operator"] = True
+        assert hub.engine is not None  # started
+        found.adapter_policy = hub.engine.policy_in_service(dataset.task.task_id)
+        progress.line("the sites could not fit the adapter's policy; the hub operator set it")
     return found
 
 
@@ -711,6 +743,7 @@ def _tune_adapter(
             recipe=recipe.to_dict(),
             modes=tuple(scenario.tune_modes),
             policy_rows=tuple(int(r) for r in np.sort(policy_share)),
+            faults=scenario.adapter_faults.get(int(site.rsplit("-", 1)[1]), ()),
         ).to_json()
         for site, share, policy_share in zip(sites, shares, policy_shares, strict=True)
         if len(share)
@@ -747,6 +780,8 @@ def _tune_adapter(
                 "tune-rounds": scenario.tune_rounds,
                 "tune-local-epochs": scenario.tune_local_epochs,
                 "tune-policy-cases-per-site": max((len(p) for p in policy_shares), default=0),
+                "tune-examples-per-site": scenario.tune_examples_per_site,
+                "aggregation": scenario.aggregation or "",
                 # The modes the sites fit the adapter's policy for: every mode it learns.
                 "tune-modes": ",".join(scenario.tune_modes),
                 "tune-dp-noise-multiplier": scenario.tune_dp_noise_multiplier,
@@ -773,72 +808,20 @@ def _serve_adapter(
     """The hub's next sync takes the adapter bundle ``digest`` through its own checks.
 
     What it serves is recorded in ``adapter`` (digest, name, card); a refusal
-    as ``adapter["refused"]``, and then ``None`` is returned.
+    as ``adapter["not_served"]``, and then ``None`` is returned.
     """
     hub.sync_now()
     assert hub.engine is not None  # started
     served = hub.engine.adapters.get(task_id)
     if served is None or served.digest != digest:
-        adapter["refused"] = hub.adapter_warnings.get(task_id) or "the hub did not serve it"
-        progress.line(f"the hub does not serve the adapter: {adapter['refused']}")
+        adapter["not_served"] = hub.adapter_warnings.get(task_id) or "the hub did not serve it"
+        progress.line(f"the hub does not serve the adapter: {adapter['not_served']}")
         return None
     adapter["digest"] = served.digest
     adapter["name"] = served.name
     adapter["card"] = served.card.model_dump(mode="json")
     progress.line(f"adapter {served.name} in service (bundle {served.digest[:12]})")
     return served
-
-
-def _publish_adapter_policy(
-    hub: Hub,
-    address: str,
-    out: Path,
-    adapter: dict[str, Any],
-    served: ServedAdapter,
-    fitted: ArbitrationPolicy,
-    policy: ArbitrationPolicy | None,
-    progress: Progress,
-) -> tuple[ServedAdapter, ArbitrationPolicy | None]:
-    """The signing site publishes the adapter's next version with its fitted policy.
-
-    The hub's next sync serves that version, whose signed card carries the
-    policy (shown in ``/v1/tasks`` and applied to the adapter's answers).
-    Returns the adapter in service and the policy as the hub applies it. If
-    the publication fails, the hub operator puts the same policy in service
-    instead, and the outcome says so.
-    """
-    from hub import with_modes_of
-    from simulations._tune_job import publish_adapter_policy
-
-    def operator_sets(problem: str) -> tuple[ServedAdapter, ArbitrationPolicy]:
-        adapter["policy_error"] = problem[:500]
-        progress.line(
-            f"the adapter's policy was not published ({problem}); the hub operator sets it"
-        )
-        merged = with_modes_of(policy, fitted) if policy is not None else fitted
-        hub.set_policy(merged)
-        return served, merged
-
-    task_id = fitted.task_id
-    signer = str(adapter.get("signed_by", ""))
-    try:
-        version, digest = publish_adapter_policy(
-            out / "sites" / signer,
-            address,
-            Path(adapter["bundle"]),
-            out / "adapter-policy",
-            fitted,
-        )
-    except (GscoError, OSError, KeyError) as exc:
-        return operator_sets(str(exc))
-    adapter["policy_published"] = {"version": version, "digest": digest, "signed_by": signer}
-    refreshed = _serve_adapter(hub, task_id, adapter, digest, progress)
-    if refreshed is None:
-        return operator_sets(
-            f"the hub did not serve the adapter's policy version: {adapter.pop('refused')}"
-        )
-    assert hub.engine is not None  # started
-    return refreshed, hub.engine.policy_in_service(task_id)
 
 
 def _fit_policy(

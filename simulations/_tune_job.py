@@ -11,9 +11,14 @@
    (:class:`site_agent.adapter.LocalGeneralist`) on other validation cases of
    its own, keeps the scores, and answers the policy fit's questions with
    sums and counts (:class:`hub.PolicyEvidence`).
-4. ``publish``: the site chosen to sign writes the final adapter (with the
+4. ``prepare``: the site chosen to sign writes the final adapter (with the
    fitted policy in its card, when there is one) as a signed adapter bundle
-   (see :mod:`site_agent.adapter`).
+   (see :mod:`site_agent.adapter`) and proposes the next version of the
+   task's consortium adapter role;
+5. ``endorse``: every training site checks the bundle against the weights it
+   received and what it reported, and co-signs the proposal with its key;
+6. ``publish``: the signing site sends the bundle with the co-signed role to
+   the registry, which accepts it only with enough co-signatures.
 
 Only adapter weights, sums and counts leave a site; images, prompts, scores
 and labels do not.
@@ -42,8 +47,6 @@ if TYPE_CHECKING:
     from generalist import GeneralistBackend
     from hub import DiagnosisEngine
     from protocol import ArbitrationPolicy, DiagnoseResponse, Mode, TaskSpec
-    from signing import VerifiedManifest
-    from site_agent import SiteHome
 
 __all__ = [
     "MAX_POLICY_QUESTIONS",
@@ -52,10 +55,11 @@ __all__ = [
     "adapter_examples",
     "adapter_initial_state",
     "adapter_update",
+    "endorse_adapter",
     "policy_answer",
     "policy_evidence",
-    "publish_adapter",
-    "publish_adapter_policy",
+    "prepare_adapter",
+    "publish_consortium_adapter",
 ]
 
 #: The fewest validation cases a site answers policy questions about: sums over fewer
@@ -88,11 +92,13 @@ class TuneJob:
     policy_rows: tuple[int, ...] = ()
     scratch: str = ""  # the site's own working folder for this job (default: HOME/adapter)
     task: dict[str, Any] | None = None  # the task (TaskSpec fields), for the adapter's card
+    # What this site does wrong (a simulation's attacker, simulations._faults); never deployed.
+    faults: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """The job as JSON."""
         document = asdict(self)
-        for name in ("rows", "modes", "policy_rows"):
+        for name in ("rows", "modes", "policy_rows", "faults"):
             document[name] = list(document[name])
         return json.dumps(document)
 
@@ -103,6 +109,7 @@ class TuneJob:
         document["rows"] = tuple(document["rows"])
         document["modes"] = tuple(document.get("modes", ("gsco",)))
         document["policy_rows"] = tuple(document.get("policy_rows", ()))
+        document["faults"] = tuple(document.get("faults", ()))
         return cls(**document)
 
     @property
@@ -223,8 +230,8 @@ def _evidence_file(job: TuneJob) -> Path:
     return job.folder / f"policy-evidence-{job.task_id}.npz"
 
 
-def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> str:
-    """Scores the site's policy cases with the tuned adapter; the task (JSON) they are for.
+def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> tuple[str, int]:
+    """Scores the site's policy cases with the tuned adapter; the task (JSON) and their count.
 
     The hub's engine runs around the site's own copy of the generalist with
     the adapter's final weights ``state`` (answering as ``name``), with the
@@ -239,7 +246,7 @@ def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> str:
     from hub import PolicyEvidence
     from protocol import Mode
     from simulations._evaluate import evaluate_through_hub, policy_arrays
-    from site_agent.adapter import LocalGeneralist
+    from site_agent.adapter import LocalGeneralist, weights_digest
 
     if len(job.policy_rows) < MIN_POLICY_CASES:
         raise SimulationError(
@@ -274,7 +281,13 @@ def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> str:
         arrays["voting"] = evidence.voting
     np.savez(path, **arrays)  # type: ignore[arg-type]
     path.with_suffix(".asked").unlink(missing_ok=True)  # a new scoring: a new allowance
-    return task.model_dump_json()
+    # What it scored with: it co-signs an adapter only with exactly these weights.
+    _scored_file(job).write_text(weights_digest(state))
+    return task.model_dump_json(), evidence.cases
+
+
+def _scored_file(job: TuneJob) -> Path:
+    return job.folder / f"policy-weights-{job.task_id}.sha256"
 
 
 @contextlib.contextmanager
@@ -374,44 +387,34 @@ def adapter_update(
     return update.state, update.examples, update.loss
 
 
-def publish_adapter(
+def _card(
     job: TuneJob,
-    state: Mapping[str, Any],
+    trainer: Any,
     training: Mapping[str, Any],
-    policy: ArbitrationPolicy | None = None,
-) -> tuple[str, str, int]:
-    """Writes, signs and publishes the federated adapter; its folder, digest and version.
+    policy: ArbitrationPolicy | None,
+    version: int,
+) -> Any:
+    """The adapter card of ``trainer``'s weights.
 
-    Published like a specialist (``gsco site publish``): through the registry's
-    checks and TUF, recorded in the site's egress ledger. ``training`` holds
-    the card's task fields (``modality``, ``labels``, ``task_type``; else the
-    job's ``task``), its ``training`` record and its ``version`` (absent: one
-    above the last this site published for the task). ``policy``, fitted for
-    this adapter, goes into the card, each mode bound to the adapter.
+    ``training``: the card's ``training`` record and task fields; ``policy``
+    is bound to this adapter.
     """
     from generalist import PROMPT_TEMPLATE_VERSION
     from protocol import AdapterCard, AdapterTraining, LoraSpec
-    from site_agent import open_site
-    from site_agent.adapter import write_adapter_bundle
-    from site_agent.adapter._bundle import base_model_sha256
 
-    trainer = _trainer(job)
-    trainer.set_state(dict(state))
-    home = open_site(Path(job.home))
     recipe = trainer.recipe
     layers = recipe.last_layers
     task = {**(job.task or {}), **training}
     if policy is not None:
         unbound = {m: f.model_copy(update={"model": None}) for m, f in policy.modes.items()}
         policy = policy.model_copy(update={"modes": unbound})
-    version = int(training["version"]) if "version" in training else _next_version(job)
-    card = AdapterCard(
+    return AdapterCard(
         task_id=job.task_id,
         modality=str(task["modality"]),
         labels=tuple(task["labels"]),
         task_type=str(task["task_type"]),  # type: ignore[arg-type]
         base_model=job.base_model,
-        base_model_sha256=base_model_sha256(Path(job.model_dir)),
+        base_model_sha256=_base_sha256(job.model_dir),
         prompt_template=PROMPT_TEMPLATE_VERSION,
         sees_image=False,
         lora=LoraSpec(
@@ -429,52 +432,121 @@ def publish_adapter(
         created_at=datetime.now(UTC),
         policy=policy,
     )
-    out = Path(job.out_dir)
-    manifest = write_adapter_bundle(out, trainer, card, home.private_key)
-    return str(out), _publish(home, job, out, manifest), version
 
 
-def _next_version(job: TuneJob) -> int:
-    """One above the last adapter version this site published for the task (revoked too)."""
+_BASE_SHA256: dict[str, str] = {}
+
+
+def _base_sha256(model_dir: str) -> str:
+    """The base model's weights hash (hundreds of MB: computed once per process)."""
+    from site_agent.adapter import base_model_sha256
+
+    if model_dir not in _BASE_SHA256:
+        _BASE_SHA256[model_dir] = base_model_sha256(Path(model_dir))
+    return _BASE_SHA256[model_dir]
+
+
+def prepare_adapter(
+    job: TuneJob,
+    state: Mapping[str, Any],
+    training: Mapping[str, Any],
+    policy: ArbitrationPolicy | None = None,
+) -> tuple[dict[str, bytes], bytes]:
+    """Writes and signs the federated adapter here; its files and the proposed role version.
+
+    The card's version is the next of the task's consortium adapter role (as
+    the registry serves it now); the proposal lists exactly this bundle.
+    ``training`` holds the card's task fields (``modality``, ``labels``,
+    ``task_type``; else the job's ``task``) and its ``training`` record.
+    """
+    from registry import propose_adapter_role
+    from signing import bundle_digest, digest_files
+    from site_agent import open_site
+    from site_agent.adapter import write_adapter_bundle
+
+    trainer = _trainer(job)
+    trainer.set_state(dict(state))
+    home = open_site(Path(job.home))
     with job.registry_client() as client:
-        listed = client.bundles(task_id=job.task_id, site_id=job.site_id, include_revoked=True)
-    return 1 + max((ref.version for ref in listed if ref.kind == "adapter"), default=0)
+        previous = client.adapter_role(job.task_id)
+    version = 1 if previous is None else _role_version(previous) + 1
+    card = _card(job, trainer, training, policy, version)
+    out = Path(job.out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    write_adapter_bundle(out, trainer, card, home.private_key)
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+    digest = bundle_digest(digest_files(files))
+    return files, propose_adapter_role(previous, job.task_id, digest, files)
 
 
-def publish_adapter_policy(
-    home_dir: Path, registry: str, source: Path, out_dir: Path, policy: Any
-) -> tuple[int, str]:
-    """The signing site publishes the next version of its adapter with ``policy`` in the card.
+def _role_version(role: bytes) -> int:
+    version = json.loads(role)["signed"]["version"]
+    if type(version) is not int or version < 1:
+        raise SimulationError("the registry serves an adapter role without a valid version")
+    return version
 
-    The same weights (see :func:`site_agent.adapter.write_policy_version`),
-    through the registry's checks, recorded in the site's egress ledger.
-    Returns the new version and its bundle digest.
+
+def endorse_adapter(
+    job: TuneJob, files: Mapping[str, bytes], proposal: bytes, received: Mapping[str, Any]
+) -> Any:
+    """This site's checks of the adapter, then its co-signature of ``proposal``.
+
+    The checks are :func:`site_agent.adapter.check_for_endorsement`; the result
+    a :class:`registry.Endorsement`.
 
     Raises:
-        AdapterTrainingError: the policy does not fit the adapter.
-        RegistryError: the registry refused it.
+        EndorsementRefusedError: a check failed.
     """
-    from registry import RegistryClient
+    from hub import RegistrySync
+    from protocol import TaskSpec
+    from registry import TrustedRegistry, endorse
     from site_agent import open_site
-    from site_agent.adapter import write_policy_version
+    from site_agent.adapter import check_for_endorsement
 
-    home = open_site(home_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    card, manifest = write_policy_version(source, out_dir, policy, home.private_key)
-    with RegistryClient(registry, timeout_s=120.0) as client:
-        return card.version, _publish_with(client, home, registry, out_dir, manifest)
+    scored = _scored_file(job)
+    with job.registry_client() as client:
+        trusted = TrustedRegistry(client, job.folder / "tuf", Path(job.trusted_root).read_bytes())
+        sync = RegistrySync(client=client, trusted=trusted)
+        report = sync.sync()
+        if not report.ok:
+            raise SimulationError(f"{job.site_id} could not sync the registry: {report.error}")
+        task = (
+            TaskSpec.model_validate(job.task) if job.task else sync.catalog.task_spec(job.task_id)
+        )
+        previous = client.adapter_role(job.task_id)
+    check_for_endorsement(
+        files,
+        proposal,
+        site_id=job.site_id,
+        task=task,
+        base_model=job.base_model,
+        base_model_sha256=_base_sha256(job.model_dir),
+        examples=len(adapter_examples(job)),
+        received=received,
+        keyring=sync.keyring,
+        previous_role=previous,
+        scored_digest=scored.read_text().strip() if scored.is_file() else None,
+    )
+    return endorse(proposal, open_site(Path(job.home)).private_key)
 
 
-def _publish(home: SiteHome, job: TuneJob, folder: Path, manifest: VerifiedManifest) -> str:
-    """Publishes the signed bundle ``folder`` to the job's registry; its digest."""
+def publish_consortium_adapter(
+    job: TuneJob, files: Mapping[str, bytes], proposal: bytes, endorsements: list[Any]
+) -> tuple[str, str, int]:
+    """Publishes the adapter with its co-signed role version; its folder, digest and version.
+
+    Recorded in this site's egress ledger, like every publication.
+
+    Raises:
+        RegistryError: the registry refused it (too few co-signatures, say).
+    """
+    from registry import assemble_adapter_role
+    from signing import digest_files
+    from site_agent import open_site
+
+    home = open_site(Path(job.home))
+    role = assemble_adapter_role(proposal, endorsements)
     with job.registry_client(timeout_s=120.0) as client:
-        return _publish_with(client, home, job.registry, folder, manifest)
-
-
-def _publish_with(
-    client: Any, home: SiteHome, registry: str, folder: Path, manifest: VerifiedManifest
-) -> str:
-    """Publishes ``folder`` through ``client``, records it in the egress ledger; its digest."""
-    ref = client.publish(folder, home.private_key)
-    home.ledger.record_publication(registry, ref, dict(manifest.files))
-    return str(ref.bundle_digest)
+        ref = client.publish_adapter(dict(files), role)
+    home.ledger.record_publication(job.registry, ref, digest_files(files))
+    return job.out_dir, str(ref.bundle_digest), int(ref.version)

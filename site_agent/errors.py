@@ -17,6 +17,7 @@
     ├── PrivacyIndexError      the retrieval index cannot satisfy its privacy settings
     ├── DeidentificationError  a DICOM identifying value was found in an output
     ├── AdapterTrainingError   the generalist's adapter cannot be trained (recipe, data, weights)
+    ├── EndorsementRefusedError the site will not co-sign a consortium adapter (a check failed)
     ├── BundleExistsError      the output folder exists and is not empty
     └── LedgerError            the egress ledger is unreadable or its hash chain is broken
 
@@ -36,6 +37,7 @@ __all__ = [
     "DataNotFoundError",
     "DeidentificationError",
     "EmptyClassError",
+    "EndorsementRefusedError",
     "ExportError",
     "ImageDecodeError",
     "LedgerError",
@@ -116,3 +118,7 @@ class LedgerError(SiteError):
 
 class AdapterTrainingError(SiteError):
     """The generalist's LoRA adapter cannot be trained: recipe, examples or weights."""
+
+
+class EndorsementRefusedError(SiteError):
+    """This site will not co-sign a consortium adapter: something it checks does not hold."""

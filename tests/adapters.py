@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -59,8 +60,11 @@ def trainer(rank: int = 8) -> Any:
     return AdapterTrainer(model_dir(), AdapterRecipe(rank=rank, last_layers=2, batch_size=8))
 
 
-def card(site_id: str, rank: int = 8, **overrides: Any) -> AdapterCard:
+def card(
+    site_id: str, rank: int = 8, trainers: tuple[str, ...] = (), **overrides: Any
+) -> AdapterCard:
     t = trainer(rank)
+    sites = trainers or (site_id,)
     settings: dict[str, Any] = {
         "task_id": TASK.task_id,
         "modality": TASK.modality,
@@ -76,9 +80,9 @@ def card(site_id: str, rank: int = 8, **overrides: Any) -> AdapterCard:
             layers=(t.num_layers - 2, t.num_layers - 1),
         ),
         "training": AdapterTraining(
-            sites=(site_id,),
-            examples=16,
-            examples_per_site={site_id: 16},
+            sites=sites,
+            examples=16 * len(sites),
+            examples_per_site=dict.fromkeys(sites, 16),
             rounds=1,
             local_epochs=1,
             prompt_modes=(Mode.GSCO, Mode.MOED),  # not rad: rad stays with the base model
@@ -92,8 +96,17 @@ def card(site_id: str, rank: int = 8, **overrides: Any) -> AdapterCard:
     return AdapterCard(**{**settings, **overrides})
 
 
-def adapter_bundle(where: Path, site: Any, rank: int = 8, **card_overrides: Any) -> Path:
-    """A signed adapter bundle of ``site`` (a tests.conftest.SiteKeys) in ``where``."""
+def adapter_bundle(
+    where: Path,
+    site: Any,
+    rank: int = 8,
+    trainers: Sequence[Any] = (),
+    **card_overrides: Any,
+) -> Path:
+    """A signed adapter bundle of ``site`` (a tests.conftest.SiteKeys) in ``where``.
+
+    ``trainers``: the sites its card says trained it (default: ``site`` alone).
+    """
     from site_agent.adapter import write_adapter_bundle
 
     t = trainer(rank)
@@ -101,8 +114,44 @@ def adapter_bundle(where: Path, site: Any, rank: int = 8, **card_overrides: Any)
         t.train(examples(), epochs=1)
         t._tests_trained = True
     shutil.rmtree(where, ignore_errors=True)
-    write_adapter_bundle(where, t, card(site.site_id, rank, **card_overrides), site.private)
+    names = tuple(s.site_id for s in trainers)
+    write_adapter_bundle(where, t, card(site.site_id, rank, names, **card_overrides), site.private)
     return where
+
+
+def co_signed_role(
+    files: dict[str, bytes],
+    signers: Sequence[Any],
+    previous: bytes | None,
+    *,
+    task_id: str = TASK.task_id,
+    version: int | None = None,
+) -> bytes:
+    """The task's next adapter role version for ``files``, signed by each of ``signers``.
+
+    ``version`` forces another version than the next (a jump).
+    """
+    from registry import assemble_adapter_role, endorse, propose_adapter_role
+    from signing import bundle_digest, digest_files
+
+    proposal = propose_adapter_role(previous, task_id, bundle_digest(digest_files(files)), files)
+    if version is not None:
+        document = json.loads(proposal)
+        document["signed"]["version"] = version
+        proposal = json.dumps(document).encode()
+    return assemble_adapter_role(proposal, [endorse(proposal, s.private) for s in signers])
+
+
+def publish_consortium(client: Any, folder: Path, signers: Sequence[Any]) -> Any:
+    """Publishes the adapter bundle in ``folder`` co-signed by ``signers``; its BundleRef.
+
+    ``client`` is a :class:`registry.RegistryClient` (the role's next version is
+    read from it).
+    """
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    card_task = json.loads(files["adapter_card.json"])["task_id"]
+    role = co_signed_role(files, signers, client.adapter_role(card_task), task_id=card_task)
+    return client.publish_adapter(files, role)
 
 
 def resign(folder: Path, site: Any) -> None:

@@ -13,6 +13,14 @@ DpNoiseOption = Annotated[
     float, typer.Option(min=0.0, help="DP-FedAvg noise multiplier (0: no DP).")
 ]
 DpClipOption = Annotated[float, typer.Option(min=0.0, help="DP-FedAvg clipping norm.")]
+AggregationOption = Annotated[
+    str | None,
+    typer.Option(
+        help="How FedAvg combines the sites' updates: fedavg, trimmed-mean, median, krum "
+        "(Flower's strategies; default: trimmed-mean from 3 sites up, else fedavg). "
+        "Updates are screened and clipped first, whatever the choice."
+    ),
+]
 HealthAddressOption = Annotated[
     str | None,
     typer.Option(

@@ -22,6 +22,7 @@ from federation import (
 )
 from federation._run import recent_runs
 from gsco.cli._common import (
+    AggregationOption,
     DpClipOption,
     DpNoiseOption,
     FedAvgLocalEpochsOption,
@@ -262,14 +263,16 @@ def run(
     tune_modes: Annotated[
         str, typer.Option(help="The prompt modes the adapter learns, comma-separated.")
     ] = "gsco",
+    aggregation: AggregationOption = None,
 ) -> None:
     """Run the GSCo app on the member sites: each trains, signs and publishes its specialist.
 
     With --fedavg-rounds the sites then co-train one shared specialist (FedAvg,
     optionally with DP), and each publishes it, signed with its own key. With
     --tune-rounds they then tune the generalist's adapter, fit its arbitration
-    policy at the sites (only sums and counts leave them), and one site
-    publishes the adapter with the policy in its card.
+    policy at the sites (only sums and counts leave them), every training site
+    checks and co-signs it, and one site publishes it with the policy in its
+    card: the registry accepts it only with enough co-signatures.
     """
     from federation._run import RunRequest, run_federation
 
@@ -295,6 +298,7 @@ def run(
         tune_examples_per_site=tune_examples_per_site,
         tune_policy_cases_per_site=tune_policy_cases,
         tune_modes=_modes(tune_modes),
+        aggregation=_aggregation(aggregation),
     )
     result = run_federation(consortium, request, on_line=lambda line: typer.echo(line, err=True))
     typer.echo(f"run of {task} on {consortium.config.name}: results in {result.path}")
@@ -306,6 +310,16 @@ def run(
         from gsco.cli._common import fail
 
         fail(result.error)
+
+
+def _aggregation(name: str | None) -> str | None:
+    """``--aggregation``: one of Flower's strategies the run may use."""
+    from gsco.cli._common import fail
+    from simulations._aggregation import AGGREGATIONS
+
+    if name is not None and name not in AGGREGATIONS:
+        fail(f"--aggregation {name!r}: use one of {', '.join(AGGREGATIONS)}")
+    return name
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -323,9 +337,11 @@ def adapter_line(adapter: dict[str, object]) -> str:
     """One line on the adapter stage: what was published, by whom, and its policy."""
     if not adapter.get("published"):
         return f"  adapter: not published: {adapter.get('error', '?')}"
+    co_signers = adapter.get("co_signed_by")
     line = (
         f"  adapter: version {adapter.get('version')} published by {adapter.get('signed_by')} "
-        f"(bundle {str(adapter['published'])[:12]})"
+        f"(bundle {str(adapter['published'])[:12]}), co-signed by "
+        + (", ".join(str(s) for s in co_signers) if isinstance(co_signers, list) else "?")
     )
     policy = adapter.get("policy")
     if isinstance(policy, dict):

@@ -123,10 +123,19 @@ def serve(
         list[Path] | None,
         typer.Option(
             help="A signed LoRA adapter bundle of the generalist to serve (repeatable; pinned "
-            "for its task). Adapters published to the registry are served without this. The "
+            "for its task, the operator's decision: no consortium co-signatures needed). The "
+            "consortium's adapters published to the registry are served without this. The "
             "verified copy goes to STATE/adapters: the vLLM server must read that folder."
         ),
     ] = None,
+    min_adapter_signers: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            help="The fewest training sites whose co-signatures put a registry adapter in "
+            "service here (the registry's threshold applies too, if higher).",
+        ),
+    ] = 2,
     max_lora_rank: Annotated[
         int, typer.Option(min=1, help="The generalist's --max-lora-rank.")
     ] = 16,
@@ -216,6 +225,7 @@ def serve(
         policies=policies,
         adapters=tuple(adapter or ()),
         max_lora_rank=max_lora_rank,
+        min_adapter_signers=min_adapter_signers,
         average_option_orders=average_option_orders,
         max_queue=max_queue,
         workers=workers,

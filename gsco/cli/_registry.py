@@ -56,6 +56,15 @@ def serve(
     max_uploads_per_site: Annotated[
         int, typer.Option(min=1, help="Uploads received at once from one site.")
     ] = 1,
+    adapter_threshold: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Training sites that must co-sign a task's consortium adapter (also at least "
+            "a majority of its trainers). Kept in the registry; default: the stored value, 2 "
+            "in a new registry.",
+        ),
+    ] = None,
 ) -> None:
     """Run the registry's gRPC service until interrupted.
 
@@ -75,6 +84,7 @@ def serve(
         uploads=UploadLimits(
             max_uploads_total=max_uploads, max_uploads_per_site=max_uploads_per_site
         ),
+        adapter_threshold=adapter_threshold,
     )
     server, registry, bound = start_server(config)
     recovered = {k: v for k, v in registry.recovered.items() if v}

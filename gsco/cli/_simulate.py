@@ -20,7 +20,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gsco.cli._common import DpClipOption, DpNoiseOption, FedAvgLocalEpochsOption
+from gsco.cli._common import (
+    AggregationOption,
+    DpClipOption,
+    DpNoiseOption,
+    FedAvgLocalEpochsOption,
+)
 
 
 class ConsoleProgress:
@@ -70,16 +75,31 @@ class ConsoleProgress:
             self._bar = None
 
 
-def _faults(values: list[str] | None) -> dict[int, str]:
-    from simulations import ScenarioError
+def _faults(values: list[str] | None) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
+    """``--fault SITE:FAULT`` values: the sites' stage faults and the adapter stage's.
+
+    SITE is a site's number (``3``) or its id as the simulation names it
+    (``hospital-03``). A site has at most one fault of the sites' stage and any
+    number of the adapter stage's.
+    """
+    from simulations import FAULTS, ScenarioError
 
     faults: dict[int, str] = {}
+    adapter: dict[int, tuple[str, ...]] = {}
     for value in values or []:
         site, _, fault = value.partition(":")
-        if not site.isdigit() or not fault:
-            raise ScenarioError(f"--fault {value!r}: use SITE:FAULT, e.g. 2:flip-labels")
-        faults[int(site)] = fault
-    return faults
+        number = site.removeprefix("hospital-")
+        if not number.isdigit() or not fault:
+            raise ScenarioError(
+                f"--fault {value!r}: use SITE:FAULT, e.g. 2:flip-labels or hospital-03:lie-policy"
+            )
+        if fault in FAULTS:
+            if int(number) in faults:
+                raise ScenarioError(f"--fault {value!r}: site {number} has a fault already")
+            faults[int(number)] = fault
+        else:
+            adapter[int(number)] = (*adapter.get(int(number), ()), fault)
+    return faults, adapter
 
 
 def _print_table(report: dict[str, object], out: Path) -> None:
@@ -159,9 +179,12 @@ def simulate(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            help="SITE:FAULT, repeatable. Faults: flip-labels, drop-out, tamper, unsigned."
+            help="SITE:FAULT, repeatable; SITE is a number or an id (hospital-03). The sites' "
+            "stage: flip-labels, drop-out, tamper, unsigned. The adapter's (with "
+            "--tune-generalist): rogue-adapter, poison-adapter, inflate-examples, lie-policy."
         ),
     ] = None,
+    aggregation: AggregationOption = None,
     generalist: Annotated[
         str, typer.Option(help="embedded (the CPU vLLM server) | none | an OpenAI base URL.")
     ] = "embedded",
@@ -214,6 +237,7 @@ def simulate(
     """Simulate hospital sites with Flower, evaluate every method through the hub, report."""
     from simulations import Scenario, run_scenario, write_report
 
+    site_faults, adapter_faults = _faults(fault)
     scenario = Scenario(
         dataset=dataset,
         data=data,
@@ -225,7 +249,9 @@ def simulate(
         max_minutes_per_site=minutes_per_site,
         test_images=test_images or None,
         seed=seed,
-        faults=_faults(fault),
+        faults=site_faults,
+        adapter_faults=adapter_faults,
+        aggregation=aggregation,
         generalist=generalist,
         generalist_down=generalist_down,
         fedavg_rounds=fedavg_rounds,

@@ -4,20 +4,20 @@ A site turns its validation cases into evidence examples (the hub's engine on
 the task's verified specialists, the hub's prompt template, the true label),
 trains a LoRA adapter of the generalist on them with ``peft``, and takes part
 in FedAvg over the adapter's weights. The result is a signed adapter bundle
-(:mod:`site_agent.adapter._bundle`) that the hub verifies and loads into vLLM;
-its arbitration policy is fitted either on the hub's answers (the site then
-publishes the next version of the bundle with the policy in its card:
-:func:`write_policy_version`) or, deployed, at the sites themselves, on their
-own copy of the tuned generalist (:class:`LocalGeneralist`), the policy then
-going into the bundle's first version.
+(:mod:`site_agent.adapter._bundle`), its arbitration policy fitted at the
+sites on their own copy of the tuned generalist (:class:`LocalGeneralist`)
+and carried in its card. It takes effect only when enough of the sites that
+trained it co-sign it, each after its own checks (:func:`check_for_endorsement`);
+the hub then verifies it and loads it into vLLM.
 
 Needs the ``site`` extra (PyTorch, transformers, peft); imported on use.
 """
 
-from site_agent.adapter._bundle import ADAPTER_FILES, write_adapter_bundle, write_policy_version
+from site_agent.adapter._bundle import ADAPTER_FILES, base_model_sha256, write_adapter_bundle
+from site_agent.adapter._endorse import bundle_weights, check_for_endorsement, weights_digest
 from site_agent.adapter._examples import TUNING_MODES, EvidenceExample, evidence_examples
 from site_agent.adapter._score import LocalGeneralist
-from site_agent.adapter._train import AdapterRecipe, AdapterTrainer, LocalUpdate, fedavg_states
+from site_agent.adapter._train import AdapterRecipe, AdapterTrainer, LocalUpdate
 
 __all__ = [
     "ADAPTER_FILES",
@@ -27,8 +27,10 @@ __all__ = [
     "EvidenceExample",
     "LocalGeneralist",
     "LocalUpdate",
+    "base_model_sha256",
+    "bundle_weights",
+    "check_for_endorsement",
     "evidence_examples",
-    "fedavg_states",
+    "weights_digest",
     "write_adapter_bundle",
-    "write_policy_version",
 ]

@@ -21,18 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocol import LORA_MODULES
 from site_agent.adapter._examples import EvidenceExample
 from site_agent.errors import AdapterTrainingError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["AdapterRecipe", "AdapterTrainer", "LocalUpdate", "fedavg_states"]
+__all__ = ["AdapterRecipe", "AdapterTrainer", "LocalUpdate"]
 
 #: The projections vLLM's CPU and GPU LoRA kernels serve for Llama-family models.
-SERVABLE_MODULES = frozenset(
-    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-)
+SERVABLE_MODULES = frozenset(LORA_MODULES)
 
 
 @dataclass(frozen=True)
@@ -163,17 +162,36 @@ class AdapterTrainer:
     def save(self, folder: Path, base_model: str) -> None:
         """Writes ``adapter_model.safetensors`` and ``adapter_config.json`` (peft's format).
 
-        The config names ``base_model`` (the served model's name), not this
-        site's folder, which would say where the site keeps its files.
+        The config holds only the keys a registry accepts (see
+        ``registry.check_adapter_config``): peft's own holds more (``auto_mapping``,
+        ``revision``, patterns) that a plain LoRA does not need. It names
+        ``base_model`` (the served model's name), not this site's folder, which
+        would say where the site keeps its files.
         """
         import json
 
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
-        config_path = folder / "adapter_config.json"
-        config = json.loads(config_path.read_text())
-        config["base_model_name_or_path"] = base_model
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        peft_config: Any = self.model.peft_config["default"]  # a LoraConfig
+        layers = peft_config.layers_to_transform
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": int(peft_config.r),
+            "lora_alpha": int(peft_config.lora_alpha),
+            "target_modules": sorted(peft_config.target_modules),
+            "layers_to_transform": sorted(int(x) for x in layers) if layers else None,
+            "bias": "none",
+            "lora_dropout": float(peft_config.lora_dropout),
+            "fan_in_fan_out": False,
+            "use_rslora": False,
+            "use_dora": False,
+            "modules_to_save": None,
+            "init_lora_weights": True,
+            "inference_mode": True,
+        }
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     # -- data ------------------------------------------------------------------------------
 
@@ -290,29 +308,3 @@ class AdapterTrainer:
         self.model.eval()
         loss_value = sum(losses) / len(losses) if losses else math.nan
         return LocalUpdate(self.state(), len(encoded), loss_value, time.monotonic() - started)
-
-
-def fedavg_states(
-    updates: Sequence[tuple[dict[str, torch.Tensor], int]],
-) -> dict[str, torch.Tensor]:
-    """FedAvg: the mean of the adapters' weights, weighted by their examples.
-
-    Raises:
-        AdapterTrainingError: no updates, no examples, or the updates' tensors differ.
-    """
-    if not updates:
-        raise AdapterTrainingError("FedAvg needs at least one update")
-    total = sum(n for _, n in updates)
-    if total <= 0:
-        raise AdapterTrainingError("FedAvg needs updates trained on at least one example")
-    names = set(updates[0][0])
-    for state, _ in updates[1:]:
-        if set(state) != names:
-            raise AdapterTrainingError("FedAvg updates hold different tensors")
-    averaged: dict[str, torch.Tensor] = {}
-    for name in sorted(names):
-        mean = updates[0][0][name].double() * (updates[0][1] / total)
-        for state, n in updates[1:]:
-            mean = mean + state[name].double() * (n / total)
-        averaged[name] = mean.float()
-    return averaged

@@ -270,19 +270,22 @@ def test_the_report_is_built_in_process(
 
 @pytest.mark.slow
 def test_adapter_bundles_are_audited_like_specialists(tmp_path: Path) -> None:
-    """A published LoRA adapter passes the audit; its weights swapped in storage fail it."""
-    from tests.adapters import adapter_bundle
+    """A co-signed adapter passes the audit (its co-signers inventoried); its weights swapped
+    in storage, or its role's co-signatures stripped, fail it."""
+    from tests.adapters import adapter_bundle, publish_consortium
 
     (tmp_path / "keys").mkdir()
-    site = SiteKeys(tmp_path / "keys", "site-a")
+    site, other = SiteKeys(tmp_path / "keys", "site-a"), SiteKeys(tmp_path / "keys", "site-b")
     server = start_registry(tmp_path / "registry")
     try:
         with server.client() as client:
             client.enroll("site-a", site.public.pem)
+            client.enroll("site-b", other.public.pem)
             client.publish_files(
                 read_files(write_bundle_files(tmp_path / "s1", site)), site.private
             )
-            adapter = client.publish(adapter_bundle(tmp_path / "adapter", site), site.private)
+            bundle = adapter_bundle(tmp_path / "adapter", site, trainers=[site, other])
+            adapter = publish_consortium(client, bundle, [site, other])
         anchor = tmp_path / "root.json"
         anchor.write_bytes((server.root / "tuf" / "metadata" / "1.root.json").read_bytes())
         code, output, report = _audit(
@@ -292,10 +295,14 @@ def test_adapter_bundles_are_audited_like_specialists(tmp_path: Path) -> None:
         kinds = {b["kind"]: b for b in report["inventory"]["bundles"]}
         assert kinds["adapter"]["bundle_digest"] == adapter.bundle_digest
         assert kinds["adapter"]["adapter"]["rank"] == 8
+        (backed,) = report["inventory"]["consortium_adapters"]
+        assert backed["co_signed_by"] == ["site-a", "site-b"]
         assert report["checks_run"]["tuf-targets"] == 2
     finally:
         server.stop()
     root = tmp_path / "registry"
+    stripped = tmp_path / "stripped"
+    shutil.copytree(root, stripped)
     with sqlite3.connect(f"file:{root / 'registry.sqlite3'}?mode=ro", uri=True) as db:
         files = db.execute(
             "SELECT files FROM bundles WHERE digest = ?", (adapter.bundle_digest,)
@@ -310,3 +317,104 @@ def test_adapter_bundles_are_audited_like_specialists(tmp_path: Path) -> None:
     checks = {f["check"] for f in report["findings"] if f["severity"] == "fail"}
     assert "bundle-signature" in checks
     assert "FILE_CHANGED" in output
+    # The role's second co-signature stripped in storage: below the consortium's threshold.
+    for role in (stripped / "tuf" / "metadata").glob("*_adapter.pneumonia-cxr.json"):
+        document = json.loads(role.read_text())
+        document["signatures"] = document["signatures"][:1]
+        role.write_text(json.dumps(document))
+    code, output, report = _audit("--root", str(stripped), out=tmp_path / "stripped-report")
+    assert code == 1
+    failed = {f["check"]: f["message"] for f in report["findings"] if f["severity"] == "fail"}
+    assert "co-signed by 1 of its 2 training sites" in failed["consortium-backing"]
+
+
+def _store_unchecked(root: Path, folder: Path, *, kind: str, version: int = 1) -> str:
+    """Stores a signed bundle the way a registry before today's checks would have.
+
+    Blobs, its row and its publication event, none of today's checks: what an
+    auditor must still find in a registry that has run for years.
+    """
+    from protocol import ADAPTER_BACKBONE
+    from registry import Registry
+    from signing import bundle_digest, digest_files
+
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    card = json.loads(files.get("card.json") or files["adapter_card.json"])
+    digest = bundle_digest(digest_files(files))
+    store = Registry(root)
+    try:
+        (key,) = [s.key_id for s in store.sites() if s.site_id == card["site_id"]]
+        stored = {name: store.blobs.put(data) for name, data in files.items()}
+        backbone = ADAPTER_BACKBONE if kind == "adapter" else card["backbone"]
+        with store._transaction() as db:
+            db.execute(
+                "INSERT INTO bundles (digest, task_id, site_id, backbone, version, key_id, "
+                "published_at, size_bytes, files, revoked_at, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00+00:00', ?, ?, NULL, ?)",
+                (digest, card["task_id"], card["site_id"], backbone, version, key,
+                 sum(map(len, files.values())), json.dumps(stored, sort_keys=True), kind),
+            )  # fmt: skip
+            store._event(
+                db, "publish", site_id=card["site_id"], key_id=key, bundle_digest=digest,
+                task_id=card["task_id"], backbone=backbone, version=version,
+            )  # fmt: skip
+    finally:
+        store.close()
+    return digest
+
+
+@pytest.mark.slow
+def test_stored_rows_todays_checks_refuse_are_flagged(tmp_path: Path) -> None:
+    """What an older registry let in: one site's adapter with non-finite weights, one with a
+    full-trust policy, a specialist whose labels hold terminal and markup characters."""
+    from protocol import ArbitrationPolicy, Mode, ModePolicy
+    from registry import Registry
+    from tests.adapters import adapter_bundle, edit_json, resign
+
+    (tmp_path / "keys").mkdir()
+    site = SiteKeys(tmp_path / "keys", "site-a")
+    root = tmp_path / "registry"
+    store = Registry(root)
+    store.enroll("site-a", site.public.pem)
+    store.close()
+    nan = adapter_bundle(tmp_path / "nan", site)
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(nan / "adapter_model.safetensors"))
+    save_file(
+        {k: v * float("nan") for k, v in tensors.items()}, str(nan / "adapter_model.safetensors")
+    )
+    resign(nan, site)
+    full_trust = ModePolicy(
+        generalist_weight=100.0, validation_accuracy={"policy": 1.0}, weights_tried={},
+        label_bias=(20.0, -20.0),
+    )  # fmt: skip
+    trusting = adapter_bundle(
+        tmp_path / "trusting", site, version=2**32 - 1,
+        policy=ArbitrationPolicy(
+            task_id="pneumonia-cxr", labels=("normal", "pneumonia"), model="rogue",
+            n_examples=10, modes={Mode.GSCO: full_trust},
+        ),
+    )  # fmt: skip
+    hostile = write_bundle_files(tmp_path / "hostile", site, sign=False)
+    edit_json(
+        hostile / "card.json",
+        task_id="new-task",
+        labels=["normal\x1b[31m", "<script>alert(1)</script>\u202e"],
+        data_summary={"source": "test", "n_train": 10, "n_val": 2, "n_test": 2,
+                      "train_class_counts": {}},
+    )  # fmt: skip
+    resign(hostile, site)
+    _store_unchecked(root, nan, kind="adapter")
+    _store_unchecked(root, trusting, kind="adapter", version=2**32 - 1)
+    _store_unchecked(root, hostile, kind="specialist")
+    code, _, report = _audit("--root", str(root), out=tmp_path / "report")
+    assert code == 1
+    failed: dict[str, list[str]] = {}
+    for finding in report["findings"]:
+        if finding["severity"] == "fail":
+            failed.setdefault(finding["check"], []).append(finding["message"])
+    assert any("NaN or infinite" in m for m in failed["adapter-content"])
+    assert any("weight 100" in m for m in failed["adapter-policy"])
+    assert len(failed["consortium-backing"]) == 2  # neither adapter has the co-signatures
+    assert any("labels" in m and "U+001B" in m for m in failed["card-schema"]), failed

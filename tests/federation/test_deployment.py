@@ -48,7 +48,7 @@ def _share(source: Path, out: Path, number: int) -> Path:
 
 
 def test_three_hospitals_train_publish_and_are_audited(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, vllm_url: str
 ) -> None:
     source = medmnist_dir() / "pneumoniamnist.npz"
     if not source.is_file():
@@ -143,6 +143,10 @@ def test_three_hospitals_train_publish_and_are_audited(
         assert adapter["policy_sites"] == 3
         assert "policy fitted at 3 sites on 60 cases: gsco weight" in done.stdout
         assert f"adapter: version 1 published by {adapter['signed_by']}" in done.stdout
+        assert adapter["co_signed_by"] == sorted(SITES)  # every trainer checked and co-signed
+        assert f"co-signed by {', '.join(sorted(SITES))}" in done.stdout
+        assert adapter["aggregation"] == "trimmed-mean"  # the robust default from three sites
+        assert not adapter.get("refused")  # nothing of an honest site was refused
         assert "/" not in adapter["bundle"]  # where a site keeps its files stays there
         # Only the ServerApp's lines reach the consortium: no site's scores or labels.
         assert "policy-evidence" not in done.stderr
@@ -160,9 +164,15 @@ def test_three_hospitals_train_publish_and_are_audited(
         assert {ref.site_id for ref in listed} == set(SITES)
         shared = [ref for ref in listed if ref.version == 2]  # each site's second bundle
         assert {ref.site_id for ref in shared} == set(SITES), listed
-        hub = start_hub(registry, tmp_path / "hub", "--allow-anonymous", "--no-generalist")
+        hub = start_hub(
+            registry, tmp_path / "hub", "--allow-anonymous", "--generalist-url", vllm_url
+        )
         task = httpx.get(hub.url + "/v1/tasks", timeout=30).json()["tasks"][0]
         assert task["sites"] == sorted(SITES)  # each verified: signature, TUF, ONNX
+        # The co-signed adapter is the consortium's: the hub serves it, loaded into vLLM.
+        assert task["adapter"]["bundle_digest"] == adapter["published"], task
+        assert task["adapter"]["endorsed_by"] == sorted(SITES)
+        assert task["adapter"]["source"] == "registry"
         ledgers = [a for s in SITES for a in ("--ledger", str(tmp_path / s / "egress.jsonl"))]
         audit = gsco_run("audit", "registry", "--root", str(registry.root), *ledgers,
                          "--out", str(tmp_path / "audit"))  # fmt: skip

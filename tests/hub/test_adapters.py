@@ -1,7 +1,10 @@
 """Adapters in service with the real vLLM server: verified, loaded, named; bad ones refused.
 
-A real registry (tiny specialists of site-a), the embedded vLLM CPU server with
-LoRA on, and real peft adapters of its SmolLM2 weights (tests.adapters).
+A real registry (tiny specialists of site-a; site-a and site-b enrolled), the
+embedded vLLM CPU server with LoRA on, and real peft adapters of its SmolLM2
+weights (tests.adapters). From the registry, a hub serves only the
+consortium's adapter: the one its task's adapter role lists, co-signed by
+enough of its training sites.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 from generalist import MODEL_NAME, OpenAICompatibleBackend, OpenAIConfig
 from hub import AdapterRefusedError, Hub
 from protocol import DiagnoseResponse, Mode
-from tests.adapters import adapter_bundle, reranked_bundle
+from tests.adapters import adapter_bundle, co_signed_role, publish_consortium, reranked_bundle
 from tests.conftest import SiteKeys
 from tests.hub.conftest import hub_config, png, publish
 from tests.servers import RunningRegistry
@@ -27,8 +30,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory, site_a: SiteKeys) -> Path:
-    return adapter_bundle(tmp_path_factory.mktemp("adapter") / "bundle", site_a)
+def signed(tmp_path_factory: pytest.TempPathFactory, site_a: SiteKeys, site_b: SiteKeys) -> Path:
+    """An adapter site-a signed, trained by site-a and site-b."""
+    return adapter_bundle(
+        tmp_path_factory.mktemp("adapter") / "bundle", site_a, trainers=[site_a, site_b]
+    )
 
 
 @pytest.fixture
@@ -169,10 +175,10 @@ def test_an_adapter_for_another_base_model_is_refused(
 
 
 def test_a_published_adapter_is_served_at_the_next_sync_and_a_revoked_one_is_not(
-    hub: Hub, signed: Path, registry: RunningRegistry, site_a: SiteKeys
+    hub: Hub, signed: Path, registry: RunningRegistry, site_a: SiteKeys, site_b: SiteKeys
 ) -> None:
     with registry.client() as client:
-        ref = client.publish(signed, site_a.private)
+        ref = publish_consortium(client, signed, [site_a, site_b])
         assert ref.kind == "adapter"
         assert ref.backbone == "generalist-lora"
         assert any(r.kind == "adapter" for r in client.bundles())
@@ -183,6 +189,7 @@ def test_a_published_adapter_is_served_at_the_next_sync_and_a_revoked_one_is_not
     served = hub.engine.adapters["pneumonia-cxr"]
     assert served.digest == ref.bundle_digest
     assert served.source == "registry"
+    assert served.endorsed_by == ("site-a", "site-b")
     (response,) = _diagnose(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.adapter_digest == ref.bundle_digest
@@ -197,8 +204,8 @@ def test_a_published_adapter_is_served_at_the_next_sync_and_a_revoked_one_is_not
     assert response.generalist.model == MODEL_NAME
 
 
-def test_the_registry_refuses_tampered_stale_and_unservable_adapters(
-    signed: Path, registry: RunningRegistry, site_a: SiteKeys, tmp_path: Path
+def test_the_registry_refuses_tampered_and_unservable_adapters(
+    signed: Path, registry: RunningRegistry, site_a: SiteKeys, site_b: SiteKeys, tmp_path: Path
 ) -> None:
     from registry import RejectCode, RejectedError
     from tests.adapters import edit_json, resign
@@ -207,10 +214,9 @@ def test_the_registry_refuses_tampered_stale_and_unservable_adapters(
         files = {p.name: p.read_bytes() for p in signed.iterdir()}
         weights = bytearray(files["adapter_model.safetensors"])
         weights[100] ^= 0x01
+        tampered = {**files, "adapter_model.safetensors": bytes(weights)}
         with pytest.raises(RejectedError) as caught:
-            client.publish_files(
-                {**files, "adapter_model.safetensors": bytes(weights)}, site_a.private
-            )
+            client.publish_adapter(tampered, co_signed_role(tampered, [site_a, site_b], None))
         assert caught.value.code is RejectCode.FILE_CHANGED
 
         dora = tmp_path / "dora"
@@ -218,61 +224,67 @@ def test_the_registry_refuses_tampered_stale_and_unservable_adapters(
         edit_json(dora / "adapter_config.json", use_dora=True)
         resign(dora, site_a)
         with pytest.raises(RejectedError) as caught:
-            client.publish(dora, site_a.private)
+            publish_consortium(client, dora, [site_a, site_b])
         assert caught.value.code is RejectCode.INVALID_ADAPTER
 
-        client.publish(signed, site_a.private)
-        again = adapter_bundle(tmp_path / "v1-again", site_a, license="MIT")  # v1 again
-        with pytest.raises(RejectedError) as caught:
-            client.publish(again, site_a.private)
-        assert caught.value.code is RejectCode.STALE_VERSION
 
-
-def test_the_policy_published_with_an_adapter_weighs_its_answers(
-    hub: Hub, signed: Path, registry: RunningRegistry, site_a: SiteKeys, tmp_path: Path
-) -> None:
-    """Version 2 of the adapter carries its policy: served, shown, applied; revoked, gone."""
+def _policy_for(name: str, weight: float) -> Any:
     from protocol import ArbitrationPolicy, ModePolicy
-    from site_agent.adapter import write_policy_version
 
+    fitted = ModePolicy(
+        generalist_weight=weight,
+        base="voting",
+        validation_accuracy={"voting": 0.8, "policy": 0.9},
+        weights_tried={"0": 0.8, "2": 0.9},
+        gate_p_value=0.01,
+        label_bias=(0.25, -0.25),
+        sites_agreeing=2,
+    )
+    return ArbitrationPolicy(
+        task_id="pneumonia-cxr",
+        labels=("normal", "pneumonia"),
+        model=name,
+        n_examples=40,
+        modes={Mode.GSCO: fitted},
+        sites=("site-a", "site-b"),
+    )
+
+
+def test_the_policy_in_the_consortiums_adapter_weighs_its_answers(
+    hub: Hub, registry: RunningRegistry, site_a: SiteKeys, site_b: SiteKeys, tmp_path: Path
+) -> None:
+    """Version 2 of the consortium's adapter carries its policy: served, shown, applied;
+    revoked, the base model answers (the consortium's adapter is version 2 or nothing)."""
     assert hub.engine is not None
+    v1 = adapter_bundle(tmp_path / "v1", site_a, trainers=[site_a, site_b])
     with registry.client() as client:
-        first = client.publish(signed, site_a.private)
+        publish_consortium(client, v1, [site_a, site_b])
     hub.sync_now()
-    v1 = hub.engine.adapters["pneumonia-cxr"]
-    assert v1.card.policy is None
-    assert hub.engine.policy_in_service("pneumonia-cxr") is None
+    first = hub.engine.adapters["pneumonia-cxr"]
+    assert first.card.policy is None
     (response,) = _diagnose(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.policy_weight is None  # no policy for this adapter yet
 
-    fitted = ModePolicy(
-        generalist_weight=2.0,
-        validation_accuracy={"policy": 0.9},
-        weights_tried={},
-        label_bias=(0.25, -0.25),
+    v2 = adapter_bundle(
+        tmp_path / "v2",
+        site_b,
+        trainers=[site_a, site_b],
+        version=2,
+        policy=_policy_for(first.name, 2.0).model_copy(update={"model": "adapter"}),
     )
-    policy = ArbitrationPolicy(
-        task_id="pneumonia-cxr",
-        labels=("normal", "pneumonia"),
-        model=v1.name,  # fitted on the hub's answers with the first version
-        n_examples=40,
-        modes={Mode.GSCO: fitted},
-    )
-    write_policy_version(signed, tmp_path / "v2", policy, site_a.private)
     with registry.client() as client:
-        second = client.publish(tmp_path / "v2", site_a.private)
+        second = publish_consortium(client, v2, [site_a, site_b])
     hub.sync_now()
-    v2 = hub.engine.adapters["pneumonia-cxr"]
-    assert v2.digest == second.bundle_digest
-    assert v2.card.policy is not None
+    served = hub.engine.adapters["pneumonia-cxr"]
+    assert served.digest == second.bundle_digest
     shown = hub.engine.policy_in_service("pneumonia-cxr")
     assert shown is not None
-    assert shown.modes[Mode.GSCO].model == v2.name
+    assert shown.modes[Mode.GSCO].model == served.name
     assert shown.modes[Mode.GSCO].generalist_weight == 2.0
     gsco, moed = _diagnose(hub)
     assert gsco.generalist is not None
-    assert gsco.generalist.adapter_digest == v2.digest
+    assert gsco.generalist.adapter_digest == served.digest
     assert gsco.generalist.policy_weight == 2.0
     assert gsco.generalist.calibration == "contextual+bias"
     assert moed.generalist is not None
@@ -281,8 +293,77 @@ def test_the_policy_published_with_an_adapter_weighs_its_answers(
     with registry.client() as client:
         assert client.revoke_bundle(second.bundle_digest, "a test revokes it") == 1
     hub.sync_now()
-    assert hub.engine.adapters["pneumonia-cxr"].digest == first.bundle_digest  # back to v1
+    assert "pneumonia-cxr" not in hub.engine.adapters  # not back to v1: v2 is the consortium's
     assert hub.engine.policy_in_service("pneumonia-cxr") is None
-    (response,) = _diagnose(hub, (Mode.GSCO,))
+
+
+def test_one_sites_rogue_adapter_never_reaches_the_hub(
+    hub: Hub, signed: Path, registry: RunningRegistry, site_a: SiteKeys, site_b: SiteKeys,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The attack of one enrolled key: its own adapter, version 4294967295, full trust."""
+    from protocol import ArbitrationPolicy, ModePolicy
+    from registry import RejectCode, RejectedError
+
+    with registry.client() as client:
+        consortium = publish_consortium(client, signed, [site_a, site_b])
+    hub.sync_now()
+    assert hub.engine is not None
+    before = [r.label for r in _diagnose(hub, (Mode.GSCO, Mode.MOED, Mode.GSCO))]
+
+    full_trust = ModePolicy(
+        generalist_weight=100.0,
+        validation_accuracy={"policy": 1.0},
+        weights_tried={},
+        label_bias=(20.0, -20.0),
+    )
+    rogue = adapter_bundle(
+        tmp_path / "rogue",
+        site_b,
+        version=2**32 - 1,
+        policy=ArbitrationPolicy(
+            task_id="pneumonia-cxr",
+            labels=("normal", "pneumonia"),
+            model="rogue",
+            n_examples=10,
+            modes={Mode.GSCO: full_trust, Mode.MOED: full_trust},
+        ),
+    )
+    with registry.client() as client:
+        for attempt in (
+            lambda: client.publish(rogue, site_b.private),
+            lambda: publish_consortium(client, rogue, [site_b]),
+        ):
+            with pytest.raises(RejectedError) as caught:
+                attempt()
+            assert caught.value.code is RejectCode.NO_CONSORTIUM_BACKING
+        assert [r.bundle_digest for r in client.bundles() if r.kind == "adapter"] == [
+            consortium.bundle_digest
+        ]
+    hub.sync_now()
+    assert hub.engine.adapters["pneumonia-cxr"].digest == consortium.bundle_digest
+    after = [r.label for r in _diagnose(hub, (Mode.GSCO, Mode.MOED, Mode.GSCO))]
+    assert after == before
+
+
+def test_a_hub_that_cannot_verify_enough_co_signatures_serves_the_base_model(
+    hub: Hub, signed: Path, registry: RunningRegistry, site_a: SiteKeys, site_b: SiteKeys
+) -> None:
+    with registry.client() as client:
+        ref = publish_consortium(client, signed, [site_a, site_b])
+    strict: Hub = hub.make(min_adapter_signers=3)  # type: ignore[attr-defined]
+    assert strict.engine is not None
+    assert "pneumonia-cxr" not in strict.engine.adapters
+    assert "co-signed by 2" in strict.adapter_warnings["pneumonia-cxr"]
+    (response,) = _diagnose(strict, (Mode.GSCO,))
     assert response.generalist is not None
-    assert response.generalist.policy_weight is None
+    assert response.generalist.model == MODEL_NAME
+    # A co-signer's key revoked: the registry's role no longer has its threshold.
+    hub.sync_now()
+    assert hub.engine is not None
+    assert hub.engine.adapters["pneumonia-cxr"].digest == ref.bundle_digest
+    with registry.client() as client:
+        (key,) = [s.key_id for s in client.sites() if s.site_id == "site-b"]
+        client.revoke_key(key, "a test revokes it")
+    hub.sync_now()
+    assert "pneumonia-cxr" not in hub.engine.adapters

@@ -1,15 +1,15 @@
 """The policy fitted across sites whose cases never meet: only sums and counts are exchanged.
 
 Each site answers the fit's questions about its own cases
-(:meth:`hub.PolicyEvidence.answer`); the fit sums the answers. The result must
-be the policy the pooled cases give, and what a site sends must not grow
-with, or list, its cases.
+(:meth:`hub.PolicyEvidence.answer`); the fit checks each answer and sums them.
+Where the sites agree, the result is the policy the pooled cases give; what a
+site sends does not grow with, or list, its cases. A lying site is the
+subject of tests/hub/test_policy_attacks.py.
 """
 
 from __future__ import annotations
 
 import json
-from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,6 @@ import pytest
 from hub import (
     PolicyEvidence,
     PolicyFitError,
-    add_answers,
     fit_policy,
     fit_policy_from_answers,
 )
@@ -64,24 +63,40 @@ def _split(cases: dict[str, Any], bounds: list[int]) -> list[PolicyEvidence]:
                 cases["ensemble"][lo:hi],
                 {m: s[lo:hi] for m, s in cases["generalist"].items()},
                 cases["truth"][lo:hi],
-                cases["specialists"][:, lo:hi],
+                None if cases["specialists"] is None else cases["specialists"][:, lo:hi],
             )
         )
     return parts
 
 
 def _asking(sites: list[PolicyEvidence], sent: list[str]) -> Any:
-    def ask(question: dict[str, Any]) -> dict[str, Any]:
-        answers = [site.answer(json.loads(json.dumps(question))) for site in sites]
-        sent.extend(json.dumps(a) for a in answers)  # what crosses the wire
-        return dict(reduce(add_answers, answers))
+    by_name = {f"site-{i + 1}": site for i, site in enumerate(sites)}
+
+    def ask(question: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        answers = {n: by_name[n].answer(json.loads(json.dumps(question))) for n in names}
+        sent.extend(json.dumps(a) for a in answers.values())  # what crosses the wire
+        return {n: json.loads(json.dumps(a)) for n, a in answers.items()}
 
     return ask
+
+
+def _federated(cases: dict[str, Any], bounds: list[int], sent: list[str]) -> Any:
+    parts = _split(cases, bounds)
+    names = [f"site-{i + 1}" for i in range(len(parts))]
+    return fit_policy_from_answers(
+        TASK,
+        _asking(parts, sent),
+        [Mode.GSCO, Mode.RAD],
+        model="adapter",
+        parties=names,
+        declared={name: part.cases for name, part in zip(names, parts, strict=True)},
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_fit_across_sites_is_the_fit_of_the_pooled_cases(seed: int) -> None:
     cases = _cases(240, seed)
+    cases["specialists"] = None  # the ensemble is the base: a gain every site sees
     pooled = fit_policy(
         TASK,
         cases["ensemble"],
@@ -91,9 +106,7 @@ def test_the_fit_across_sites_is_the_fit_of_the_pooled_cases(seed: int) -> None:
         specialists=cases["specialists"],
     )
     sent: list[str] = []
-    federated = fit_policy_from_answers(
-        TASK, _asking(_split(cases, [37, 150]), sent), [Mode.GSCO, Mode.RAD], model="adapter"
-    )
+    federated = _federated(cases, [37, 150], sent)
     assert federated.n_examples == pooled.n_examples == 240
     assert federated.recommended_mode == pooled.recommended_mode
     for mode, fitted in pooled.modes.items():
@@ -108,7 +121,32 @@ def test_the_fit_across_sites_is_the_fit_of_the_pooled_cases(seed: int) -> None:
     # The helpful mode earns a weight; the unrelated one does not.
     assert pooled.modes[Mode.GSCO].generalist_weight > 0
     assert pooled.modes[Mode.RAD].generalist_weight == 0
+    assert federated.sites == ("site-1", "site-2", "site-3")
+    assert not federated.sites_excluded
+    assert federated.modes[Mode.GSCO].sites_agreeing == 3  # each site saw the weight help
+    assert pooled.sites == ()
+    assert pooled.modes[Mode.GSCO].sites_agreeing is None
     assert sent
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_across_sites_no_weight_rests_on_one_site(seed: int) -> None:
+    """Against a strong vote the gain is a handful of cases: the pooled fit may trust a weight
+    the sites' answers do not back without one of them; the federated fit then does not."""
+    cases = _cases(240, seed)
+    pooled = fit_policy(
+        TASK, cases["ensemble"], cases["generalist"], cases["truth"], model="adapter",
+        specialists=cases["specialists"],
+    )  # fmt: skip
+    federated = _federated(cases, [37, 150], [])
+    for mode, fitted in pooled.modes.items():
+        other = federated.modes[mode]
+        assert other.base == fitted.base
+        assert other.weights_tried == fitted.weights_tried
+        assert other.generalist_weight <= fitted.generalist_weight
+        if other.generalist_weight > 0:
+            assert other.sites_agreeing is not None
+            assert other.sites_agreeing >= 2
 
 
 def test_what_a_site_sends_does_not_grow_with_its_cases() -> None:
@@ -170,23 +208,6 @@ def test_a_site_refuses_a_malformed_question(question: dict[str, Any], message: 
         site.answer(question)
 
 
-def test_answers_that_do_not_fit_together_are_refused() -> None:
-    assert add_answers({"n": 2, "v": [1, 2.5], "x": None}, {"n": 3, "v": [1, 1], "x": None}) == {
-        "n": 5,
-        "v": [2, 3.5],
-        "x": None,
-    }
-    for a, b in [
-        ({"n": 1}, {"m": 1}),
-        ([1, 2], [1]),
-        ({"voting": None}, {"voting": 3}),
-        (True, 1),
-        ("1", 1),
-    ]:
-        with pytest.raises(PolicyFitError):
-            add_answers(a, b)
-
-
 def test_evidence_that_does_not_fit_together_is_refused() -> None:
     cases = _cases(20, 4)
     with pytest.raises(PolicyFitError, match="do not fit"):
@@ -202,5 +223,11 @@ def test_no_cases_no_policy() -> None:
     empty = PolicyEvidence(
         site.ensemble[:0], {m: s[:0] for m, s in site.generalist.items()}, site.truth[:0]
     )
+    with pytest.raises(PolicyFitError, match="counts: n"):
+        fit_policy_from_answers(
+            TASK, lambda q, names: {"site-1": empty.answer(q)}, [Mode.GSCO], model="adapter",
+            parties=["site-1"],
+        )  # fmt: skip
     with pytest.raises(PolicyFitError, match="no validation cases"):
-        fit_policy_from_answers(TASK, empty.answer, [Mode.GSCO], model="adapter")
+        fit_policy(TASK, empty.ensemble, dict.fromkeys([Mode.GSCO], empty.ensemble), empty.truth,
+                   model="adapter")  # fmt: skip

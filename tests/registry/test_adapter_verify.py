@@ -180,61 +180,199 @@ def test_malformed_safetensors_are_refused_from_the_header(
     assert _refused(bundle, ring_a) is RejectCode.INVALID_ADAPTER
 
 
-def _policy(modes: tuple[str, ...] = ("gsco",)) -> ArbitrationPolicy:
+def _policy(
+    modes: tuple[str, ...] = ("gsco",),
+    *,
+    weight: float = 1.0,
+    bias: tuple[float, float] = (0.5, -0.5),
+    gate: float | None = 0.01,
+    agreeing: int | None = 2,
+    sites: tuple[str, ...] = ("site-a", "site-b", "site-c"),
+    n: int = 120,
+) -> ArbitrationPolicy:
     fitted = ModePolicy(
-        generalist_weight=1.0,
-        validation_accuracy={"policy": 0.9},
-        weights_tried={"0": 0.8, "1": 0.9},
-        label_bias=(0.5, -0.5),
+        generalist_weight=weight,
+        base="voting",
+        validation_accuracy={"voting": 0.85, "policy": 0.9},
+        weights_tried={"0": 0.85, "1": 0.9},
+        gate_p_value=gate,
+        label_bias=bias,
+        sites_agreeing=agreeing,
     )
     return ArbitrationPolicy(
         task_id="pneumonia-cxr",
         labels=("normal", "pneumonia"),
         model="pneumonia-cxr-lora-0123456789ab",
-        n_examples=40,
+        n_examples=n,
         modes={Mode(m): fitted for m in modes},
+        sites=sites,
     )
 
 
-def test_the_policy_version_of_an_adapter_passes_and_its_policy_is_signed(
-    signed: Path, ring_a: KeyRing, site_a: SiteKeys, tmp_path: Path
-) -> None:
-    from site_agent.adapter import write_policy_version
+def _with_policy(bundle: Path, site: SiteKeys, policy: ArbitrationPolicy) -> None:
+    document = json.loads((bundle / "adapter_card.json").read_text())
+    document["policy"] = json.loads(policy.model_dump_json())
+    (bundle / "adapter_card.json").write_text(json.dumps(document))
+    resign(bundle, site)
 
-    card, _ = write_policy_version(signed, tmp_path / "v2", _policy(), site_a.private)
-    assert card.version == 2
-    assert card.policy is not None
-    assert all(m.model is None for m in card.policy.modes.values())  # bound to this adapter
-    accepted = verify_adapter(_files(tmp_path / "v2"), ring_a)
-    assert accepted.card == card
-    # The same weights as the first version, under another digest.
-    first = verify_adapter(_files(signed), ring_a)
-    assert accepted.digest != first.digest
-    assert (tmp_path / "v2" / "adapter_model.safetensors").read_bytes() == (
-        signed / "adapter_model.safetensors"
-    ).read_bytes()
-    # A policy edited after signing is refused.
-    document = json.loads((tmp_path / "v2" / "adapter_card.json").read_text())
-    document["policy"]["modes"]["gsco"]["generalist_weight"] = 100.0
-    (tmp_path / "v2" / "adapter_card.json").write_text(json.dumps(document))
-    assert _refused(tmp_path / "v2", ring_a) is RejectCode.FILE_CHANGED
+
+def test_a_policy_within_its_bounds_passes_and_is_signed(
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys
+) -> None:
+    _with_policy(bundle, site_a, _policy())
+    accepted = verify_adapter(_files(bundle), ring_a)
+    assert accepted.card.policy is not None
+    document = json.loads((bundle / "adapter_card.json").read_text())
+    document["policy"]["modes"]["gsco"]["generalist_weight"] = 4.0
+    (bundle / "adapter_card.json").write_text(json.dumps(document))
+    assert _refused(bundle, ring_a) is RejectCode.FILE_CHANGED  # edited after signing
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        _policy(weight=100.0),  # the rogue's full trust
+        _policy(bias=(20.0, -20.0)),  # more than 120 cases can justify (log 120 = 4.8)
+        _policy(bias=(3.0, -3.0), n=10),  # log 10 = 2.3
+        _policy(bias=(0.5, 0.5)),  # not centred
+        _policy(gate=None),  # a weight without a gate
+        _policy(gate=0.2),  # a gate that did not pass
+        _policy(agreeing=1),  # one site of three
+        _policy(agreeing=None),  # no record of the sites' agreement
+        _policy(agreeing=1, sites=("site-a",)),  # a majority of one is still one site
+    ],
+    ids=[
+        "weight-100",
+        "bias-20",
+        "bias-small-n",
+        "bias-sum",
+        "no-gate",
+        "failed-gate",
+        "minority",
+        "no-agreement",
+        "one-site",
+    ],
+)
+def test_a_policy_outside_its_bounds_is_refused(
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys, policy: ArbitrationPolicy
+) -> None:
+    _with_policy(bundle, site_a, policy)
+    assert _refused(bundle, ring_a) is RejectCode.INVALID_POLICY
 
 
 def test_a_policy_that_does_not_fit_the_adapter_is_refused(
-    signed: Path, bundle: Path, ring_a: KeyRing, site_a: SiteKeys, tmp_path: Path, site_b: SiteKeys
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys
 ) -> None:
-    from site_agent.adapter import write_policy_version
-    from site_agent.errors import AdapterTrainingError
-
-    with pytest.raises(AdapterTrainingError, match="did not learn"):
-        write_policy_version(signed, tmp_path / "rad", _policy(("gsco", "rad")), site_a.private)
-    with pytest.raises(AdapterTrainingError, match="cannot add the policy"):
-        write_policy_version(signed, tmp_path / "foreign", _policy(), site_b.private)
-    # A card whose policy is for another label set, signed: the schema refuses it.
+    # A policy for a mode the adapter did not learn, or another label set: the schema refuses.
+    _with_policy(bundle, site_a, _policy(("gsco", "rad")))
+    assert _refused(bundle, ring_a) is RejectCode.INVALID_CARD
     document = json.loads((bundle / "adapter_card.json").read_text())
     policy = json.loads(_policy().model_dump_json())
     policy["labels"] = ["pneumonia", "normal"]
     document["policy"] = policy
     (bundle / "adapter_card.json").write_text(json.dumps(document))
+    resign(bundle, site_a)
+    assert _refused(bundle, ring_a) is RejectCode.INVALID_CARD
+
+
+def _set_values(bundle: Path, change: str) -> None:
+    """Rewrites the adapter's tensors with ``change`` applied (same names, shapes, dtypes)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(bundle / "adapter_model.safetensors"))
+    first = sorted(tensors)[0]
+    if change == "nan":
+        tensors = {k: np.full_like(v, np.nan) for k, v in tensors.items()}
+    elif change == "one-inf":
+        tensors[first] = tensors[first].copy()
+        tensors[first].flat[3] = np.inf
+    elif change == "1e30":
+        tensors = {k: np.full_like(v, 1e30) for k, v in tensors.items()}
+    elif change == "scaled-1e6":
+        tensors = {k: v * 1e6 for k, v in tensors.items()}
+    elif change == "update-too-large":  # entries within bounds, their product not
+        tensors = {k: np.full_like(v, 1.0) for k, v in tensors.items()}
+    save_file(tensors, str(bundle / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("change", ["nan", "one-inf", "1e30", "scaled-1e6", "update-too-large"])
+def test_non_finite_or_out_of_bound_weights_are_refused(
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys, change: str
+) -> None:
+    _set_values(bundle, change)
+    resign(bundle, site_a)
+    with pytest.raises(RejectedError) as caught:
+        verify_adapter(_files(bundle), ring_a)
+    assert caught.value.code is RejectCode.INVALID_ADAPTER
+    assert any(
+        word in str(caught.value) for word in ("NaN or infinite", "above the", "fine-tune")
+    ), caught.value
+
+
+def test_a_declared_module_without_its_tensors_is_refused(
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys
+) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(bundle / "adapter_model.safetensors"))
+    dropped = {k: v for k, v in tensors.items() if ".v_proj.lora_B." not in k}
+    save_file(dropped, str(bundle / "adapter_model.safetensors"))
+    resign(bundle, site_a)
+    with pytest.raises(RejectedError, match="target_modules must equal the tensors present"):
+        verify_adapter(_files(bundle), ring_a)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_model_name_or_path": "/etc/passwd"},
+        {"base_model_name_or_path": "../../../models/other"},
+        {"base_model_name_or_path": "https://example.org/model"},
+        {"auto_mapping": {"base_model_class": "os.system", "parent_library": "os"}},
+        {"revision": "../../x"},
+        {"surprise": 1},
+        {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]},
+        {"target_modules": ["q_proj", "k_proj", "v_proj", "embed_tokens"]},
+        {"layers_to_transform": [0, 1]},
+        {"layers_to_transform": None},
+        {"lora_dropout": "0.1"},
+        {"r": True},
+        {"use_rslora": True},
+        {"rank_pattern": {"q_proj": 64}},
+    ],
+    ids=[
+        "abs-path",
+        "dotdot",
+        "url",
+        "auto_mapping",
+        "revision",
+        "unknown-key",
+        "lm_head",
+        "embed_tokens",
+        "layers-contradict",
+        "layers-all",
+        "dropout-string",
+        "rank-bool",
+        "rslora",
+        "rank_pattern",
+    ],
+)
+def test_config_outside_the_allow_list_is_refused(
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys, change: dict[str, object]
+) -> None:
+    edit_json(bundle / "adapter_config.json", **change)
+    resign(bundle, site_a)
+    assert _refused(bundle, ring_a) is RejectCode.INVALID_ADAPTER
+
+
+@pytest.mark.parametrize(
+    "base_model", ["/etc/passwd", "../models/x", "https://example.org/m", "a/b/c", "x..y"]
+)
+def test_a_card_naming_a_path_or_url_as_its_base_model_fails_its_schema(
+    bundle: Path, ring_a: KeyRing, site_a: SiteKeys, base_model: str
+) -> None:
+    edit_json(bundle / "adapter_card.json", base_model=base_model)
+    edit_json(bundle / "adapter_config.json", base_model_name_or_path=base_model)
     resign(bundle, site_a)
     assert _refused(bundle, ring_a) is RejectCode.INVALID_CARD

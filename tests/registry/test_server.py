@@ -119,6 +119,26 @@ def _absolute(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str,
     return {**read_files(write_bundle_files(d, a)), "/etc/cron.d/evil": b"x"}
 
 
+def _hostile_labels(d: Path, a: SiteKeys, b: SiteKeys, c: RegistryClient) -> dict[str, bytes]:
+    """A new task whose labels hold a terminal escape, markup and a bidirectional override."""
+    labels = ["normal\x1b[31m\r\n", "<script>alert(1)</script>\u202e"]
+    counts = dict.fromkeys(labels, 2)
+    return read_files(
+        write_bundle_files(
+            d,
+            a,
+            card_overrides={
+                "task_id": "new-task",
+                "labels": labels,
+                "index": {
+                    "mode": "prototype", "min_group_size": 10, "noise_std": 0.0,
+                    "embedding_dim": 64, "entries_per_class": counts,
+                },
+            },
+        )
+    )  # fmt: skip
+
+
 SCENARIOS: list[tuple[str, Scenario, RejectCode]] = [
     ("unsigned", _unsigned, RejectCode.UNSIGNED),
     ("unenrolled-key", _unenrolled, RejectCode.UNKNOWN_KEY),
@@ -137,6 +157,7 @@ SCENARIOS: list[tuple[str, Scenario, RejectCode]] = [
     ("onnx-external-data", _external_data, RejectCode.INVALID_MODEL),
     ("dotdot-name", _dotdot, RejectCode.BAD_FILE_NAME),
     ("absolute-name", _absolute, RejectCode.BAD_FILE_NAME),
+    ("hostile-labels", _hostile_labels, RejectCode.INVALID_CARD),
 ]
 
 

@@ -286,6 +286,45 @@ def test_the_tuned_adapter_is_federated_signed_published_served_and_reported(
     assert "gsco (adapter)" in result.stdout
 
 
+@pytest.mark.long
+def test_one_hospital_attacking_the_adapter_stage_is_named_and_refused(
+    tmp_path: Path, vllm_url: str
+) -> None:
+    """hospital-03 attacks the adapter every way it can; the consortium's adapter is served."""
+    out = tmp_path / "report"
+    _, report = _simulate(
+        out,
+        "--dataset", "breastmnist", "--sites", "3", "--test-images", "8",
+        "--generalist", "embedded", "--tune-generalist", "--tune-rounds", "2",
+        "--tune-examples", "10", "--policy-images", "36",
+        "--fault", "hospital-03:rogue-adapter", "--fault", "hospital-03:poison-adapter",
+        "--fault", "hospital-03:inflate-examples", "--fault", "3:lie-policy",
+    )  # fmt: skip
+    adapter = report["adapter"]
+    assert adapter["digest"] == adapter["published"], adapter  # served: the consortium's
+    assert adapter["co_signed_by"] == ["hospital-01", "hospital-02"]
+    assert "hospital-03" in adapter["declined_to_co_sign"]
+    refused = " | ".join(adapter["refused"]["hospital-03"])
+    assert "claimed 1,000,000,000 examples" in refused  # inflate-examples, declared
+    assert "counted as the 10 it declared" in refused  # inflate-examples, each round
+    assert "round 1: update clipped" in refused  # poison-adapter: scaled by 10^6
+    assert "round 2: refused: the update holds NaN or infinity" in refused  # then NaN
+    assert "policy answers excluded" in refused  # lie-policy
+    assert "NO_CONSORTIUM_BACKING" in refused  # rogue-adapter, both ways
+    assert "ACCEPTED" not in refused
+    assert list(adapter["refused"]) == ["hospital-03"]  # nobody else was refused anything
+    card = adapter["card"]
+    assert card["training"]["strategy"] == "trimmed-mean"
+    assert card["version"] == 1  # not 4294967295
+    policy = card["policy"]
+    assert "hospital-03" in policy["sites_excluded"]
+    assert all(m["generalist_weight"] <= 4 for m in policy["modes"].values())
+    text = (out / "report.md").read_text()
+    assert "**hospital-03** (rogue-adapter, poison-adapter, inflate-examples, lie-policy)" in text
+    assert "The hub serves the consortium's adapter" in text
+    _audit(out, tmp_path)  # it passes: every adapter the registry holds is co-signed
+
+
 def test_the_demo_shows_each_hospitals_training_progress(tmp_path: Path) -> None:
     """``gsco demo`` itself, at its smallest: an epoch line for each of its three hospitals."""
     env = dict(os.environ, NO_COLOR="1", COLUMNS="200", GSCO_DATA_DIR=str(medmnist_dir()))

@@ -1,14 +1,17 @@
 """Adapter tuning with peft on the real SmolLM2 weights.
 
-It learns, FedAvg averages, and recipes vLLM cannot serve are refused.
+It learns, its weights round-trip, it saves only the keys a registry accepts, and
+recipes vLLM cannot serve are refused. (FedAvg is Flower's: simulations._aggregation.)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from site_agent.adapter import AdapterRecipe, AdapterTrainer, fedavg_states
+from site_agent.adapter import AdapterRecipe, AdapterTrainer
 from site_agent.errors import AdapterTrainingError
 from tests.adapters import examples, model_dir
 
@@ -53,15 +56,18 @@ def test_set_state_round_trips_and_refuses_other_shapes(trainer: AdapterTrainer)
         trainer.set_state({k: v for k, v in state.items() if k != name})
 
 
-def test_fedavg_is_the_example_weighted_mean() -> None:
-    a = {"w": torch.tensor([1.0, 2.0])}
-    b = {"w": torch.tensor([4.0, 8.0])}
-    averaged = fedavg_states([(a, 1), (b, 3)])
-    assert torch.allclose(averaged["w"], torch.tensor([3.25, 6.5]))
-    with pytest.raises(AdapterTrainingError):
-        fedavg_states([(a, 1), ({"v": torch.zeros(2)}, 1)])
-    with pytest.raises(AdapterTrainingError):
-        fedavg_states([(a, 0)])
+def test_saved_config_holds_only_the_allowed_keys(trainer: AdapterTrainer, tmp_path: Path) -> None:
+    import json
+
+    trainer.save(tmp_path, "smollm2-135m-instruct")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "smollm2-135m-instruct"  # never the site's path
+    assert config["layers_to_transform"] == [trainer.num_layers - 2, trainer.num_layers - 1]
+    assert "auto_mapping" not in config
+    assert "revision" not in config
+    from peft import LoraConfig
+
+    assert LoraConfig.from_pretrained(str(tmp_path)).r == trainer.recipe.rank  # peft reads it
 
 
 @pytest.mark.parametrize(
