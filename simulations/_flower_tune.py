@@ -522,13 +522,19 @@ def _co_sign_and_publish(
     timeout_s: float,
     outcome: dict[str, Any],
 ) -> None:
-    """One site writes, signs and proposes; every trainer checks and co-signs; it publishes."""
-    from registry import MIN_SIGNERS, Endorsement
+    """One site writes, signs and proposes; every trainer checks and co-signs; it publishes.
+
+    The signing site must be among the co-signers: when the one that prepared
+    the bundle does not co-sign it (a site that wants its own adapter, say),
+    the next site prepares another, until one is co-signed or every site has
+    tried.
+    """
+    from registry import MIN_SIGNERS
 
     adapter: dict[str, Any] = {"training": json.dumps(card)}
     if policy is not None:
         adapter["policy"] = policy.model_dump_json()
-    prepared = None
+    needed = max(MIN_SIGNERS, len(nodes) // 2 + 1)
     for signer in nodes:
         reply = _one(
             grid,
@@ -539,18 +545,50 @@ def _co_sign_and_publish(
             ),
             timeout_s,
         )
-        if reply is not None and reply.has_content():
-            prepared = (
-                signer,
-                reply.content["bundle"],
-                bytes(reply.content["adapter"]["proposal"]),  # type: ignore[arg-type]
+        if reply is None or not reply.has_content():
+            outcome["error"] = _reason(reply)[-500:] if reply is not None else "no reply"
+            log(WARNING, "gsco: a site could not prepare the adapter: %s", outcome["error"])
+            continue
+        bundle = reply.content["bundle"]
+        proposal = bytes(reply.content["adapter"]["proposal"])  # type: ignore[arg-type]
+        endorsements = _endorsements(
+            grid, nodes, site_of, (bundle, proposal, arrays), timeout_s, outcome
+        )
+        co_signers = sorted(endorsements)
+        outcome["co_signed_by"] = co_signers
+        log(INFO, "gsco: %d of %d sites co-signed the adapter", len(co_signers), len(nodes))
+        if site_of[signer] not in endorsements:
+            outcome["error"] = f"{site_of[signer]}, which prepared it, did not co-sign it"
+            log(WARNING, "gsco: %s: another site prepares the adapter", outcome["error"])
+            continue
+        if len(co_signers) < needed:
+            outcome["error"] = (
+                f"only {len(co_signers)} of {len(nodes)} training sites co-signed the adapter; "
+                f"it takes effect with {needed}: not published"
             )
-            break
-        outcome["error"] = _reason(reply)[-500:] if reply is not None else "no reply"
-        log(WARNING, "gsco: a site could not prepare the adapter: %s", outcome["error"])
-    if prepared is None:
+            log(WARNING, "gsco: %s", outcome["error"])
+            return
+        _publish(grid, signer, bundle, proposal, list(endorsements.values()), timeout_s, outcome)
         return
-    signer, bundle, proposal = prepared
+
+
+def _endorsements(
+    grid: Grid,
+    nodes: list[int],
+    site_of: Mapping[int, str],
+    prepared: tuple[Any, bytes, ArrayRecord],
+    timeout_s: float,
+    outcome: dict[str, Any],
+) -> dict[str, str]:
+    """Each training site's co-signature (JSON), by site, of the prepared bundle's proposal.
+
+    ``prepared``: the bundle's files, the proposed role version and the final
+    weights each site checks the bundle against. Who declined, and why, goes
+    to the outcome.
+    """
+    from registry import Endorsement
+
+    bundle, proposal, arrays = prepared
     replies = grid.send_and_receive(
         [
             Message(
@@ -568,8 +606,7 @@ def _co_sign_and_publish(
         ],
         timeout=timeout_s,
     )
-    endorsements: list[str] = []
-    co_signers: list[str] = []
+    endorsements: dict[str, str] = {}
     declined: dict[str, str] = {}
     for reply in replies:
         site = site_of.get(reply.metadata.src_node_id, "?")
@@ -578,8 +615,10 @@ def _co_sign_and_publish(
             continue
         record = reply.content["endorsement"]
         if "rogue" in record:  # a simulated attacker's own publications, refused
+            refused = outcome.setdefault("refused", {}).setdefault(site, [])
             for refusal in json.loads(str(record["rogue"])):
-                outcome.setdefault("refused", {}).setdefault(site, []).append(refusal[:300])
+                if refusal[:300] not in refused:
+                    refused.append(refusal[:300])
         if "declined" in record:
             declined[site] = str(record["declined"])[:300]
             continue
@@ -588,20 +627,22 @@ def _co_sign_and_publish(
         except (KeyError, ValueError) as exc:
             declined[site] = f"a malformed co-signature: {exc}"
             continue
-        endorsements.append(str(record["json"]))
-        co_signers.append(site)
-    outcome["co_signed_by"] = sorted(co_signers)
+        endorsements[site] = str(record["json"])
     if declined:
         outcome["declined_to_co_sign"] = declined
-    needed = max(MIN_SIGNERS, len(nodes) // 2 + 1)
-    log(INFO, "gsco: %d of %d sites co-signed the adapter", len(co_signers), len(nodes))
-    if len(co_signers) < needed:
-        outcome["error"] = (
-            f"only {len(co_signers)} of {len(nodes)} training sites co-signed the adapter; "
-            f"it takes effect with {needed}: not published"
-        )
-        log(WARNING, "gsco: %s", outcome["error"])
-        return
+    return endorsements
+
+
+def _publish(
+    grid: Grid,
+    signer: int,
+    bundle: Any,
+    proposal: bytes,
+    endorsements: list[str],
+    timeout_s: float,
+    outcome: dict[str, Any],
+) -> None:
+    """The signing site publishes the bundle with the co-signatures; the outcome records it."""
     reply = _one(
         grid,
         Message(
@@ -632,5 +673,5 @@ def _co_sign_and_publish(
         INFO,
         "gsco: adapter bundle %s published, co-signed by %s",
         outcome["published"][:12],
-        ", ".join(co_signers),
+        ", ".join(outcome.get("co_signed_by", [])),
     )

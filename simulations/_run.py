@@ -879,4 +879,5 @@ def scenario_dict(scenario: Scenario) -> dict[str, Any]:
     if scenario.task_file is not None:
         document["dataset"] = dataset_name(scenario)
     document["faults"] = {str(k): v for k, v in scenario.faults.items()}
+    document["adapter_faults"] = {str(k): list(v) for k, v in scenario.adapter_faults.items()}
     return document
