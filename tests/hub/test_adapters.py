@@ -136,6 +136,36 @@ def test_a_tampered_adapter_is_refused_and_the_base_model_answers(
     assert response.generalist.adapter_digest is None
 
 
+@pytest.mark.parametrize("attack", ["nan-weights", "1e30-weights", "config-path", "auto-mapping"])
+def test_an_adapter_with_bad_content_is_refused_and_the_base_model_answers(
+    hub: Hub, signed: Path, tmp_path: Path, site_a: SiteKeys, attack: str
+) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from tests.adapters import edit_json, resign
+
+    bad = tmp_path / attack
+    shutil.copytree(signed, bad)
+    if attack.endswith("weights"):
+        tensors = load_file(str(bad / "adapter_model.safetensors"))
+        value = np.nan if attack == "nan-weights" else 1e30
+        save_file({k: np.full_like(v, value) for k, v in tensors.items()},
+                  str(bad / "adapter_model.safetensors"))  # fmt: skip
+    elif attack == "config-path":
+        edit_json(bad / "adapter_config.json", base_model_name_or_path="/etc/passwd")
+    else:
+        edit_json(bad / "adapter_config.json", auto_mapping={"base_model_class": "os.system"})
+    resign(bad, site_a)
+    with pytest.raises(AdapterRefusedError, match="INVALID_ADAPTER"):
+        hub.load_adapter(bad)
+    assert hub.engine is not None
+    assert not hub.engine.adapters
+    (response,) = _diagnose(hub, (Mode.GSCO,))
+    assert response.generalist is not None
+    assert response.generalist.model == MODEL_NAME
+
+
 def test_an_adapter_of_a_site_that_is_not_enrolled_is_refused(
     hub: Hub, tmp_path: Path, keys_dir: Path
 ) -> None:
