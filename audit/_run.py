@@ -13,6 +13,7 @@ from audit._adapters import check_consortium_adapters
 from audit._phi import PhiHit, scan_card, scan_json_strings, scan_onnx_metadata
 from audit._report import AuditReport, Severity
 from audit._sources import RegistrySource
+from hub import AccessLogError, verify_access_log
 from protocol import AdapterCard, BundleRef, GscoError, IndexMode, SiteKey, SpecialistCard
 from registry import (
     AcceptedAdapter,
@@ -28,6 +29,8 @@ from registry import (
     verify_event_log,
     verify_publication,
 )
+from site_agent import EgressLedger
+from site_agent.errors import LedgerError
 
 __all__ = ["find_logs", "run_audit"]
 
@@ -406,8 +409,6 @@ def _check_ledger(
     bundles: list[BundleRef],
     hashes: dict[str, dict[str, str]],
 ) -> None:
-    from site_agent import EgressLedger
-    from site_agent.errors import LedgerError
 
     report.ran("egress-ledger")
     try:
@@ -457,7 +458,6 @@ def _check_ledger(
 
 
 def _check_access_log(report: AuditReport, path: Path, bundles: list[BundleRef]) -> None:
-    from hub import AccessLogError, verify_access_log
 
     report.ran("access-log")
     try:

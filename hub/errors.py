@@ -19,7 +19,7 @@
     └── HubUnavailableError     (client side) the hub cannot be reached
 
 Every class knows its HTTP status once (``http_status``); the API's handlers
-are registered once, at the seam (``hub._app``), and an error that is not a
+are registered once, at the seam (``hub.web._errors``), and an error that is not a
 :class:`protocol.GscoError` is a bug: logged with its traceback, answered 500.
 Image decoding errors are :class:`protocol.ImageDecodeError` (422); generalist
 failures are :class:`generalist.GeneralistError` and never reach a client:

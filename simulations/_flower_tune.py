@@ -43,6 +43,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
+from hub import PolicyFitError, fit_policy_from_answers
 from simulations._aggregation import Screening, default_aggregation, robust_strategy
 from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError
@@ -405,7 +406,6 @@ def _fit_policy(
     (:func:`hub.fit_policy_from_answers`), and a site whose answers cannot be
     true is excluded by name.
     """
-    from hub import PolicyFitError, fit_policy_from_answers
     from protocol import Mode, TaskSpec
 
     timeout_s = float(config["timeout-s"])

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from protocol import GscoError, Mode, TaskType, free_loopback_port
+from protocol import GscoError, Mode, TaskType
 from simulations._aggregation import AGGREGATIONS
 from simulations._evaluate import (
     HUB_MODES,
@@ -48,7 +48,8 @@ from simulations.errors import ScenarioError, SimulationFailedError
 
 if TYPE_CHECKING:
     from generalist import OpenAIConfig
-    from hub import Hub, ServedAdapter
+    from hub import ServedAdapter
+    from hub.web import Hub
     from protocol import ArbitrationPolicy
     from registry import Registry
     from site_agent.data import LocalDataset
@@ -243,9 +244,8 @@ def _generalist(scenario: Scenario, progress: Progress) -> Iterator[OpenAIConfig
 def _hub(
     address: str, root: Path, state: Path, generalist: OpenAIConfig | None
 ) -> Iterator[tuple[str, Hub]]:
-    import uvicorn
-
-    from hub import Hub, HubConfig, create_app
+    from hub import HubConfigError
+    from hub.web import Hub, HubConfig, serving
 
     hub = Hub(
         HubConfig(
@@ -260,22 +260,12 @@ def _hub(
             generalist_timeout_s=120.0,
         )
     )
-    port = free_loopback_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="gsco-sim-hub", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise SimulationFailedError("the hub did not start")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", hub
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(serving(hub))
+        except HubConfigError as exc:
+            raise SimulationFailedError(f"the hub did not start: {exc}") from exc
+        yield url, hub
 
 
 def _load(scenario: Scenario) -> tuple[LocalDataset, Path]:
@@ -631,7 +621,7 @@ def _evaluate(
     progress: Progress,
     modes: tuple[Mode, ...] = HUB_MODES,
 ) -> Evaluation:
-    from hub import HubClient
+    from hub.web import HubClient
 
     n = len(dataset.test)
     rows = np.arange(n)
@@ -838,7 +828,8 @@ def _fit_policy(
     which flatters the ensemble there: the bias is towards trusting the
     generalist less, never more. Test images are never used.
     """
-    from hub import HubClient, fit_policy
+    from hub import fit_policy
+    from hub.web import HubClient
 
     progress.stage(
         f"fitting the arbitration policy on {len(rows)} validation images "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import shutil
 import threading
 from collections import OrderedDict
@@ -41,12 +42,36 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from generalist import PROMPT_TEMPLATE_VERSION, ReversedOrderAveraging
+from hub import DiagnosisEngine, PolicyEvidence, RegistrySync
+from protocol import AdapterCard, AdapterTraining, LoraSpec, Mode, TaskSpec, encode_png
+from registry import (
+    Endorsement,
+    RegistryClient,
+    TrustedRegistry,
+    assemble_adapter_role,
+    endorse,
+    propose_adapter_role,
+)
+from signing import bundle_digest, digest_files
+from simulations._evaluate import evaluate_through_hub, policy_arrays
 from simulations.errors import SimulationError
+from site_agent import open_site
+from site_agent.adapter import (
+    AdapterRecipe,
+    AdapterTrainer,
+    EvidenceExample,
+    LocalGeneralist,
+    base_model_sha256,
+    check_for_endorsement,
+    evidence_examples,
+    weights_digest,
+    write_adapter_bundle,
+)
 
 if TYPE_CHECKING:
     from generalist import GeneralistBackend
-    from hub import DiagnosisEngine
-    from protocol import ArbitrationPolicy, DiagnoseResponse, Mode, TaskSpec
+    from protocol import ArbitrationPolicy, DiagnoseResponse
 
 __all__ = [
     "MAX_POLICY_QUESTIONS",
@@ -117,18 +142,14 @@ class TuneJob:
         """Where the site keeps what this job makes (examples, scores, statistics)."""
         return Path(self.scratch) if self.scratch else Path(self.home) / "adapter"
 
-    def registry_client(self, timeout_s: float = 60.0) -> Any:
+    def registry_client(self, timeout_s: float = 60.0) -> RegistryClient:
         """A :class:`registry.RegistryClient` for the job's registry."""
-        from registry import RegistryClient
-
         ca = Path(self.registry_ca).read_bytes() if self.registry_ca else None
         return RegistryClient(self.registry, root_certificates=ca, timeout_s=timeout_s)
 
 
-def recipe_of(document: Mapping[str, Any]) -> Any:
+def recipe_of(document: Mapping[str, Any]) -> AdapterRecipe:
     """An :class:`site_agent.adapter.AdapterRecipe` from its JSON fields."""
-    from site_agent.adapter import AdapterRecipe
-
     values = dict(document)
     if "target_modules" in values:
         values["target_modules"] = tuple(values["target_modules"])
@@ -136,12 +157,11 @@ def recipe_of(document: Mapping[str, Any]) -> Any:
 
 
 #: Trainers by site, in this worker process (a model load costs seconds; rounds reuse it).
-_TRAINERS: OrderedDict[str, Any] = OrderedDict()
+_TRAINERS: OrderedDict[str, AdapterTrainer] = OrderedDict()
 _MAX_TRAINERS = 4
 
 
-def _trainer(job: TuneJob) -> Any:
-    from site_agent.adapter import AdapterTrainer
+def _trainer(job: TuneJob) -> AdapterTrainer:
 
     key = f"{job.site_id}:{job.model_dir}:{json.dumps(job.recipe, sort_keys=True)}"
     if key in _TRAINERS:
@@ -174,9 +194,6 @@ def _synced_engine(
 
     With it, the task as the specialists' cards describe it.
     """
-    from hub import DiagnosisEngine, RegistrySync
-    from registry import TrustedRegistry
-
     client = job.registry_client()
     try:
         trusted = TrustedRegistry(client, job.folder / "tuf", Path(job.trusted_root).read_bytes())
@@ -191,11 +208,8 @@ def _synced_engine(
         client.close()
 
 
-def adapter_examples(job: TuneJob) -> list[Any]:
+def adapter_examples(job: TuneJob) -> list[EvidenceExample]:
     """The site's evidence examples (built once, then read from its folder)."""
-    from protocol import Mode, encode_png
-    from site_agent.adapter import EvidenceExample, evidence_examples
-
     path = _examples_file(job)
     if path.is_file():
         return [
@@ -242,12 +256,6 @@ def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> tuple[
         SimulationError: the job has fewer than :data:`MIN_POLICY_CASES` policy cases,
             or the registry cannot be synced.
     """
-    from generalist import ReversedOrderAveraging
-    from hub import PolicyEvidence
-    from protocol import Mode
-    from simulations._evaluate import evaluate_through_hub, policy_arrays
-    from site_agent.adapter import LocalGeneralist, weights_digest
-
     if len(job.policy_rows) < MIN_POLICY_CASES:
         raise SimulationError(
             f"{job.site_id} has {len(job.policy_rows)} validation cases for the policy, fewer "
@@ -331,8 +339,6 @@ def policy_answer(job: TuneJob, question: Mapping[str, Any]) -> dict[str, Any]:
             or has answered its share of questions.
         hub.PolicyFitError: the question is malformed.
     """
-    from hub import PolicyEvidence
-
     path = _evidence_file(job)
     if not path.is_file():
         raise SimulationError(f"{job.site_id} has no policy evidence for {job.task_id}")
@@ -361,8 +367,6 @@ def policy_answer(job: TuneJob, question: Mapping[str, Any]) -> dict[str, Any]:
 
 def adapter_initial_state(job: TuneJob) -> dict[str, Any]:
     """The adapter's starting weights: the recipe's seeded LoRA initialisation of the base model."""
-    from site_agent.adapter import AdapterTrainer
-
     state: dict[str, Any] = AdapterTrainer(Path(job.model_dir), recipe_of(job.recipe)).state()
     return state
 
@@ -371,8 +375,6 @@ def adapter_update(
     job: TuneJob, state: Mapping[str, Any], epochs: int
 ) -> tuple[dict[str, Any], int, float]:
     """One FedAvg round at the site: the adapter trained ``epochs`` from the global weights."""
-    import resource
-
     trainer = _trainer(job)
     trainer.set_state(dict(state))
     update = trainer.train(adapter_examples(job), epochs=epochs)
@@ -389,19 +391,16 @@ def adapter_update(
 
 def _card(
     job: TuneJob,
-    trainer: Any,
+    trainer: AdapterTrainer,
     training: Mapping[str, Any],
     policy: ArbitrationPolicy | None,
     version: int,
-) -> Any:
+) -> AdapterCard:
     """The adapter card of ``trainer``'s weights.
 
     ``training``: the card's ``training`` record and task fields; ``policy``
     is bound to this adapter.
     """
-    from generalist import PROMPT_TEMPLATE_VERSION
-    from protocol import AdapterCard, AdapterTraining, LoraSpec
-
     recipe = trainer.recipe
     layers = recipe.last_layers
     task = {**(job.task or {}), **training}
@@ -417,13 +416,15 @@ def _card(
         base_model_sha256=_base_sha256(job.model_dir),
         prompt_template=PROMPT_TEMPLATE_VERSION,
         sees_image=False,
-        lora=LoraSpec(
-            rank=recipe.rank,
-            alpha=recipe.alpha,
-            target_modules=tuple(recipe.target_modules),
-            layers=()
-            if layers is None or layers >= trainer.num_layers
-            else tuple(range(trainer.num_layers - layers, trainer.num_layers)),
+        lora=LoraSpec.model_validate(  # the schema checks the recipe's module names again
+            {
+                "rank": recipe.rank,
+                "alpha": recipe.alpha,
+                "target_modules": list(recipe.target_modules),
+                "layers": []
+                if layers is None or layers >= trainer.num_layers
+                else list(range(trainer.num_layers - layers, trainer.num_layers)),
+            }
         ),
         training=AdapterTraining.model_validate(training["training"]),
         site_id=job.site_id,
@@ -439,8 +440,6 @@ _BASE_SHA256: dict[str, str] = {}
 
 def _base_sha256(model_dir: str) -> str:
     """The base model's weights hash (hundreds of MB: computed once per process)."""
-    from site_agent.adapter import base_model_sha256
-
     if model_dir not in _BASE_SHA256:
         _BASE_SHA256[model_dir] = base_model_sha256(Path(model_dir))
     return _BASE_SHA256[model_dir]
@@ -459,11 +458,6 @@ def prepare_adapter(
     ``training`` holds the card's task fields (``modality``, ``labels``,
     ``task_type``; else the job's ``task``) and its ``training`` record.
     """
-    from registry import propose_adapter_role
-    from signing import bundle_digest, digest_files
-    from site_agent import open_site
-    from site_agent.adapter import write_adapter_bundle
-
     trainer = _trainer(job)
     trainer.set_state(dict(state))
     home = open_site(Path(job.home))
@@ -488,7 +482,7 @@ def _role_version(role: bytes) -> int:
 
 def endorse_adapter(
     job: TuneJob, files: Mapping[str, bytes], proposal: bytes, received: Mapping[str, Any]
-) -> Any:
+) -> Endorsement:
     """This site's checks of the adapter, then its co-signature of ``proposal``.
 
     The checks are :func:`site_agent.adapter.check_for_endorsement`; the result
@@ -497,12 +491,6 @@ def endorse_adapter(
     Raises:
         EndorsementRefusedError: a check failed.
     """
-    from hub import RegistrySync
-    from protocol import TaskSpec
-    from registry import TrustedRegistry, endorse
-    from site_agent import open_site
-    from site_agent.adapter import check_for_endorsement
-
     scored = _scored_file(job)
     with job.registry_client() as client:
         trusted = TrustedRegistry(client, job.folder / "tuf", Path(job.trusted_root).read_bytes())
@@ -540,10 +528,6 @@ def publish_consortium_adapter(
     Raises:
         RegistryError: the registry refused it (too few co-signatures, say).
     """
-    from registry import assemble_adapter_role
-    from signing import digest_files
-    from site_agent import open_site
-
     home = open_site(Path(job.home))
     role = assemble_adapter_role(proposal, endorsements)
     with job.registry_client(timeout_s=120.0) as client:

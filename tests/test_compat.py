@@ -178,3 +178,18 @@ def test_transformers_still_warns_in_adapter_tuning_unless_told() -> None:
     assert "FutureWarning" not in _stderr(
         program, str(model_dir()), without="PYTHONWARNINGS", PYTHONWARNINGS=quiet
     )
+
+
+def test_the_header_deadline_extends_the_uvicorn_it_was_written_for() -> None:
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from hub.web._compat import UVICORN_CHECKED, with_header_timeout
+
+    # uvicorn still sets no deadline on a request's headers (timeout_keep_alive covers only
+    # idle connections between requests): re-check that, and the hooks overridden, on upgrade.
+    assert uvicorn.__version__ == UVICORN_CHECKED
+    protocol = with_header_timeout(1.0)
+    assert issubclass(protocol, AutoHTTPProtocol)
+    for hook in ("connection_made", "data_received", "on_response_complete", "connection_lost"):
+        assert hasattr(AutoHTTPProtocol, hook), hook

@@ -20,6 +20,7 @@ PACKAGES = [
     "site_agent.index",
     "site_agent.deid",
     "hub",
+    "hub.web",
     "generalist",
     "registry",
     "simulations",

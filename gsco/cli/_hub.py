@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import sys
@@ -11,18 +10,10 @@ from typing import Annotated
 
 import typer
 
+from gsco.cli._common import console
 from protocol import Mode
 
 app = typer.Typer(help="The hub's diagnosis API.", no_args_is_help=True)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @app.command()
@@ -178,20 +169,18 @@ def serve(
     ] = None,
 ) -> None:
     """Run the diagnosis API until interrupted (Ctrl-C)."""
-    import uvicorn
-
     from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
-    from hub import Hub, HubConfig, RuntimeOptions, create_app
-    from hub._http import with_header_timeout
+    from hub import RuntimeOptions
     from hub.errors import HubConfigError
+    from hub.web import Hub, HubConfig, ServerOptions, serve
 
-    if (tls_cert is None) != (tls_key is None):
-        raise HubConfigError("pass both --tls-cert and --tls-key, or neither")
-    if not _loopback(host) and tls_cert is None and not behind_tls_proxy:
-        raise HubConfigError(
-            f"refusing to serve API keys over plain HTTP on {host}: pass --tls-cert/--tls-key "
-            "(or --behind-tls-proxy when a TLS proxy terminates in front)"
-        )
+    server_options = ServerOptions(
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        behind_tls_proxy=behind_tls_proxy,
+        header_timeout_s=header_timeout,
+    )
+    server_options.check(host)
     generalist = None
     if not no_generalist:
         if generalist_url is None:
@@ -244,23 +233,11 @@ def serve(
     hub = Hub(config)
     listener = socket.create_server((host, port))
     bound = listener.getsockname()[1]
-    scheme = "https" if tls_cert else "http"
-    typer.echo(f"gsco hub: serving on {scheme}://{host}:{bound} (docs at /docs)", err=True)
-    sys.stderr.flush()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(hub),
-            log_level="warning",
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_key else None,
-            timeout_graceful_shutdown=10,
-            timeout_keep_alive=5,  # an idle connection is closed after 5 s
-            access_log=False,  # the hub's own access log records every answer
-            proxy_headers=behind_tls_proxy,  # X-Forwarded-* means nothing without a proxy
-            http=with_header_timeout(header_timeout),  # and one that never completes its headers
-        )
+    typer.echo(
+        f"gsco hub: serving on {server_options.scheme}://{host}:{bound} (docs at /docs)", err=True
     )
-    server.run(sockets=[listener])
+    sys.stderr.flush()
+    serve(listener, hub, server_options)
 
 
 @app.command("add-client")
@@ -269,7 +246,7 @@ def add_client(
     keys: Annotated[Path, typer.Option(help="The hub's API key file (created if missing).")],
 ) -> None:
     """Create an API key for a client; it is printed once and only its hash is kept."""
-    from hub import create_client_key
+    from hub.web import create_client_key
 
     key = create_client_key(keys, client_id)
     typer.echo(key)
@@ -282,7 +259,7 @@ def remove_client(
     keys: Annotated[Path, typer.Option(help="The hub's API key file.")],
 ) -> None:
     """Revoke a client's API key. A running hub refuses it within a second, no restart needed."""
-    from hub import remove_client_key
+    from hub.web import remove_client_key
 
     remove_client_key(keys, client_id)
     typer.echo(f"removed {client_id} from {keys}; running hubs reload it within a second")
@@ -331,11 +308,10 @@ def diagnose(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON response per line.")] = False,
 ) -> None:
     """Diagnose images through a hub and print a table (or JSON)."""
-    from rich.console import Console
     from rich.table import Table
 
-    from hub import HubClient
     from hub.errors import HubError
+    from hub.web import HubClient
 
     for image in images:
         if not image.is_file():
@@ -364,4 +340,4 @@ def diagnose(
             for warning in response.warnings:
                 typer.echo(f"warning: {image.name}: {warning}", err=True)
     if not as_json:
-        Console().print(table)
+        console().print(table)

@@ -21,6 +21,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from generalist import SYSTEM, render_prompt
+from hub import DiagnosisEngine
 from protocol import Mode
 
 __all__ = ["TUNING_MODES", "EvidenceExample", "evidence_examples"]
@@ -64,9 +66,6 @@ def evidence_examples(
         hub.UnknownTaskError: the catalog serves no specialist for ``task_id``.
         ValueError: ``images`` and ``labels`` differ in length, or no mode is given.
     """
-    from generalist import SYSTEM, render_prompt
-    from hub import DiagnosisEngine
-
     if not isinstance(engine, DiagnosisEngine):
         raise TypeError("engine must be a hub.DiagnosisEngine")
     if len(images) != len(labels):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hub import Hub, HubConfig
+from hub.web import Hub, HubConfig
 from registry import InProcessRegistry, Registry
 from tests.bundles import read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys

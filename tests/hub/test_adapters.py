@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from generalist import MODEL_NAME, OpenAICompatibleBackend, OpenAIConfig
-from hub import AdapterRefusedError, Hub
+from hub import AdapterRefusedError
+from hub.web import Hub
 from protocol import DiagnoseResponse, Mode
 from tests.adapters import adapter_bundle, co_signed_role, publish_consortium, reranked_bundle
 from tests.conftest import SiteKeys

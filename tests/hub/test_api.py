@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from hub import create_client_key, verify_access_log
+from hub import verify_access_log
+from hub.web import create_client_key
 from protocol import DiagnoseResponse, free_loopback_port
 from tests.conftest import SiteKeys
 from tests.hub.conftest import png, post_image, publish

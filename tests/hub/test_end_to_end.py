@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from generalist import MODEL_NAME, EmbeddedServer
-from hub import HubClient, verify_access_log
+from hub import verify_access_log
+from hub.web import HubClient
 from protocol import Mode, encode_png
 from tests.servers import GSCO, RunningRegistry, start_hub, start_registry
 from tests.site_agent.conftest import medmnist_dir

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from generalist import ArbitrationRequest, GeneralistResponseError
-from hub import Hub
+from hub.web import Hub
 from protocol import Mode
 from registry import Registry
 from tests.bundles import publish_to, read_files, tiny_onnx, write_bundle_files
@@ -184,7 +184,7 @@ def test_the_worker_pool_has_one_thread_per_core_unless_told(
     import os
 
     from hub import HubConfigError
-    from hub._service import available_cores
+    from hub.web._service import available_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2})
     assert available_cores() == 3

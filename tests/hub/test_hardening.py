@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from hub import create_client_key, verify_access_log
+from hub import verify_access_log
+from hub.web import create_client_key
 from protocol import ErrorResponse
 from tests.conftest import SiteKeys
 from tests.hub.conftest import png, publish
@@ -260,7 +261,7 @@ def test_a_removed_key_is_refused_within_two_seconds_without_a_restart(
 
 
 def test_sighup_reloads_the_key_file(tmp_path: Path) -> None:
-    from hub import KeyFile
+    from hub.web import KeyFile
 
     keys = tmp_path / "clients.json"
     key = create_client_key(keys, "viewer")
@@ -268,7 +269,7 @@ def test_sighup_reloads_the_key_file(tmp_path: Path) -> None:
     assert watched.identify(key) == "viewer"
     copy = tmp_path / "copy.json"
     shutil.copy(keys, copy)
-    from hub import remove_client_key
+    from hub.web import remove_client_key
 
     remove_client_key(keys, "viewer")
     assert watched.identify(key) == "viewer"  # not reloaded yet
@@ -333,7 +334,7 @@ def _in_process_post(
     import asyncio
     import base64
 
-    from hub import Hub, create_app
+    from hub.web import Hub, create_app
     from tests.hub.conftest import hub_config
 
     registry = start_registry(tmp_path / "registry")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from hub import Hub, create_app
+from hub.web import Hub, create_app
 from protocol import Mode
 from registry import Registry
 from tests.bundles import EMBEDDING_DIM, publish_to, read_files, write_bundle_files

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from hub import (
-    SIGNIFICANCE,
     HubConfigError,
     fit_label_bias,
     fit_mode,
@@ -19,7 +18,7 @@ from hub import (
     vote_scores,
     with_bias,
 )
-from protocol import ArbitrationPolicy, GscoError, Mode, TaskSpec, TaskType, vote
+from protocol import SIGNIFICANCE, ArbitrationPolicy, GscoError, Mode, TaskSpec, TaskType, vote
 
 TASK = TaskSpec(
     task_id="pneumonia-cxr", modality="chest X-ray", labels=("normal", "pneumonia"),

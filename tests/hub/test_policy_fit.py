@@ -15,12 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hub import (
-    PolicyEvidence,
-    PolicyFitError,
-    fit_policy,
-    fit_policy_from_answers,
-)
+from hub import PolicyEvidence, PolicyFitError, fit_policy, fit_policy_from_answers
 from protocol import Mode, TaskSpec
 
 TASK = TaskSpec(

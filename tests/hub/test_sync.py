@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from hub import Hub, UnknownTaskError
+from hub import UnknownTaskError
+from hub.web import Hub
 from protocol import Mode
 from tests.conftest import SiteKeys
 from tests.hub.conftest import png, publish

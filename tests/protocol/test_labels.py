@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hub import diagnostic_report
+from hub.web import diagnostic_report
 from protocol import (
     LABEL_PUNCTUATION,
     DiagnoseResponse,

@@ -29,15 +29,15 @@ from hub._adapters import (
     verify_for_service,
     write_verified_copy,
 )
-from hub._auth import KeyFile
 from hub._batching import BatchingOptions
 from hub._catalog import Catalog
 from hub._engine import DiagnosisEngine, EngineOptions
-from hub._metrics import HubMetrics
 from hub._policy import load_policies
 from hub._runtime import RuntimeOptions
 from hub._sync import RegistrySync, SyncReport
 from hub.errors import AdapterRefusedError, HubConfigError, OverloadedError
+from hub.web._auth import KeyFile
+from hub.web._metrics import HubMetrics
 from protocol import ArbitrationPolicy, BundleRef, DecodeLimits, GscoError
 from registry import AdapterLimits
 from signing import KeyRing

@@ -1,11 +1,12 @@
-"""The HTTP server's connection bounds that the ASGI app cannot see: the request-header timeout.
+"""Workarounds for the web stack's dependencies, each naming the version it was written for.
 
-uvicorn (0.49) closes idle keep-alive connections (``timeout_keep_alive``) but
-sets no deadline on a request's headers: a client that connects and sends
-nothing, or dribbles half a request line, holds its connection for ever (the
-"slowloris" class). This wraps uvicorn's protocol so that a connection whose
-next request's headers are not complete within ``seconds`` is closed. Once the
-headers are in, the app's body timeout (``HubConfig.body_timeout_s``) takes over.
+The request-header timeout: uvicorn (:data:`UVICORN_CHECKED`) closes idle
+keep-alive connections (``timeout_keep_alive``) but sets no deadline on a
+request's headers: a client that connects and sends nothing, or dribbles half a
+request line, holds its connection for ever (the "slowloris" class). This wraps
+uvicorn's protocol so that a connection whose next request's headers are not
+complete within ``seconds`` is closed. Once the headers are in, the app's body
+timeout (``HubConfig.body_timeout_s``) takes over.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["with_header_timeout"]
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+__all__ = ["UVICORN_CHECKED", "with_header_timeout"]
+
+#: The uvicorn release whose HTTP protocol class :func:`with_header_timeout` extends
+#: (``tests/test_compat.py`` fails when another is installed).
+UVICORN_CHECKED = "0.49.0"
 
 
 def with_header_timeout(seconds: float) -> type:
     """Uvicorn's HTTP protocol class, with a deadline on every request's headers."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class _HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _gsco_deadline: asyncio.TimerHandle | None = None
