@@ -68,3 +68,28 @@ ensure_main_env() {
     export GSCO_DATA_DIR
   fi
 }
+
+# ensure_system_packages PKG...: Debian packages some tests run for real (the container
+# tools for the long tests). Installed with apt-get when missing and running as root;
+# otherwise one clear line says what to install, and the tests that need them fail.
+ensure_system_packages() {
+  local missing=() package
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    gsco_log "missing Debian packages: ${missing[*]} (as root: apt-get install ${missing[*]})"
+    return 0
+  fi
+  gsco_log "installing Debian packages: ${missing[*]}"
+  local log="$GSCO_CACHE_DIR/apt-install.log"
+  mkdir -p "$GSCO_CACHE_DIR"
+  if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    gsco_log "installing ${missing[*]} failed (full log: $log)"
+    return 1
+  fi
+}

@@ -17,6 +17,7 @@ The caller parses and prints; it decides nothing.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -257,5 +258,11 @@ def run_training(
     )
     manifest = None
     if plan.options.sign and plan.site is not None:
-        manifest = sign_bundle(result.path, plan.site.private_key)
+        try:
+            manifest = sign_bundle(result.path, plan.site.private_key)
+        except KeyboardInterrupt:
+            # Interrupted at any stage, no bundle is left: an unsigned one where a signed one
+            # was asked for would pass for the finished result.
+            shutil.rmtree(result.path, ignore_errors=True)
+            raise
     return result, manifest

@@ -99,3 +99,18 @@ def test_audit_key_option_syntax(tmp_path: Path) -> None:
     result = gsco("audit", "bundle", str(tmp_path), "--key", "no-equals-sign")
     assert result.returncode == 2
     assert "SITE=PATH" in result.stderr
+
+
+def test_piped_output_is_never_wrapped_mid_value() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from gsco.cli._common import console\n"
+        "console().print('val ACC 0.965, AUC 0.985 ' * 20)\n"
+        "console(stderr=True).print('x' * 500)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.count("\n") == 1  # one line, 500 characters, into a pipe
+    assert "AUC 0.985" in done.stdout
+    assert done.stderr.strip() == "x" * 500

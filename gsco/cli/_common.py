@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console
 
 # FedAvg options shared by 'gsco simulate' and 'gsco federation run'.
 FedAvgLocalEpochsOption = Annotated[int, typer.Option(min=1, help="Local epochs per FedAvg round.")]
@@ -28,6 +29,23 @@ HealthAddressOption = Annotated[
         "(keep it on loopback; 'gsco federation health' asks it)."
     ),
 ]
+
+
+#: The width of output that is not a terminal's: lines are never wrapped for a file or a pipe.
+UNWRAPPED_WIDTH = 100_000
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console that never breaks a line mid-value.
+
+    At a terminal, rich's width (the terminal's) and long text folded softly by
+    the terminal itself; piped or redirected, no width limit at all (rich would
+    assume 80 columns and break ``AUC 0.985`` across lines).
+    """
+    found = Console(stderr=stderr, soft_wrap=True)
+    if not found.is_terminal:
+        found = Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH)
+    return found
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

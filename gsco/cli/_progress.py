@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from gsco.cli._common import console
+
 if TYPE_CHECKING:  # torch stays unimported until training starts
     from site_agent.train import EpochReport, Trial
 
@@ -23,7 +24,7 @@ class TrainingProgress:
     """Shows steps of the current epoch with the live loss, and one line per epoch."""
 
     def __init__(self) -> None:
-        self._console = Console(stderr=True)
+        self._console = console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,17 +24,22 @@ from gsco.cli._common import (
     DpClipOption,
     DpNoiseOption,
     FedAvgLocalEpochsOption,
+    console,
 )
+
+#: Piped or logged, a long stage prints a line at least this often (seconds).
+HEARTBEAT_S = 30.0
 
 
 class ConsoleProgress:
     """Prints stages and details with the elapsed time; a bar while evaluating."""
 
     def __init__(self) -> None:
-        self.console = Console(stderr=True)
+        self.console = console(stderr=True)
         self.started = time.monotonic()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        self._heard = self.started
 
     def _stamp(self) -> str:
         seconds = int(time.monotonic() - self.started)
@@ -53,7 +57,13 @@ class ConsoleProgress:
         self.console.print(text, markup=False, highlight=False)
 
     def evaluated(self, done: int, total: int) -> None:
-        """Evaluation progress."""
+        """Evaluation progress: a bar at a terminal, a line every 30 s otherwise."""
+        if not self.console.is_terminal:
+            now = time.monotonic()
+            if done >= total or now - self._heard >= HEARTBEAT_S:
+                self._heard = now
+                self.line(f"  images {done}/{total}")
+            return
         if self._bar is None:
             self._bar = Progress(
                 TextColumn("  test images"),
@@ -103,7 +113,7 @@ def _faults(values: list[str] | None) -> tuple[dict[int, str], dict[int, tuple[s
 
 
 def _print_table(report: dict[str, object], out: Path) -> None:
-    console = Console()
+    out_console = console()
     table = Table(title="Methods on the test split (95% bootstrap CI)")
     ordinal = report.get("task_type") == "ordinal"
     grades = ("QWK", "MAE") if ordinal else ()
@@ -132,17 +142,17 @@ def _print_table(report: dict[str, object], out: Path) -> None:
             ),
             str(degraded.get(method["method"], "")),
         )
-    console.print(table)
+    out_console.print(table)
     sites = report.get("sites") or []
     assert isinstance(sites, list)
     for site in sites:
         if site["fault"] or site["status"] != "published":
-            console.print(
+            out_console.print(
                 f"  {site['site_id']}: {site['fault'] or 'no fault'} -> {site['status']} "
                 f"{site['detail'][:100]}",
                 markup=False,
             )
-    console.print(f"report: {out / 'report.md'}")
+    out_console.print(f"report: {out / 'report.md'}")
 
 
 def simulate(
@@ -159,7 +169,8 @@ def simulate(
     task_file: Annotated[
         Path | None,
         typer.Option(
-            help="YAML/JSON file declaring your own task (README: Your own task); needs --data."
+            help="YAML/JSON file declaring your own task (docs/tutorial/your-own-task.md); "
+            "needs --data."
         ),
     ] = None,
     sites: Annotated[int, typer.Option(min=1, max=500, help="Number of hospital sites.")] = 5,
