@@ -446,7 +446,7 @@ def train(
                 f"note: epsilon covers the weights, not the retrieval index (prototypes, "
                 f"k={index.min_group_size}). On frozen or weak features k=10 prototypes leaked "
                 f"membership in our measurements; consider --index-k 20 or --index-mode none "
-                f"(README: Privacy and compliance)."
+                f"(docs/explanation/privacy.md)."
             )
     calibration = cast(dict[str, object], result.metrics["calibration"])
     if calibration.get("warning"):

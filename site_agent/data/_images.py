@@ -4,7 +4,7 @@ The decoding itself is :func:`protocol.decode_image_bytes`, shared with the
 hub so training and serving see the same pixels. DICOM is read with an
 allow-list of tags: patient-identifying attributes are never parsed (see
 :mod:`site_agent.deid` for the report that shows it).
-Burned-in text in the pixels is not detected: see the README's limitations.
+Burned-in text in the pixels is not detected: see the limitations in docs/how-to/hospital.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ first, as Opacus requires. Two ways (``DPConfig.layers``):
   pretrained features are unchanged); only the final classifier is trained.
   Few trained parameters means little total noise: this is what keeps a
   specialist useful at moderate epsilon (measured: full fine-tuning at
-  epsilon 8 collapsed to the majority class, see the README).
+  epsilon 8 collapsed to the majority class, see docs/how-to/hospital.md).
 - ``"all"``: every BatchNorm becomes GroupNorm (its learned scale and shift are
   kept) and every layer is trained.
 
