@@ -1,8 +1,9 @@
 """One federated run on the consortium's SuperLink: ``flwr run`` of the GSCo app, streamed.
 
-The app is the same ServerApp and ClientApp that ``gsco simulate`` runs in
-Flower's simulation runtime (``simulations._flower``); here the SuperLink is
-the consortium's and each SuperNode is a hospital's (``gsco site join``).
+The app is :mod:`fedapp`'s deployed ServerApp and ClientApp (the FAB in
+``fedapp/flower_app``), the same app ``gsco simulate`` runs in Flower's
+simulation runtime; here the SuperLink is the consortium's and each SuperNode
+is a hospital's (``gsco site join``), taking its places from its own node config.
 Each site trains, signs and publishes its specialist; with FedAvg rounds, the
 sites then co-train one shared specialist and each publishes it; with tuning
 rounds, they then tune the generalist's LoRA adapter (FedAvg), fit its
@@ -24,72 +25,9 @@ from typing import Any
 
 from federation._consortium import Consortium
 from federation.errors import SuperLinkError
-from protocol import flat_toml, flower_command, flower_environment
+from protocol import RunRequest, flat_toml, flower_command, flower_environment
 
-__all__ = ["RunRequest", "RunResult", "recent_runs", "run_federation"]
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the consortium asks its sites to train."""
-
-    task: str
-    min_sites: int = 1
-    wait_s: float = 120.0
-    backbone: str = "tf_efficientnet_lite0"
-    epochs: int = 5
-    max_minutes: float | None = None
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    input_size: int | None = None
-    max_eval_images: int | None = None
-    seed: int = 0
-    timeout_s: float = 3600.0
-    # FedAvg co-training of one shared specialist after the sites' own (0 rounds: none);
-    # the sites' data must be MedMNIST-layout .npz files, as in gsco simulate.
-    fedavg_rounds: int = 0
-    fedavg_local_epochs: int = 1
-    dp_noise_multiplier: float = 0.0  # DP-FedAvg (server-side fixed clipping); 0: no DP
-    dp_clipping_norm: float = 1.0
-    dp_delta: float = 1e-5
-    # Then the generalist's LoRA adapter, tuned over the sites (0 rounds: none); each site
-    # needs --trusted-root and --generalist-model at join, and .npz data.
-    tune_rounds: int = 0
-    tune_local_epochs: int = 1
-    tune_examples_per_site: int = 120
-    tune_policy_cases_per_site: int = 60  # 0: no policy (the hub then weighs nothing)
-    tune_modes: tuple[str, ...] = ("gsco",)
-    # How every FedAvg combines updates (None: trimmed-mean from 3 sites up, else fedavg).
-    aggregation: str | None = None
-
-    def run_config(self, results: Path) -> dict[str, object]:
-        """The Flower run config (keys of ``simulations/flower_app/pyproject.toml``)."""
-        return {
-            "results-file": str(results),
-            "task": self.task,
-            "min-sites": self.min_sites,
-            "wait-s": float(self.wait_s),
-            "timeout-s": float(self.timeout_s),
-            "backbone": self.backbone,
-            "epochs": self.epochs,
-            "max-minutes": float(self.max_minutes or 0.0),
-            "batch-size": self.batch_size,
-            "learning-rate": float(self.learning_rate),
-            "input-size": self.input_size or 0,
-            "max-eval-images": self.max_eval_images or 0,
-            "seed": self.seed,
-            "fedavg-rounds": self.fedavg_rounds,
-            "fedavg-local-epochs": self.fedavg_local_epochs,
-            "dp-noise-multiplier": float(self.dp_noise_multiplier),
-            "dp-clipping-norm": float(self.dp_clipping_norm),
-            "dp-delta": float(self.dp_delta),
-            "tune-rounds": self.tune_rounds,
-            "tune-local-epochs": self.tune_local_epochs,
-            "tune-examples-per-site": self.tune_examples_per_site,
-            "tune-policy-cases-per-site": self.tune_policy_cases_per_site,
-            "tune-modes": ",".join(self.tune_modes),
-            "aggregation": self.aggregation or "",
-        }
+__all__ = ["RunResult", "recent_runs", "run_federation"]
 
 
 @dataclass(frozen=True)
@@ -115,15 +53,15 @@ def run_federation(
     Raises:
         SuperLinkError: ``flwr run`` failed, or the run wrote no results.
     """
-    from simulations._compat import FLOWER_QUIET_ENV
-    from simulations._runtime import APP_DIR
+    from fedapp import APP_DIR, FLOWER_QUIET_ENV
 
     runs = consortium.root / "runs"
     runs.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     results = (runs / f"{stamp}.json").resolve()
     config_file = runs / f"{stamp}.run-config.toml"
-    config_file.write_text(flat_toml(request.run_config(results)), encoding="utf-8")
+    run_config = {"results-file": str(results), **request.to_config()}
+    config_file.write_text(flat_toml(run_config), encoding="utf-8")
     command = [
         flower_command("flwr"),
         "run",
@@ -171,7 +109,7 @@ def run_federation(
             f"(--min-sites)"
         )
     adapter = answer.get("_adapter")
-    if request.tune_rounds and error is None:
+    if request.tune.rounds and error is None:
         if not isinstance(adapter, dict):
             error = "the generalist's adapter was not tuned (no site published a specialist)"
         elif not adapter.get("published"):

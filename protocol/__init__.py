@@ -91,6 +91,14 @@ from protocol._registry import (
     SiteKey,
     UnreadableBundle,
 )
+from protocol._requests import (
+    AGGREGATIONS,
+    FedAvgRequest,
+    FlowerValue,
+    RunRequest,
+    TrainingRequest,
+    TuneRequest,
+)
 from protocol._task import TaskSpec, TaskType
 from protocol.errors import (
     EncodingError,
@@ -104,6 +112,7 @@ from protocol.errors import (
 
 __all__ = [
     "ADAPTER_BACKBONE",
+    "AGGREGATIONS",
     "BIAS_CEILING",
     "DICOM_PIXEL_TAGS",
     "GENESIS",
@@ -138,7 +147,9 @@ __all__ = [
     "EncodingError",
     "ErrorDetail",
     "ErrorResponse",
+    "FedAvgRequest",
     "FederatedTraining",
+    "FlowerValue",
     "GeneralistUse",
     "GscoError",
     "HealthCheckError",
@@ -161,6 +172,7 @@ __all__ = [
     "RecipeTrial",
     "ResizePolicy",
     "RetrievedCase",
+    "RunRequest",
     "SchemaError",
     "Sha256Hex",
     "SiteKey",
@@ -173,6 +185,8 @@ __all__ = [
     "TaskType",
     "ToolNotFoundError",
     "TrainingRecipe",
+    "TrainingRequest",
+    "TuneRequest",
     "UnreadableBundle",
     "Version",
     "bias_limit",

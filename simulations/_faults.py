@@ -1,7 +1,22 @@
-"""What a simulated attacker does in the adapter stage (``gsco simulate --fault SITE:KIND``).
+"""What a simulated attacker does (``gsco simulate --fault SITE:KIND``).
 
-Each fault is one enrolled hospital's key used against the consortium, the
-classes of attack the network must survive:
+Only the simulation's own ClientApp acts these out (:class:`ScenarioBehaviour`,
+wired in :mod:`simulations._apps`); the deployed app has the honest
+:class:`fedapp.SiteBehaviour` and no way to select another.
+
+The sites' stage (one per site, ``SiteJob.fault``):
+
+``flip-labels``
+    trains on its labels moved to the next class;
+``drop-out``
+    trains, then leaves before publishing (or before its FedAvg round);
+``tamper``
+    changes ``model.onnx`` after signing and publishes anyway, past its own agent;
+``unsigned``
+    publishes without a signature, past its own agent.
+
+The adapter stage (any number per site, ``TuneJob.faults``), each one enrolled
+hospital's key used against the consortium:
 
 ``rogue-adapter``
     the site publishes an adapter of its own, version 4294967295, with a
@@ -15,8 +30,6 @@ classes of attack the network must survive:
 ``lie-policy``
     its policy answers claim 10,000 more cases on which weight 4 fixes 4,000
     and breaks none, with loss and gradient terms that drag the label bias.
-
-Only the simulation's jobs carry faults; a deployed site's job has none.
 """
 
 from __future__ import annotations
@@ -25,17 +38,32 @@ import json
 import math
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fedapp import SiteBehaviour, SiteJob, TuneJob
+from fedapp.errors import SiteDroppedOutError
+from registry import RegistryClient
+from signing import digest_files
+
+if TYPE_CHECKING:
+    from protocol import BundleRef
+    from site_agent import SiteHome
+    from site_agent.data import LocalDataset
 
 __all__ = [
     "ADAPTER_FAULTS",
+    "FAULTS",
     "INFLATED_EXAMPLES",
+    "ScenarioBehaviour",
     "lie_in_policy_answer",
     "poison_update",
     "rogue_publications",
 ]
 
+#: Faults of the sites' stage: one per site.
+FAULTS = ("flip-labels", "drop-out", "tamper", "unsigned")
 ADAPTER_FAULTS = ("rogue-adapter", "poison-adapter", "inflate-examples", "lie-policy")
 INFLATED_EXAMPLES = 10**9
 
@@ -86,14 +114,14 @@ def rogue_publications(
 ) -> list[str]:
     """The site tries to put its own full-trust adapter in service; what the registry said.
 
-    ``job`` is the site's :class:`simulations._tune_job.TuneJob`, ``state``
+    ``job`` is the site's :class:`fedapp.TuneJob`, ``state``
     its own adapter weights, ``training`` the card's training record as the
     consortium's (the rogue claims only itself as trainer).
     """
+    from fedapp._tune_job import _card, _trainer
     from protocol import ArbitrationPolicy, GscoError, Mode, ModePolicy
     from registry import assemble_adapter_role, endorse, propose_adapter_role
     from signing import bundle_digest, digest_files
-    from simulations._tune_job import _card, _trainer
     from site_agent import open_site
     from site_agent.adapter import write_adapter_bundle
 
@@ -150,3 +178,71 @@ def rogue_publications(
         except GscoError as exc:
             refusals.append(f"its own adapter as the consortium's, signed by it alone: {exc}")
     return refusals
+
+
+def flipped(dataset: Any) -> Any:
+    """``dataset`` with every training label moved to the next class (the label fault)."""
+    from site_agent.data import Split
+
+    flipped = (dataset.train.labels + 1) % len(dataset.task.labels)
+    return replace(dataset, train=Split(dataset.train.images, flipped))
+
+
+class ScenarioBehaviour(SiteBehaviour):
+    """A simulated site: honest, except for the faults its job names."""
+
+    def training_data(self, job: SiteJob, dataset: LocalDataset) -> LocalDataset:
+        return flipped(dataset) if job.fault == "flip-labels" else dataset
+
+    def signs(self, job: SiteJob) -> bool:
+        return job.fault != "unsigned"
+
+    def before_answering(self, job: SiteJob, *, federated: bool) -> None:
+        if job.fault == "drop-out":
+            when = "of federated training" if federated else "after training, before publishing"
+            raise SiteDroppedOutError(f"{job.site_id} dropped out {when}")
+
+    def publish(self, job: SiteJob, site: SiteHome, bundle: Path) -> BundleRef | None:
+        if job.fault not in ("tamper", "unsigned"):
+            return None
+        # An attacker talks to the registry itself, past its own agent's check.
+        if job.fault == "tamper":
+            model = bundle / "model.onnx"
+            data = bytearray(model.read_bytes())
+            data[-1] ^= 0x01  # one flipped bit in the weights, after signing
+            model.write_bytes(bytes(data))
+        files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+        with RegistryClient(job.registry, timeout_s=300) as client:
+            ref = client.publish_files(files, site.private_key)
+        site.ledger.record_publication(job.registry, ref, digest_files(files))
+        return ref
+
+    def examples_declared(self, job: TuneJob, count: int) -> int:
+        return INFLATED_EXAMPLES if "inflate-examples" in job.faults else count
+
+    def adapter_update(
+        self,
+        job: TuneJob,
+        trained: dict[str, Any],
+        received: Mapping[str, Any],
+        server_round: int,
+        examples: int,
+    ) -> tuple[dict[str, Any], int]:
+        if "poison-adapter" in job.faults:
+            trained = poison_update(trained, received, server_round)
+        if "inflate-examples" in job.faults:
+            examples = INFLATED_EXAMPLES
+        return trained, examples
+
+    def policy_answer(
+        self, job: TuneJob, question: Mapping[str, Any], answer: dict[str, Any]
+    ) -> dict[str, Any]:
+        return lie_in_policy_answer(question, answer) if "lie-policy" in job.faults else answer
+
+    def declined_endorsement(
+        self, job: TuneJob, received: Mapping[str, Any], card: Mapping[str, Any]
+    ) -> dict[str, str] | None:
+        if "rogue-adapter" not in job.faults:
+            return None
+        refusals = rogue_publications(job, received, card)
+        return {"declined": "a rogue site: it wants its own adapter", "rogue": json.dumps(refusals)}

@@ -29,21 +29,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from protocol import GscoError, Mode, TaskType
-from simulations._aggregation import AGGREGATIONS
-from simulations._evaluate import (
+from fedapp._aggregation import AGGREGATIONS
+from fedapp._evaluate import (
     HUB_MODES,
     Evaluation,
     evaluate_through_hub,
     policy_arrays,
     specialist_name,
 )
-from simulations._faults import ADAPTER_FAULTS
-from simulations._flower_tune import adapter_card_template
+from fedapp._runtime import FlowerRuntime
+from fedapp._site_job import SiteJob, SiteOutcome
+from fedapp._tune import adapter_card_template
+from fedapp._tune_job import TuneJob
+from protocol import FedAvgRequest, GscoError, Mode, RunRequest, TaskType, TuneRequest
+from simulations._apps import APP_DIR
+from simulations._faults import ADAPTER_FAULTS, FAULTS
 from simulations._partition import Partition, PartitionSpec, partition
-from simulations._runtime import FlowerRuntime
-from simulations._site_job import FAULTS, SiteJob, SiteOutcome
-from simulations._tune_job import TuneJob
 from simulations.errors import ScenarioError, SimulationFailedError
 
 if TYPE_CHECKING:
@@ -266,6 +267,20 @@ def _hub(
         except HubConfigError as exc:
             raise SimulationFailedError(f"the hub did not start: {exc}") from exc
         yield url, hub
+
+
+def _fedavg_request(scenario: Scenario) -> FedAvgRequest:
+    """The scenario's FedAvg, as the Flower app reads it."""
+    return FedAvgRequest.model_validate(
+        {
+            "rounds": scenario.fedavg_rounds,
+            "local_epochs": scenario.fedavg_local_epochs,
+            "aggregation": scenario.aggregation,
+            "dp_noise_multiplier": scenario.dp_noise_multiplier,
+            "dp_clipping_norm": scenario.dp_clipping_norm,
+            "dp_delta": scenario.dp_delta,
+        }
+    )
 
 
 def _load(scenario: Scenario) -> tuple[LocalDataset, Path]:
@@ -492,19 +507,19 @@ def _train_sites(
             {
                 "jobs-file": str(work / "jobs.json"),
                 "results-file": str(work / "outcomes.json"),
-                "timeout-s": 60.0
-                * (
-                    scenario.max_minutes_per_site * scenario.sites * (1 + scenario.fedavg_rounds)
-                    + 10
-                ),
-                "fedavg-rounds": scenario.fedavg_rounds,
-                "fedavg-local-epochs": scenario.fedavg_local_epochs,
-                "aggregation": scenario.aggregation or "",
-                "dp-noise-multiplier": scenario.dp_noise_multiplier,
-                "dp-clipping-norm": scenario.dp_clipping_norm,
-                "dp-delta": scenario.dp_delta,
+                **RunRequest(
+                    timeout_s=60.0
+                    * (
+                        scenario.max_minutes_per_site
+                        * scenario.sites
+                        * (1 + scenario.fedavg_rounds)
+                        + 10
+                    ),
+                    fedavg=_fedavg_request(scenario),
+                ).to_config(),
             },
             on_line,
+            APP_DIR,
         )
     if not (work / "outcomes.json").is_file():
         raise SimulationFailedError(
@@ -704,7 +719,7 @@ def _tune_adapter(
     Each site tunes on its share of ``split.tuning`` and, as deployed sites do,
     scores its share of ``split.adapter_policy`` for the policy fitted from
     the sites' sums and counts (a site with fewer than
-    :data:`simulations._tune_job.MIN_POLICY_CASES` answers nothing).
+    :data:`fedapp._tune_job.MIN_POLICY_CASES` answers nothing).
     """
     from generalist import MODEL_NAME, EmbeddedServer
     from site_agent.adapter import AdapterRecipe
@@ -766,20 +781,28 @@ def _tune_adapter(
                 "jobs-file": "",
                 "tune-jobs-file": str(tune_dir / "jobs.json"),
                 "results-file": str(tune_dir / "outcome.json"),
-                "timeout-s": 60.0 * (10 + 5 * len(jobs) * scenario.tune_rounds),
-                "tune-rounds": scenario.tune_rounds,
-                "tune-local-epochs": scenario.tune_local_epochs,
-                "tune-policy-cases-per-site": max((len(p) for p in policy_shares), default=0),
-                "tune-examples-per-site": scenario.tune_examples_per_site,
-                "aggregation": scenario.aggregation or "",
-                # The modes the sites fit the adapter's policy for: every mode it learns.
-                "tune-modes": ",".join(scenario.tune_modes),
-                "tune-dp-noise-multiplier": scenario.tune_dp_noise_multiplier,
-                "tune-dp-clipping-norm": scenario.tune_dp_clipping_norm,
-                "dp-delta": scenario.dp_delta,
                 "adapter-card": json.dumps(card_template),
+                **RunRequest(
+                    timeout_s=60.0 * (10 + 5 * len(jobs) * scenario.tune_rounds),
+                    fedavg=_fedavg_request(scenario),
+                    tune=TuneRequest.model_validate(
+                        {
+                            "rounds": scenario.tune_rounds,
+                            "local_epochs": scenario.tune_local_epochs,
+                            "policy_cases_per_site": max(
+                                (len(p) for p in policy_shares), default=0
+                            ),
+                            "examples_per_site": scenario.tune_examples_per_site,
+                            # The modes the sites fit the adapter's policy for: all it learns.
+                            "modes": scenario.tune_modes,
+                            "dp_noise_multiplier": scenario.tune_dp_noise_multiplier,
+                            "dp_clipping_norm": scenario.tune_dp_clipping_norm,
+                        }
+                    ),
+                ).to_config(),
             },
             on_line,
+            APP_DIR,
         )
     if not (tune_dir / "outcome.json").is_file():
         return {"error": "the tuning run ended without an outcome"}

@@ -28,11 +28,11 @@ from tests.servers import RunningRegistry, start_registry
 ENTRY_POINTS: dict[str, tuple[tuple[tuple[str, tuple[str, ...] | None], ...], tuple[str, ...]]] = {
     "site": (
         (("gsco.cli._site", None), ("gsco.cli._federation", ("health",))),
-        ("gsco_sim_app.apps", "simulations._tune_job", "site_agent.adapter"),
+        ("gsco_app.apps", "fedapp._tune_job", "site_agent.adapter"),
     ),
     "federation": (
         (("gsco.cli._federation", None),),
-        ("gsco_sim_app.apps", "simulations._flower_tune"),
+        ("gsco_app.apps", "fedapp._tune"),
     ),
     "hub": ((("gsco.cli._hub", None),), ("hub.web",)),
     "registry": ((("gsco.cli._registry", None),), ()),
@@ -87,7 +87,7 @@ except SystemExit as exit:
 """.replace("main()", f"sys.argv = ['gsco', {group!r}, '--help']; main()")
         for group in groups
     )
-    flower_app = str(ROOT / "simulations" / "flower_app")
+    flower_app = str(ROOT / "fedapp" / "flower_app")
     return (
         f"import sys\nsys.path.insert(0, {flower_app!r})\n{body}\n"
         f"from gsco.cli import main\n{helps}\nprint('imported')\n"
@@ -127,7 +127,7 @@ def test_an_import_outside_the_extra_is_caught(tmp_path: Path, where: Path) -> N
 
 _TUNE = """
 import json
-from simulations._tune_job import (
+from fedapp._tune_job import (
     TuneJob, adapter_examples, adapter_initial_state, adapter_update, policy_answer,
     policy_evidence,
 )

@@ -25,6 +25,7 @@ PACKAGES = [
     "registry",
     "simulations",
     "audit",
+    "fedapp",
 ]
 
 

@@ -3,7 +3,8 @@
 - ``reference/cli.md``: every ``gsco`` command and option, from the Typer app;
 - ``reference/http-api.md``: every endpoint and status, from the hub's OpenAPI document;
 - ``reference/schemas.md``: the JSON schemas of the task, the specialist and adapter cards,
-  the arbitration policy and the diagnosis request and response, from ``protocol``.
+  the arbitration policy, the diagnosis request and response and a federated run's
+  request, from ``protocol``.
 
 Generated, never committed, so they cannot fall behind the code.
 """
@@ -110,6 +111,7 @@ def _schemas() -> str:
         DiagnoseRequest,
         DiagnoseResponse,
         ErrorResponse,
+        RunRequest,
         SpecialistCard,
         TaskSpec,
     )
@@ -128,6 +130,7 @@ def _schemas() -> str:
         DiagnoseRequest,
         DiagnoseResponse,
         ErrorResponse,
+        RunRequest,
     ):
         doc = (model.__doc__ or "").strip().split("\n\n")[0]
         lines.extend([f"## `{model.__name__}`", "", " ".join(doc.split()), ""])

@@ -27,6 +27,7 @@ from gsco.cli._common import (
     DpNoiseOption,
     FedAvgLocalEpochsOption,
     HealthAddressOption,
+    fail,
 )
 from protocol import flower_environment
 
@@ -84,8 +85,6 @@ def init(
     ca: Annotated[Path | None, typer.Option(help="The CA that issued it (PEM).")] = None,
 ) -> None:
     """Make the consortium folder: a CA and the SuperLink's certificate (or the operator's own)."""
-    from gsco.cli._common import fail
-
     given = [p for p in (certificate, key, ca) if p is not None]
     if given and len(given) != 3:
         fail("--certificate, --key and --ca go together", code=2)
@@ -274,32 +273,50 @@ def run(
     checks and co-signs it, and one site publishes it with the policy in its
     card: the registry accepts it only with enough co-signatures.
     """
-    from federation._run import RunRequest, run_federation
+    from pydantic import ValidationError
+
+    from federation._run import run_federation
+    from protocol import FedAvgRequest, RunRequest, TrainingRequest, TuneRequest
 
     consortium = open_consortium(root)
-    request = RunRequest(
-        task=task,
-        min_sites=min_sites,
-        wait_s=wait_s,
-        backbone=backbone,
-        epochs=epochs,
-        max_minutes=max_minutes,
-        batch_size=batch_size,
-        learning_rate=lr,
-        input_size=input_size,
-        max_eval_images=max_eval_images,
-        timeout_s=timeout_s,
-        fedavg_rounds=fedavg_rounds,
-        fedavg_local_epochs=fedavg_local_epochs,
-        dp_noise_multiplier=dp_noise,
-        dp_clipping_norm=dp_clip,
-        tune_rounds=tune_rounds,
-        tune_local_epochs=tune_local_epochs,
-        tune_examples_per_site=tune_examples_per_site,
-        tune_policy_cases_per_site=tune_policy_cases,
-        tune_modes=_modes(tune_modes),
-        aggregation=_aggregation(aggregation),
-    )
+    try:
+        request = RunRequest(
+            min_sites=min_sites,
+            wait_s=wait_s,
+            timeout_s=timeout_s,
+            training=TrainingRequest(
+                task_id=task,
+                backbone=backbone,
+                epochs=epochs,
+                max_minutes=max_minutes,
+                batch_size=batch_size,
+                learning_rate=lr,
+                input_size=input_size,
+                max_eval_images=max_eval_images,
+            ),
+            fedavg=FedAvgRequest.model_validate(
+                {
+                    "rounds": fedavg_rounds,
+                    "local_epochs": fedavg_local_epochs,
+                    "dp_noise_multiplier": dp_noise,
+                    "dp_clipping_norm": dp_clip,
+                    "aggregation": _aggregation(aggregation),
+                }
+            ),
+            tune=TuneRequest.model_validate(
+                {
+                    "rounds": tune_rounds,
+                    "local_epochs": tune_local_epochs,
+                    "examples_per_site": tune_examples_per_site,
+                    "policy_cases_per_site": tune_policy_cases,
+                    "modes": _modes(tune_modes),
+                }
+            ),
+        )
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        fail(f"the run cannot be asked for: {where}: {first['msg']}", 2)
     result = run_federation(consortium, request, on_line=lambda line: typer.echo(line, err=True))
     typer.echo(f"run of {task} on {consortium.config.name}: results in {result.path}")
     for site, outcome in sorted(result.sites.items()):
@@ -307,15 +324,12 @@ def run(
     if result.adapter is not None:
         typer.echo(adapter_line(result.adapter))
     if result.error:
-        from gsco.cli._common import fail
-
         fail(result.error)
 
 
 def _aggregation(name: str | None) -> str | None:
     """``--aggregation``: one of Flower's strategies the run may use."""
-    from gsco.cli._common import fail
-    from simulations._aggregation import AGGREGATIONS
+    from fedapp import AGGREGATIONS
 
     if name is not None and name not in AGGREGATIONS:
         fail(f"--aggregation {name!r}: use one of {', '.join(AGGREGATIONS)}")
@@ -324,8 +338,6 @@ def _aggregation(name: str | None) -> str | None:
 
 def _modes(text: str) -> tuple[str, ...]:
     """``--tune-modes``: generalist modes a policy can weigh, comma-separated."""
-    from gsco.cli._common import fail
-
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     allowed = ("gsco", "moed", "rad")
     if not modes or set(modes) - set(allowed):

@@ -203,7 +203,7 @@ def test_join_checks_its_options_before_starting_anything(tmp_path: Path) -> Non
 
 
 def test_join_takes_a_task_file_and_the_deployed_site_trains_for_it(tmp_path: Path) -> None:
-    from simulations._flower import deployed_job
+    from fedapp._client import deployed_job
     from tests.federation.conftest import gsco_run
 
     home, consortium, data = _joining_site(tmp_path)
@@ -261,8 +261,8 @@ def test_a_site_that_tunes_the_adapter_joins_with_the_registry_root_and_the_base
 
     import numpy as np
 
-    from simulations._flower_tune import deployed_tune_job
-    from simulations.errors import ScenarioError
+    from fedapp._tune import deployed_tune_job
+    from fedapp.errors import JobError
     from site_agent._join import JoinSettings, supernode_command
 
     home, consortium, data = _joining_site(tmp_path)
@@ -318,7 +318,7 @@ def test_a_site_that_tunes_the_adapter_joins_with_the_registry_root_and_the_base
     assert job.folder == tmp_path / "work" / "run-3" / "adapter-scratch-pneumonia-cxr"
     assert deployed_tune_job(node, run, run_id=3) == job  # every message of the run agrees
     plain = {k: v for k, v in node.items() if k not in ("trusted-root", "generalist-model")}
-    with pytest.raises(ScenarioError, match="--trusted-root, --generalist-model"):
+    with pytest.raises(JobError, match="--trusted-root, --generalist-model"):
         deployed_tune_job(plain, run, run_id=3)
-    with pytest.raises(ScenarioError, match="MedMNIST-layout .npz"):
+    with pytest.raises(JobError, match="MedMNIST-layout .npz"):
         deployed_tune_job({**node, "data": str(tmp_path)}, run, run_id=3)

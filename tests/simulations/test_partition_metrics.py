@@ -72,7 +72,7 @@ def test_scores_and_intervals() -> None:
 def test_federated_weights_are_repaired_after_dp_noise() -> None:
     import torch
 
-    from simulations import usable_state
+    from fedapp import usable_state
 
     noisy = {
         "bn.running_var": torch.tensor([0.5, -0.2]),

@@ -1,7 +1,7 @@
 """Adapter tuning with peft on the real SmolLM2 weights.
 
 It learns, its weights round-trip, it saves only the keys a registry accepts, and
-recipes vLLM cannot serve are refused. (FedAvg is Flower's: simulations._aggregation.)
+recipes vLLM cannot serve are refused. (FedAvg is Flower's: fedapp._aggregation.)
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The Flower app of ``gsco simulate`` (see simulations._flower)."""
+"""The Flower app of ``gsco simulate`` (see simulations._apps)."""

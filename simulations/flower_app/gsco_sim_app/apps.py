@@ -1,5 +1,5 @@
-"""The ServerApp and ClientApp that Flower loads (defined in simulations._flower)."""
+"""The ServerApp and ClientApp that Flower loads: fedapp's, wired for a simulation."""
 
-from simulations._flower import client_app, server_app
+from simulations._apps import client_app, server_app
 
 __all__ = ["client_app", "server_app"]

@@ -19,6 +19,8 @@ from types import TracebackType
 
 import httpx
 
+from fedapp._compat import FLOWER_QUIET_ENV
+from fedapp.errors import FlowerRuntimeError
 from protocol import (
     flat_toml,
     flower_command,
@@ -26,12 +28,10 @@ from protocol import (
     flwr_connection_toml,
     free_loopback_port,
 )
-from simulations._compat import FLOWER_QUIET_ENV
-from simulations.errors import SimulationFailedError
 
 __all__ = ["APP_DIR", "FlowerRuntime"]
 
-#: The Flower app folder shipped with this package.
+#: The consortium's Flower app folder (what ``gsco federation run`` submits).
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 _CONNECTION = "gsco"
 
@@ -82,7 +82,7 @@ class FlowerRuntime:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise SimulationFailedError(
+                raise FlowerRuntimeError(
                     f"Flower's SuperLink exited with {self._process.returncode}; "
                     f"see {self.log_path}"
                 )
@@ -93,19 +93,19 @@ class FlowerRuntime:
                 pass
             time.sleep(0.2)
         self.close()
-        raise SimulationFailedError(f"Flower's SuperLink did not start; see {self.log_path}")
+        raise FlowerRuntimeError(f"Flower's SuperLink did not start; see {self.log_path}")
 
     def run(
         self,
         num_supernodes: int,
         run_config: Mapping[str, object],
         on_line: Callable[[str], None],
-        app_dir: Path = APP_DIR,
+        app_dir: Path,
     ) -> None:
         """``flwr run`` of ``app_dir`` with ``num_supernodes`` simulated SuperNodes, streamed.
 
         Raises:
-            SimulationFailedError: the run did not complete.
+            FlowerRuntimeError: the run did not complete.
         """
         config_file = self.home / f"run-config-{time.time_ns()}.toml"
         config_file.write_text(flat_toml(run_config), encoding="utf-8")
@@ -133,7 +133,7 @@ class FlowerRuntime:
             on_line(line.rstrip("\n"))
             tail = [*tail[-29:], line.rstrip("\n")]
         if process.wait() != 0:
-            raise SimulationFailedError(
+            raise FlowerRuntimeError(
                 f"flwr run exited with {process.returncode}:\n" + "\n".join(tail)
             )
 

@@ -12,7 +12,7 @@ from its node config, :func:`deployed_tune_job`).
    many policy cases it holds; the run's own settings bound both;
 2. ``tune-rounds`` rounds of the adapter's weights, each site's update
    screened, bounded and clipped, then aggregated by a robust strategy of
-   Flower's (:mod:`simulations._aggregation`; Flower's server-side DP
+   Flower's (:mod:`fedapp._aggregation`; Flower's server-side DP
    clipping and noise when asked);
 3. when asked, the arbitration policy of the final adapter, fitted across the
    sites without their cases meeting (:func:`hub.fit_policy_from_answers`:
@@ -43,15 +43,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
+from fedapp._aggregation import Screening, default_aggregation, robust_strategy
+from fedapp._tune_job import TuneJob
+from fedapp.errors import JobError
 from hub import PolicyFitError, fit_policy_from_answers
-from simulations._aggregation import Screening, default_aggregation, robust_strategy
-from simulations._tune_job import TuneJob
-from simulations.errors import ScenarioError
+from protocol import RunRequest, SchemaError
 
 __all__ = [
     "adapter_card_template",
     "deployed_tune_job",
     "first_arrays",
+    "run_request",
     "tune_adapter",
     "tune_modes",
 ]
@@ -61,7 +63,7 @@ TUNE_NODE_KEYS = {"trusted-root": "--trusted-root", "generalist-model": "--gener
 
 
 def deployed_tune_job(
-    node: Mapping[str, object], run: Mapping[str, object], run_id: int
+    node: Mapping[str, object], config: Mapping[str, object], run_id: int
 ) -> TuneJob:
     """A deployed site's adapter job, from its node config and the run config.
 
@@ -70,7 +72,7 @@ def deployed_tune_job(
     policy (at most half), up to ``tune-examples-per-site`` others for tuning.
 
     Raises:
-        ScenarioError: the node config lacks what tuning needs, or the data is not an ``.npz``
+        JobError: the node config lacks what tuning needs, or the data is not an ``.npz``
             with a validation split.
     """
     from generalist import MODEL_NAME
@@ -81,13 +83,13 @@ def deployed_tune_job(
     missing = [flag for key, flag in TUNE_NODE_KEYS.items() if not node.get(key)]
     missing += [k for k in ("home", "data", "task", "registry", "work") if not node.get(k)]
     if missing:
-        raise ScenarioError(
+        raise JobError(
             "this site cannot tune the generalist's adapter: start its SuperNode with "
             f"'gsco site join' and {', '.join(missing)}"
         )
     data = Path(str(node["data"]))
     if data.suffix.lower() != ".npz":
-        raise ScenarioError(
+        raise JobError(
             f"adapter tuning reads the site's validation split from a MedMNIST-layout .npz; "
             f"this site's data is {data.name}"
         )
@@ -95,17 +97,18 @@ def deployed_tune_job(
         with np.load(data, allow_pickle=False) as archive:
             n = len(archive["val_labels"])
     except (OSError, KeyError, ValueError) as exc:
-        raise ScenarioError(f"{data.name} has no readable validation split: {exc}") from exc
+        raise JobError(f"{data.name} has no readable validation split: {exc}") from exc
     task_id = str(node["task"])
     if node.get("task-file"):
         task = load_task_file(Path(str(node["task-file"]))).task
     else:
         task = default_catalog().get(task_id).task
-    seed = int(str(run.get("seed", 0)))
-    examples = int(str(run.get("tune-examples-per-site", 120)))
-    policy_cases = min(int(str(run.get("tune-policy-cases-per-site", 0))), n // 2)
+    run = run_request(config)
+    seed = run.training.seed
+    examples = run.tune.examples_per_site
+    policy_cases = min(run.tune.policy_cases_per_site, n // 2)
     order = np.random.default_rng(seed + 1).permutation(n)
-    recipe = json.loads(str(run.get("tune-recipe", ""))) if run.get("tune-recipe") else None
+    recipe = run.tune.recipe
     work = Path(str(node["work"])) / f"run-{run_id}"
     return TuneJob(
         site_id=open_site(Path(str(node["home"]))).config.site_id,
@@ -116,7 +119,7 @@ def deployed_tune_job(
         registry=str(node["registry"]),
         trusted_root=str(node["trusted-root"]),
         model_dir=str(node["generalist-model"]),
-        base_model=str(run.get("tune-base-model", "")) or MODEL_NAME,
+        base_model=run.tune.base_model or MODEL_NAME,
         out_dir=str(work / f"adapter-{task_id}"),
         recipe=recipe or AdapterRecipe(max_examples=examples, seed=seed).to_dict(),
         modes=tune_modes(run),
@@ -172,9 +175,21 @@ def first_arrays(
     return reasons
 
 
-def tune_modes(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """The prompt modes the adapter learns: the run config's comma-separated ``tune-modes``."""
-    return tuple(m for m in str(config.get("tune-modes", "gsco")).split(",") if m)
+def run_request(config: Mapping[str, object]) -> RunRequest:
+    """The run a Flower run config carries.
+
+    Raises:
+        JobError: a value of the wrong type or out of bounds.
+    """
+    try:
+        return RunRequest.from_config(config)
+    except SchemaError as exc:
+        raise JobError(f"the run's configuration: {exc}") from exc
+
+
+def tune_modes(run: RunRequest) -> tuple[str, ...]:
+    """The prompt modes the adapter learns."""
+    return tuple(mode.value for mode in run.tune.modes)
 
 
 def _whole(value: object) -> int | None:
@@ -198,7 +213,7 @@ class _Refusals:
 def _declarations(
     grid: Grid,
     nodes: list[int],
-    config: Mapping[str, Any],
+    run: RunRequest,
     refused: _Refusals,
     timeout_s: float,
 ) -> tuple[dict[int, str], dict[int, int], dict[int, int]]:
@@ -208,8 +223,8 @@ def _declarations(
     bound; a malformed declaration, or a site id already taken, leaves the
     site out.
     """
-    max_examples = int(str(config.get("tune-examples-per-site", 120)))
-    max_cases = int(str(config.get("tune-policy-cases-per-site", 0)))
+    max_examples = run.tune.examples_per_site
+    max_cases = run.tune.policy_cases_per_site
     replies = grid.send_and_receive(
         [
             Message(
@@ -256,7 +271,7 @@ def _declarations(
 
 def tune_adapter(
     grid: Grid,
-    config: Mapping[str, Any],
+    run: RunRequest,
     nodes: list[int],
     *,
     initial: Callable[[], dict[str, Any]] | None,
@@ -274,11 +289,11 @@ def tune_adapter(
     operator then fits and sets one): a hub would let an adapter without a
     policy answer unchecked.
     """
-    timeout_s = float(config["timeout-s"])
-    rounds = int(config.get("tune-rounds", 1))
-    local_epochs = int(config.get("tune-local-epochs", 1))
+    timeout_s = run.timeout_s
+    rounds = run.tune.rounds or 1
+    local_epochs = run.tune.local_epochs
     refused = _Refusals()
-    site_of, declared, cases = _declarations(grid, nodes, config, refused, timeout_s)
+    site_of, declared, cases = _declarations(grid, nodes, run, refused, timeout_s)
     counts = {site_of[node]: declared[node] for node in declared}
     log(INFO, "gsco: adapter examples per site: %s", counts)
     outcome: dict[str, Any] = {
@@ -305,9 +320,9 @@ def tune_adapter(
         "adapter",
         live,
         screening,
-        aggregation=str(config.get("aggregation", "")) or None,
-        dp_noise=float(config.get("tune-dp-noise-multiplier", 0.0)),
-        dp_clip=float(config.get("tune-dp-clipping-norm", 1.0)),
+        aggregation=run.fedavg.aggregation,
+        dp_noise=run.tune.dp_noise_multiplier,
+        dp_clip=run.tune.dp_clipping_norm,
     )
     started = time.monotonic()
     result = strategy.start(
@@ -324,7 +339,7 @@ def tune_adapter(
         float(str(metrics.get("train-loss", "nan")))
         for metrics in (result.train_metrics_clientapp or {}).values()
     ]
-    outcome["aggregation"] = str(config.get("aggregation", "")) or default_aggregation(len(live))
+    outcome["aggregation"] = run.fedavg.aggregation or default_aggregation(len(live))
     outcome["tuning_seconds"] = round(time.monotonic() - started, 1)
     outcome["losses"] = losses
     if len(losses) < rounds:  # a round in which no site trained leaves nothing to publish
@@ -335,11 +350,11 @@ def tune_adapter(
         log(WARNING, "gsco: %s", outcome["error"])
         return outcome
     log(INFO, "gsco: adapter FedAvg done in %.0f s; losses %s", outcome["tuning_seconds"], losses)
-    card = _card_training(training, counts, rounds, local_epochs, losses, config, len(live))
+    card = _card_training(training, counts, rounds, local_epochs, losses, run, len(live))
     card["training"]["strategy"] = outcome["aggregation"]
     policy = None
     if fit_policy:
-        policy = _fit_policy(grid, live, site_of, cases, result.arrays, config, outcome, refused)
+        policy = _fit_policy(grid, live, site_of, cases, result.arrays, run, outcome, refused)
         if policy is None and not publish_without_policy:
             outcome["error"] = (
                 f"the adapter's policy could not be fitted ({outcome.get('policy_error')}), so "
@@ -358,7 +373,7 @@ def _card_training(
     rounds: int,
     local_epochs: int,
     losses: list[float],
-    config: Mapping[str, Any],
+    run: RunRequest,
     sites: int,
 ) -> dict[str, Any]:
     """The card's ``training`` record, filled in with what the run did."""
@@ -371,17 +386,17 @@ def _card_training(
     record["local_epochs"] = local_epochs
     if losses and losses[-1] == losses[-1]:
         record["final_loss"] = min(1e6, max(0.0, losses[-1]))
-    noise = float(config.get("tune-dp-noise-multiplier", 0.0))
+    noise = run.tune.dp_noise_multiplier
     if noise > 0:
-        from simulations._fedavg import federation_card
+        from fedapp._fedavg import federation_card
 
         privacy = federation_card(
             rounds,
             sites,
             local_epochs,
             noise,
-            float(config.get("tune-dp-clipping-norm", 1.0)),
-            float(config.get("dp-delta", 1e-5)),
+            run.tune.dp_clipping_norm,
+            run.fedavg.dp_delta,
         ).differential_privacy
         assert privacy is not None
         record["differential_privacy"] = privacy.model_dump(mode="json")
@@ -394,7 +409,7 @@ def _fit_policy(
     site_of: Mapping[int, str],
     declared: Mapping[int, int],
     arrays: ArrayRecord,
-    config: Mapping[str, Any],
+    run: RunRequest,
     outcome: dict[str, Any],
     refused: _Refusals,
 ) -> Any:
@@ -406,9 +421,9 @@ def _fit_policy(
     (:func:`hub.fit_policy_from_answers`), and a site whose answers cannot be
     true is excluded by name.
     """
-    from protocol import Mode, TaskSpec
+    from protocol import TaskSpec
 
-    timeout_s = float(config["timeout-s"])
+    timeout_s = run.timeout_s
     log(INFO, "gsco: the sites score their policy cases with the tuned adapter")
     replies = grid.send_and_receive(
         [
@@ -481,7 +496,7 @@ def _fit_policy(
                 answers[site] = None  # fails the fit's checks: excluded by name
         return dict(answers)
 
-    modes = [Mode(m) for m in tune_modes(config)]
+    modes = list(run.tune.modes)
     try:
         policy = fit_policy_from_answers(
             task, ask, modes, model=name, parties=sorted(node_of), declared=scored

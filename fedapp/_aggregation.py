@@ -41,7 +41,8 @@ from flwr.serverapp.strategy import (
     Krum,
 )
 
-from simulations.errors import ScenarioError
+from fedapp.errors import JobError
+from protocol import AGGREGATIONS
 
 __all__ = [
     "AGGREGATIONS",
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 #: The aggregations a run may choose (Flower's strategies).
-AGGREGATIONS = ("fedavg", "trimmed-mean", "median", "krum")
 #: An update's norm is clipped to this many times the round's median norm.
 CLIP_FACTOR = 1.0
 
@@ -226,7 +226,7 @@ def robust_strategy(
     """The strategy of one FedAvg stage over ``nodes``, training through ``train.ACTION``.
 
     Raises:
-        ScenarioError: an unknown aggregation.
+        JobError: an unknown aggregation.
     """
     chosen = aggregation or default_aggregation(len(nodes))
     n = max(1, len(nodes))
@@ -248,7 +248,7 @@ def robust_strategy(
     elif chosen == "krum":
         strategy = _ScreenedKrum(**common, num_malicious_nodes=max(0, (n - 3) // 2))
     else:
-        raise ScenarioError(f"unknown aggregation {chosen!r}: use one of {', '.join(AGGREGATIONS)}")
+        raise JobError(f"unknown aggregation {chosen!r}: use one of {', '.join(AGGREGATIONS)}")
     strategy.action = action
     strategy.screening = screening
     strategy.clip_factor = clip_factor

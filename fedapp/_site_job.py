@@ -1,17 +1,10 @@
-"""What one simulated hospital does: train on its share, sign, publish (or misbehave).
+"""What one hospital does in a run: train on its data, sign, publish.
 
 It uses the site agent's own library calls, as ``gsco site train/sign/publish``
-do, on the site's home folder (identity, key, egress ledger) prepared by the
-simulation. The fault it was told to act out happens here:
-
-- ``flip-labels``: trains on its labels flipped to the next class;
-- ``drop-out``: trains, then drops out before publishing (raises :class:`SiteDroppedOut`);
-- ``tamper``: changes ``model.onnx`` after signing and publishes anyway;
-- ``unsigned``: publishes without a signature.
-
-A tampering or unsigned site bypasses its own agent's pre-publication check
-and talks to the registry directly, as an attacker would; the registry must
-refuse it.
+do, on the site's home folder (identity, key, egress ledger). Where a
+simulated attacker would act otherwise, it asks its
+:class:`fedapp.SiteBehaviour` (the honest one, unless a simulation wired in
+its own).
 """
 
 from __future__ import annotations
@@ -26,15 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedapp._behaviour import SiteBehaviour
+from fedapp.errors import SiteDroppedOutError
 from protocol import FederatedTraining, GscoError, TaskSpec
-from simulations.errors import SimulationError
 
 if TYPE_CHECKING:
     from site_agent.train import EpochReport
 
 __all__ = [
-    "FAULTS",
-    "SiteDroppedOut",
     "SiteJob",
     "SiteOutcome",
     "local_update",
@@ -42,13 +34,6 @@ __all__ = [
     "training_options",
     "usable_state",
 ]
-
-#: Faults a site can act out.
-FAULTS = ("flip-labels", "drop-out", "tamper", "unsigned")
-
-
-class SiteDroppedOut(SimulationError):  # noqa: N818 - names the event
-    """The site stopped before it published (a scenario fault)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +56,7 @@ class SiteJob:
     max_eval_images: int | None = 200
     seed: int = 0
     threads: int | None = None
-    fault: str | None = None
+    fault: str | None = None  # what a simulation's site acts out (simulations._faults)
     task: dict[str, Any] | None = None  # a declared task's TaskSpec (None: the catalog's)
     registry_ca: str | None = None  # CA certificate of the registry's TLS (None: plaintext)
 
@@ -127,7 +112,7 @@ class SiteOutcome:
     class_counts: dict[str, int] = field(default_factory=dict)
     test_accuracy: float | None = None  # the site's own held-out estimate (card)
     train_seconds: float = 0.0
-    fault: str | None = None
+    fault: str | None = None  # what a simulation's site acts out (simulations._faults)
     federated: bool = False  # the shared FedAvg specialist, published by this site
 
     def to_json(self) -> str:
@@ -179,14 +164,13 @@ class EpochLog:
         )
 
 
-def _load_share(job: SiteJob) -> Any:
-    """The site's own data (with its label fault applied)."""
+def _load_share(job: SiteJob, behaviour: SiteBehaviour) -> Any:
+    """The site's own data (as its behaviour trains on it)."""
     from site_agent.data import load_medmnist
 
     task = job.task_spec()
     dataset = load_medmnist(Path(job.data), task, dataset=job.dataset)
-    dataset = dataset.subsample(None, job.max_eval_images, job.seed)
-    return _flipped(dataset) if job.fault == "flip-labels" else dataset
+    return behaviour.training_data(job, dataset.subsample(None, job.max_eval_images, job.seed))
 
 
 def _registry_ca(job: SiteJob) -> bytes | None:
@@ -196,14 +180,6 @@ def _registry_ca(job: SiteJob) -> bytes | None:
 def _task_file(job: SiteJob) -> Path:
     """Where a declared task is written for the site agent: beside the site's share."""
     return Path(job.data).with_suffix(".task.json")
-
-
-def _flipped(dataset: Any) -> Any:
-    """``dataset`` with every training label moved to the next class (the label fault)."""
-    from site_agent.data import Split
-
-    flipped = (dataset.train.labels + 1) % len(dataset.task.labels)
-    return replace(dataset, train=Split(dataset.train.images, flipped))
 
 
 def usable_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,7 +203,10 @@ def usable_state(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def local_update(
-    job: SiteJob, state: Mapping[str, Any], epochs: int
+    job: SiteJob,
+    state: Mapping[str, Any],
+    epochs: int,
+    behaviour: SiteBehaviour | None = None,
 ) -> tuple[dict[str, Any], int, float]:
     """One FedAvg round at the site: ``epochs`` local epochs from the global weights.
 
@@ -235,13 +214,13 @@ def local_update(
     training loss.
 
     Raises:
-        SiteDroppedOut: the job's fault is ``drop-out``.
+        SiteDroppedOutError: the site left the run (its behaviour says so).
     """
     from site_agent.train import default_zoo, train_specialist
 
-    if job.fault == "drop-out":
-        raise SiteDroppedOut(f"{job.site_id} dropped out of federated training")
-    dataset = _load_share(job)
+    behaviour = behaviour or SiteBehaviour()
+    behaviour.before_answering(job, federated=True)
+    dataset = _load_share(job, behaviour)
     trained = train_specialist(
         dataset,
         job.train_config(epochs=epochs, patience=epochs + 1),  # every local epoch runs
@@ -253,7 +232,7 @@ def local_update(
     return dict(trained.net.state_dict()), len(dataset.train), loss
 
 
-def training_options(job: SiteJob, *, shared: bool = False) -> Any:
+def training_options(job: SiteJob, *, shared: bool = False, sign: bool = True) -> Any:
     """The site agent's :class:`site_agent.training.TrainingOptions` for this job.
 
     What the scenario fixes for every site (backbone, epochs, batch, rate,
@@ -280,7 +259,7 @@ def training_options(job: SiteJob, *, shared: bool = False) -> Any:
         threads=job.threads,
         max_eval_images=job.max_eval_images,
         seed=job.seed,
-        sign=job.fault != "unsigned",
+        sign=sign,
     )
 
 
@@ -289,28 +268,28 @@ def run_site_job(
     *,
     shared_state: Mapping[str, Any] | None = None,
     federation: FederatedTraining | None = None,
+    behaviour: SiteBehaviour | None = None,
 ) -> SiteOutcome:
     """Runs ``job``. Never raises for the site's own failures: they are the outcome.
 
-    An honest site runs the site agent's own use cases, as ``gsco site train
+    The site runs the site agent's own use cases, as ``gsco site train
     --sign`` and ``gsco site publish`` do: :func:`site_agent.training.plan_training`,
     :func:`site_agent.training.run_training`, then
     :func:`site_agent.publishing.publish_bundle` (its own signature checked,
-    the egress ledger written). A tampering or unsigned site talks to the
-    registry directly, as an attacker would.
+    the egress ledger written), unless its ``behaviour`` publishes another way.
 
     With ``shared_state`` the site publishes the federated model instead of
     training its own: calibrated on its validation images, evaluated on its
     test images and indexed over its own training images.
 
     Raises:
-        SiteDroppedOut: the job's fault is ``drop-out`` (after training).
+        SiteDroppedOutError: the site left the run after training (its behaviour says so).
     """
-    from registry import RegistryClient, RejectedError
-    from signing import digest_files
+    from registry import RejectedError
     from site_agent.publishing import publish_bundle
     from site_agent.training import plan_training, run_training
 
+    behaviour = behaviour or SiteBehaviour()
     started = time.monotonic()
     outcome = SiteOutcome(
         job.site_id, "failed", fault=job.fault, federated=shared_state is not None
@@ -319,13 +298,12 @@ def run_site_job(
         if job.task is not None:  # a declared task travels with the job, as a task file
             _task_file(job).write_text(json.dumps(job.task))
         plan = plan_training(
-            training_options(job, shared=shared_state is not None),
+            training_options(job, shared=shared_state is not None, sign=behaviour.signs(job)),
             Path(job.home),
             initial_state=usable_state(shared_state) if shared_state is not None else None,
             federation=federation,
         )
-        if job.fault == "flip-labels":
-            plan = replace(plan, dataset=_flipped(plan.dataset))
+        plan = replace(plan, dataset=behaviour.training_data(job, plan.dataset))
         labels = plan.entry.task.labels
         outcome.n_train = len(plan.dataset.train)
         outcome.class_counts = {
@@ -339,32 +317,23 @@ def run_site_job(
         result, _ = run_training(plan, EpochLog(job.site_id))
         outcome.test_accuracy = result.card.metrics.accuracy
         outcome.train_seconds = time.monotonic() - started
-        if job.fault == "drop-out":
-            raise SiteDroppedOut(f"{job.site_id} dropped out after training, before publishing")
+        behaviour.before_answering(job, federated=shared_state is not None)
         bundle = result.path
         site = plan.site
         assert site is not None  # plan_training found the home's identity
         try:
-            if job.fault in ("tamper", "unsigned"):  # an attacker talks to the registry itself
-                if job.fault == "tamper":
-                    model = bundle / "model.onnx"
-                    data = bytearray(model.read_bytes())
-                    data[-1] ^= 0x01  # one flipped bit in the weights, after signing
-                    model.write_bytes(bytes(data))
-                files = {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
-                with RegistryClient(job.registry, timeout_s=300) as client:
-                    ref = client.publish_files(files, site.private_key)
-                site.ledger.record_publication(job.registry, ref, digest_files(files))
-            else:
-                ref = publish_bundle(
+            ref = (
+                behaviour.publish(job, site, bundle)
+                or publish_bundle(
                     site, bundle, job.registry, root_certificates=_registry_ca(job)
                 ).ref
+            )
         except RejectedError as exc:
             outcome.status, outcome.detail = "rejected", str(exc)
             return outcome
         outcome.status, outcome.bundle_digest = "published", ref.bundle_digest
         outcome.detail = f"{ref.backbone} v{ref.version}"
-    except SiteDroppedOut:
+    except SiteDroppedOutError:
         raise
     except GscoError as exc:
         outcome.detail = f"{type(exc).__name__}: {exc}"

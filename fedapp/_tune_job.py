@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedapp._evaluate import evaluate_through_hub, policy_arrays
+from fedapp.errors import SiteStepError
 from generalist import PROMPT_TEMPLATE_VERSION, ReversedOrderAveraging
 from hub import DiagnosisEngine, PolicyEvidence, RegistrySync
 from protocol import AdapterCard, AdapterTraining, LoraSpec, Mode, TaskSpec, encode_png
@@ -54,8 +56,6 @@ from registry import (
     propose_adapter_role,
 )
 from signing import bundle_digest, digest_files
-from simulations._evaluate import evaluate_through_hub, policy_arrays
-from simulations.errors import SimulationError
 from site_agent import open_site
 from site_agent.adapter import (
     AdapterRecipe,
@@ -200,7 +200,7 @@ def _synced_engine(
         sync = RegistrySync(client=client, trusted=trusted)
         report = sync.sync()
         if not report.ok:
-            raise SimulationError(f"{job.site_id} could not sync the registry: {report.error}")
+            raise SiteStepError(f"{job.site_id} could not sync the registry: {report.error}")
         with ThreadPoolExecutor(2) as pool:
             engine = DiagnosisEngine(lambda: sync.catalog, generalist, pool)
             yield engine, sync.catalog.task_spec(job.task_id)
@@ -253,11 +253,11 @@ def policy_evidence(job: TuneJob, state: Mapping[str, Any], name: str) -> tuple[
     the site's folder for :func:`policy_answer`.
 
     Raises:
-        SimulationError: the job has fewer than :data:`MIN_POLICY_CASES` policy cases,
+        SiteStepError: the job has fewer than :data:`MIN_POLICY_CASES` policy cases,
             or the registry cannot be synced.
     """
     if len(job.policy_rows) < MIN_POLICY_CASES:
-        raise SimulationError(
+        raise SiteStepError(
             f"{job.site_id} has {len(job.policy_rows)} validation cases for the policy, fewer "
             f"than the {MIN_POLICY_CASES} a site answers about"
         )
@@ -335,17 +335,17 @@ def policy_answer(job: TuneJob, question: Mapping[str, Any]) -> dict[str, Any]:
     questions, could learn about single cases from the differences of sums.
 
     Raises:
-        SimulationError: the site has not scored its policy cases (:func:`policy_evidence`),
+        SiteStepError: the site has not scored its policy cases (:func:`policy_evidence`),
             or has answered its share of questions.
         hub.PolicyFitError: the question is malformed.
     """
     path = _evidence_file(job)
     if not path.is_file():
-        raise SimulationError(f"{job.site_id} has no policy evidence for {job.task_id}")
+        raise SiteStepError(f"{job.site_id} has no policy evidence for {job.task_id}")
     asked_file = path.with_suffix(".asked")
     asked = int(asked_file.read_text()) if asked_file.is_file() else 0
     if asked >= MAX_POLICY_QUESTIONS:
-        raise SimulationError(
+        raise SiteStepError(
             f"{job.site_id} has answered the {MAX_POLICY_QUESTIONS} policy questions a site "
             "answers about one scoring of its cases"
         )
@@ -476,7 +476,7 @@ def prepare_adapter(
 def _role_version(role: bytes) -> int:
     version = json.loads(role)["signed"]["version"]
     if type(version) is not int or version < 1:
-        raise SimulationError("the registry serves an adapter role without a valid version")
+        raise SiteStepError("the registry serves an adapter role without a valid version")
     return version
 
 
@@ -497,7 +497,7 @@ def endorse_adapter(
         sync = RegistrySync(client=client, trusted=trusted)
         report = sync.sync()
         if not report.ok:
-            raise SimulationError(f"{job.site_id} could not sync the registry: {report.error}")
+            raise SiteStepError(f"{job.site_id} could not sync the registry: {report.error}")
         task = (
             TaskSpec.model_validate(job.task) if job.task else sync.catalog.task_spec(job.task_id)
         )

@@ -1,7 +1,10 @@
-"""The simulation's ClientApp: messages routed by action, sites decided by the site agent.
+"""The ClientApp: messages routed by action; where a site's job comes from and how it
+behaves fixed when the app is made (the deployed app: the node's own config, honest; a
+simulation's: its jobs files, its attackers), never by what the SuperLink sends.
 
 Fast: Flower's ``ClientApp`` is called directly with real ``Message`` objects
-(the simulations in ``test_simulate.py`` run it under Flower's runtime).
+(the simulations in ``tests/simulations/test_simulate.py`` and the deployment in
+``tests/federation`` run them under Flower's runtimes).
 """
 
 from __future__ import annotations
@@ -15,8 +18,19 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 
-from simulations import SiteJob, SiteOutcome, training_options
-from simulations._flower import client_app
+from fedapp import (
+    JobError,
+    NodeJobs,
+    ScenarioJobs,
+    SiteBehaviour,
+    SiteJob,
+    SiteOutcome,
+    SiteStepError,
+    training_options,
+)
+from fedapp.deployed import client_app as deployed_app
+from simulations._apps import client_app
+from simulations._faults import ScenarioBehaviour
 
 JOB = SiteJob(
     site_id="hospital-01",
@@ -90,7 +104,10 @@ def test_the_scenario_fixes_what_it_must_and_the_site_agent_chooses_the_rest() -
     assert shared.epochs == 0  # the FedAvg model is calibrated and indexed, not trained
     assert shared.out == Path(JOB.out_dir + "-fedavg")
 
-    assert not training_options(replace(JOB, fault="unsigned")).sign
+    assert not training_options(JOB, sign=False).sign
+    unsigned = replace(JOB, fault="unsigned")
+    assert ScenarioBehaviour().signs(unsigned) is False  # a simulation's attacker
+    assert SiteBehaviour().signs(unsigned) is True  # the deployed app: no fault to act out
 
     declared = training_options(replace(JOB, task={"task_id": "x"}, dataset=None))
     assert declared.task is None
@@ -100,8 +117,7 @@ def test_the_scenario_fixes_what_it_must_and_the_site_agent_chooses_the_rest() -
 def test_a_deployed_site_takes_its_places_from_its_node_and_its_work_from_the_run(
     tmp_path: Path,
 ) -> None:
-    from simulations._flower import deployed_job
-    from simulations.errors import ScenarioError
+    from fedapp._client import deployed_job
     from site_agent import init_site
 
     home = init_site(tmp_path / "home", "st-marys").root
@@ -124,9 +140,9 @@ def test_a_deployed_site_takes_its_places_from_its_node_and_its_work_from_the_ru
     assert job.out_dir == str(tmp_path / "work" / "run-7" / "pneumonia-cxr")
     assert job.fault is None
 
-    with pytest.raises(ScenarioError, match="trains for 'pneumonia-cxr'"):
+    with pytest.raises(JobError, match="trains for 'pneumonia-cxr'"):
         deployed_job(node, {**run, "task": "breast-us"}, 7)
-    with pytest.raises(ScenarioError, match="lacks data, registry"):
+    with pytest.raises(JobError, match="lacks data, registry"):
         deployed_job({k: v for k, v in node.items() if k not in ("data", "registry")}, run, 7)
 
 
@@ -134,7 +150,7 @@ def test_a_site_makes_the_fedavg_starting_weights_from_its_own_data(tmp_path: Pa
     # A deployed SuperLink has no data: it asks a site, and gets only untrained weights.
     import numpy as np
 
-    from simulations._fedavg import initial_state
+    from fedapp._fedavg import initial_state
 
     arrays = {
         f"{split}_{kind}": value
@@ -159,7 +175,7 @@ def test_a_site_makes_the_fedavg_starting_weights_from_its_own_data(tmp_path: Pa
 def test_a_deployed_sites_failure_reaches_the_superlink_without_its_local_paths(
     tmp_path: Path,
 ) -> None:
-    from simulations._flower import without_paths
+    from fedapp._client import without_paths
     from site_agent import init_site
 
     home = init_site(tmp_path / "home", "st-marys").root
@@ -177,7 +193,7 @@ def test_a_deployed_sites_failure_reaches_the_superlink_without_its_local_paths(
         state=RecordDict(),
         run_config={"task": "pneumonia-cxr", "backbone": "resnet18", "epochs": 1},
     )
-    reply = client_app(_message("train.specialist"), context)
+    reply = deployed_app(_message("train.specialist"), context)
     outcome = SiteOutcome.from_json(str(reply.content["outcome"]["json"]))
     assert outcome.status == "failed"
     assert outcome.detail.startswith("DataNotFoundError")  # what went wrong still crosses
@@ -194,29 +210,54 @@ def test_a_deployed_sites_failure_reaches_the_superlink_without_its_local_paths(
 def test_an_adapter_job_comes_from_the_simulation_or_from_the_hospitals_node_config(
     tmp_path: Path,
 ) -> None:
-    """A simulation's tuning run names its jobs file; a deployed one does not (the site's own)."""
-    from simulations._flower import _tune_job
-    from simulations._tune_job import TuneJob
-    from simulations.errors import ScenarioError
+    """A simulated node reads its run's jobs file; a hospital's node only its own config."""
+    from fedapp._tune_job import TuneJob
 
     job = TuneJob(
         site_id="hospital-01", home="/h", data="/d.npz", rows=(1, 2), task_id="pneumonia-cxr",
         registry="127.0.0.1:9", trusted_root="/r.json", model_dir="/m", base_model="smollm2",
-        out_dir="/o",
+        out_dir="/o", faults=("lie-policy",),
     )  # fmt: skip
     jobs = tmp_path / "tune-jobs.json"
     jobs.write_text(json.dumps([job.to_json()]))
+    run_config = {"tune-jobs-file": str(jobs), "stage": "tune", "tune-rounds": 1}
     simulated = Context(
         run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
-        run_config={"jobs-file": "", "tune-jobs-file": str(jobs), "stage": "tune"},
+        run_config=run_config,
     )  # fmt: skip
-    assert _tune_job(simulated) == job
-    deployed = Context(
+    assert ScenarioJobs().tune_job(simulated) == job
+    # A SuperLink naming a jobs file (one that makes the site an attacker) changes nothing
+    # on a hospital's node: its job is its own config's, which here lacks two keys.
+    hospital = Context(
         run_id=1, node_id=7, node_config={"home": "/h"}, state=RecordDict(),
-        run_config={"jobs-file": "", "tune-jobs-file": "", "tune-rounds": 1},
+        run_config=run_config,
     )  # fmt: skip
-    with pytest.raises(ScenarioError, match="--trusted-root, --generalist-model"):
-        _tune_job(deployed)
+    with pytest.raises(JobError, match="--trusted-root, --generalist-model"):
+        NodeJobs().tune_job(hospital)
+    with pytest.raises(JobError, match="simulated nodes only"):
+        ScenarioJobs().tune_job(hospital)
+
+
+def test_a_superlink_cannot_turn_a_hospital_into_a_simulated_site(tmp_path: Path) -> None:
+    # The deployed app never reads a jobs file: one sent in the run config, naming a site
+    # that publishes unsigned, is ignored, and the node answers as itself.
+    from site_agent import init_site
+
+    home = init_site(tmp_path / "home", "st-marys").root
+    evil = tmp_path / "jobs.json"
+    evil.write_text(json.dumps([replace(JOB, fault="unsigned").to_json()]))
+    context = Context(
+        run_id=1, node_id=7, state=RecordDict(),
+        node_config={
+            "home": str(home), "data": "/d.npz", "task": "pneumonia-cxr",
+            "registry": "127.0.0.1:9", "work": str(tmp_path / "work"), "partition-id": 0,
+        },
+        run_config={"jobs-file": str(evil), "task": "pneumonia-cxr"},
+    )  # fmt: skip
+    reply = deployed_app(_message("query.site_id"), context)
+    assert reply.content["site"]["site-id"] == "st-marys"  # not the jobs file's hospital-01
+    with pytest.raises(JobError, match="simulated nodes only"):
+        client_app(_message("query.site_id"), context)  # nor would a simulation's app run here
 
 
 def test_a_site_answers_a_bounded_number_of_policy_questions_about_its_cases(
@@ -226,15 +267,14 @@ def test_a_site_answers_a_bounded_number_of_policy_questions_about_its_cases(
     and on could otherwise learn single cases from the differences of sums."""
     import numpy as np
 
-    from simulations._tune_job import MAX_POLICY_QUESTIONS, TuneJob, policy_answer
-    from simulations.errors import SimulationError
+    from fedapp._tune_job import MAX_POLICY_QUESTIONS, TuneJob, policy_answer
 
     job = TuneJob(
         site_id="hospital-01", home="/h", data="/d.npz", rows=(), task_id="pneumonia-cxr",
         registry="127.0.0.1:9", trusted_root="/r.json", model_dir="/m", base_model="smollm2",
         out_dir="/o", scratch=str(tmp_path / "scratch"),
     )  # fmt: skip
-    with pytest.raises(SimulationError, match="no policy evidence"):
+    with pytest.raises(SiteStepError, match="no policy evidence"):
         policy_answer(job, {"what": "counts"})
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(2), 30)
@@ -249,7 +289,7 @@ def test_a_site_answers_a_bounded_number_of_policy_questions_about_its_cases(
         answer = policy_answer(job, {"what": "counts"})
     assert answer["n"] == 30
     assert sum(answer["labels"]) == 30
-    with pytest.raises(SimulationError, match="policy questions"):
+    with pytest.raises(SiteStepError, match="policy questions"):
         policy_answer(job, {"what": "counts"})
 
 
@@ -269,7 +309,7 @@ def test_a_deployed_sites_adapter_failure_leaves_without_its_local_paths(tmp_pat
 
     np.savez(tmp_path / "share.npz", val_labels=np.zeros((20, 1), dtype=np.int64))
     with pytest.raises(RuntimeError) as raised:
-        client_app(_message("query.adapter_examples"), deployed)
+        deployed_app(_message("query.adapter_examples"), deployed)
     assert str(raised.value).startswith("SiteHomeError: ")
     assert "<local path>" in str(raised.value)
     assert "secret-ward" not in str(raised.value)

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedapp._site_job import SiteJob
 from protocol import DifferentialPrivacy, FederatedTraining
-from simulations._site_job import SiteJob
 
 __all__ = ["federation_card", "initial_state"]
 

@@ -1,6 +1,6 @@
 """Every FedAvg survives one poisoned update: real Flower ``Message``s, Flower's strategies.
 
-The ServerApp's strategies (``simulations._aggregation``) get replies as
+The ServerApp's strategies (``fedapp._aggregation``) get replies as
 Flower delivers them. One site of three sends an update scaled by 10^6, NaN
 or infinite values, a claimed 10^9 examples, a negative or nonsensical
 count: the aggregate stays where the honest sites put it, and the run goes
@@ -18,13 +18,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 
-from simulations._aggregation import (
+from fedapp._aggregation import (
     AGGREGATIONS,
     Screening,
     default_aggregation,
     robust_strategy,
 )
-from simulations.errors import ScenarioError
+from fedapp.errors import JobError
 
 SITES = {1: "hospital-01", 2: "hospital-02", 3: "hospital-03"}
 DECLARED = {1: 100, 2: 120, 3: 110}
@@ -94,7 +94,7 @@ def _poisoned(kind: str) -> dict[str, np.ndarray]:
 def test_three_sites_get_a_robust_strategy_by_default() -> None:
     assert default_aggregation(3) == "trimmed-mean"
     assert default_aggregation(2) == "fedavg"
-    with pytest.raises(ScenarioError, match="unknown aggregation"):
+    with pytest.raises(JobError, match="unknown aggregation"):
         robust_strategy("adapter", [1, 2, 3], Screening(SITES, DECLARED), aggregation="mean")
 
 
