@@ -1,4 +1,4 @@
-"""The plain loop that issue 16 measures the site agent against: 50 lines of timm and torch.
+"""The plain loop the site agent is measured against (bench/recipe.py): 50 lines of timm and torch.
 
 ResNet-18 from scratch at the images' own size, AdamW at 1e-3, 12 epochs of
 batch 128, a class-weighted loss, and the epoch with the best validation loss

@@ -125,11 +125,13 @@ def _read_header(data: bytes) -> Any:
 
 def _meta(data: bytes) -> tuple[Any, int]:
     """The file meta data set and the offset of the body that follows it."""
-    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filereader import read_preamble
+
+    from protocol._compat import read_file_meta
 
     stream = io.BytesIO(data)
     read_preamble(stream, False)
-    meta = _read_file_meta_info(stream)
+    meta = read_file_meta(stream)
     return meta, stream.tell()
 
 

@@ -91,11 +91,6 @@ class UploadGate:
                 self._total -= 1
                 self._bytes -= declared_bytes
 
-    @property
-    def in_progress(self) -> int:
-        """Uploads receiving now."""
-        return self._total
-
 
 @dataclass(frozen=True)
 class ReceivedUpload:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedapp._evaluate import HUB_MODES, Evaluation
 from protocol import TaskType, decide
-from simulations._evaluate import HUB_MODES, Evaluation
 from simulations._metrics import MethodScore, score_method
 
 __all__ = ["Report", "build_report", "write_report"]
@@ -166,7 +166,7 @@ def _federation_privacy(result: Any) -> str | None:
     It is the same :func:`federation_card` computation the ServerApp wrote into
     those cards, from the scenario's rounds, noise and delta.
     """
-    from simulations._fedavg import federation_card
+    from fedapp._fedavg import federation_card
 
     scenario = result.scenario
     shared = any(o.federated and o.status == "published" for o in result.sites)
@@ -201,9 +201,24 @@ def _interval(entry: dict[str, Any] | None) -> str:
 
 
 def _markdown(report: Report, plots: list[str]) -> str:
-    scenario = report["scenario"]
-    ordinal = report.get("task_type") == TaskType.ORDINAL.value
     lines = [
+        *_overview(report),
+        *_methods(report),
+        *_policy(report),
+        *_adapter(report),
+        *_remarks(report),
+        *_sites(report),
+        *_faults(report),
+        *_plot_links(plots),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _overview(report: Report) -> list[str]:
+    """The title and what was simulated."""
+    scenario = report["scenario"]
+    return [
         "# GSCo simulation report",
         "",
         f"- Dataset: {scenario['dataset']} (task `{report['task_id']}`, labels "
@@ -231,6 +246,13 @@ def _markdown(report: Report, plots: list[str]) -> str:
         f"- Test images evaluated through the hub: {report['test_images']}",
         "- Wall time per stage (s): "
         + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()),
+    ]
+
+
+def _methods(report: Report) -> list[str]:
+    """Every method's scores with their intervals, and what answered the same for every image."""
+    ordinal = report.get("task_type") == TaskType.ORDINAL.value
+    lines = [
         "",
         "## Method comparison (95% bootstrap confidence intervals)",
         "",
@@ -262,6 +284,12 @@ def _markdown(report: Report, plots: list[str]) -> str:
             "label bias (the CPU stand-in, SmolLM2-135M, text only, has a strong one): the "
             "calibrated and policy rows show what the hub makes of its label scores instead.",
         ]
+    return lines
+
+
+def _policy(report: Report) -> list[str]:
+    """The arbitration policy the hub's operator fitted, mode by mode."""
+    lines: list[str] = []
     policy = report.get("arbitration_policy")
     if policy:
         lines += [
@@ -298,6 +326,12 @@ def _markdown(report: Report, plots: list[str]) -> str:
                 + (f"{biased:.3f}" if biased is not None else "-")
                 + f" | {accuracy['policy']:.3f} |"
             )
+    return lines
+
+
+def _adapter(report: Report) -> list[str]:
+    """The adapter the sites tuned, co-signed and published, and its policy."""
+    lines: list[str] = []
     adapter = report.get("adapter")
     if adapter:
         lines += ["", "## The generalist's evidence-tuned adapter", ""]
@@ -359,6 +393,12 @@ def _markdown(report: Report, plots: list[str]) -> str:
                 "Adapter tuning did not give an adapter in service: "
                 + str(adapter.get("not_served") or adapter.get("error") or "unknown")
             )
+    return lines
+
+
+def _remarks(report: Report) -> list[str]:
+    """How often the generalist changed the answer, and how to read the oracle row."""
+    lines: list[str] = []
     overturned = report.get("overturned_ensemble") or {}
     if overturned:
         lines += [
@@ -378,6 +418,12 @@ def _markdown(report: Report, plots: list[str]) -> str:
             "The *oracle* row is the specialist that scored best on these same test images: "
             "an upper bound for choosing one site's model, not a method (chosen on test).",
         ]
+    return lines
+
+
+def _sites(report: Report) -> list[str]:
+    """What each site trained on, and what became of its specialist."""
+    lines: list[str] = []
     lines += [
         "",
         "AUC needs scores: `voting` scores are vote shares; the generalist modes score from the "
@@ -397,6 +443,13 @@ def _markdown(report: Report, plots: list[str]) -> str:
             f"{'yes' if site['served_by_hub'] else 'no'} | "
             f"{_interval(accuracy['accuracy']) if accuracy else '-'} |"
         )
+    return lines
+
+
+def _faults(report: Report) -> list[str]:
+    """Each attacker or failure, and what the network did about it."""
+    lines: list[str] = []
+    adapter = report.get("adapter")
     faults = [s for s in report["sites"] if s["fault"] and not s["federated"]]
     refused = (adapter or {}).get("refused") or {}
     if faults or refused or report["scenario"]["generalist_down"]:
@@ -445,11 +498,15 @@ def _markdown(report: Report, plots: list[str]) -> str:
                 "- **Generalist down**: every generalist-mode answer fell back to the ensemble "
                 "and is counted under 'degraded answers'."
             )
+    return lines
+
+
+def _plot_links(plots: list[str]) -> list[str]:
+    lines: list[str] = []
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _plots(report: Report, evaluation: Evaluation | None, out: Path) -> list[str]:

@@ -28,13 +28,15 @@ from site_agent._compat import torch_threads
 from site_agent.data import LocalDataset
 from site_agent.deid import DeidentificationReport, build_report
 from site_agent.errors import DataError, DeidentificationError
-from site_agent.export import export_onnx
-from site_agent.index import IndexSettings, build_index
+from site_agent.export import ExportReport, export_onnx
+from site_agent.index import BuiltIndex, IndexSettings, build_index
 from site_agent.outputs import checkpoints_path, deidentification_report_path, ensure_new_output
 from site_agent.train import (
     BackboneZoo,
+    Evaluation,
     Recipe,
     TrainConfig,
+    TrainedSpecialist,
     TrainingObserver,
     Trial,
     default_zoo,
@@ -131,6 +133,146 @@ def _check_deidentification(
     return report
 
 
+def _train(
+    dataset: LocalDataset,
+    out: Path,
+    config: TrainConfig,
+    zoo: BackboneZoo | None,
+    observer: TrainingObserver | None,
+    initial_state: Mapping[str, torch.Tensor] | None,
+    recipe: Recipe | None,
+    on_trial: Callable[[Trial], None] | None,
+) -> tuple[TrainedSpecialist, TrainConfig, Recipe | None]:
+    """Trains as ``config`` says, or runs the recipe's search first (its config then rules)."""
+    if recipe is None:
+        trained = train_specialist(
+            dataset,
+            config,
+            zoo or default_zoo(),
+            checkpoint_dir=checkpoints_path(out),
+            observer=observer,
+            initial_state=initial_state,
+        )
+        return trained, config, None
+    with torch_threads(recipe.config.threads or os.cpu_count() or 1):
+        trained, recipe = train_with_recipe(
+            dataset,
+            recipe,
+            zoo or default_zoo(),
+            checkpoint_dir=checkpoints_path(out),
+            observer=observer,
+            on_trial=on_trial,
+            initial_state=initial_state,
+        )
+    return trained, recipe.config, recipe
+
+
+def _specialist_card(
+    dataset: LocalDataset,
+    trained: TrainedSpecialist,
+    test: Evaluation,
+    built: BuiltIndex,
+    config: TrainConfig,
+    recipe: Recipe | None,
+    *,
+    site_id: str,
+    version: int,
+    license_id: str,
+    federation: FederatedTraining | None,
+) -> SpecialistCard:
+    """The card of the trained specialist: what it is, how it was made, how it scored."""
+    return SpecialistCard(
+        task_id=dataset.task.task_id,
+        modality=dataset.task.modality,
+        labels=dataset.task.labels,
+        task_type=dataset.task.task_type,
+        backbone=trained.backbone,
+        preprocessing=trained.preprocessing,
+        calibration_temperature=trained.temperature,
+        metrics=HeldOutMetrics(
+            split="test",
+            n=test.n,
+            accuracy=test.accuracy,
+            macro_auc=test.macro_auc,
+            macro_f1=test.macro_f1,
+            ece=test.ece,
+            per_class_recall=test.per_class_recall,
+            quadratic_weighted_kappa=test.quadratic_weighted_kappa,
+            mean_absolute_error=test.mean_absolute_error,
+        ),
+        data_summary=dataset.summary(),
+        index=built.privacy,
+        training_privacy=trained.privacy,
+        federation=federation,
+        training_recipe=_card_recipe(config, trained.preprocessing.input_size[0], recipe),
+        site_id=site_id,
+        version=version,
+        license=license_id,
+        created_at=datetime.now(UTC),
+    )
+
+
+def _metrics(
+    dataset: LocalDataset,
+    card: SpecialistCard,
+    trained: TrainedSpecialist,
+    test: Evaluation,
+    config: TrainConfig,
+    recipe: Recipe | None,
+    export: ExportReport,
+    built: BuiltIndex,
+    started: float,
+    stage_seconds: dict[str, float],
+) -> dict[str, object]:
+    """``metrics.json``: the test scores, calibration, training history, export and index."""
+    return {
+        "task_id": card.task_id,
+        "backbone": card.backbone,
+        "test": test.as_dict(),
+        "calibration": {
+            "method": "temperature_scaling",
+            "temperature": trained.temperature,
+            "warning": trained.calibration_warning,
+        },
+        "training": {
+            "epochs_run": len(trained.history),
+            "best_epoch": trained.best_epoch,
+            "stop_reason": trained.stop_reason,
+            "seconds": round(trained.train_seconds, 1),
+            "config": _config_dict(config),
+            "recipe": recipe.as_dict() if recipe is not None else None,
+            "differential_privacy": (
+                None
+                if trained.privacy is None or config.dp is None
+                else {
+                    **trained.privacy.model_dump(mode="json"),
+                    "target_epsilon": config.dp.epsilon,
+                    "trained_layers": config.dp.layers,
+                    "covers": "training split, model weights",
+                    "not_covered": "retrieval index (see index), validation split",
+                }
+            ),
+            "history": [vars(report) for report in trained.history],
+        },
+        "export": export.as_dict(),
+        "index": {
+            "mode": built.privacy.mode.value,
+            "k": built.privacy.min_group_size,
+            "noise_std": built.privacy.noise_std,
+            "entries_per_class": built.privacy.entries_per_class,
+            "classes_without_entries": list(built.skipped_classes),
+        },
+        "data": dataset.summary().model_dump(),
+        "resources": {
+            "total_seconds": round(time.monotonic() - started, 1),
+            # where the time went: search, training and calibration; ONNX export and its
+            # parity check; the retrieval index
+            "stage_seconds": stage_seconds,
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+        },
+    }
+
+
 def write_bundle(
     dataset: LocalDataset,
     out: Path,
@@ -174,27 +316,9 @@ def write_bundle(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        if recipe is None:
-            trained = train_specialist(
-                dataset,
-                config,
-                zoo or default_zoo(),
-                checkpoint_dir=checkpoints_path(out),
-                observer=observer,
-                initial_state=initial_state,
-            )
-        else:
-            with torch_threads(recipe.config.threads or os.cpu_count() or 1):
-                trained, recipe = train_with_recipe(
-                    dataset,
-                    recipe,
-                    zoo or default_zoo(),
-                    checkpoint_dir=checkpoints_path(out),
-                    observer=observer,
-                    on_trial=on_trial,
-                    initial_state=initial_state,
-                )
-            config = recipe.config
+        trained, config, recipe = _train(
+            dataset, out, config, zoo, observer, initial_state, recipe, on_trial
+        )
         trained_at = time.monotonic()
         test = evaluate(
             trained.test_probs, dataset.test.labels, dataset.task.labels, dataset.task.task_type
@@ -210,89 +334,30 @@ def write_bundle(
         built = build_index(
             trained.embed(dataset.train.images), dataset.train.labels, dataset.task.labels, index
         )
-        card = SpecialistCard(
-            task_id=dataset.task.task_id,
-            modality=dataset.task.modality,
-            labels=dataset.task.labels,
-            task_type=dataset.task.task_type,
-            backbone=trained.backbone,
-            preprocessing=trained.preprocessing,
-            calibration_temperature=trained.temperature,
-            metrics=HeldOutMetrics(
-                split="test",
-                n=test.n,
-                accuracy=test.accuracy,
-                macro_auc=test.macro_auc,
-                macro_f1=test.macro_f1,
-                ece=test.ece,
-                per_class_recall=test.per_class_recall,
-                quadratic_weighted_kappa=test.quadratic_weighted_kappa,
-                mean_absolute_error=test.mean_absolute_error,
-            ),
-            data_summary=dataset.summary(),
-            index=built.privacy,
-            training_privacy=trained.privacy,
-            federation=federation,
-            training_recipe=_card_recipe(config, trained.preprocessing.input_size[0], recipe),
+        card = _specialist_card(
+            dataset,
+            trained,
+            test,
+            built,
+            config,
+            recipe,
             site_id=site_id,
             version=version if isinstance(version, int) else version(trained.backbone),
-            license=license_id,
-            created_at=datetime.now(UTC),
+            license_id=license_id,
+            federation=federation,
         )
         indexed_at = time.monotonic()
         check_index(built.arrays, card)  # the same contract the registry enforces
         np.savez(partial / "index.npz", **built.arrays)  # type: ignore[arg-type]
         (partial / "card.json").write_bytes(canonical_json(card) + b"\n")
-        metrics: dict[str, object] = {
-            "task_id": card.task_id,
-            "backbone": card.backbone,
-            "test": test.as_dict(),
-            "calibration": {
-                "method": "temperature_scaling",
-                "temperature": trained.temperature,
-                "warning": trained.calibration_warning,
-            },
-            "training": {
-                "epochs_run": len(trained.history),
-                "best_epoch": trained.best_epoch,
-                "stop_reason": trained.stop_reason,
-                "seconds": round(trained.train_seconds, 1),
-                "config": _config_dict(config),
-                "recipe": recipe.as_dict() if recipe is not None else None,
-                "differential_privacy": (
-                    None
-                    if trained.privacy is None or config.dp is None
-                    else {
-                        **trained.privacy.model_dump(mode="json"),
-                        "target_epsilon": config.dp.epsilon,
-                        "trained_layers": config.dp.layers,
-                        "covers": "training split, model weights",
-                        "not_covered": "retrieval index (see index), validation split",
-                    }
-                ),
-                "history": [vars(report) for report in trained.history],
-            },
-            "export": export.as_dict(),
-            "index": {
-                "mode": built.privacy.mode.value,
-                "k": built.privacy.min_group_size,
-                "noise_std": built.privacy.noise_std,
-                "entries_per_class": built.privacy.entries_per_class,
-                "classes_without_entries": list(built.skipped_classes),
-            },
-            "data": dataset.summary().model_dump(),
-            "resources": {
-                "total_seconds": round(time.monotonic() - started, 1),
-                # where the time went: search, training and calibration; ONNX export and its
-                # parity check; the retrieval index
-                "stage_seconds": {
-                    "training": round(trained_at - started, 1),
-                    "export": round(exported_at - trained_at, 1),
-                    "index": round(indexed_at - exported_at, 1),
-                },
-                "peak_rss_mb": round(_peak_rss_mb(), 1),
-            },
+        stage_seconds = {
+            "training": round(trained_at - started, 1),
+            "export": round(exported_at - trained_at, 1),
+            "index": round(indexed_at - exported_at, 1),
         }
+        metrics = _metrics(
+            dataset, card, trained, test, config, recipe, export, built, started, stage_seconds
+        )
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         deidentification = (
             _check_deidentification(dataset.dicom_files, out, partial)

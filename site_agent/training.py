@@ -1,8 +1,7 @@
 """The site's training use case: options in, a plan checked before any data is read, a bundle out.
 
-What ``gsco site train`` used to decide itself lives here, so that every caller
-(the command line, and in time the simulation's sites and a deployed
-SuperNode) decides the same way:
+Every caller (the command line, the Flower app's sites, simulated or
+deployed) decides the same way, here:
 
 - the options are checked first (:meth:`TrainingOptions.check`): a flag that
   needs another, a site identity, a key to sign with, a free output folder, a

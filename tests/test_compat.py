@@ -141,7 +141,7 @@ def _stderr(program: str, *args: str, without: str, **extra: str) -> str:
 @pytest.mark.slow
 def test_ray_still_warns_about_accelerators_unless_told() -> None:
     """What FLOWER_QUIET_ENV's Ray setting is for (Ray 2.55, the simulation engine's)."""
-    from simulations._compat import FLOWER_QUIET_ENV
+    from fedapp._compat import FLOWER_QUIET_ENV
 
     program = (
         "import ray\n"
@@ -164,7 +164,7 @@ def test_transformers_still_warns_in_adapter_tuning_unless_told() -> None:
     ``is_gradient_checkpointing`` FutureWarning; the Flower log would carry one
     per site and round. With the setting it is gone.
     """
-    from simulations._compat import FLOWER_QUIET_ENV
+    from fedapp._compat import FLOWER_QUIET_ENV
     from tests.adapters import model_dir
 
     program = (
@@ -193,3 +193,31 @@ def test_the_header_deadline_extends_the_uvicorn_it_was_written_for() -> None:
     assert issubclass(protocol, AutoHTTPProtocol)
     for hook in ("connection_made", "data_received", "on_response_complete", "connection_lost"):
         assert hasattr(AutoHTTPProtocol, hook), hook
+
+
+def test_the_dicom_meta_reader_is_the_pydicom_it_was_written_for() -> None:
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_preamble
+    from pydicom.filewriter import write_file_meta_info
+
+    from protocol._compat import PYDICOM_CHECKED, read_file_meta
+
+    # Still no public way to read the meta group alone: re-check on upgrade.
+    assert pydicom.__version__ == PYDICOM_CHECKED
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)
+    end = buffer.tell()
+    buffer.write(b"\x08\x00\x16\x00UI\x04\x001.2\x00")  # the data set's first element
+    stream = io.BytesIO(buffer.getvalue())
+    read_preamble(stream, False)
+    found = read_file_meta(stream)
+    assert found.MediaStorageSOPInstanceUID == "1.2.3"
+    assert stream.tell() == end  # the body starts where the reader stopped
