@@ -36,6 +36,7 @@ from generalist import (
     RadEvidence,
 )
 from hub._adapters import ServedAdapter
+from hub._arbitration import PolicyResolver
 from hub._batching import BatchingOptions, SpecialistBatcher, SpecialistOutput
 from hub._catalog import Catalog
 from hub._policy import fuse, vote_scores
@@ -108,6 +109,17 @@ def _label_of(probs: NDArray[np.float64], task: TaskSpec) -> str:
     return task.labels[int(decide(probs[None, :], task.task_type)[0])]
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What the generalist's stage gave: its label and scores, or why the ensemble answers."""
+
+    label: str | None
+    scores: dict[str, float] | None
+    use: GeneralistUse | None
+    problem: str | None
+    ms: float | None
+
+
 class DiagnosisEngine:
     """Answers diagnosis requests from the catalog in service."""
 
@@ -125,6 +137,7 @@ class DiagnosisEngine:
         self.calibrations = CalibrationCache()
         self.policies: dict[str, ArbitrationPolicy] = {}  # by task; see hub._policy
         self.adapters: dict[str, ServedAdapter] = {}  # by task; see hub._adapters
+        self.resolver = PolicyResolver(self.policies, self.adapters)
         self._batchers: dict[str, SpecialistBatcher] = {}  # by bundle digest
         self._inbound: dict[str, int] = {}  # by task: requests still decoding
         self.suspensions = Suspensions()  # specialists that keep failing, left out a while
@@ -186,76 +199,25 @@ class DiagnosisEngine:
         found = await self._gather(
             catalog, task_id, image, media_type, mode, top_k, for_generalist=True
         )
-        task, labels, specialists = found.task, found.task.labels, found.specialists
-        moed, rad, ensemble, decoded = found.moed, found.rad, found.ensemble, found.decoded
-        image_sha256 = found.image_sha256
-        sends_image = found.sends_image
-        decode_ms, specialists_ms, retrieval_ms = (
-            found.decode_ms,
-            found.specialists_ms,
-            found.retrieval_ms,
-        )
-
+        task, labels = found.task, found.task.labels
+        moed, ensemble = found.moed, found.ensemble
         warnings: list[str] = list(found.left_out)
-        generalist_use = None
-        generalist_ms = None
         degraded = bool(found.left_out)
         mode_used = mode
-        scores: dict[str, float] | None
+        answer = _Answer(None, None, None, None, None)
         if mode in GENERALIST_MODES:
-            stage = time.perf_counter()
-            png = await self._in_pool(lambda: encode_png(decoded[3])) if sends_image else None
-            result, problem = await self._arbitrate(task, mode, moed, rad, png)
-            generalist_ms = _ms(stage)
-            fitted = None
-            if result is not None:
-                calibration = await self._calibration(task, mode, result)
-                fitted = self._mode_policy(task, mode, result.model)
-                if fitted is not None and (result.scores is None or not calibration.content_free):
-                    # The policy weighs calibrated scores: without them, the ensemble answers.
-                    result, problem = (
-                        None,
-                        (
-                            "the generalist's label scores could not be calibrated "
-                            "(no scores, or no content-free answer), so its fitted policy cannot "
-                            "weigh them"
-                        ),
-                    )
-            if result is not None:
-                if fitted is not None and fitted.label_bias is not None:
-                    calibration = dataclasses.replace(calibration, bias=fitted.label_bias)
-                label, calibrated = _calibrated_answer(result, calibration)
-                scores = calibrated
-                weight = fitted.generalist_weight if fitted is not None else None
-                if weight is not None and calibrated is not None:
-                    base = _base_scores(fitted, moed, ensemble, task)
-                    fused = fuse(base.tolist(), [calibrated[name] for name in labels], weight)
-                    label = _label_of(fused, task)
-                    scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
-                generalist_use = GeneralistUse(
-                    model=result.model,
-                    saw_image=result.saw_image,
-                    prompt=result.prompt,
-                    raw_answer=result.raw_text[:2000],
-                    latency_ms=result.latency_ms,
-                    raw_scores=result.scores,
-                    calibration=calibration.method.value,
-                    calibrated_scores=calibrated,
-                    policy_weight=weight,
-                    overturned_ensemble=label != _label_of(ensemble, task),
-                    adapter_digest=self._adapter_digest(task.task_id, result.model),
-                    option_orders=result.option_orders,
-                    policy_base=fitted.base if fitted is not None else None,
-                )
-            else:
+            answer = await self._ask_generalist(found, mode)
+            if answer.use is None:
                 degraded, mode_used = True, Mode.ENSEMBLE
-                warnings.append(f"answered with ensemble: {problem}")
+                warnings.append(f"answered with ensemble: {answer.problem}")
+        label, scores = answer.label, answer.scores
         if mode_used is Mode.VOTING:
             label, scores = _vote(moed, task, ensemble)
         elif mode_used is Mode.ENSEMBLE:
             label = _label_of(ensemble, task)
             scores = {name: float(p) for name, p in zip(labels, ensemble, strict=True)}
-
+        assert label is not None
+        generalist_use = answer.use
         response = DiagnoseResponse(
             request_id=request_id,
             task_id=task_id,
@@ -266,20 +228,72 @@ class DiagnosisEngine:
             degraded=degraded,
             generalist_saw_image=bool(generalist_use and generalist_use.saw_image),
             moed=moed,
-            rad=rad,
-            specialists=tuple(s.provenance for s in specialists),
+            rad=found.rad,
+            specialists=tuple(s.provenance for s in found.specialists),
             registry_snapshot_version=catalog.snapshot_version,
             generalist=generalist_use,
             timings=StageTimings(
-                decode_ms=decode_ms,
-                specialists_ms=specialists_ms,
-                retrieval_ms=retrieval_ms,
-                generalist_ms=generalist_ms,
+                decode_ms=found.decode_ms,
+                specialists_ms=found.specialists_ms,
+                retrieval_ms=found.retrieval_ms,
+                generalist_ms=answer.ms,
                 total_ms=_ms(started),
             ),
             warnings=tuple(warnings),
         )
-        return Diagnosis(response, image_sha256)
+        return Diagnosis(response, found.image_sha256)
+
+    async def _ask_generalist(self, found: _Evidence, mode: Mode) -> _Answer:
+        """The generalist's answer, calibrated and weighed by the policy that holds for it.
+
+        ``use`` is None (and ``problem`` says why) when the ensemble must answer
+        instead: the generalist failed, or its scores cannot be calibrated for
+        the policy fitted on them.
+        """
+        task, labels = found.task, found.task.labels
+        stage = time.perf_counter()
+        png = (
+            await self._in_pool(lambda: encode_png(found.decoded[3])) if found.sends_image else None
+        )
+        result, problem = await self._arbitrate(task, mode, found.moed, found.rad, png)
+        generalist_ms = _ms(stage)
+        if result is None:
+            return _Answer(None, None, None, problem, generalist_ms)
+        calibration = await self._calibration(task, mode, result)
+        fitted = self.resolver.for_answer(task, mode, result.model)
+        if fitted is not None and (result.scores is None or not calibration.content_free):
+            # The policy weighs calibrated scores: without them, the ensemble answers.
+            problem = (
+                "the generalist's label scores could not be calibrated (no scores, or no "
+                "content-free answer), so its fitted policy cannot weigh them"
+            )
+            return _Answer(None, None, None, problem, generalist_ms)
+        if fitted is not None and fitted.label_bias is not None:
+            calibration = dataclasses.replace(calibration, bias=fitted.label_bias)
+        label, calibrated = _calibrated_answer(result, calibration)
+        scores = calibrated
+        weight = fitted.generalist_weight if fitted is not None else None
+        if weight is not None and calibrated is not None:
+            base = _base_scores(fitted, found.moed, found.ensemble, task)
+            fused = fuse(base.tolist(), [calibrated[name] for name in labels], weight)
+            label = _label_of(fused, task)
+            scores = {name: float(p) for name, p in zip(labels, fused, strict=True)}
+        use = GeneralistUse(
+            model=result.model,
+            saw_image=result.saw_image,
+            prompt=result.prompt,
+            raw_answer=result.raw_text[:2000],
+            latency_ms=result.latency_ms,
+            raw_scores=result.scores,
+            calibration=calibration.method.value,
+            calibrated_scores=calibrated,
+            policy_weight=weight,
+            overturned_ensemble=label != _label_of(found.ensemble, task),
+            adapter_digest=self._adapter_digest(task.task_id, result.model),
+            option_orders=result.option_orders,
+            policy_base=fitted.base if fitted is not None else None,
+        )
+        return _Answer(label, scores, use, None, generalist_ms)
 
     async def evidence(
         self,
@@ -414,49 +428,9 @@ class DiagnosisEngine:
         served = self.adapters.get(task_id)
         return served.digest if served is not None and served.name == model else None
 
-    def _mode_policy(self, task: TaskSpec, mode: Mode, model: str) -> ModePolicy | None:
-        """The task's fitted policy for ``mode`` (None: no policy applies).
-
-        A policy holds for the generalist it was fitted on (``model``: the base
-        model or the adapter): another one's scores were never weighed.
-        """
-        policy = self.policies.get(task.task_id)
-        if (
-            policy is not None
-            and policy.labels == task.labels
-            and mode in policy.modes
-            and (policy.modes[mode].model or policy.model) == model
-        ):
-            return policy.modes[mode]  # the operator's, fitted for exactly this model
-        served = self.adapters.get(task.task_id)
-        if served is None or served.name != model or served.card.policy is None:
-            return None
-        signed = served.card.policy  # published with the adapter, for its own answers
-        if signed.labels != task.labels or mode not in signed.modes:
-            return None
-        return signed.modes[mode]
-
     def policy_in_service(self, task_id: str) -> ArbitrationPolicy | None:
-        """The task's policy as it is applied: the operator's, with the served adapter's modes.
-
-        Each mode names the generalist it holds for (``model``).
-        """
-        policy = self.policies.get(task_id)
-        served = self.adapters.get(task_id)
-        if served is None or served.card.policy is None:
-            return policy
-        signed = served.card.policy
-        named = {m: f.model_copy(update={"model": served.name}) for m, f in signed.modes.items()}
-        if policy is None:
-            return signed.model_copy(update={"model": served.name, "modes": named})
-        if policy.labels != signed.labels:
-            return policy
-        modes = dict(policy.modes)
-        for mode, fitted in named.items():
-            current = modes.get(mode)
-            if current is None or (current.model or policy.model) != served.name:
-                modes[mode] = fitted
-        return policy.model_copy(update={"modes": modes})
+        """The task's policy as it is applied (see :class:`hub._arbitration.PolicyResolver`)."""
+        return self.resolver.in_service(task_id)
 
     async def _calibration(
         self, task: TaskSpec, mode: Mode, result: ArbitrationResult
