@@ -8,6 +8,7 @@ diagrams (calibration) for the methods that give scores.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,72 +47,12 @@ def build_report(result: Any) -> Report:
     site_scores: list[MethodScore] = []
     effects: dict[str, Any] = {}
     if evaluation is not None:
-        truth = evaluation.truth
-        for site, probs in sorted(evaluation.site_probs.items()):
-            site_scores.append(score(site, truth, decide(probs, task_type), probs))
-        if site_scores:
-            local = [s for s in site_scores if not s.method.endswith("(fedavg)")] or site_scores
-            best = max(local, key=lambda s: s.accuracy.value)
-            probs = evaluation.site_probs[best.method]
-            methods.append(
-                score(
-                    # Chosen on the very images it is scored on: an upper bound, not a
-                    # method a consortium could run (it would not know which one is best).
-                    f"best single specialist, oracle ({best.method})",
-                    truth,
-                    decide(probs, task_type),
-                    probs,
-                )
-            )
-        shared = sorted(name for name in evaluation.site_probs if name.endswith("(fedavg)"))
-        if shared:
-            probs = evaluation.site_probs[shared[0]]
-            methods.append(
-                score(
-                    f"fedavg shared specialist ({shared[0]})",
-                    truth,
-                    decide(probs, task_type),
-                    probs,
-                )
-            )
-        names = [m.value for m in HUB_MODES]
-        # The ablation of the hub's default: what the generalist generated, its calibrated
-        # answer, and the answer with the fitted policy (the "gsco" row itself).
-        names[names.index("gsco") : names.index("gsco")] = [
-            "gsco (zero-shot)",
-            "gsco (calibrated)",
-            "gsco (adapter)",
+        site_scores = [
+            score(site, evaluation.truth, decide(probs, task_type), probs)
+            for site, probs in sorted(evaluation.site_probs.items())
         ]
-        for mode in ("moed", "rad"):  # when the adapter learnt their prompts too
-            if f"{mode} (adapter)" in evaluation.predicted:
-                names.insert(names.index(mode) + 1, f"{mode} (adapter)")
-        for name in names:
-            if name in evaluation.predicted:
-                methods.append(
-                    score(name, truth, evaluation.predicted[name], evaluation.scores.get(name))
-                )
-        bad = [o.site_id for o in result.sites if o.fault == "flip-labels"]
-        for site in bad:
-            if site not in evaluation.site_probs or len(evaluation.site_probs) < 2:
-                continue
-            mean, voted = evaluation.without(site)
-            with_site = {m.method: m for m in methods}
-            without = {
-                "ensemble": score("ensemble", truth, decide(mean, task_type), mean),
-                "voting": score("voting", truth, voted, None),
-            }
-            effects[site] = {
-                "fault": "flip-labels",
-                "site_alone_accuracy": next(
-                    s.accuracy.value for s in site_scores if s.method == site
-                ),
-                "accuracy_with_site": {
-                    name: with_site[name].accuracy.value for name in without if name in with_site
-                },
-                "accuracy_without_site": {
-                    name: score.accuracy.value for name, score in without.items()
-                },
-            }
+        methods = _methods_scored(evaluation, site_scores, score, task_type)
+        effects = _fault_effects(result, evaluation, methods, site_scores, score, task_type)
     return {
         "schema_version": 1,
         "scenario": scenario_dict(result.scenario),
@@ -158,6 +99,96 @@ def build_report(result: Any) -> Report:
             for name, predicted in evaluation.predicted.items()
         },
     }
+
+
+_Score = Callable[[str, NDArray[np.int64], NDArray[np.int64], Any], MethodScore]
+
+
+def _methods_scored(
+    evaluation: Evaluation,
+    site_scores: list[MethodScore],
+    score: _Score,
+    task_type: TaskType,
+) -> list[MethodScore]:
+    """The rows of the comparison: the best site (oracle), the shared model, every mode."""
+    truth = evaluation.truth
+    methods: list[MethodScore] = []
+    if site_scores:
+        local = [s for s in site_scores if not s.method.endswith("(fedavg)")] or site_scores
+        best = max(local, key=lambda s: s.accuracy.value)
+        probs = evaluation.site_probs[best.method]
+        methods.append(
+            score(
+                # Chosen on the very images it is scored on: an upper bound, not a
+                # method a consortium could run (it would not know which one is best).
+                f"best single specialist, oracle ({best.method})",
+                truth,
+                decide(probs, task_type),
+                probs,
+            )
+        )
+    shared = sorted(name for name in evaluation.site_probs if name.endswith("(fedavg)"))
+    if shared:
+        probs = evaluation.site_probs[shared[0]]
+        methods.append(
+            score(
+                f"fedavg shared specialist ({shared[0]})",
+                truth,
+                decide(probs, task_type),
+                probs,
+            )
+        )
+    names = [m.value for m in HUB_MODES]
+    # The ablation of the hub's default: what the generalist generated, its calibrated
+    # answer, and the answer with the fitted policy (the "gsco" row itself).
+    names[names.index("gsco") : names.index("gsco")] = [
+        "gsco (zero-shot)",
+        "gsco (calibrated)",
+        "gsco (adapter)",
+    ]
+    for mode in ("moed", "rad"):  # when the adapter learnt their prompts too
+        if f"{mode} (adapter)" in evaluation.predicted:
+            names.insert(names.index(mode) + 1, f"{mode} (adapter)")
+    for name in names:
+        if name in evaluation.predicted:
+            methods.append(
+                score(name, truth, evaluation.predicted[name], evaluation.scores.get(name))
+            )
+    return methods
+
+
+def _fault_effects(
+    result: Any,
+    evaluation: Evaluation,
+    methods: list[MethodScore],
+    site_scores: list[MethodScore],
+    score: _Score,
+    task_type: TaskType,
+) -> dict[str, Any]:
+    """What each label-flipping site did to the ensemble and the vote: with it and without."""
+    effects: dict[str, Any] = {}
+    truth = evaluation.truth
+    bad = [o.site_id for o in result.sites if o.fault == "flip-labels"]
+    for site in bad:
+        if site not in evaluation.site_probs or len(evaluation.site_probs) < 2:
+            continue
+        mean, voted = evaluation.without(site)
+        with_site = {m.method: m for m in methods}
+        without = {
+            "ensemble": score("ensemble", truth, decide(mean, task_type), mean),
+            "voting": score("voting", truth, voted, None),
+        }
+        effects[site] = {
+            "fault": "flip-labels",
+            "site_alone_accuracy": next(s.accuracy.value for s in site_scores if s.method == site),
+            "accuracy_with_site": {
+                name: with_site[name].accuracy.value for name in without if name in with_site
+            },
+            "accuracy_without_site": {
+                name: score.accuracy.value for name, score in without.items()
+            },
+        }
+    return effects
 
 
 def _federation_privacy(result: Any) -> str | None:
