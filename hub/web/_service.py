@@ -39,7 +39,7 @@ from hub.errors import AdapterRefusedError, HubConfigError, OverloadedError
 from hub.web._auth import KeyFile
 from hub.web._metrics import HubMetrics
 from protocol import ArbitrationPolicy, BundleRef, DecodeLimits, GscoError
-from registry import AdapterLimits
+from registry import AcceptedAdapter, AdapterLimits
 from signing import KeyRing
 
 if TYPE_CHECKING:
@@ -57,6 +57,27 @@ def _claimed_task(files: dict[str, bytes]) -> str | None:
     except (ValueError, AttributeError):
         return None
     return task if isinstance(task, str) else None
+
+
+def _announce(accepted: AcceptedAdapter, name: str) -> None:
+    """Logs the adapter put in service, and the policy it carries."""
+    card = accepted.card
+    log.info(
+        "adapter %s of %s in service for %s as %s (rank %d, %d examples from %d sites)",
+        accepted.digest[:12],
+        card.site_id,
+        card.task_id,
+        name,
+        card.lora.rank,
+        card.training.examples,
+        len(card.training.sites),
+    )
+    if card.policy is not None:
+        log.info(
+            "adapter %s carries its arbitration policy: %s",
+            accepted.digest[:12],
+            ", ".join(f"{m.value} w={p.generalist_weight:g}" for m, p in card.policy.modes.items()),
+        )
 
 
 def available_cores() -> int:
@@ -274,6 +295,51 @@ class Hub:
             AdapterRefusedError: the bundle fails verification, does not fit, or
                 (from the registry) lacks the consortium's backing.
         """
+        assert self.engine is not None
+        accepted, endorsed = self._accept_adapter(backend, files, source, expected_digest)
+        card = accepted.card
+        copy = write_verified_copy(files, self.config.state_dir / "adapters", accepted.digest)
+        name = adapter_name(card, accepted.digest)
+        try:
+            backend.load_adapter(name, str(copy.resolve()))
+        except AdapterLoadError as exc:
+            self.adapter_warnings[card.task_id] = str(exc)
+            self.metrics.adapter_refusals.inc()
+            log.warning(
+                "the generalist refused adapter %s for %s; the base model answers: %s",
+                accepted.digest[:12],
+                card.task_id,
+                exc,
+            )
+            return None
+        served = ServedAdapter(
+            name=name,
+            digest=accepted.digest,
+            card=card,
+            path=copy,
+            source=source,
+            endorsed_by=endorsed,
+        )
+        previous = self.engine.adapters.get(card.task_id)
+        self.engine.adapters[card.task_id] = served
+        self.adapter_warnings.pop(card.task_id, None)
+        if previous is not None and previous.name != name:
+            self._unload(backend, previous)
+        _announce(accepted, name)
+        return served
+
+    def _accept_adapter(
+        self,
+        backend: OpenAICompatibleBackend,
+        files: dict[str, bytes],
+        source: str,
+        expected_digest: str | None,
+    ) -> tuple[AcceptedAdapter, tuple[str, ...]]:
+        """The verified adapter, and the sites whose co-signatures back it (registry only).
+
+        Raises:
+            AdapterRefusedError: see :meth:`_serve_adapter`.
+        """
         assert self.engine is not None and self._sync is not None  # noqa: PT018
         limits = AdapterLimits(max_rank=self.config.max_lora_rank)
         keyring = self._sync.keyring
@@ -310,52 +376,7 @@ class Hub:
                 accepted.digest[:12],
                 card.task_id,
             )
-        copy = write_verified_copy(files, self.config.state_dir / "adapters", accepted.digest)
-        name = adapter_name(card, accepted.digest)
-        try:
-            backend.load_adapter(name, str(copy.resolve()))
-        except AdapterLoadError as exc:
-            self.adapter_warnings[card.task_id] = str(exc)
-            self.metrics.adapter_refusals.inc()
-            log.warning(
-                "the generalist refused adapter %s for %s; the base model answers: %s",
-                accepted.digest[:12],
-                card.task_id,
-                exc,
-            )
-            return None
-        served = ServedAdapter(
-            name=name,
-            digest=accepted.digest,
-            card=card,
-            path=copy,
-            source=source,
-            endorsed_by=endorsed,
-        )
-        previous = self.engine.adapters.get(card.task_id)
-        self.engine.adapters[card.task_id] = served
-        self.adapter_warnings.pop(card.task_id, None)
-        if previous is not None and previous.name != name:
-            self._unload(backend, previous)
-        log.info(
-            "adapter %s of %s in service for %s as %s (rank %d, %d examples from %d sites)",
-            accepted.digest[:12],
-            card.site_id,
-            card.task_id,
-            name,
-            card.lora.rank,
-            card.training.examples,
-            len(card.training.sites),
-        )
-        if card.policy is not None:
-            log.info(
-                "adapter %s carries its arbitration policy: %s",
-                accepted.digest[:12],
-                ", ".join(
-                    f"{m.value} w={p.generalist_weight:g}" for m, p in card.policy.modes.items()
-                ),
-            )
-        return served
+        return accepted, endorsed
 
     def _unload(self, backend: OpenAICompatibleBackend, served: ServedAdapter) -> None:
         try:
