@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from fedapp._aggregation import Screening, default_aggregation, robust_strategy
 from fedapp._tune_job import TuneJob
 from fedapp.errors import JobError
 from hub import PolicyFitError, fit_policy_from_answers
-from protocol import RunRequest, SchemaError
+from protocol import ArbitrationPolicy, RunRequest, SchemaError, TaskSpec
 
 __all__ = [
     "adapter_card_template",
@@ -412,7 +413,7 @@ def _fit_policy(
     run: RunRequest,
     outcome: dict[str, Any],
     refused: _Refusals,
-) -> Any:
+) -> ArbitrationPolicy | None:
     """The final adapter's policy, fitted across the sites (``None``, and why, if it cannot be).
 
     Each site scores its own policy cases with the adapter's final weights
@@ -421,9 +422,69 @@ def _fit_policy(
     (:func:`hub.fit_policy_from_answers`), and a site whose answers cannot be
     true is excluded by name.
     """
-    from protocol import TaskSpec
+    scoring = _scored_sites(grid, nodes, site_of, declared, arrays, run.timeout_s, refused)
+    if scoring.left_out:
+        outcome["policy_left_out"] = scoring.left_out
+    described = set(scoring.tasks.values())
+    if not scoring.node_of or len(described) != 1:
+        outcome["policy_error"] = (
+            "no site could score policy cases"
+            if not scoring.node_of
+            else "the sites describe the task differently"
+        )
+        return None
+    task = TaskSpec.model_validate_json(described.pop())
+    name = f"adapter-{task.task_id}"  # the hub names each mode after the adapter it serves
+    asker = _Asker(grid, scoring.node_of, site_of, run.timeout_s)
+    try:
+        policy = fit_policy_from_answers(
+            task,
+            asker.ask,
+            list(run.tune.modes),
+            model=name,
+            parties=sorted(scoring.node_of),
+            declared=scoring.scored,
+        )
+    except PolicyFitError as exc:
+        outcome["policy_error"] = str(exc)[:500]
+        log(WARNING, "gsco: no policy for the adapter: %s", exc)
+        return None
+    for site, reason in policy.sites_excluded.items():
+        refused.add(site, f"policy answers excluded: {reason}")
+    outcome["policy"] = json.loads(policy.model_dump_json())
+    outcome["policy_sites"] = len(policy.sites)
+    outcome["policy_questions"] = asker.questions
+    log(
+        INFO,
+        "gsco: adapter policy fitted on %d cases at %d sites (%d questions): %s",
+        policy.n_examples,
+        len(policy.sites),
+        asker.questions,
+        ", ".join(f"{m.value} weight {p.generalist_weight:g}" for m, p in policy.modes.items()),
+    )
+    return policy
 
-    timeout_s = run.timeout_s
+
+@dataclass
+class _Scoring:
+    """Which sites scored their policy cases: their nodes, counts and tasks; who could not."""
+
+    node_of: dict[str, int] = field(default_factory=dict)
+    scored: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def _scored_sites(
+    grid: Grid,
+    nodes: list[int],
+    site_of: Mapping[int, str],
+    declared: Mapping[int, int],
+    arrays: ArrayRecord,
+    timeout_s: float,
+    refused: _Refusals,
+) -> _Scoring:
+    """Each site scores its own policy cases with the final weights and says how many."""
     log(INFO, "gsco: the sites score their policy cases with the tuned adapter")
     replies = grid.send_and_receive(
         [
@@ -436,15 +497,12 @@ def _fit_policy(
         ],
         timeout=timeout_s,
     )
-    node_of: dict[str, int] = {}
-    scored: dict[str, int] = {}
-    tasks: dict[str, str] = {}
-    left_out = {}
+    found = _Scoring()
     for reply in replies:
         node = reply.metadata.src_node_id
         site = site_of.get(node, f"node-{node}")
         if not reply.has_content():
-            left_out[site] = _reason(reply)
+            found.left_out[site] = _reason(reply)
             log(WARNING, "gsco: %s cannot answer for the policy: %s", site, _reason(reply))
             continue
         record = reply.content["policy"]
@@ -456,69 +514,44 @@ def _fit_policy(
                 f"{declared.get(node, 0)}; left out of the policy",
             )
             continue
-        node_of[site], scored[site], tasks[site] = node, n, str(record.get("task", ""))
-    if left_out:
-        outcome["policy_left_out"] = left_out
-    described = set(tasks.values())
-    if not node_of or len(described) != 1:
-        outcome["policy_error"] = (
-            "no site could score policy cases"
-            if not node_of
-            else "the sites describe the task differently"
-        )
-        return None
-    task = TaskSpec.model_validate_json(described.pop())
-    name = f"adapter-{task.task_id}"  # the hub names each mode after the adapter it serves
-    questions = 0
+        found.node_of[site], found.scored[site] = node, n
+        found.tasks[site] = str(record.get("task", ""))
+    return found
 
-    def ask(question: dict[str, Any], asked: Sequence[str]) -> dict[str, Any]:
-        nonlocal questions
-        questions += 1
+
+class _Asker:
+    """Puts each question of the fit to the sites it names; counts the questions."""
+
+    def __init__(
+        self, grid: Grid, node_of: Mapping[str, int], site_of: Mapping[int, str], timeout_s: float
+    ) -> None:
+        self._grid, self._node_of, self._site_of = grid, node_of, site_of
+        self._timeout_s = timeout_s
+        self.questions = 0
+
+    def ask(self, question: dict[str, Any], asked: Sequence[str]) -> dict[str, Any]:
+        self.questions += 1
         text = json.dumps(question)
         answers: dict[str, Any] = {}
-        for reply in grid.send_and_receive(
+        for reply in self._grid.send_and_receive(
             [
                 Message(
                     RecordDict({"policy": ConfigRecord({"question": text})}),
-                    node_of[site],
+                    self._node_of[site],
                     "query.adapter_policy",
                 )
                 for site in asked
             ],
-            timeout=timeout_s,
+            timeout=self._timeout_s,
         ):
-            site = site_of.get(reply.metadata.src_node_id, "")
+            site = self._site_of.get(reply.metadata.src_node_id, "")
             if not reply.has_content() or site not in asked:
                 continue  # the fit excludes a site that does not answer, by name
             try:
                 answers[site] = json.loads(str(reply.content["policy"]["answer"]))
             except (KeyError, ValueError, RecursionError):
                 answers[site] = None  # fails the fit's checks: excluded by name
-        return dict(answers)
-
-    modes = list(run.tune.modes)
-    try:
-        policy = fit_policy_from_answers(
-            task, ask, modes, model=name, parties=sorted(node_of), declared=scored
-        )
-    except PolicyFitError as exc:
-        outcome["policy_error"] = str(exc)[:500]
-        log(WARNING, "gsco: no policy for the adapter: %s", exc)
-        return None
-    for site, reason in policy.sites_excluded.items():
-        refused.add(site, f"policy answers excluded: {reason}")
-    outcome["policy"] = json.loads(policy.model_dump_json())
-    outcome["policy_sites"] = len(policy.sites)
-    outcome["policy_questions"] = questions
-    log(
-        INFO,
-        "gsco: adapter policy fitted on %d cases at %d sites (%d questions): %s",
-        policy.n_examples,
-        len(policy.sites),
-        questions,
-        ", ".join(f"{m.value} weight {p.generalist_weight:g}" for m, p in policy.modes.items()),
-    )
-    return policy
+        return answers
 
 
 def _one(grid: Grid, message: Message, timeout_s: float) -> Message | None:
