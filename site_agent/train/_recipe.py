@@ -62,7 +62,13 @@ from site_agent.train._loop import (
     TrainingObserver,
     TrainingRun,
 )
-from site_agent.train._zoo import BackboneZoo, HeadKind, WeightsPolicy, build_specialist
+from site_agent.train._zoo import (
+    BackboneSpec,
+    BackboneZoo,
+    HeadKind,
+    WeightsPolicy,
+    build_specialist,
+)
 
 __all__ = [
     "COST_CEILING",
@@ -210,116 +216,21 @@ def plan_recipe(
     """
     budget = max_minutes if max_minutes is not None else DEFAULT_MAX_MINUTES
     n = len(dataset.train)
-    k = len(dataset.task.labels)
     reasons: dict[str, str] = {}
-    backbone, weights = SCRATCH
-    if flags.backbone is not None:
-        backbone = flags.backbone
-        weights = flags.weights or WeightsPolicy.DEFAULT
-        reasons["backbone"] = "given"
-    elif base.dp is not None:
-        backbone, weights = PRETRAINED
-        weights = flags.weights or weights
-        reasons["backbone"] = f"{backbone} ({weights.value}): DP-SGD needs pretrained features"
-    else:
-        weights = flags.weights or weights
-        reasons["backbone"] = (
-            f"{backbone} ({weights.value}) at the images' size, as MedMNIST's baselines"
-        )
+    backbone, weights = _backbone(flags, base, reasons)
     spec = zoo.get(backbone)
-
-    if flags.batch_size is not None:
-        batch = flags.batch_size
-        reasons["batch_size"] = "given"
-    else:
-        floor = 64 if n >= 256 else 32
-        batch = min(128, max(floor, _power_of_two(n / 30)))
-        reasons["batch_size"] = (
-            f"about 30 steps per epoch for {n} training images, at least {floor} "
-            "(a CPU step costs little more for a larger batch)"
-        )
-    batch = min(batch, n)
-    if flags.learning_rate is not None:
-        lr = flags.learning_rate
-        reasons["learning_rate"] = "given"
-    else:
-        lr = _learning_rate(weights)
-        reasons["learning_rate"] = (
-            f"{SCRATCH_RATE:g} from scratch, 5e-4 to fine-tune pretrained weights"
-        )
+    batch = min(_batch_size(flags, n, reasons), n)
+    lr = _rate(flags, weights, reasons)
     steps = max(1, math.ceil(n / batch))
-    if flags.epochs is not None:
-        epochs = flags.epochs
-        reasons["epochs"] = "given"
-    else:
-        epochs = min(60, max(_BASE_EPOCHS, math.ceil(MIN_STEPS / steps)))
-        reasons["epochs"] = (
-            f"{_BASE_EPOCHS}, or enough for {MIN_STEPS} optimiser steps at {steps} per epoch"
-        )
-    if flags.flip is not None:
-        flip = flags.flip
-        reasons["flip"] = "given"
-    else:
-        flip = dataset.task.mirroring
-        reasons["flip"] = (
-            "the task allows left-right mirroring"
-            if flip
-            else "the task does not say that left-right mirroring is allowed"
-        )
-
-    head = flags.head or HeadKind.SOFTMAX
-    if flags.head is not None:
-        reasons["head"] = "given"
-    elif dataset.task.task_type is not TaskType.ORDINAL:
-        reasons["head"] = "softmax: the labels are not ordered"
-    elif base.dp is not None:
-        reasons["head"] = "softmax: DP-SGD cannot train the ordinal head"
-    else:
-        reasons["head"] = "softmax first; the search also tries the cumulative-link head"
-
+    epochs = _epochs(flags, steps, reasons)
+    flip = _flip(flags, dataset, reasons)
+    head = _head(flags, dataset, base, reasons)
     native = int(dataset.train.images.shape[1])
-    cost = _StepCosts(zoo, dataset.channels, k, batch)
-    if flags.input_size is not None:
-        size = flags.input_size
-        reasons["input_size"] = "given"
-    elif spec.fixed_size:
-        size = spec.default_input_size
-        reasons["input_size"] = f"{spec.name} is built for {size} px"
-    else:
-        size = max(native, spec.min_input_size)
-        why = (
-            f"the images' own size ({native} px)"
-            if size == native
-            else f"{spec.name}'s minimum ({size} px; the images are {native} px)"
-        )
-        while size > max(28, spec.min_input_size):
-            per_image = cost(backbone, size)
-            planned_minutes = per_image * n * epochs * 1.3 / 60  # 1.3: validation, augmentation
-            if planned_minutes <= budget / 2:
-                break
-            why = (
-                f"halved from {native} px: {epochs} epochs at {size} px were measured at "
-                f"{planned_minutes:.0f} min, over half the {budget:g} min budget"
-            )
-            size = max(size // 2, 28, spec.min_input_size)
-        reasons["input_size"] = why
+    cost = _StepCosts(zoo, dataset.channels, len(dataset.task.labels), batch)
+    size = _input_size(flags, spec, native, n, epochs, budget, cost, reasons)
     if flags.epochs is None and not spec.fixed_size:
-        # The whole schedule must fit the budget (with the search's share and validation):
-        # a run cut by the deadline stops before its cosine schedule has annealed.
-        minutes = cost(backbone, size) * n * epochs * 1.3 * (1 + SEARCH_SHARE) / 60
-        if minutes > budget:
-            fitted = max(1, int(epochs * budget / minutes))
-            reasons["epochs"] += (
-                f"; cut to {fitted}: {epochs} were measured at {minutes:.0f} min with the "
-                f"search, over the {budget:g} min budget"
-            )
-            epochs = fitted
-    if flags.patience is not None:
-        patience = flags.patience
-        reasons["patience"] = "given"
-    else:
-        patience = max(4, epochs // 2)
-        reasons["patience"] = "half of the epochs, at least 4"
+        epochs = _epochs_in_budget(epochs, cost(backbone, size) * n, budget, reasons)
+    patience = _patience(flags, epochs, reasons)
     config = replace(
         base,
         backbone=backbone,
@@ -351,6 +262,147 @@ def plan_recipe(
                 "" if not left_out else " or does not fit its share of the budget"
             )
     return Recipe(config, reasons, tuple(candidates), budget, rung_epochs=rung)
+
+
+def _backbone(
+    flags: RecipeFlags, base: TrainConfig, reasons: dict[str, str]
+) -> tuple[str, WeightsPolicy]:
+    backbone, weights = SCRATCH
+    if flags.backbone is not None:
+        reasons["backbone"] = "given"
+        return flags.backbone, flags.weights or WeightsPolicy.DEFAULT
+    if base.dp is not None:
+        backbone, weights = PRETRAINED
+        weights = flags.weights or weights
+        reasons["backbone"] = f"{backbone} ({weights.value}): DP-SGD needs pretrained features"
+        return backbone, weights
+    weights = flags.weights or weights
+    reasons["backbone"] = (
+        f"{backbone} ({weights.value}) at the images' size, as MedMNIST's baselines"
+    )
+    return backbone, weights
+
+
+def _batch_size(flags: RecipeFlags, n: int, reasons: dict[str, str]) -> int:
+    if flags.batch_size is not None:
+        reasons["batch_size"] = "given"
+        return flags.batch_size
+    floor = 64 if n >= 256 else 32
+    reasons["batch_size"] = (
+        f"about 30 steps per epoch for {n} training images, at least {floor} "
+        "(a CPU step costs little more for a larger batch)"
+    )
+    return min(128, max(floor, _power_of_two(n / 30)))
+
+
+def _rate(flags: RecipeFlags, weights: WeightsPolicy, reasons: dict[str, str]) -> float:
+    if flags.learning_rate is not None:
+        reasons["learning_rate"] = "given"
+        return flags.learning_rate
+    reasons["learning_rate"] = (
+        f"{SCRATCH_RATE:g} from scratch, 5e-4 to fine-tune pretrained weights"
+    )
+    return _learning_rate(weights)
+
+
+def _epochs(flags: RecipeFlags, steps: int, reasons: dict[str, str]) -> int:
+    if flags.epochs is not None:
+        reasons["epochs"] = "given"
+        return flags.epochs
+    reasons["epochs"] = (
+        f"{_BASE_EPOCHS}, or enough for {MIN_STEPS} optimiser steps at {steps} per epoch"
+    )
+    return min(60, max(_BASE_EPOCHS, math.ceil(MIN_STEPS / steps)))
+
+
+def _flip(flags: RecipeFlags, dataset: LocalDataset, reasons: dict[str, str]) -> bool:
+    if flags.flip is not None:
+        reasons["flip"] = "given"
+        return flags.flip
+    flip = dataset.task.mirroring
+    reasons["flip"] = (
+        "the task allows left-right mirroring"
+        if flip
+        else "the task does not say that left-right mirroring is allowed"
+    )
+    return flip
+
+
+def _head(
+    flags: RecipeFlags, dataset: LocalDataset, base: TrainConfig, reasons: dict[str, str]
+) -> HeadKind:
+    if flags.head is not None:
+        reasons["head"] = "given"
+    elif dataset.task.task_type is not TaskType.ORDINAL:
+        reasons["head"] = "softmax: the labels are not ordered"
+    elif base.dp is not None:
+        reasons["head"] = "softmax: DP-SGD cannot train the ordinal head"
+    else:
+        reasons["head"] = "softmax first; the search also tries the cumulative-link head"
+    return flags.head or HeadKind.SOFTMAX
+
+
+def _input_size(
+    flags: RecipeFlags,
+    spec: BackboneSpec,
+    native: int,
+    n: int,
+    epochs: int,
+    budget: float,
+    cost: _StepCosts,
+    reasons: dict[str, str],
+) -> int:
+    """The images' own size, halved while half the budget cannot train that many epochs."""
+    if flags.input_size is not None:
+        reasons["input_size"] = "given"
+        return flags.input_size
+    if spec.fixed_size:
+        reasons["input_size"] = f"{spec.name} is built for {spec.default_input_size} px"
+        return spec.default_input_size
+    size = max(native, spec.min_input_size)
+    why = (
+        f"the images' own size ({native} px)"
+        if size == native
+        else f"{spec.name}'s minimum ({size} px; the images are {native} px)"
+    )
+    while size > max(28, spec.min_input_size):
+        per_image = cost(spec.name, size)
+        planned_minutes = per_image * n * epochs * 1.3 / 60  # 1.3: validation, augmentation
+        if planned_minutes <= budget / 2:
+            break
+        why = (
+            f"halved from {native} px: {epochs} epochs at {size} px were measured at "
+            f"{planned_minutes:.0f} min, over half the {budget:g} min budget"
+        )
+        size = max(size // 2, 28, spec.min_input_size)
+    reasons["input_size"] = why
+    return size
+
+
+def _epochs_in_budget(
+    epochs: int, seconds_per_epoch: float, budget: float, reasons: dict[str, str]
+) -> int:
+    """The epochs the whole schedule can run within the budget, the search's share included.
+
+    A run cut by the deadline stops before its cosine schedule has annealed.
+    """
+    minutes = seconds_per_epoch * epochs * 1.3 * (1 + SEARCH_SHARE) / 60
+    if minutes <= budget:
+        return epochs
+    fitted = max(1, int(epochs * budget / minutes))
+    reasons["epochs"] += (
+        f"; cut to {fitted}: {epochs} were measured at {minutes:.0f} min with the "
+        f"search, over the {budget:g} min budget"
+    )
+    return fitted
+
+
+def _patience(flags: RecipeFlags, epochs: int, reasons: dict[str, str]) -> int:
+    if flags.patience is not None:
+        reasons["patience"] = "given"
+        return flags.patience
+    reasons["patience"] = "half of the epochs, at least 4"
+    return max(4, epochs // 2)
 
 
 class _StepCosts:
