@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,7 +30,10 @@ from protocol import (
     free_loopback_port,
 )
 
-__all__ = ["APP_DIR", "FlowerRuntime"]
+__all__ = ["APP_DIR", "HEARTBEAT_S", "FlowerRuntime"]
+
+#: The longest the caller goes without a ``gsco:`` line while a run is under way (s).
+HEARTBEAT_S = 30.0
 
 #: The consortium's Flower app folder (what ``gsco federation run`` submits).
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
@@ -129,9 +133,10 @@ class FlowerRuntime:
         )
         assert process.stdout is not None
         tail: list[str] = []
-        for line in process.stdout:
-            on_line(line.rstrip("\n"))
-            tail = [*tail[-29:], line.rstrip("\n")]
+        with _Heartbeat(on_line) as heartbeat:
+            for line in process.stdout:
+                heartbeat.forward(line.rstrip("\n"))
+                tail = [*tail[-29:], line.rstrip("\n")]
         if process.wait() != 0:
             raise FlowerRuntimeError(
                 f"flwr run exited with {process.returncode}:\n" + "\n".join(tail)
@@ -158,3 +163,40 @@ class FlowerRuntime:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Heartbeat:
+    """Forwards the run's lines; says the run is alive when no ``gsco:`` line came for a while.
+
+    A FedAvg round or a policy fit can take minutes without a line of the app's own: the
+    caller, which shows ``gsco:`` lines, gets one every :data:`HEARTBEAT_S` seconds meanwhile.
+    """
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self._on_line = on_line
+        self._lock = threading.Lock()
+        self._started = self._heard = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="gsco-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def forward(self, line: str) -> None:
+        with self._lock:
+            if "gsco:" in line:
+                self._heard = time.monotonic()
+            self._on_line(line)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, HEARTBEAT_S / 4)):
+            with self._lock:
+                now = time.monotonic()
+                if now - self._heard >= HEARTBEAT_S:
+                    self._heard = now
+                    self._on_line(f"gsco: the run is still going ({now - self._started:.0f} s)")

@@ -143,6 +143,10 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
+#: Work that prints nothing of its own (pip, vLLM's start) says it is alive this often (s).
+HEARTBEAT_S = 30.0
+
+
 class EmbeddedServer:
     """Prepares, starts and stops the embedded CPU generalist."""
 
@@ -165,11 +169,18 @@ class EmbeddedServer:
 
     def _run(self, what: str, command: list[str], log_file: Path) -> None:
         with log_file.open("ab") as log:
-            done = subprocess.run(  # noqa: S603  (our own fixed argument lists)
-                command, stdout=log, stderr=subprocess.STDOUT, check=False
+            process = subprocess.Popen(  # noqa: S603  (our own fixed argument lists)
+                command, stdout=log, stderr=subprocess.STDOUT
             )
-        if done.returncode != 0:
-            raise ServeError(f"{what} failed (exit {done.returncode}); see {log_file}")
+            started = time.monotonic()
+            while True:
+                try:
+                    returncode = process.wait(timeout=HEARTBEAT_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._log(f"  still {what} ({time.monotonic() - started:.0f} s)")
+        if returncode != 0:
+            raise ServeError(f"{what} failed (exit {returncode}); see {log_file}")
 
     def prepare(self) -> None:
         """Creates the vLLM environment and converts the model, each only once."""
@@ -314,8 +325,13 @@ class EmbeddedServer:
             f"starting vLLM ({dtype}, LoRA {'on' if lora else 'off'}) on {state.url}"
             f" ({'about a minute' if lora or eager else 'compiling: minutes'}); log: {log_path}"
         )
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        heard = started
         while time.monotonic() < deadline:
+            if time.monotonic() - heard >= HEARTBEAT_S:
+                heard = time.monotonic()
+                self._log(f"  vLLM is still starting ({heard - started:.0f} s)")
             if process.poll() is not None:
                 self._forget()
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]

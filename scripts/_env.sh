@@ -13,6 +13,12 @@ export GSCO_CACHE_DIR
 
 gsco_log() { printf '[gsco setup] %s\n' "$*" >&2; }
 
+# gsco_heartbeat WHAT: a line every 30 s until killed (long set-up steps that print nothing).
+gsco_heartbeat() {
+  local started=$SECONDS
+  while sleep 30; do gsco_log "still $1 ($((SECONDS - started)) s)"; done
+}
+
 gsco_python() {
   local candidate
   for candidate in python3.11 python3.12 python3; do
@@ -40,14 +46,19 @@ ensure_main_env() {
       gsco_log "creating $venv (first run on this machine: PyTorch and the rest, a few minutes)"
       rm -rf "$venv"
       local log="$venv.install.log"
+      gsco_heartbeat "installing into $venv" &
+      local heartbeat=$!
+      trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
       if ! { "$python" -m venv "$venv" &&
         "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip "setuptools>=77" wheel &&
         "$venv/bin/python" -m pip install --disable-pip-version-check \
           -c "$gsco_root/requirements/constraints.txt" "$gsco_root[all,dev]"; } >"$log" 2>&1; then
+        kill "$heartbeat" 2>/dev/null || true
         grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -n 40 >&2
         gsco_log "installing the environment failed (full log: $log)"
         exit 1
       fi
+      kill "$heartbeat" 2>/dev/null || true
       touch "$venv/.gsco-ready"
       gsco_log "environment ready"
     fi
