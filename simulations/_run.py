@@ -721,19 +721,92 @@ def _tune_adapter(
     the sites' sums and counts (a site with fewer than
     :data:`fedapp._tune_job.MIN_POLICY_CASES` answers nothing).
     """
+    sites = sorted({o.site_id for o in published if "(fedavg)" not in o.site_id})
+    jobs = _tune_jobs(scenario, dataset, work, out, sites, address, split)
+    if not jobs:
+        return {"error": "no validation cases are left for tuning"}
+    tune_dir = work / "tune"
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    (tune_dir / "jobs.json").write_text(json.dumps([job.to_json() for job in jobs]))
+    card_template = {
+        "modality": dataset.task.modality,
+        "labels": list(dataset.task.labels),
+        "task_type": dataset.task.task_type.value,
+        "version": 1,
+        **adapter_card_template(
+            scenario.tune_modes,
+            f"each site's share of the validation split ({len(split.tuning)} cases, disjoint "
+            "from the cases the adapter's arbitration policy is fitted on); the "
+            "specialists' temperatures were fitted on the whole split",
+        ),
+    }
+    progress.stage(
+        f"tuning the generalist's LoRA adapter: {len(jobs)} sites, "
+        f"{scenario.tune_rounds} FedAvg rounds (Flower)"
+    )
+    run = RunRequest(
+        timeout_s=60.0 * (10 + 5 * len(jobs) * scenario.tune_rounds),
+        fedavg=_fedavg_request(scenario),
+        tune=TuneRequest.model_validate(
+            {
+                "rounds": scenario.tune_rounds,
+                "local_epochs": scenario.tune_local_epochs,
+                "policy_cases_per_site": max((len(j.policy_rows) for j in jobs), default=0),
+                "examples_per_site": scenario.tune_examples_per_site,
+                # The modes the sites fit the adapter's policy for: all it learns.
+                "modes": scenario.tune_modes,
+                "dp_noise_multiplier": scenario.tune_dp_noise_multiplier,
+                "dp_clipping_norm": scenario.tune_dp_clipping_norm,
+            }
+        ),
+    )
+    with FlowerRuntime(tune_dir) as runtime:
+        runtime.run(
+            len(jobs),
+            {
+                "stage": "tune",
+                "jobs-file": "",
+                "tune-jobs-file": str(tune_dir / "jobs.json"),
+                "results-file": str(tune_dir / "outcome.json"),
+                "adapter-card": json.dumps(card_template),
+                **run.to_config(),
+            },
+            on_line,
+            APP_DIR,
+        )
+    if not (tune_dir / "outcome.json").is_file():
+        return {"error": "the tuning run ended without an outcome"}
+    outcome: dict[str, Any] = json.loads((tune_dir / "outcome.json").read_text())
+    outcome["per_site"] = {}
+    for site in sites:
+        stats = out / "sites" / site / "adapter" / f"stats-{dataset.task.task_id}.json"
+        if stats.is_file():
+            outcome["per_site"][site] = json.loads(stats.read_text())
+    return outcome
+
+
+def _tune_jobs(
+    scenario: Scenario,
+    dataset: LocalDataset,
+    work: Path,
+    out: Path,
+    sites: list[str],
+    address: str,
+    split: _ValidationRows,
+) -> list[TuneJob]:
+    """Each site's adapter job: its share of the tuning cases and of the policy's cases."""
     from generalist import MODEL_NAME, EmbeddedServer
     from site_agent.adapter import AdapterRecipe
 
-    rows = split.tuning
-    sites = sorted({o.site_id for o in published if "(fedavg)" not in o.site_id})
-    shares = np.array_split(np.random.default_rng(scenario.seed + 2).permutation(rows), len(sites))
+    shares = np.array_split(
+        np.random.default_rng(scenario.seed + 2).permutation(split.tuning), len(sites)
+    )
     policy_shares = np.array_split(
         np.random.default_rng(scenario.seed + 3).permutation(split.adapter_policy), len(sites)
     )
     recipe = AdapterRecipe(max_examples=scenario.tune_examples_per_site, seed=scenario.seed)
-    tune_dir = work / "tune"
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [
+    return [
         TuneJob(
             site_id=site,
             home=str(out / "sites" / site),
@@ -749,70 +822,10 @@ def _tune_adapter(
             modes=tuple(scenario.tune_modes),
             policy_rows=tuple(int(r) for r in np.sort(policy_share)),
             faults=scenario.adapter_faults.get(int(site.rsplit("-", 1)[1]), ()),
-        ).to_json()
+        )
         for site, share, policy_share in zip(sites, shares, policy_shares, strict=True)
         if len(share)
     ]
-    if not jobs:
-        return {"error": "no validation cases are left for tuning"}
-    shutil.rmtree(out / "adapter", ignore_errors=True)
-    (tune_dir / "jobs.json").write_text(json.dumps(jobs))
-    card_template = {
-        "modality": dataset.task.modality,
-        "labels": list(dataset.task.labels),
-        "task_type": dataset.task.task_type.value,
-        "version": 1,
-        **adapter_card_template(
-            scenario.tune_modes,
-            f"each site's share of the validation split ({len(rows)} cases, disjoint "
-            "from the cases the adapter's arbitration policy is fitted on); the "
-            "specialists' temperatures were fitted on the whole split",
-        ),
-    }
-    progress.stage(
-        f"tuning the generalist's LoRA adapter: {len(jobs)} sites, "
-        f"{scenario.tune_rounds} FedAvg rounds (Flower)"
-    )
-    with FlowerRuntime(tune_dir) as runtime:
-        runtime.run(
-            len(jobs),
-            {
-                "stage": "tune",
-                "jobs-file": "",
-                "tune-jobs-file": str(tune_dir / "jobs.json"),
-                "results-file": str(tune_dir / "outcome.json"),
-                "adapter-card": json.dumps(card_template),
-                **RunRequest(
-                    timeout_s=60.0 * (10 + 5 * len(jobs) * scenario.tune_rounds),
-                    fedavg=_fedavg_request(scenario),
-                    tune=TuneRequest.model_validate(
-                        {
-                            "rounds": scenario.tune_rounds,
-                            "local_epochs": scenario.tune_local_epochs,
-                            "policy_cases_per_site": max(
-                                (len(p) for p in policy_shares), default=0
-                            ),
-                            "examples_per_site": scenario.tune_examples_per_site,
-                            # The modes the sites fit the adapter's policy for: all it learns.
-                            "modes": scenario.tune_modes,
-                            "dp_noise_multiplier": scenario.tune_dp_noise_multiplier,
-                            "dp_clipping_norm": scenario.tune_dp_clipping_norm,
-                        }
-                    ),
-                ).to_config(),
-            },
-            on_line,
-            APP_DIR,
-        )
-    if not (tune_dir / "outcome.json").is_file():
-        return {"error": "the tuning run ended without an outcome"}
-    outcome: dict[str, Any] = json.loads((tune_dir / "outcome.json").read_text())
-    outcome["per_site"] = {}
-    for site in sites:
-        stats = out / "sites" / site / "adapter" / f"stats-{dataset.task.task_id}.json"
-        if stats.is_file():
-            outcome["per_site"][site] = json.loads(stats.read_text())
-    return outcome
 
 
 def _serve_adapter(
