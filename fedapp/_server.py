@@ -31,6 +31,7 @@ from fedapp._tune import (
     run_request,
     tune_adapter,
     tune_modes,
+    whole_count,
 )
 from fedapp._tune_job import TuneJob, adapter_initial_state
 from fedapp.errors import JobError
@@ -123,7 +124,10 @@ def _main(grid: Grid, context: Context, *, simulated: bool) -> None:
             outcomes[site] = json.loads(SiteOutcome(site, "dropped-out", "timed out").to_json())
     live = [n for n, site in site_of.items() if outcomes[site]["status"] != "dropped-out"]
     if run.fedavg.rounds:
-        declared = {n: _count(outcomes[site].get("n_train")) for n, site in site_of.items()}
+        # a count that is not a whole number counts as none (the screening refuses it)
+        declared = {
+            n: whole_count(outcomes[site].get("n_train")) or 0 for n, site in site_of.items()
+        }
         outcomes.update(_federated(grid, run, jobs, live, site_of, declared))
     report: dict[str, object] = dict(outcomes)
     if not jobs:  # deployed: the run succeeds while enough sites published
@@ -134,11 +138,6 @@ def _main(grid: Grid, context: Context, *, simulated: bool) -> None:
         if run.tune.rounds > 0 and published:
             report["_adapter"] = _deployed_tuning(grid, run, sorted(live))
     results_file.write_text(json.dumps(report, indent=2))
-
-
-def _count(value: object) -> int:
-    """A count a site reported (anything else: 0, which the screening then refuses)."""
-    return value if type(value) is int and value > 0 else 0
 
 
 def _deployed_tuning(grid: Grid, run: RunRequest, nodes: list[int]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ __all__ = [
     "run_request",
     "tune_adapter",
     "tune_modes",
+    "whole_count",
 ]
 
 #: Node config keys a deployed site needs to tune the adapter (``gsco site join`` options).
@@ -193,7 +194,7 @@ def tune_modes(run: RunRequest) -> tuple[str, ...]:
     return tuple(mode.value for mode in run.tune.modes)
 
 
-def _whole(value: object) -> int | None:
+def whole_count(value: object) -> int | None:
     """A count a site sent: a non-negative integer (a bool, a float, a string are not)."""
     if type(value) is int and value >= 0:
         return value
@@ -250,8 +251,8 @@ def _declarations(
         if site in site_of.values():
             refused.add(site, "a second SuperNode claimed this site id; left out")
             continue
-        count = _whole(record.get("count"))
-        policy_cases = _whole(record.get("policy-cases", 0))
+        count = whole_count(record.get("count"))
+        policy_cases = whole_count(record.get("policy-cases", 0))
         if count is None or count < 1 or policy_cases is None:
             refused.add(
                 site, f"declared {record.get('count')!r} examples: not a positive integer; left out"
@@ -506,7 +507,7 @@ def _scored_sites(
             log(WARNING, "gsco: %s cannot answer for the policy: %s", site, _reason(reply))
             continue
         record = reply.content["policy"]
-        n = _whole(record.get("cases"))
+        n = whole_count(record.get("cases"))
         if n is None or n < 1 or n > declared.get(node, 0):
             refused.add(
                 site,

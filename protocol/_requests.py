@@ -18,7 +18,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from types import UnionType
-from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    Self,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import Field, StringConstraints, ValidationError
 
@@ -51,18 +61,7 @@ class _FlowerRecord(StrictModel):
 
     def to_config(self) -> dict[str, FlowerValue]:
         """This request as run config keys (None as 0 or "", a tuple comma-joined)."""
-        config: dict[str, FlowerValue] = {}
-        for name, key in self.KEYS.items():
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                value = ",".join(str(getattr(v, "value", v)) for v in value)
-            elif value is None:
-                kind, _ = _kind(type(self).model_fields[name].annotation)
-                value = 0 if kind in (int, float) else ""
-            elif isinstance(value, dict):
-                value = json.dumps(value, sort_keys=True)
-            config[key] = value
-        return config
+        return _flat(self, self.KEYS)
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> Self:
@@ -72,33 +71,66 @@ class _FlowerRecord(StrictModel):
             SchemaError: a value of the wrong type or out of bounds (a string where a
                 count is due, a negative count, an unknown mode).
         """
-        document: dict[str, Any] = {}
-        problems: list[str] = []
-        for name, key in cls.KEYS.items():
-            if key not in config:
+        return _validated(cls, _document(cls, cls.KEYS, config), cls.KEYS)
+
+
+_Model = TypeVar("_Model", bound=StrictModel)
+
+
+def _flat(model: StrictModel, keys: Mapping[str, str]) -> dict[str, FlowerValue]:
+    """``model``'s fields as run config keys (None as 0 or "", a tuple comma-joined)."""
+    config: dict[str, FlowerValue] = {}
+    for name, key in keys.items():
+        value = getattr(model, name)
+        if isinstance(value, tuple):
+            value = ",".join(str(getattr(v, "value", v)) for v in value)
+        elif value is None:
+            kind, _ = _kind(type(model).model_fields[name].annotation)
+            value = 0 if kind in (int, float) else ""
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        config[key] = value
+    return config
+
+
+def _document(
+    model: type[StrictModel], keys: Mapping[str, str], config: Mapping[str, object]
+) -> dict[str, Any]:
+    """The fields of ``model`` a run config holds, each of the plain type its field wants.
+
+    Raises:
+        SchemaError: a value of another type (no coercion: ``"5"`` is not a count).
+    """
+    document: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, key in keys.items():
+        if key not in config:
+            continue
+        value = config[key]
+        kind, optional = _kind(model.model_fields[name].annotation)
+        if optional and (value == 0 or value == "") and type(value) is not bool:
+            value = None
+        elif kind in (tuple, dict):
+            if not isinstance(value, str):
+                problems.append(f"{key}: expected a string, got {type(value).__name__}")
                 continue
-            value = config[key]
-            kind, optional = _kind(cls.model_fields[name].annotation)
-            if optional and (value == 0 or value == "") and type(value) is not bool:
-                value = None
-            elif kind in (tuple, dict):
-                if not isinstance(value, str):
-                    problems.append(f"{key}: expected a string, got {type(value).__name__}")
-                    continue
-                value = _collection(key, value, tuple_of=kind is tuple)
-            elif not _plain_type(kind, value):
-                problems.append(
-                    f"{key}: {type(value).__name__} {value!r:.40} is not {kind.__name__}"
-                )
-                continue
-            document[name] = value
-        if problems:
-            raise SchemaError(cls.__name__, problems)
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            problems = [_with_key(problem, cls.KEYS) for problem in _problems(exc)]
-            raise SchemaError(cls.__name__, problems) from exc
+            value = _collection(key, value, tuple_of=kind is tuple)
+        elif not _plain_type(kind, value):
+            problems.append(f"{key}: {type(value).__name__} {value!r:.40} is not {kind.__name__}")
+            continue
+        document[name] = value
+    if problems:
+        raise SchemaError(model.__name__, problems)
+    return document
+
+
+def _validated(model: type[_Model], document: dict[str, Any], keys: Mapping[str, str]) -> _Model:
+    """``model`` from ``document``; its problems named by the run config's keys."""
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        problems = [_with_key(problem, keys) for problem in _problems(exc)]
+        raise SchemaError(model.__name__, problems) from exc
 
 
 def _kind(annotation: Any) -> tuple[type, bool]:
@@ -244,11 +276,8 @@ class RunRequest(StrictModel):
 
     def to_config(self) -> dict[str, FlowerValue]:
         """The run as Flower's run config."""
-        config: dict[str, FlowerValue] = {key: getattr(self, n) for n, key in self._KEYS.items()}
-        config["wait-s"] = float(self.wait_s)
-        config["timeout-s"] = float(self.timeout_s)
         return {
-            **config,
+            **_flat(self, self._KEYS),
             **self.training.to_config(),
             **self.fedavg.to_config(),
             **self.tune.to_config(),
@@ -261,20 +290,7 @@ class RunRequest(StrictModel):
         Raises:
             SchemaError: a value of the wrong type or out of bounds.
         """
-        own = {n: config[key] for n, key in cls._KEYS.items() if key in config}
-        wrong = [
-            f"{key}: {type(config[key]).__name__} is not a number"
-            for n, key in cls._KEYS.items()
-            if key in config
-            and not _plain_type(_kind(cls.model_fields[n].annotation)[0], config[key])
-        ]
-        if wrong:
-            raise SchemaError(cls.__name__, wrong)
-        try:
-            run = cls.model_validate(own)
-        except ValidationError as exc:
-            problems = [_with_key(problem, cls._KEYS) for problem in _problems(exc)]
-            raise SchemaError(cls.__name__, problems) from exc
+        run = _validated(cls, _document(cls, cls._KEYS, config), cls._KEYS)
         return run.model_copy(
             update={
                 "training": TrainingRequest.from_config(config),

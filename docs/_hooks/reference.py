@@ -105,16 +105,7 @@ def _http_api() -> str:
 
 
 def _schemas() -> str:
-    from protocol import (
-        AdapterCard,
-        ArbitrationPolicy,
-        DiagnoseRequest,
-        DiagnoseResponse,
-        ErrorResponse,
-        RunRequest,
-        SpecialistCard,
-        TaskSpec,
-    )
+    import protocol
 
     lines = [
         "# Schemas",
@@ -122,21 +113,26 @@ def _schemas() -> str:
         'Generated from `protocol` (pydantic, `extra="forbid"`): what every component checks.',
         "",
     ]
-    for model in (
-        TaskSpec,
-        SpecialistCard,
-        AdapterCard,
-        ArbitrationPolicy,
-        DiagnoseRequest,
-        DiagnoseResponse,
-        ErrorResponse,
-        RunRequest,
-    ):
+    for name in _SCHEMAS:
+        model = getattr(protocol, name)
         doc = (model.__doc__ or "").strip().split("\n\n")[0]
-        lines.extend([f"## `{model.__name__}`", "", " ".join(doc.split()), ""])
+        lines.extend([f"## `{name}`", "", " ".join(doc.split()), ""])
         schema = json.dumps(model.model_json_schema(), indent=2)
         lines.extend(["```json", schema, "```", ""])
     return "\n".join(lines)
+
+
+#: The schemas the reference shows, in this order.
+_SCHEMAS = (
+    "TaskSpec",
+    "SpecialistCard",
+    "AdapterCard",
+    "ArbitrationPolicy",
+    "DiagnoseRequest",
+    "DiagnoseResponse",
+    "ErrorResponse",
+    "RunRequest",
+)
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
