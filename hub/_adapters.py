@@ -89,12 +89,15 @@ def verify_for_service(
     base_model: str,
     sees_images: bool,
     limits: AdapterLimits,
+    module_root: str = "model",
 ) -> AcceptedAdapter:
     """The registry's adapter check, then the checks against the generalist in service.
 
     Raises:
         AdapterRefusedError: the bundle fails verification, or was tuned for
-            another base model, prompt template or image setting.
+            another base model, prompt template or image setting, or adapts
+            layers under another path than the generalist's ``module_root``
+            (vLLM would load it and silently leave the model as it was).
     """
     try:
         accepted = verify_adapter(files, keyring, limits=limits)
@@ -104,6 +107,11 @@ def verify_for_service(
     if card.base_model != base_model:
         raise AdapterRefusedError(
             f"the adapter was tuned on {card.base_model!r}; the generalist is {base_model!r}"
+        )
+    if accepted.module_root != module_root:
+        raise AdapterRefusedError(
+            f"the adapter's tensors adapt {accepted.module_root}.layers; the generalist's "
+            f"decoder layers are {module_root}.layers (vLLM would load it and ignore it)"
         )
     if card.prompt_template != PROMPT_TEMPLATE_VERSION:
         raise AdapterRefusedError(

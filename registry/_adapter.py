@@ -41,6 +41,7 @@ __all__ = [
     "ADAPTER_BUNDLE_FILES",
     "AcceptedAdapter",
     "AdapterLimits",
+    "WeightsChecked",
     "check_adapter_config",
     "check_adapter_policy",
     "check_adapter_weights",
@@ -53,10 +54,14 @@ CARD_FILE = "adapter_card.json"
 #: Every file an adapter bundle holds (all required).
 ADAPTER_BUNDLE_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, SIGNATURE_FILE})
 
-#: peft's tensor names for a LoRA matrix of one projection of one decoder layer.
+#: peft's tensor names for a LoRA matrix of one projection of one decoder layer. The
+#: decoder's path is ``model`` in a causal language model and ``language_model.model``
+#: in a vision-language one (InternVL-Chat, MedDr): vLLM loads an adapter whose names
+#: match no module of the served model and then ignores it, so the path is recorded
+#: (:attr:`AcceptedAdapter.module_root`) for the hub to hold against its generalist.
 _TENSOR = re.compile(
-    r"base_model\.model\.model\.layers\.(\d{1,4})\.(self_attn|mlp)\.([a-z_]{1,20})"
-    r"\.lora_([AB])\.weight"
+    r"base_model\.model\.((?:language_model\.)?model)\.layers\.(\d{1,4})\.(self_attn|mlp)"
+    r"\.([a-z_]{1,20})\.lora_([AB])\.weight"
 )
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 #: ``adapter_config.json``: every key an adapter may hold, and the values it may take
@@ -134,6 +139,7 @@ class AcceptedAdapter:
     size_bytes: int
     tensors: int
     files: Mapping[str, str] = field(repr=False)  # name -> sha256, model.sig included
+    module_root: str = "model"  # where the adapted decoder layers live (see _TENSOR)
 
     @property
     def digest(self) -> str:
@@ -227,7 +233,15 @@ def _decode(data: bytes, dtype: str, shape: list[int], start: int) -> NDArray[np
     return values.reshape(shape)
 
 
-def check_adapter_weights(data: bytes, card: AdapterCard, limits: AdapterLimits) -> int:
+@dataclass(frozen=True)
+class WeightsChecked:
+    """What :func:`check_adapter_weights` found: the tensor count and the decoder's path."""
+
+    tensors: int
+    module_root: str  # "model" or "language_model.model" (see _TENSOR)
+
+
+def check_adapter_weights(data: bytes, card: AdapterCard, limits: AdapterLimits) -> WeightsChecked:
     """Checks the adapter's weights: the safetensors header, then every tensor's values.
 
     The 8-byte length and the JSON header are bounded before parsing; every
@@ -236,7 +250,8 @@ def check_adapter_weights(data: bytes, card: AdapterCard, limits: AdapterLimits)
     region covered exactly once; every declared (layer, module) must have
     both matrices, of one shape per module. Then the values: finite, each
     entry within ``limits.max_abs_weight``, each update ``(alpha / r) B A``
-    within ``limits.max_update_rms`` per entry. Returns the tensor count.
+    within ``limits.max_update_rms`` per entry. Returns the tensor count and the
+    path of the decoder layers the tensors adapt.
 
     Raises:
         RejectedError: ``INVALID_ADAPTER`` or ``TOO_LARGE``.
@@ -265,12 +280,14 @@ def check_adapter_weights(data: bytes, card: AdapterCard, limits: AdapterLimits)
     modules = set(card.lora.target_modules)
     layers = set(card.lora.layers)
     spans: list[tuple[int, int]] = []
+    roots: set[str] = set()
     found: dict[tuple[int, str, str], tuple[str, list[int], int]] = {}
     for name, entry in header.items():
         match = _TENSOR.fullmatch(name)
         if match is None:
             raise _invalid(f"{WEIGHTS_FILE} holds {name[:120]!r}: not a LoRA matrix")
-        layer, module, which = int(match.group(1)), match.group(3), match.group(4)
+        roots.add(match.group(1))
+        layer, module, which = int(match.group(2)), match.group(4), match.group(5)
         if module not in modules or (layers and layer not in layers):
             raise _invalid(f"{name} adapts layer {layer} {module}, which the card does not declare")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
@@ -298,6 +315,8 @@ def check_adapter_weights(data: bytes, card: AdapterCard, limits: AdapterLimits)
         found[(layer, module, which)] = (dtype, shape, 8 + header_len + offsets[0])
     if not spans:
         raise _invalid(f"{WEIGHTS_FILE} holds no tensor")
+    if len(roots) > 1:
+        raise _invalid(f"{WEIGHTS_FILE} adapts layers under {sorted(roots)}: one model's only")
     spans.sort()
     position = 0
     for start, end in spans:
@@ -308,7 +327,7 @@ def check_adapter_weights(data: bytes, card: AdapterCard, limits: AdapterLimits)
         raise _invalid(f"{WEIGHTS_FILE}: {body - position} bytes after the tensors")
     _check_coverage(found, card)
     _check_values(data, found, card, limits)
-    return len(spans)
+    return WeightsChecked(len(spans), roots.pop())
 
 
 def _check_coverage(
@@ -446,7 +465,9 @@ def verify_adapter(
             f"rank {card.lora.rank} is above the generalist's limit {limits.max_rank}",
         )
     check_adapter_config(files[CONFIG_FILE], card, limits)
-    tensors = check_adapter_weights(files[WEIGHTS_FILE], card, limits)
+    weights = check_adapter_weights(files[WEIGHTS_FILE], card, limits)
     check_adapter_policy(card)
     all_files = dict(digests, **{SIGNATURE_FILE: hashlib.sha256(files[SIGNATURE_FILE]).hexdigest()})
-    return AcceptedAdapter(card, manifest, size, tensors, MappingProxyType(all_files))
+    return AcceptedAdapter(
+        card, manifest, size, weights.tensors, MappingProxyType(all_files), weights.module_root
+    )

@@ -6,12 +6,15 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gsco.cli._common import console
 from protocol import Mode
+
+if TYPE_CHECKING:
+    from generalist import OpenAIConfig
 
 app = typer.Typer(help="The hub's diagnosis API.", no_args_is_help=True)
 
@@ -64,6 +67,14 @@ def serve(
     generalist_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds before a degraded ensemble answer.")
     ] = 30.0,
+    generalist_settings: Annotated[
+        Path | None,
+        typer.Option(
+            help="The generalist's client settings file (hub-generalist.json, written by gsco "
+            "generalist meddr-recipe or serve --model tiny-meddr); replaces the other "
+            "--generalist-* options except --generalist-timeout when given.",
+        ),
+    ] = None,
     no_generalist: Annotated[
         bool, typer.Option(help="Run without a generalist (every answer is an ensemble).")
     ] = False,
@@ -169,9 +180,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the diagnosis API until interrupted (Ctrl-C)."""
-    from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
     from hub import RuntimeOptions
-    from hub.errors import HubConfigError
     from hub.web import Hub, HubConfig, ServerOptions, serve
 
     server_options = ServerOptions(
@@ -183,17 +192,10 @@ def serve(
     server_options.check(host)
     generalist = None
     if not no_generalist:
-        if generalist_url is None:
-            state = EmbeddedServer().state()
-            if state is None:
-                raise HubConfigError(
-                    "no generalist: pass --generalist-url, start one with gsco generalist serve, "
-                    "or pass --no-generalist"
-                )
-            generalist_url = state.url
-        generalist = OpenAIConfig(
-            base_url=generalist_url,
-            model=generalist_model or MODEL_NAME,
+        generalist = _generalist(
+            generalist_settings,
+            generalist_url,
+            generalist_model,
             sees_images=generalist_sees_images,
             timeout_s=generalist_timeout,
         )
@@ -341,3 +343,37 @@ def diagnose(
                 typer.echo(f"warning: {image.name}: {warning}", err=True)
     if not as_json:
         console().print(table)
+
+
+def _generalist(
+    settings: Path | None,
+    url: str | None,
+    model: str | None,
+    *,
+    sees_images: bool,
+    timeout_s: float,
+) -> OpenAIConfig:
+    """The hub's generalist: a settings file, a URL, or the embedded server if it runs."""
+    from dataclasses import replace
+
+    from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig, read_hub_settings
+    from hub.errors import HubConfigError
+
+    if settings is not None:
+        try:
+            config = read_hub_settings(settings)
+        except ValueError as exc:
+            raise HubConfigError(str(exc)) from exc
+        # The recipe's own timeout is for MedDr on GPUs; an operator's flag still rules.
+        return replace(config, timeout_s=max(config.timeout_s, timeout_s))
+    if url is None:
+        state = EmbeddedServer().state()
+        if state is None:
+            raise HubConfigError(
+                "no generalist: pass --generalist-url, start one with gsco generalist serve, "
+                "or pass --no-generalist"
+            )
+        url = state.url
+    return OpenAIConfig(
+        base_url=url, model=model or MODEL_NAME, sees_images=sees_images, timeout_s=timeout_s
+    )

@@ -352,6 +352,7 @@ class Hub:
             base_model=backend.config.model,
             sees_images=backend.sees_images,
             limits=limits,
+            module_root=backend.config.lora_module_root,
         )
         if expected_digest is not None and accepted.digest != expected_digest:
             raise AdapterRefusedError(

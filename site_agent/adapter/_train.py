@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import LORA_MODULES
+from site_agent.adapter._base import load_base_model
 from site_agent.adapter._examples import EvidenceExample
 from site_agent.errors import AdapterTrainingError
 
@@ -79,6 +80,25 @@ class AdapterRecipe:
         return document
 
 
+def _move_to_root(weights: Path, module_root: str) -> None:
+    """Renames peft's ``base_model.model.model.`` tensors to the served model's path.
+
+    peft names the tensors after the module it wrapped (the language model alone);
+    vLLM matches them against the whole served model, where a vision-language
+    model's decoder is ``language_model.model``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    prefix = "base_model.model.model."
+    moved = {
+        f"base_model.model.{module_root}." + k.removeprefix(prefix): v for k, v in tensors.items()
+    }
+    if len(moved) != len(tensors) or not all(k.startswith(prefix) for k in tensors):
+        raise AdapterTrainingError(f"{weights}: tensor names outside {prefix}")
+    save_file(moved, str(weights), metadata={"format": "pt"})
+
+
 @dataclass(frozen=True)
 class LocalUpdate:
     """One site's contribution to a round: adapter weights and what they were trained on."""
@@ -101,19 +121,17 @@ class AdapterTrainer:
     ) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.recipe = recipe or AdapterRecipe()
         self.recipe.check()
         self.model_dir = model_dir
         self._log = log or (lambda _: None)
-        if not (model_dir / "config.json").is_file():
-            raise AdapterTrainingError(f"no model in {model_dir} (config.json missing)")
         torch.manual_seed(self.recipe.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if not self.tokenizer.chat_template:
-            raise AdapterTrainingError(f"the tokenizer in {model_dir} has no chat template")
-        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        loaded = load_base_model(model_dir)
+        self.tokenizer = loaded.tokenizer
+        #: Where the served model's decoder layers are (the saved tensor names say it).
+        self.module_root = loaded.module_root
+        base = loaded.model
         layers = int(base.config.num_hidden_layers)
         recipe_layers = self.recipe.last_layers
         transform = (
@@ -172,6 +190,8 @@ class AdapterTrainer:
 
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
+        if self.module_root != "model":
+            _move_to_root(folder / "adapter_model.safetensors", self.module_root)
         peft_config: Any = self.model.peft_config["default"]  # a LoraConfig
         layers = peft_config.layers_to_transform
         config = {

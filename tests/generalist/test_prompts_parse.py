@@ -200,27 +200,30 @@ def test_the_meddr_recipe_writes_the_template_its_command_names(tmp_path: Path) 
     command = shlex.split(lines[-1].removeprefix("exec "))
     assert command[command.index("--chat-template") + 1] == str(template.resolve())
     assert command[command.index("--tensor-parallel-size") + 1] == "2"
-    # The template renders a ChatML conversation with the image placeholder.
-    rendered = (
-        Environment(autoescape=False)
-        .from_string(template.read_text())
-        .render(
+    assert command[command.index("--chat-template-content-format") + 1] == "openai"
+    render = Environment(autoescape=False).from_string(template.read_text()).render
+    question = [{"type": "image"}, {"type": "text", "text": "Which label?"}]
+    # What InternVL's Conversation("Hermes-2").get_prompt() builds (SeparatorStyle.MPT: no
+    # newline between turns), the image first as model.chat puts it; vLLM hands image parts
+    # to the template as {"type": "image"}, and "image_url" renders the same.
+    for image in ({"type": "image"}, {"type": "image_url", "image_url": {"url": "data:"}}):
+        rendered = render(
             messages=[
                 {"role": "system", "content": "You are a radiologist."},
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": "data:"}},
-                        {"type": "text", "text": "Which label?"},
-                    ],
-                },
+                {"role": "user", "content": [image, question[1]]},
             ],
             add_generation_prompt=True,
         )
+        assert rendered == (
+            "<|im_start|>system\nYou are a radiologist.<|im_end|>"
+            "<|im_start|>user\n<image>\nWhich label?<|im_end|><|im_start|>assistant\n"
+        )
+    # No system message: Hermes-2's own.
+    assert render(messages=[{"role": "user", "content": question}]) == (
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\n<image>\nWhich label?<|im_end|>"
     )
-    assert rendered.startswith("<|im_start|>system\nYou are a radiologist.<|im_end|>\n")
-    assert "<|im_start|>user\n<image>\nWhich label?<|im_end|>\n" in rendered
-    assert rendered.endswith("<|im_start|>assistant\n")
+    assert json.loads(settings.read_text())["lora_module_root"] == "language_model.model"
     assert json.loads(settings.read_text())["model"] == "meddr"
     with pytest.raises(ValueError, match="at least one GPU"):
         write_meddr_recipe(tmp_path / "none", "/models/MedDr", gpus=0)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from hub.web import Hub, HubConfig
+from protocol import DiagnoseResponse, Mode
 from registry import InProcessRegistry, Registry
 from tests.bundles import read_files, tiny_onnx, write_bundle_files
 from tests.conftest import SiteKeys
@@ -129,3 +130,29 @@ def in_process_hub(
     hub = Hub(config, generalist=generalist, registry=InProcessRegistry(registry))
     hub.start()
     return hub
+
+
+def diagnose_modes(
+    hub: Hub, modes: tuple[Mode, ...] = (Mode.GSCO, Mode.MOED)
+) -> list[DiagnoseResponse]:
+    """One pneumonia-cxr diagnosis per mode, each of another random image, in process."""
+    import asyncio
+
+    assert hub.engine is not None
+    engine = hub.engine
+
+    async def ask() -> list[DiagnoseResponse]:
+        return [
+            (
+                await engine.diagnose(
+                    request_id=f"r{i}",
+                    task_id="pneumonia-cxr",
+                    image=png(i),
+                    media_type=None,
+                    mode=mode,
+                )
+            ).response
+            for i, mode in enumerate(modes)
+        ]
+
+    return asyncio.run(ask())

@@ -24,7 +24,7 @@ from hub.web import Hub
 from protocol import DiagnoseResponse, Mode
 from tests.adapters import adapter_bundle, co_signed_role, publish_consortium, reranked_bundle
 from tests.conftest import SiteKeys
-from tests.hub.conftest import hub_config, png, publish
+from tests.hub.conftest import diagnose_modes, hub_config, publish
 from tests.servers import RunningRegistry
 
 pytestmark = pytest.mark.slow
@@ -74,24 +74,7 @@ def hub(
 
 
 def _diagnose(hub: Hub, modes: tuple[Mode, ...] = (Mode.GSCO, Mode.MOED)) -> list[DiagnoseResponse]:
-    assert hub.engine is not None
-    engine = hub.engine
-
-    async def ask() -> list[DiagnoseResponse]:
-        return [
-            (
-                await engine.diagnose(
-                    request_id=f"r{i}",
-                    task_id="pneumonia-cxr",
-                    image=png(i),
-                    media_type=None,
-                    mode=mode,
-                )
-            ).response
-            for i, mode in enumerate(modes)
-        ]
-
-    return asyncio.run(ask())
+    return diagnose_modes(hub, modes)
 
 
 def test_a_verified_adapter_answers_and_is_named_in_provenance(hub: Hub, signed: Path) -> None:
