@@ -46,6 +46,9 @@ class Evaluation:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     generalist_model: str = ""
+    # Generalist answers (not degraded), and how many of them were given with the image.
+    generalist_answers: int = 0
+    generalist_saw_image: int = 0
     # Per generalist mode: answers that differed from the ensemble's, and how many were right.
     overturned: dict[str, dict[str, int]] = field(default_factory=dict)
     task_type: TaskType = TaskType.MULTICLASS  # ordinal: median decisions, QWK and MAE
@@ -68,6 +71,8 @@ class Evaluation:
                 self.overturned[name] = adapted.overturned[name]
         self.warnings.extend(adapted.warnings)
         self.seconds += adapted.seconds
+        self.generalist_answers += adapted.generalist_answers
+        self.generalist_saw_image += adapted.generalist_saw_image
 
     def without(self, site: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
         """Ensemble probabilities and votes of every site but ``site`` (the hub's rules)."""
@@ -187,6 +192,8 @@ def evaluate_through_hub(
             evaluation.warnings.extend(response.warnings)
             if response.generalist is not None:
                 evaluation.generalist_model = response.generalist.model
+                evaluation.generalist_answers += 1
+                evaluation.generalist_saw_image += int(response.generalist.saw_image)
         if mode in _GENERALIST_MODES:
             _derived(evaluation, mode, responses, index)
     reference = Mode.ENSEMBLE if Mode.ENSEMBLE in modes else modes[0]

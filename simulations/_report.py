@@ -74,6 +74,10 @@ def build_report(result: Any) -> Report:
         "methods": [_score_dict(m) for m in methods],
         "per_site": [_score_dict(s) for s in site_scores],
         "degraded_answers": evaluation.degraded if evaluation else {},
+        "generalist_saw_image": {
+            "answers": evaluation.generalist_answers if evaluation else 0,
+            "with_image": evaluation.generalist_saw_image if evaluation else 0,
+        },
         "overturned_ensemble": evaluation.overturned if evaluation else {},
         "arbitration_policy": (
             result.policy.model_dump(mode="json") if result.policy is not None else None
@@ -273,11 +277,25 @@ def _overview(report: Report) -> list[str]:
             else []
         ),
         f"- Generalist: {scenario['generalist']}"
-        + (" (unreachable during the evaluation)" if scenario["generalist_down"] else ""),
+        + (" (unreachable during the evaluation)" if scenario["generalist_down"] else "")
+        + _saw_image(report),
         f"- Test images evaluated through the hub: {report['test_images']}",
         "- Wall time per stage (s): "
         + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()),
     ]
+
+
+def _saw_image(report: Report) -> str:
+    """Whether the generalist saw the images: the paper's point, which a text model cannot show."""
+    seen = report.get("generalist_saw_image") or {}
+    answers, with_image = int(seen.get("answers", 0)), int(seen.get("with_image", 0))
+    if not answers:
+        return ""
+    if with_image == answers:
+        return f"; it saw the image in all {answers} of its answers"
+    if with_image == 0:
+        return f"; text only: it saw no image in its {answers} answers"
+    return f"; it saw the image in {with_image} of its {answers} answers"
 
 
 def _methods(report: Report) -> list[str]:

@@ -48,7 +48,7 @@ from simulations._partition import Partition, PartitionSpec, partition
 from simulations.errors import ScenarioError, SimulationFailedError
 
 if TYPE_CHECKING:
-    from generalist import OpenAIConfig
+    from generalist import EmbeddedServer, OpenAIConfig
     from hub import ServedAdapter
     from hub.web import Hub
     from protocol import ArbitrationPolicy
@@ -82,7 +82,9 @@ class Scenario:
     adapter_faults: dict[int, tuple[str, ...]] = field(default_factory=dict)
     # How every FedAvg combines the sites' updates (None: trimmed-mean from 3 sites up).
     aggregation: str | None = None
-    generalist: str = "embedded"  # "embedded", "none", or an OpenAI-compatible base URL
+    # "embedded" (SmolLM2, text only), "tiny-meddr" (MedDr's architecture, random weights,
+    # served with MedDr's recipe: it sees the images), "none", or an OpenAI base URL.
+    generalist: str = "embedded"
     generalist_down: bool = False  # the generalist refuses connections during the evaluation
     concurrency: int = 4
     fedavg_rounds: int = 0  # > 0: the sites also co-train one shared specialist
@@ -152,6 +154,13 @@ class Scenario:
                 raise ScenarioError(
                     "adapter DP needs a noise multiplier >= 0 and a positive clipping norm"
                 )
+            if self.generalist == "tiny-meddr":
+                # The simulation's sites tune and score text-only prompts; the tiny MedDr's
+                # adapter (with image prompts) is tuned and served in tests/hub/test_tiny_meddr.
+                raise ScenarioError(
+                    "--tune-generalist tunes the text-only embedded generalist: with "
+                    "--generalist tiny-meddr pass --no-tune-generalist"
+                )
             if self.generalist != "embedded":
                 raise ScenarioError(
                     "--tune-generalist tunes the embedded generalist (its weights are here); "
@@ -208,10 +217,21 @@ def _registry(root: Path) -> Iterator[tuple[str, Registry]]:
         store.close()
 
 
+#: The generalists a simulation serves itself, their weights on this machine.
+LOCAL_GENERALISTS = ("embedded", "tiny-meddr")
+
+
+def _local_generalist(scenario: Scenario) -> EmbeddedServer:
+    """The embedded server the scenario names (SmolLM2, or the tiny MedDr)."""
+    from generalist import EmbeddedServer, TinyMeddrServer
+
+    return TinyMeddrServer() if scenario.generalist == "tiny-meddr" else EmbeddedServer()
+
+
 @contextmanager
 def _generalist(scenario: Scenario, progress: Progress) -> Iterator[OpenAIConfig | None]:
     """The generalist's backend config (None without one); stops what it started."""
-    from generalist import MODEL_NAME, EmbeddedServer, OpenAIConfig
+    from generalist import MODEL_NAME, OpenAIConfig, TinyMeddrServer
 
     if scenario.generalist == "none":
         yield None
@@ -227,15 +247,18 @@ def _generalist(scenario: Scenario, progress: Progress) -> Iterator[OpenAIConfig
                 base_url=f"http://127.0.0.1:{port}/v1", model=MODEL_NAME, timeout_s=10.0
             )
         return
-    if scenario.generalist != "embedded":
+    if scenario.generalist not in LOCAL_GENERALISTS:
         yield OpenAIConfig(base_url=scenario.generalist, model=MODEL_NAME, timeout_s=120.0)
         return
-    server = EmbeddedServer()
+    server = _local_generalist(scenario)
     already = server.state() is not None
-    progress.stage("starting the CPU generalist (vLLM; the first start compiles for minutes)")
+    progress.stage(f"starting the CPU generalist ({scenario.generalist}: vLLM, about a minute)")
     state = server.start(timeout_s=900)
     try:
-        yield OpenAIConfig(base_url=state.url, model=MODEL_NAME, timeout_s=120.0)
+        if isinstance(server, TinyMeddrServer):
+            yield server.backend_config(state)  # the MedDr recipe's client settings
+        else:
+            yield OpenAIConfig(base_url=state.url, model=MODEL_NAME, timeout_s=120.0)
     finally:
         if not already:
             server.stop()  # only what this run started

@@ -197,7 +197,12 @@ def simulate(
     ] = None,
     aggregation: AggregationOption = None,
     generalist: Annotated[
-        str, typer.Option(help="embedded (the CPU vLLM server) | none | an OpenAI base URL.")
+        str,
+        typer.Option(
+            help="embedded (SmolLM2 on the CPU vLLM server, text only) | tiny-meddr (MedDr's "
+            "architecture at tiny scale, random weights, served with MedDr's recipe: it sees "
+            "the images; with --no-tune-generalist) | none | an OpenAI base URL."
+        ),
     ] = "embedded",
     generalist_down: Annotated[
         bool, typer.Option(help="The generalist is unreachable during the evaluation (a fault).")
@@ -299,7 +304,12 @@ def demo(
         float, typer.Option(min=0.1, help="Training time budget per site.")
     ] = 3.0,
     generalist: Annotated[
-        str, typer.Option(help="embedded (the CPU vLLM server) | none | an OpenAI base URL.")
+        str,
+        typer.Option(
+            help="embedded (SmolLM2 on the CPU vLLM server, text only) | tiny-meddr (MedDr's "
+            "architecture at tiny scale, random weights, served with MedDr's recipe: it sees "
+            "the images; with --no-tune-generalist) | none | an OpenAI base URL."
+        ),
     ] = "embedded",
 ) -> None:
     """The whole system on this machine: 3 hospitals on PneumoniaMNIST, registry, hub, generalist.

@@ -224,6 +224,7 @@ def test_meddr_gets_the_gpus_it_shards_over_and_the_recipes_flags() -> None:
     for name in ("--served-model-name", "--max-model-len", "--max-lora-rank"):
         assert flags[name] == recipe[recipe.index(name) + 1], name
     assert json.loads(flags["--hf-overrides"]) == MEDDR_HF_OVERRIDES
+    assert flags["--chat-template-content-format"] == "openai"
     assert json.loads(flags["--limit-mm-per-prompt"]) == {"image": 1}
     assert {"--trust-remote-code", "--enable-lora"} <= set(flags)
     hub = config["services"]["hub-gpu"]
