@@ -35,7 +35,7 @@ from generalist import (
 from hub import AdapterRefusedError
 from hub.web import Hub
 from protocol import AdapterCard, AdapterTraining, LoraSpec, Mode
-from tests.adapters import TASK, examples, reranked_bundle
+from tests.adapters import TASK, examples, publish_consortium, reranked_bundle
 from tests.conftest import SiteKeys
 from tests.hub.conftest import diagnose_modes, hub_config, png, publish
 from tests.servers import RunningRegistry
@@ -150,7 +150,9 @@ def test_the_hub_diagnoses_with_the_image_in_every_generalist_mode(hub: Any) -> 
             assert all(len(s.bundle_digest) == 64 for s in response.specialists)
 
 
-def _tiny_card(site: SiteKeys, checkpoint: Path, rank: int = 8) -> AdapterCard:
+def _tiny_card(
+    site: SiteKeys, trainers: tuple[SiteKeys, ...], checkpoint: Path, rank: int = 8
+) -> AdapterCard:
     from site_agent.adapter import base_model_sha256
 
     return AdapterCard(
@@ -166,9 +168,9 @@ def _tiny_card(site: SiteKeys, checkpoint: Path, rank: int = 8) -> AdapterCard:
             rank=rank, alpha=2 * rank, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")
         ),
         training=AdapterTraining(
-            sites=(site.site_id,),
-            examples=8,
-            examples_per_site={site.site_id: 8},
+            sites=tuple(t.site_id for t in trainers),
+            examples=8 * len(trainers),
+            examples_per_site={t.site_id: 8 for t in trainers},
             rounds=1,
             local_epochs=1,
             prompt_modes=(Mode.GSCO, Mode.MOED),
@@ -186,8 +188,12 @@ def tiny_adapter(
     tiny: tuple[TinyMeddrServer, ServerState],
     tmp_path_factory: pytest.TempPathFactory,
     site_a: SiteKeys,
+    site_b: SiteKeys,
 ) -> Path:
-    """A LoRA of the tiny MedDr's language model, tuned with the sites' own trainer, signed."""
+    """A LoRA of the tiny MedDr's language model, tuned with the sites' own trainer, signed.
+
+    Its card says site-a and site-b trained it: both co-sign it for the registry.
+    """
     from site_agent.adapter import AdapterRecipe, AdapterTrainer, write_adapter_bundle
 
     server, _ = tiny
@@ -197,16 +203,25 @@ def tiny_adapter(
     assert trainer.module_root == "language_model.model"
     trainer.train(examples(8), epochs=1)
     where = tmp_path_factory.mktemp("tiny-adapter") / "bundle"
-    write_adapter_bundle(where, trainer, _tiny_card(site_a, server.checkpoint), site_a.private)
+    card = _tiny_card(site_a, (site_a, site_b), server.checkpoint)
+    write_adapter_bundle(where, trainer, card, site_a.private)
     return where
 
 
-def test_an_adapter_of_the_language_model_is_loaded_and_named_in_provenance(
-    hub: Any, tiny_adapter: Path
+def test_an_adapter_of_the_language_model_is_published_loaded_and_named_in_provenance(
+    hub: Any,
+    tiny_adapter: Path,
+    registry: RunningRegistry,
+    site_a: SiteKeys,
+    site_b: SiteKeys,
 ) -> None:
     started = hub()
-    served = started.load_adapter(tiny_adapter)
-    assert served is not None
+    with registry.client() as client:
+        ref = publish_consortium(client, tiny_adapter, [site_a, site_b])
+    assert started.sync_now().ok
+    served = started.engine.adapters[TASK.task_id]  # verified, co-signed, hot-loaded
+    assert served.digest == ref.bundle_digest
+    assert served.source == "registry"
     for response in diagnose_modes(started, (Mode.GSCO, Mode.MOED)):
         generalist = response.generalist
         assert generalist is not None
@@ -253,3 +268,34 @@ def test_an_adapter_vllm_refuses_leaves_the_base_model_serving(
     assert response.generalist is not None
     assert response.generalist.model == TINY_MEDDR
     assert response.generalist.adapter_digest is None
+
+
+def test_two_ranks_serve_it_as_one(tiny: tuple[TinyMeddrServer, ServerState]) -> None:
+    """The recipe's --tensor-parallel-size for real: two ranks, one core each."""
+    server, state = tiny
+    labels = ["normal", "pneumonia"]
+    one = _chat(state.url, True, labels)
+    logged = Path(state.log).stat().st_size  # the log is appended to: read this start's part
+    two_ranks = server.start(port=state.port, timeout_s=900, tensor_parallel=2)
+    try:
+        assert two_ranks.tensor_parallel == 2
+        with Path(two_ranks.log).open("rb") as log:
+            log.seek(logged)
+            assert b"world_size=2" in log.read()
+        two = _chat(two_ranks.url, True, labels)
+    finally:
+        server.start(port=state.port, timeout_s=900)  # one rank again, where it was
+    assert two["usage"] == one["usage"]
+    assert two["choices"][0]["message"]["content"] == one["choices"][0]["message"]["content"]
+    # The same model split over two ranks: the same scores up to bfloat16 rounding.
+    first = {
+        t["token"]: t["logprob"]
+        for t in one["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    }
+    split = {
+        t["token"]: t["logprob"]
+        for t in two["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    }
+    shared = set(first) & set(split)
+    assert len(shared) >= 3
+    assert all(abs(first[t] - split[t]) < 0.05 for t in shared)
