@@ -270,6 +270,7 @@ def test_an_adapter_vllm_refuses_leaves_the_base_model_serving(
     assert response.generalist.adapter_digest is None
 
 
+@pytest.mark.long  # two restarts of the server: a minute and a half
 def test_two_ranks_serve_it_as_one(tiny: tuple[TinyMeddrServer, ServerState]) -> None:
     """The recipe's --tensor-parallel-size for real: two ranks, one core each."""
     server, state = tiny
