@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _onnxruntime_on_cuda(args: argparse.Namespace, work: Path) -> str:
+def _onnxruntime_on_cuda(work: Path) -> str:
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -64,7 +64,7 @@ def _onnxruntime_on_cuda(args: argparse.Namespace, work: Path) -> str:
     return f"providers {used}"
 
 
-def _faiss_on_gpu(args: argparse.Namespace, work: Path) -> str:
+def _faiss_on_gpu() -> str:
     import faiss
     import numpy as np
 
@@ -199,8 +199,8 @@ def main() -> int:
         work = Path(folder)
         server = _Vllm(args, work)
         checks: list[tuple[str, Callable[[], str]]] = [
-            ("onnxruntime on CUDA", lambda: _onnxruntime_on_cuda(args, work)),
-            ("faiss on the GPU", lambda: _faiss_on_gpu(args, work)),
+            ("onnxruntime on CUDA", lambda: _onnxruntime_on_cuda(work)),
+            ("faiss on the GPU", _faiss_on_gpu),
             ("vLLM (GPU) serves the tiny MedDr with an image", server.start),
             ("a LoRA adapter on the tiny MedDr", server.adapter),
         ]

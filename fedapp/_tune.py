@@ -153,8 +153,11 @@ def adapter_card_template(modes: Sequence[str], split: str) -> dict[str, Any]:
 _LOCAL_NAME = "tuned-adapter-site-copy"
 
 
-def _reason(reply: Message) -> str:
-    return ((reply.error.reason if reply.has_error() else None) or "no reply")[-300:]
+def _reason(reply: Message | None) -> str:
+    """Why ``reply`` carries nothing: the site's error, or that none came."""
+    if reply is None or not reply.has_error():
+        return "no reply"
+    return (reply.error.reason or "no reply")[-300:]
 
 
 def first_arrays(
@@ -595,7 +598,7 @@ def _co_sign_and_publish(
             timeout_s,
         )
         if reply is None or not reply.has_content():
-            outcome["error"] = _reason(reply)[-500:] if reply is not None else "no reply"
+            outcome["error"] = _reason(reply)
             log(WARNING, "gsco: a site could not prepare the adapter: %s", outcome["error"])
             continue
         bundle = reply.content["bundle"]
@@ -709,7 +712,7 @@ def _publish(
         timeout_s,
     )
     if reply is None or not reply.has_content():
-        outcome["error"] = _reason(reply)[-500:] if reply is not None else "no reply"
+        outcome["error"] = _reason(reply)
         log(WARNING, "gsco: the adapter was not published: %s", outcome["error"])
         return
     published = reply.content["adapter"]

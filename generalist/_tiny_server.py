@@ -11,7 +11,7 @@ vLLM accepts or refuses here, it accepts or refuses for MedDr's configuration.
 from __future__ import annotations
 
 import hashlib
-import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,17 +53,14 @@ class TinyMeddrServer(EmbeddedServer):
     in ``$GSCO_CACHE_DIR/generalist-tiny-meddr/``, so both can run at once.
     """
 
-    model_name = TINY_MEDDR
-
     def __init__(
         self, cache_dir: Path | None = None, log: Callable[[str], None] | None = None
     ) -> None:
         super().__init__(cache_dir, log)
-        cache = cache_dir or Path(os.environ.get("GSCO_CACHE_DIR", Path.home() / ".cache" / "gsco"))
         # Made again whenever the maker changes (its source is the key).
         version = hashlib.sha256(_MAKER.read_bytes()).hexdigest()[:12]
-        self.checkpoint = cache / "models" / f"tiny-meddr-{version}"
-        self.state_dir = cache / "generalist-tiny-meddr"
+        self.checkpoint = self.cache / "models" / f"tiny-meddr-{version}"
+        self.state_dir = self.cache / "generalist-tiny-meddr"
 
     def prepare(self) -> None:
         """The vLLM environment and SmolLM2 (for its tokenizer), then the checkpoint, once."""
@@ -71,9 +68,7 @@ class TinyMeddrServer(EmbeddedServer):
         if (self.checkpoint / ".gsco-ready").exists():
             return
         self._log(f"writing the tiny MedDr checkpoint to {self.checkpoint}")
-        if self.checkpoint.exists():  # an interrupted earlier attempt
-            for path in self.checkpoint.iterdir():
-                path.unlink()
+        shutil.rmtree(self.checkpoint, ignore_errors=True)  # an interrupted earlier attempt
         made = make_tiny_meddr(self.checkpoint, self.model_dir)
         (self.checkpoint / ".gsco-ready").touch()
         self._log(f"  {made.parameters:,} parameters, {made.size_bytes / 1e6:.1f} MB")
@@ -94,8 +89,7 @@ class TinyMeddrServer(EmbeddedServer):
         )
         return cpu_serve_command(recipe, self.python, str(wanted.dtype))
 
-    @staticmethod
-    def backend_config(state: ServerState) -> OpenAIConfig:
+    def backend_config(self, state: ServerState) -> OpenAIConfig:
         """How the hub talks to it: the MedDr recipe's own client settings."""
         return meddr_backend_config(state.url)
 

@@ -89,7 +89,7 @@ def verify_for_service(
     base_model: str,
     sees_images: bool,
     limits: AdapterLimits,
-    module_root: str = "model",
+    module_root: str,
 ) -> AcceptedAdapter:
     """The registry's adapter check, then the checks against the generalist in service.
 

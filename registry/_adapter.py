@@ -139,7 +139,7 @@ class AcceptedAdapter:
     size_bytes: int
     tensors: int
     files: Mapping[str, str] = field(repr=False)  # name -> sha256, model.sig included
-    module_root: str = "model"  # where the adapted decoder layers live (see _TENSOR)
+    module_root: str  # where the adapted decoder layers live (see _TENSOR)
 
     @property
     def digest(self) -> str:

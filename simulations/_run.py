@@ -231,7 +231,7 @@ def _local_generalist(scenario: Scenario) -> EmbeddedServer:
 @contextmanager
 def _generalist(scenario: Scenario, progress: Progress) -> Iterator[OpenAIConfig | None]:
     """The generalist's backend config (None without one); stops what it started."""
-    from generalist import MODEL_NAME, OpenAIConfig, TinyMeddrServer
+    from generalist import MODEL_NAME, OpenAIConfig
 
     if scenario.generalist == "none":
         yield None
@@ -255,10 +255,7 @@ def _generalist(scenario: Scenario, progress: Progress) -> Iterator[OpenAIConfig
     progress.stage(f"starting the CPU generalist ({scenario.generalist}: vLLM, about a minute)")
     state = server.start(timeout_s=900)
     try:
-        if isinstance(server, TinyMeddrServer):
-            yield server.backend_config(state)  # the MedDr recipe's client settings
-        else:
-            yield OpenAIConfig(base_url=state.url, model=MODEL_NAME, timeout_s=120.0)
+        yield server.backend_config(state)
     finally:
         if not already:
             server.stop()  # only what this run started

@@ -364,7 +364,8 @@ def _generalist(
             config = read_hub_settings(settings)
         except ValueError as exc:
             raise HubConfigError(str(exc)) from exc
-        # The recipe's own timeout is for MedDr on GPUs; an operator's flag still rules.
+        # The recipe's timeout is sized for MedDr on GPUs: --generalist-timeout can lengthen
+        # it, not cut it below what the recipe needs.
         return replace(config, timeout_s=max(config.timeout_s, timeout_s))
     if url is None:
         state = EmbeddedServer().state()

@@ -91,11 +91,11 @@ def _move_to_root(weights: Path, module_root: str) -> None:
 
     tensors = load_file(str(weights))
     prefix = "base_model.model.model."
+    if not all(name.startswith(prefix) for name in tensors):
+        raise AdapterTrainingError(f"{weights}: tensor names outside {prefix}")
     moved = {
         f"base_model.model.{module_root}." + k.removeprefix(prefix): v for k, v in tensors.items()
     }
-    if len(moved) != len(tensors) or not all(k.startswith(prefix) for k in tensors):
-        raise AdapterTrainingError(f"{weights}: tensor names outside {prefix}")
     save_file(moved, str(weights), metadata={"format": "pt"})
 
 

@@ -21,7 +21,7 @@ import pytest
 from generalist import MODEL_NAME, OpenAICompatibleBackend, OpenAIConfig
 from hub import AdapterRefusedError
 from hub.web import Hub
-from protocol import DiagnoseResponse, Mode
+from protocol import Mode
 from tests.adapters import adapter_bundle, co_signed_role, publish_consortium, reranked_bundle
 from tests.conftest import SiteKeys
 from tests.hub.conftest import diagnose_modes, hub_config, publish
@@ -73,17 +73,13 @@ def hub(
         asyncio.run(each.aclose())
 
 
-def _diagnose(hub: Hub, modes: tuple[Mode, ...] = (Mode.GSCO, Mode.MOED)) -> list[DiagnoseResponse]:
-    return diagnose_modes(hub, modes)
-
-
 def test_a_verified_adapter_answers_and_is_named_in_provenance(hub: Hub, signed: Path) -> None:
     served = hub.load_adapter(signed)
     assert served is not None
     assert hub.engine is not None
     assert hub.engine.adapters["pneumonia-cxr"] == served
     assert served.path.parent == hub.config.state_dir / "adapters"  # vLLM reads the verified copy
-    for response in _diagnose(hub):
+    for response in diagnose_modes(hub):
         used = response.generalist
         assert used is not None
         assert used.model == served.name
@@ -92,7 +88,7 @@ def test_a_verified_adapter_answers_and_is_named_in_provenance(hub: Hub, signed:
     known = hub.engine.calibrations.known()
     assert any(model == served.name for (_, _, model) in known)
     # A mode whose prompts it did not learn is answered by the base model.
-    (rad,) = _diagnose(hub, (Mode.RAD,))
+    (rad,) = diagnose_modes(hub, (Mode.RAD,))
     assert rad.generalist is not None
     assert rad.generalist.model == MODEL_NAME
     assert rad.generalist.adapter_digest is None
@@ -114,7 +110,7 @@ def test_a_tampered_adapter_is_refused_and_the_base_model_answers(
     assert not (hub.config.state_dir / "adapters").exists() or not any(
         (hub.config.state_dir / "adapters").iterdir()
     )
-    (response,) = _diagnose(hub, (Mode.GSCO,))
+    (response,) = diagnose_modes(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.model == MODEL_NAME
     assert response.generalist.adapter_digest is None
@@ -145,7 +141,7 @@ def test_an_adapter_with_bad_content_is_refused_and_the_base_model_answers(
         hub.load_adapter(bad)
     assert hub.engine is not None
     assert not hub.engine.adapters
-    (response,) = _diagnose(hub, (Mode.GSCO,))
+    (response,) = diagnose_modes(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.model == MODEL_NAME
 
@@ -169,7 +165,7 @@ def test_an_adapter_vllm_refuses_leaves_the_base_model_serving(
     assert "refused adapter" in lenient.adapter_warnings["pneumonia-cxr"]
     assert lenient.engine is not None
     assert not lenient.engine.adapters
-    (response,) = _diagnose(lenient, (Mode.GSCO,))
+    (response,) = diagnose_modes(lenient, (Mode.GSCO,))
     assert not response.degraded
     assert response.generalist is not None
     assert response.generalist.model == MODEL_NAME
@@ -204,7 +200,7 @@ def test_a_published_adapter_is_served_at_the_next_sync_and_a_revoked_one_is_not
     assert served.digest == ref.bundle_digest
     assert served.source == "registry"
     assert served.endorsed_by == ("site-a", "site-b")
-    (response,) = _diagnose(hub, (Mode.GSCO,))
+    (response,) = diagnose_modes(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.adapter_digest == ref.bundle_digest
 
@@ -212,7 +208,7 @@ def test_a_published_adapter_is_served_at_the_next_sync_and_a_revoked_one_is_not
         assert client.revoke_bundle(ref.bundle_digest, "a test revokes it") == 1
     hub.sync_now()
     assert "pneumonia-cxr" not in hub.engine.adapters
-    (response,) = _diagnose(hub, (Mode.GSCO,))
+    (response,) = diagnose_modes(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.adapter_digest is None
     assert response.generalist.model == MODEL_NAME
@@ -276,7 +272,7 @@ def test_the_policy_in_the_consortiums_adapter_weighs_its_answers(
     hub.sync_now()
     first = hub.engine.adapters["pneumonia-cxr"]
     assert first.card.policy is None
-    (response,) = _diagnose(hub, (Mode.GSCO,))
+    (response,) = diagnose_modes(hub, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.policy_weight is None  # no policy for this adapter yet
 
@@ -296,7 +292,7 @@ def test_the_policy_in_the_consortiums_adapter_weighs_its_answers(
     assert shown is not None
     assert shown.modes[Mode.GSCO].model == served.name
     assert shown.modes[Mode.GSCO].generalist_weight == 2.0
-    gsco, moed = _diagnose(hub)
+    gsco, moed = diagnose_modes(hub)
     assert gsco.generalist is not None
     assert gsco.generalist.adapter_digest == served.digest
     assert gsco.generalist.policy_weight == 2.0
@@ -323,7 +319,7 @@ def test_one_sites_rogue_adapter_never_reaches_the_hub(
         consortium = publish_consortium(client, signed, [site_a, site_b])
     hub.sync_now()
     assert hub.engine is not None
-    before = [r.label for r in _diagnose(hub, (Mode.GSCO, Mode.MOED, Mode.GSCO))]
+    before = [r.label for r in diagnose_modes(hub, (Mode.GSCO, Mode.MOED, Mode.GSCO))]
 
     full_trust = ModePolicy(
         generalist_weight=100.0,
@@ -356,7 +352,7 @@ def test_one_sites_rogue_adapter_never_reaches_the_hub(
         ]
     hub.sync_now()
     assert hub.engine.adapters["pneumonia-cxr"].digest == consortium.bundle_digest
-    after = [r.label for r in _diagnose(hub, (Mode.GSCO, Mode.MOED, Mode.GSCO))]
+    after = [r.label for r in diagnose_modes(hub, (Mode.GSCO, Mode.MOED, Mode.GSCO))]
     assert after == before
 
 
@@ -369,7 +365,7 @@ def test_a_hub_that_cannot_verify_enough_co_signatures_serves_the_base_model(
     assert strict.engine is not None
     assert "pneumonia-cxr" not in strict.engine.adapters
     assert "co-signed by 2" in strict.adapter_warnings["pneumonia-cxr"]
-    (response,) = _diagnose(strict, (Mode.GSCO,))
+    (response,) = diagnose_modes(strict, (Mode.GSCO,))
     assert response.generalist is not None
     assert response.generalist.model == MODEL_NAME
     # A co-signer's key revoked: the registry's role no longer has its threshold.
